@@ -1,0 +1,391 @@
+"""Relevance of MLP neurons, attention heads and weights, accumulated over a sample set.
+
+One forward and one backward per batch. Hooks read ``a * grad_a`` at the input
+of the MLP down projection (neurons) and of the attention output projection
+(heads), and ``W * grad_W`` for every block weight, where ``grad_W`` is built
+from the layer's input and output gradient with excluded positions masked. Weight
+parameters never get ``.grad``: memory stays at one batch's activations plus
+the accumulators, and nothing per sample is kept.
+
+The explained output is the sum of the logits of the tokens actually present,
+over each sample's target positions (continuation tokens, or every next token).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .errors import AttributionError, ConfigError, DataSourceError
+from .families import Architecture, architecture, blocks, geometry
+from .io import atomic_path
+from .lrp import lrp_composite
+
+log = logging.getLogger(__name__)
+
+METHODS = ("lrp", "gradient", "wanda", "activation", "magnitude", "random")
+UNITS = ("neuron", "head", "weight")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Token ids plus the first position whose token is explained (>= 1)."""
+
+    input_ids: tuple[int, ...]
+    target_start: int = 1
+
+
+@dataclass
+class Relevance:
+    """Mean relevance per unit over ``n_samples``; ``scores`` keys are readable unit names.
+
+    ``neuron``: [layers, neurons]; ``head``: [layers, heads]; ``weight.<layer>.<module>``:
+    the weight's shape in ``nn.Linear`` layout [out, in].
+    """
+
+    method: str
+    scores: dict[str, Tensor]
+    n_samples: int
+    info: dict[str, float | str] = field(default_factory=dict)
+
+    def save(self, path: str | Path, prefix: str = "") -> None:
+        with atomic_path(path) as tmp:
+            save_file({f"{prefix}{k}": v.contiguous() for k, v in self.scores.items()}, str(tmp),
+                      metadata={"method": self.method, "n_samples": str(self.n_samples),
+                                **{k: str(v) for k, v in self.info.items()}})
+
+    @classmethod
+    def load(cls, path: str | Path) -> Relevance:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+        scores = load_file(str(path))
+        n = int(meta.pop("n_samples", "0"))
+        method = meta.pop("method", "unknown")
+        return cls(method=method, scores=scores, n_samples=n, info=dict(meta))
+
+
+def samples_from_texts(tokenizer, texts: Sequence[str], max_tokens: int = 128, min_tokens: int = 8
+                       ) -> list[Sample]:
+    """General text: every next token is explained; texts are cut to ``max_tokens``."""
+    out = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"][:max_tokens]
+        if len(ids) >= min_tokens:
+            out.append(Sample(tuple(ids), 1))
+    return out
+
+
+def _batches(samples: Sequence[Sample], batch_size: int) -> Iterator[list[Sample]]:
+    for i in range(0, len(samples), batch_size):
+        yield list(samples[i:i + batch_size])
+
+
+def _collate(batch: list[Sample], pad_id: int, sink_positions: int, device) -> dict[str, Tensor]:
+    """Right-padded ids, the attention mask, the unit-position mask and the target mask."""
+    T = max(len(s.input_ids) for s in batch)
+    ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(batch), T), dtype=torch.long)
+    target = torch.zeros((len(batch), T - 1), dtype=torch.bool)
+    for i, s in enumerate(batch):
+        n = len(s.input_ids)
+        ids[i, :n] = torch.tensor(s.input_ids)
+        attn[i, :n] = 1
+        target[i, max(s.target_start, 1) - 1:n - 1] = True
+    units = attn.clone()
+    units[:, :sink_positions] = 0
+    return {"ids": ids.to(device), "attn": attn.to(device), "units": units.to(device),
+            "target": target.to(device)}
+
+
+class _Recorder:
+    """Forward/backward hooks that accumulate unit relevance for one model."""
+
+    def __init__(self, model: nn.Module, method: str, units: Sequence[str], absolute: bool):
+        self.model, self.method, self.units, self.absolute = model, method, tuple(units), absolute
+        self.arch: Architecture = architecture(model)
+        self.geo = geometry(model)
+        L, g = self.geo.n_layers, self.geo
+        self.sums: dict[str, Tensor] = {}
+        dev = next(model.parameters()).device
+        if "neuron" in units:
+            self.sums["neuron"] = torch.zeros(L, g.n_neurons, dtype=torch.float32, device=dev)
+        if "head" in units:
+            self.sums["head"] = torch.zeros(L, g.n_heads, dtype=torch.float32, device=dev)
+        if "weight" in units:
+            for layer, block in enumerate(blocks(model)):
+                for name in self.arch.linear_names:
+                    w = block.get_submodule(name).weight
+                    shape = w.shape[::-1] if self.arch.conv1d else w.shape
+                    self.sums[f"weight.{layer}.{name}"] = torch.zeros(shape, dtype=torch.float32, device=dev)
+        self.mask: Tensor | None = None  # [B, T] positions that count
+        self.pad_mask: Tensor | None = None  # [B, T] real (non-pad) tokens
+        self.offset = 0  # index of the batch's first sample, for error messages
+        self.bad: str | None = None
+        self.input_relevance = 0.0
+
+    # -- helpers ---------------------------------------------------------------
+    def _acc(self, key: str, value: Tensor) -> None:
+        value = value.float()
+        if key in self.sums:
+            self.sums[key] += value.to(self.sums[key].device)
+        else:
+            self.sums[key] = value.clone()
+
+    def _check(self, what: str, per_sample: Tensor) -> None:
+        if self.bad is None and not torch.isfinite(per_sample).all():
+            sample, unit = (~torch.isfinite(per_sample)).nonzero()[0].tolist()
+            self.bad = f"{what} unit {unit}, sample {self.offset + sample}"
+
+    def _reduce(self, x: Tensor, what: str) -> Tensor:
+        """[B, T, U] -> [U]: sum over counted positions, per-sample |.| if asked, sum over samples."""
+        x = x.reshape(*self.mask.shape, -1)  # OPT flattens [B, T] to [B * T]
+        per_sample = (x * self.mask[..., None].to(x.dtype)).sum(1)
+        self._check(what, per_sample)
+        return (per_sample.abs() if self.absolute else per_sample).sum(0)
+
+    def _neuron_value(self, a: Tensor, layer: int, grad: Tensor | None) -> None:
+        value = a * grad if grad is not None else a.abs()
+        self.sums["neuron"][layer] += self._reduce(value, f"neuron layer {layer}").float()
+
+    def _head_value(self, o: Tensor, layer: int, grad: Tensor | None) -> None:
+        value = o * grad if grad is not None else o.abs()
+        per_head = value.reshape(*self.mask.shape, self.geo.n_heads, -1).sum(-1)
+        self.sums["head"][layer] += self._reduce(per_head, f"head layer {layer}").float()
+
+    def _weight_value(self, key: str, weight: Tensor, x: Tensor, g: Tensor) -> None:
+        shape = (*self.mask.shape, -1)  # OPT flattens [B, T] to [B * T]
+        x, g = x.reshape(shape), g.reshape(shape)
+        m = self.mask[..., None].to(g.dtype)
+        if self.absolute:
+            grad_w = torch.stack([torch.einsum("to,ti->oi", g[b] * m[b], x[b]) for b in range(len(x))])
+            value = (weight.T if self.arch.conv1d else weight)[None] * grad_w
+            value = value.abs().sum(0)
+        else:
+            grad_w = torch.einsum("bto,bti->oi", g * m, x)
+            value = (weight.T if self.arch.conv1d else weight) * grad_w
+        self._acc(key, value)
+
+    # -- hooks -----------------------------------------------------------------
+    @contextmanager
+    def hooks(self) -> Iterator[None]:
+        backward = self.method in ("lrp", "gradient")
+        with ExitStack() as stack:
+            def add(handle):
+                stack.callback(handle.remove)
+
+            for layer, block in enumerate(blocks(self.model)):
+                if "neuron" in self.units:
+                    add(block.get_submodule(self.arch.down).register_forward_pre_hook(
+                        self._tap(lambda a, g, i=layer: self._neuron_value(a, i, g), backward)))
+                if "head" in self.units:
+                    o = block.get_submodule(f"{self.arch.attn}.{self.arch.o}")
+                    add(o.register_forward_pre_hook(
+                        self._tap(lambda a, g, i=layer: self._head_value(a, i, g), backward)))
+                if "weight" in self.units and backward:
+                    for name in self.arch.linear_names:
+                        mod = block.get_submodule(name)
+                        add(mod.register_forward_hook(self._weight_tap(f"weight.{layer}.{name}", mod)))
+            add(blocks(self.model)[0].register_forward_pre_hook(self._input_tap, with_kwargs=True))
+            yield
+
+    def _tap(self, fn: Callable[[Tensor, Tensor | None], None], backward: bool):
+        def pre_hook(_module, args):
+            a = args[0]
+            if not backward:
+                fn(a.detach(), None)
+            elif a.requires_grad:
+                a.register_hook(lambda g: fn(a.detach(), g))
+        return pre_hook
+
+    def _weight_tap(self, key: str, module: nn.Module):
+        def hook(_module, args, out):
+            x = args[0].detach()
+            if out.requires_grad:
+                out.register_hook(lambda g: self._weight_value(key, module.weight.detach(), x, g))
+        return hook
+
+    def _input_tap(self, _module, args, kwargs):
+        h = args[0] if args else kwargs["hidden_states"]
+        if self.method in ("lrp", "gradient"):
+            h.requires_grad_(True)
+
+            def record(g: Tensor) -> None:
+                pad = self.pad_mask[..., None].to(g.dtype)
+                self.input_relevance += float((h.detach() * g * pad).sum())
+            h.register_hook(record)
+        return None
+
+    def finish(self, n_samples: int) -> dict[str, Tensor]:
+        return {k: (v / n_samples).cpu() for k, v in self.sums.items()}
+
+
+@contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """No parameter gradients during attribution; restore the caller's flags afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    model.eval()
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def attribute(
+    model: nn.Module,
+    samples: Sequence[Sample],
+    *,
+    method: str = "lrp",
+    units: Sequence[str] = ("neuron", "head"),
+    batch_size: int = 8,
+    sink_positions: int = 1,
+    absolute: bool = False,
+    variant: str = "attnlrp",
+    pad_token_id: int = 0,
+    seed: int = 0,
+    desc: str = "attribution",
+) -> Relevance:
+    """Mean relevance per unit over ``samples`` (Eq. 1 of Hatefi et al. 2025)."""
+    if method not in METHODS:
+        raise ConfigError(f"Unknown attribution method '{method}'. Choose one of: {', '.join(METHODS)}.")
+    unknown = set(units) - set(UNITS)
+    if unknown:
+        raise ConfigError(f"Unknown unit kind(s) {sorted(unknown)}. Choose from: {', '.join(UNITS)}.")
+    if not samples:
+        raise DataSourceError(f"No samples to attribute for '{desc}'. Check the prompt set is not empty.")
+    if method in ("magnitude", "random"):
+        return _data_free(model, method, units, seed, len(samples))
+    rec = _Recorder(model, method, units, absolute)
+    device = next(model.parameters()).device
+    explained = 0.0
+    wanda = _WandaNorms(model) if method == "wanda" else None
+    rules = lrp_composite(model, variant) if method == "lrp" else nullcontext()
+    with _frozen(model), rec.hooks(), rules, (wanda.hooks(rec) if wanda else nullcontext()):
+        for batch in tqdm(list(_batches(samples, batch_size)), desc=desc, leave=False):
+            b = _collate(batch, pad_token_id, sink_positions, device)
+            rec.mask, rec.pad_mask = b["units"], b["attn"]
+            if method in ("activation", "wanda"):
+                with torch.no_grad():
+                    model(input_ids=b["ids"], attention_mask=b["attn"], use_cache=False)
+            else:
+                logits = model(input_ids=b["ids"], attention_mask=b["attn"], use_cache=False).logits
+                picked = logits[:, :-1].gather(-1, b["ids"][:, 1:, None])[..., 0]
+                target = (picked * b["target"].to(picked.dtype)).sum()
+                explained += float(target.detach())
+                target.backward()
+            if rec.bad:
+                raise AttributionError(
+                    f"Non-finite relevance in {rec.bad} ({desc}). Check the model weights and the sample's "
+                    "text; try --dtype float32 if running in reduced precision."
+                )
+            rec.offset += len(batch)
+    n = len(samples)
+    scores = wanda.scores(rec, n) if wanda else rec.finish(n)
+    info: dict[str, float | str] = {"sink_positions": sink_positions, "absolute": str(absolute)}
+    if method == "lrp":
+        info["variant"] = variant
+    if method in ("lrp", "gradient"):
+        info["explained_sum"] = explained
+        info["input_relevance_sum"] = rec.input_relevance
+        info["conservation_ratio"] = rec.input_relevance / explained if explained else float("nan")
+    return Relevance(method=method, scores=scores, n_samples=n, info=info)
+
+
+class _WandaNorms:
+    """Wanda (Sun et al. 2023): |W_ij| * ||X_j||_2 over all counted tokens of the set."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.arch = architecture(model)
+        self.sq: dict[str, Tensor] = {}
+
+    @contextmanager
+    def hooks(self, rec: _Recorder) -> Iterator[None]:
+        with ExitStack() as stack:
+            for layer, block in enumerate(blocks(self.model)):
+                for name in self.arch.linear_names:
+                    key = f"{layer}.{name}"
+
+                    def pre(_m, args, key=key):
+                        x = args[0].detach().float().reshape(*rec.mask.shape, -1) * rec.mask[..., None]
+                        s = x.pow(2).sum((0, 1))
+                        self.sq[key] = self.sq.get(key, 0) + s
+
+                    stack.callback(block.get_submodule(name).register_forward_pre_hook(pre).remove)
+            yield
+
+    def scores(self, rec: _Recorder, n: int) -> dict[str, Tensor]:
+        geo = rec.geo
+        out: dict[str, Tensor] = {}
+        neuron, head = [], []
+        for layer, block in enumerate(blocks(self.model)):
+            for name in self.arch.linear_names:
+                w = block.get_submodule(name).weight.detach().float()
+                w = w.T if self.arch.conv1d else w
+                s = w.abs() * self.sq[f"{layer}.{name}"].sqrt()[None]
+                if "weight" in rec.units:
+                    out[f"weight.{layer}.{name}"] = s.cpu()
+                if name == self.arch.down:
+                    neuron.append(s.sum(0))
+                if name == f"{self.arch.attn}.{self.arch.o}":
+                    head.append(s.sum(0).reshape(geo.n_heads, -1).sum(-1))
+        if "neuron" in rec.units:
+            out["neuron"] = torch.stack(neuron).cpu()
+        if "head" in rec.units:
+            out["head"] = torch.stack(head).cpu()
+        return out
+
+
+def _data_free(model: nn.Module, method: str, units: Sequence[str], seed: int, n: int) -> Relevance:
+    """``magnitude`` (|W|, summed per neuron/head) and seeded ``random`` scores."""
+    arch, geo = architecture(model), geometry(model)
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, Tensor] = {}
+    neuron, head = [], []
+    for layer, block in enumerate(blocks(model)):
+        for name in arch.linear_names:
+            w = block.get_submodule(name).weight.detach().float().cpu()
+            w = w.T if arch.conv1d else w
+            s = torch.rand(w.shape, generator=gen) if method == "random" else w.abs()
+            if "weight" in units:
+                out[f"weight.{layer}.{name}"] = s
+            if name == arch.down:
+                neuron.append(s.sum(0))
+            if name == f"{arch.attn}.{arch.o}":
+                head.append(s.sum(0).reshape(geo.n_heads, -1).sum(-1))
+    if "neuron" in units:
+        out["neuron"] = torch.rand(geo.n_layers, geo.n_neurons, generator=gen) if method == "random" \
+            else torch.stack(neuron)
+    if "head" in units:
+        out["head"] = torch.rand(geo.n_layers, geo.n_heads, generator=gen) if method == "random" \
+            else torch.stack(head)
+    return Relevance(method=method, scores=out, n_samples=n, info={"seed": seed})
+
+
+def differential(general: Relevance, undesired: Relevance) -> dict[str, Tensor]:
+    """``R_diff = R_general / sum|R_general| - R_undesired / sum|R_undesired|`` per unit kind.
+
+    Each set is normalised by its total absolute relevance over that unit kind, so
+    that the number and length of samples in either set do not decide the
+    ranking; only how relevance is *distributed* over units does. The most
+    negative entries matter for the undesired set and little for general text.
+    """
+    out = {}
+    for key, g in general.scores.items():
+        u = undesired.scores[key]
+        out[key] = g / g.abs().sum().clamp_min(1e-30) - u / u.abs().sum().clamp_min(1e-30)
+    return out

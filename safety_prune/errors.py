@@ -1,0 +1,45 @@
+"""One exception family: every message names the bad input and how to fix it."""
+
+from __future__ import annotations
+
+
+class SafetyPruneError(Exception):
+    """Base class. The CLI prints the message (no traceback) and exits with ``exit_code``."""
+
+    exit_code = 2
+
+
+class ModelLoadError(SafetyPruneError):
+    """A model spec could not be resolved or loaded."""
+
+
+class UnsupportedArchitectureError(SafetyPruneError):
+    """The model family has no adapter or LRP composite."""
+
+
+class ProbeSuiteError(SafetyPruneError):
+    """A probe suite is missing or invalid."""
+
+
+class DataSourceError(SafetyPruneError):
+    """A prompt or text source is missing, empty or malformed."""
+
+
+class AssetError(SafetyPruneError):
+    """An offline asset is missing, unreachable or fails its checksum."""
+
+
+class OutputError(SafetyPruneError):
+    """An output location is unusable (non-empty, inside an input, ...)."""
+
+
+class ConfigError(SafetyPruneError):
+    """An option value is out of range or inconsistent with others."""
+
+
+class AttributionError(SafetyPruneError):
+    """Attribution produced an invalid result (e.g. non-finite relevance)."""
+
+
+class ResultsError(SafetyPruneError):
+    """A run directory or results file is missing, corrupt or incompatible."""

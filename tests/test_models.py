@@ -1,0 +1,71 @@
+import json
+
+import pytest
+import torch
+from tiny import FAMILIES, save_tiny, tiny_model
+
+from safety_prune.errors import ConfigError, ModelLoadError, UnsupportedArchitectureError
+from safety_prune.families import geometry
+from safety_prune.models import load_model
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_load_tiny_folder(tmp_path, family):
+    save_tiny(family, tmp_path)
+    lm = load_model(str(tmp_path))
+    assert lm.arch.family == family
+    ids = lm.tokenizer("the fox", return_tensors="pt").input_ids
+    ref = tiny_model(family)
+    torch.testing.assert_close(lm.model(ids).logits, ref(ids).logits)
+    geo = geometry(lm.model)
+    assert geo.n_layers == 2 and geo.n_neurons > 0 and geo.n_heads == 4
+    assert any(k.endswith("model.safetensors") for k in lm.weights_sha256)
+
+
+def test_missing_path_is_clear(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such file or folder"):
+        load_model(str(tmp_path / "nope"))
+
+
+def test_folder_without_config(tmp_path):
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        load_model(str(tmp_path))
+
+
+def test_unsupported_architecture_lists_families(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 32}))
+    with pytest.raises(UnsupportedArchitectureError) as exc:
+        load_model(str(tmp_path))
+    for fam in FAMILIES:
+        assert fam in str(exc.value)
+
+
+def test_config_not_json(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="config.json is not valid JSON"):
+        load_model(str(tmp_path))
+
+
+def test_pickle_weights_refused(tmp_path):
+    save_tiny("llama", tmp_path)
+    model = tiny_model("llama")
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match="--allow-pickle"):
+        load_model(str(tmp_path))
+    lm = load_model(str(tmp_path), allow_pickle=True)
+    assert lm.arch.family == "llama"
+
+
+def test_cuda_unavailable_is_clear():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        load_model("default", device="cuda")
+
+
+def test_loading_never_modifies_the_folder(tmp_path):
+    save_tiny("qwen2", tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    load_model(str(tmp_path))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -1,0 +1,91 @@
+"""Tiny models of every supported family, built from configs, and a tokenizer trained in-process."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma3TextConfig,
+    GPT2Config,
+    LlamaConfig,
+    OPTConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+
+FAMILIES = ("llama", "qwen2", "gemma3", "opt", "gpt2")
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A river flows through the old town and past the mill.",
+    "Scientists measured the temperature of the lake every morning.",
+    "You are a stupid idiot and I hate you.",
+    "The committee approved the new budget for the library.",
+    "Birds sing in the trees while children play in the park.",
+    "Mary gave the book to John because John asked for it.",
+    "What the hell is wrong with you, damn fool.",
+] * 4
+
+
+@cache
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+
+
+def tiny_config(family: str, hidden: int = 32, layers: int = 2, bias: bool = True):
+    vocab = len(tiny_tokenizer())
+    common = dict(vocab_size=vocab, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if family == "llama":
+        return LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                           tie_word_embeddings=False, **common)
+    if family == "qwen2":
+        return Qwen2Config(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                           tie_word_embeddings=True, **common)
+    if family == "gemma3":
+        return Gemma3TextConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                                num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                                max_position_embeddings=256, sliding_window=8,
+                                layer_types=["sliding_attention", "full_attention"][:layers] * max(1, layers // 2),
+                                **common)
+    if family == "opt":
+        return OPTConfig(hidden_size=hidden, ffn_dim=2 * hidden, num_hidden_layers=layers,
+                         num_attention_heads=4, max_position_embeddings=256, word_embed_proj_dim=hidden,
+                         enable_bias=bias, **common)
+    if family == "gpt2":
+        return GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=256, **common)
+    raise ValueError(family)
+
+
+def tiny_model(family: str, seed: int = 0, dtype: torch.dtype = torch.float32, zero_bias: bool = False,
+               attn: str = "eager", **kw):
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, **kw), attn_implementation=attn)
+    model = model.to(dtype).eval()
+    if zero_bias:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith(".bias") and "norm" not in name and "ln_" not in name:
+                    p.zero_()
+    return model
+
+
+def save_tiny(family: str, path, seed: int = 0) -> None:
+    """Write a tiny model plus tokenizer as a local HF folder."""
+    tiny_model(family, seed=seed).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
