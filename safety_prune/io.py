@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputError
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @contextmanager
@@ -22,6 +23,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs should read like any other file
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -68,17 +70,3 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def prepare_out_dir(out: str | os.PathLike[str], overwrite: bool) -> Path:
-    """Refuse a non-empty run directory unless ``overwrite``; create it otherwise."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out} exists and is not a directory. Choose another path.")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise OutputError(
-            f"--out {out} is not empty. Choose an empty or new directory, or pass --overwrite "
-            "to replace its run files."
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    return out

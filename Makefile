@@ -1,0 +1,25 @@
+# One command to set up and run each job. Python 3.11; torch 2.13.0 CPU comes from PyPI or a local wheel.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+OUT ?= runs/default
+
+.PHONY: setup audit test lint
+
+$(BIN)/safety-prune: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(BIN)/safety-prune
+
+audit: setup
+	$(BIN)/safety-prune assets fetch
+	$(BIN)/safety-prune audit --model default --probe toxicity --out $(OUT) --overwrite
+
+lint: setup
+	$(BIN)/ruff check .
+
+test: setup lint
+	$(BIN)/python -m pytest -q

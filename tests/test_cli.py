@@ -1,0 +1,81 @@
+"""The CLI turns every SafetyPruneError into one paragraph on stderr, a non-zero exit, and no output."""
+
+import json
+
+import pytest
+from tiny import save_tiny
+
+from safety_prune.cli import main
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+def _assert_clean_failure(code, err, out_dir):
+    assert code != 0
+    assert "Traceback" not in err and err.startswith("safety-prune: error:")
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+    assert not any(p.name.endswith(".staging") for p in out_dir.parent.iterdir())
+
+
+def test_missing_model_path(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, err = _run(capsys, "audit", "--model", str(tmp_path / "missing"), "--out", str(out))
+    _assert_clean_failure(code, err, out)
+    assert "no such file or folder" in err
+
+
+def test_folder_without_config(tmp_path, capsys):
+    (tmp_path / "empty_model").mkdir()
+    out = tmp_path / "run"
+    code, err = _run(capsys, "audit", "--model", str(tmp_path / "empty_model"), "--out", str(out))
+    _assert_clean_failure(code, err, out)
+    assert "config.json" in err
+
+
+def test_unsupported_architecture(tmp_path, capsys):
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    out = tmp_path / "run"
+    code, err = _run(capsys, "audit", "--model", str(bert), "--out", str(out))
+    _assert_clean_failure(code, err, out)
+    assert "llama" in err and "gpt2" in err
+
+
+def test_unknown_probe_lists_available(tmp_path, capsys):
+    save_tiny("llama", tmp_path / "m")
+    out = tmp_path / "run"
+    code, err = _run(capsys, "audit", "--model", str(tmp_path / "m"), "--probe", "nosuchprobe", "--out", str(out))
+    _assert_clean_failure(code, err, out)
+    assert "toxicity" in err
+
+
+def test_non_empty_out_without_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    code, err = _run(capsys, "audit", "--model", "default", "--out", str(out))
+    assert code != 0 and "--overwrite" in err and "Traceback" not in err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_empty_prompt_file_suite(tmp_path, capsys):
+    save_tiny("llama", tmp_path / "m")
+    (tmp_path / "empty.txt").write_text("\n\n")
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"name: custom\nundesired:\n  source: {{path: {tmp_path / 'empty.txt'}}}\n"
+                     "general:\n  source: {asset: gensim-lee}\n")
+    out = tmp_path / "run"
+    code, err = _run(capsys, "audit", "--model", str(tmp_path / "m"), "--probe", str(suite), "--out", str(out))
+    _assert_clean_failure(code, err, out)
+    assert "empty.txt" in err
+
+
+@pytest.mark.parametrize("argv", [["assets", "fetch", "no-such-asset"]])
+def test_unknown_asset(capsys, argv):
+    code, err = _run(capsys, *argv)
+    assert code != 0 and "no-such-asset" in err and "Traceback" not in err
