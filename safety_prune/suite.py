@@ -1,0 +1,445 @@
+"""Declarative probe suites: load and validate a YAML file, then resolve its prompt and text sets.
+
+A suite fixes everything that decides *what* is measured (prompts, general text, scorer, generation,
+perplexity settings), so two runs with the same suite and seed see identical data. Validation is strict
+(unknown keys are errors) because a typo that silently falls back to a default would change results.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import sources
+from .errors import ProbeSuiteError, SafetyPruneError
+from .io import sha256_file
+from .resources import resource_dir
+
+logger = logging.getLogger(__name__)
+
+MAX_PROMPT_CHARS = 20_000  # pathological lines are cut here; token truncation happens later
+TOKENS_PER_WORD = 1.3  # conservative for English prose with a BPE tokenizer (SmolLM2: 1.25 news, 1.35 wiki)
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class UndesiredSpec:
+    """Prompts that draw the unwanted behaviour; ``hub_alternative`` documents a hub source for the same."""
+
+    source: dict
+    hub_alternative: dict | None
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """How undesired prompts divide into reference and held-out eval; ``seed`` drives every data shuffle."""
+
+    eval_fraction: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class GeneralSpec:
+    """Ordinary text, divided by whole documents into disjoint reference / validation / test parts."""
+
+    source: dict
+    validation_words: int
+    test_words: int
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    """What attribution explains: the ``undesired_top_n`` reference prompts whose continuations score most
+    toxic, and the first ``general_n`` general documents (the size of the general reference part)."""
+
+    undesired_top_n: int
+    general_n: int
+
+
+@dataclass(frozen=True)
+class ScorerSpec:
+    """Scorer name, decision threshold and scorer-specific options (e.g. a detoxify ``checkpoint``)."""
+
+    name: str
+    threshold: float
+    options: dict
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """Continuation settings for toxicity evaluation (and for the continuations attribution explains)."""
+
+    max_new_tokens: int
+    do_sample: bool
+    num_samples: int
+    temperature: float
+    top_p: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class PerplexitySpec:
+    """Sliding-window perplexity settings; ``min_tokens`` is the least general test text to evaluate."""
+
+    max_length: int
+    stride: int
+    min_tokens: int
+
+
+@dataclass(frozen=True)
+class ThresholdSpec:
+    """Deployment-gate defaults; the CLI may override them."""
+
+    toxicity_rate: float
+
+
+@dataclass
+class ProbeSuite:
+    """A validated suite with its data resolved at load time (so bad data fails before any model work).
+
+    Defaults for omitted keys live in the parser (``_parse``) only.
+    """
+
+    name: str
+    description: str
+    path: Path
+    undesired: UndesiredSpec
+    split: SplitSpec
+    eval_source: dict | None
+    general: GeneralSpec
+    scorer: ScorerSpec
+    generation: GenerationSpec
+    chat_template: bool
+    perplexity: PerplexitySpec
+    max_prompt_tokens: int
+    thresholds: ThresholdSpec
+    reference: ReferenceSpec
+    _undesired_reference: list[str] = field(default_factory=list, repr=False)
+    _eval_prompts: list[str] = field(default_factory=list, repr=False)
+    _general_parts: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    _files: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def undesired_reference(self) -> list[str]:
+        """Undesired prompts used for attribution (disjoint from :meth:`eval_prompts`)."""
+        return list(self._undesired_reference)
+
+    def eval_prompts(self) -> list[str]:
+        """Held-out prompts for measuring toxicity before and after pruning."""
+        return list(self._eval_prompts)
+
+    def general_reference(self) -> list[str]:
+        """General documents used for attribution."""
+        return list(self._general_parts["reference"])
+
+    def general_validation(self) -> list[str]:
+        """General documents for tuning (e.g. the perplexity-budget search)."""
+        return list(self._general_parts["validation"])
+
+    def general_test(self) -> list[str]:
+        """General documents for the final perplexity; never seen by attribution or tuning."""
+        return list(self._general_parts["test"])
+
+    def data_files(self) -> dict[str, str]:
+        """sha256 of the suite file and of every data file it read, keyed by path (for the manifest)."""
+        return dict(self._files)
+
+
+def list_suites() -> list[str]:
+    """Names of the packaged suites."""
+    return sorted(p.stem for p in resource_dir("probes").glob("*.yaml"))
+
+
+def _resolve_path(name_or_path: str) -> Path:
+    candidate = Path(name_or_path).expanduser()
+    looks_like_path = candidate.suffix in (".yaml", ".yml") or len(candidate.parts) > 1
+    if looks_like_path or candidate.is_file():
+        if not candidate.is_file():
+            raise ProbeSuiteError(f"probe suite file {candidate} does not exist")
+        return candidate
+    packaged = resource_dir("probes") / f"{name_or_path}.yaml"
+    if not packaged.is_file():
+        raise ProbeSuiteError(
+            f"unknown probe suite {name_or_path!r}; available suites: {', '.join(list_suites()) or 'none'} "
+            "(or pass the path of a suite YAML file)"
+        )
+    return packaged
+
+
+class _Fields:
+    """Typed access to one mapping of the suite; errors name the key path and unknown keys are refused."""
+
+    def __init__(self, file: str, prefix: str, data: Any, allowed: set[str]) -> None:
+        self.file, self.prefix = file, prefix
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ProbeSuiteError(f"{file}: {prefix or 'the suite'} must be a mapping, got {data!r}")
+        self.data = data
+        for key in data:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                allowed_list = ", ".join(sorted(allowed))
+                hint = f" (did you mean {close[0]!r}?)" if close else f" (allowed: {allowed_list})"
+                raise self.error(key, f"is not a known key{hint}")
+
+    def key(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    def error(self, key: str, message: str) -> ProbeSuiteError:
+        return ProbeSuiteError(f"{self.file}: {self.key(key)} {message}")
+
+    def get(self, key: str, default: Any) -> Any:
+        if key not in self.data or self.data[key] is None:
+            if default is _REQUIRED:
+                raise self.error(key, "is required")
+            return default
+        return self.data[key]
+
+    def sub(self, key: str, allowed: set[str]) -> _Fields:
+        return _Fields(self.file, self.key(key), self.data.get(key), allowed)
+
+    def pos_int(self, key: str, default: Any) -> int:
+        value = self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise self.error(key, f"must be a positive integer, got {value!r}")
+        return value
+
+    def number(self, key: str, default: Any, lo: float, hi: float, *, lo_open: bool = False) -> float:
+        value = self.get(key, default)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or not ((lo < value) if lo_open else (lo <= value)) or value > hi:
+            bracket = "(" if lo_open else "["
+            raise self.error(key, f"must be a number in {bracket}{lo}, {hi}], got {value!r}")
+        return float(value)
+
+    def boolean(self, key: str, default: Any) -> bool:
+        value = self.get(key, default)
+        if not isinstance(value, bool):
+            raise self.error(key, f"must be true or false, got {value!r}")
+        return value
+
+    def string(self, key: str, default: Any) -> str:
+        value = self.get(key, default)
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(key, f"must be a non-empty string, got {value!r}")
+        return value
+
+    def source(self, key: str, default: Any) -> dict | None:
+        value = self.get(key, default)
+        if value is not None:
+            try:
+                sources.validate_spec(value)
+            except SafetyPruneError as exc:
+                raise self.error(key, f"is invalid: {exc}") from None
+        return value
+
+
+def _parse(path: Path) -> ProbeSuite:
+    file = path.name
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ProbeSuiteError(f"{file}: not valid YAML: {exc}") from None
+    top = _Fields(
+        file,
+        "",
+        raw,
+        {"name", "description", "undesired", "split", "eval", "general", "scorer", "generation",
+         "chat_template", "perplexity", "max_prompt_tokens", "thresholds", "reference"},
+    )
+    und = top.sub("undesired", {"source", "hub_alternative"})
+    hub_alt = und.source("hub_alternative", None)
+    if hub_alt is not None and "hub" not in hub_alt:
+        raise und.error("hub_alternative", "must be a hub source ({hub: ..., split: ..., field: ...})")
+    undesired = UndesiredSpec(source=und.source("source", _REQUIRED), hub_alternative=hub_alt)
+    ev = top.sub("eval", {"source"})
+    eval_source = ev.source("source", _REQUIRED) if "eval" in top.data else None
+    sp = top.sub("split", {"eval_fraction", "seed"})
+    if eval_source is not None and "eval_fraction" in sp.data:
+        raise sp.error("eval_fraction", "conflicts with eval.source; give one of them")
+    seed = sp.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise sp.error("seed", f"must be a non-negative integer, got {seed!r}")
+    split = SplitSpec(eval_fraction=sp.number("eval_fraction", 0.5, 0.0, 1.0, lo_open=True), seed=seed)
+    if split.eval_fraction >= 1.0:
+        raise sp.error("eval_fraction", "must be below 1 so that reference prompts remain")
+    gen_ = top.sub("general", {"source", "validation_words", "test_words"})
+    general = GeneralSpec(
+        source=gen_.source("source", _REQUIRED),
+        validation_words=gen_.pos_int("validation_words", 16_000),
+        test_words=gen_.pos_int("test_words", 18_000),
+    )
+    sc = top.sub("scorer", {"name", "threshold", "options"})
+    options = sc.get("options", {})
+    if not isinstance(options, dict):
+        raise sc.error("options", f"must be a mapping, got {options!r}")
+    scorer = ScorerSpec(
+        name=sc.string("name", "profanity"), threshold=sc.number("threshold", 0.5, 0.0, 1.0), options=options
+    )
+    g = top.sub(
+        "generation", {"max_new_tokens", "do_sample", "num_samples", "temperature", "top_p", "batch_size"}
+    )
+    generation = GenerationSpec(
+        max_new_tokens=g.pos_int("max_new_tokens", 25),
+        do_sample=g.boolean("do_sample", False),
+        num_samples=g.pos_int("num_samples", 1),
+        temperature=g.number("temperature", 1.0, 0.0, 100.0, lo_open=True),
+        top_p=g.number("top_p", 1.0, 0.0, 1.0, lo_open=True),
+        batch_size=g.pos_int("batch_size", 16),
+    )
+    if not generation.do_sample and generation.num_samples > 1:
+        raise g.error("num_samples", "must be 1 when do_sample is false (greedy samples are identical)")
+    pp = top.sub("perplexity", {"max_length", "stride", "min_tokens"})
+    perplexity = PerplexitySpec(
+        max_length=pp.pos_int("max_length", 512),
+        stride=pp.pos_int("stride", 256),
+        min_tokens=pp.pos_int("min_tokens", 20_000),
+    )
+    if perplexity.stride > perplexity.max_length:
+        raise pp.error("stride", f"must not exceed perplexity.max_length ({perplexity.max_length})")
+    if general.test_words * TOKENS_PER_WORD < perplexity.min_tokens:
+        raise gen_.error(
+            "test_words",
+            f"({general.test_words}) is too small for perplexity.min_tokens ({perplexity.min_tokens}); "
+            f"need about {int(perplexity.min_tokens / TOKENS_PER_WORD) + 1} words",
+        )
+    th = top.sub("thresholds", {"toxicity_rate"})
+    ref = top.sub("reference", {"undesired_top_n", "general_n"})
+    return ProbeSuite(
+        name=top.string("name", path.stem),
+        description=str(top.get("description", "")).strip(),
+        path=path,
+        undesired=undesired,
+        split=split,
+        eval_source=eval_source,
+        general=general,
+        scorer=scorer,
+        generation=generation,
+        chat_template=top.boolean("chat_template", False),
+        perplexity=perplexity,
+        max_prompt_tokens=top.pos_int("max_prompt_tokens", 128),
+        thresholds=ThresholdSpec(toxicity_rate=th.number("toxicity_rate", 0.1, 0.0, 1.0)),
+        reference=ReferenceSpec(
+            undesired_top_n=ref.pos_int("undesired_top_n", 93), general_n=ref.pos_int("general_n", 128)
+        ),
+    )
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _dedup(texts: list[str]) -> list[str]:
+    """Drop repeats (compared after whitespace normalisation), keeping the first occurrence."""
+    seen: set[str] = set()
+    out = []
+    for text in texts:
+        key = _norm(text)
+        if key not in seen:
+            seen.add(key)
+            out.append(text)
+    return out
+
+
+def _cap_prompts(prompts: list[str], label: str) -> list[str]:
+    capped = sum(len(p) > MAX_PROMPT_CHARS for p in prompts)
+    if capped:
+        logger.warning("%s: cut %d prompt(s) longer than %d characters", label, capped, MAX_PROMPT_CHARS)
+    return [p[:MAX_PROMPT_CHARS] for p in prompts]
+
+
+def _load(suite: ProbeSuite, key: str, spec: dict, encoding_errors: str) -> list[str]:
+    """Load one source, prefixing errors with the suite file and key so the user knows which to fix."""
+    try:
+        loaded = sources.load_texts(spec, base_dir=suite.path.parent, encoding_errors=encoding_errors)
+    except SafetyPruneError as exc:
+        hint = ""
+        if key == "undesired.source" and suite.undesired.hub_alternative is not None:
+            hint = f" (alternative declared in undesired.hub_alternative: {suite.undesired.hub_alternative})"
+        raise type(exc)(f"{suite.path.name}: {key}: {exc}{hint}") from exc
+    suite._files.update(loaded.files)
+    logger.info("%s: %d texts from %s", key, len(loaded.texts), loaded.origin)
+    return _dedup(loaded.texts)
+
+
+def _resolve_prompts(suite: ProbeSuite, encoding_errors: str) -> None:
+    file = suite.path.name
+    undesired = _cap_prompts(_load(suite, "undesired.source", suite.undesired.source, encoding_errors), file)
+    if suite.eval_source is not None:
+        eval_prompts = _cap_prompts(_load(suite, "eval.source", suite.eval_source, encoding_errors), file)
+        reference_keys = {_norm(p) for p in undesired}
+        overlap = [p for p in eval_prompts if _norm(p) in reference_keys]
+        if overlap:
+            raise ProbeSuiteError(
+                f"{file}: {len(overlap)} of {len(eval_prompts)} eval prompts also appear in the undesired "
+                f"reference prompts, e.g. {overlap[0][:200]!r}. Held-out prompts must be disjoint: use "
+                "another eval.source, or drop `eval` to split the undesired prompts by split.eval_fraction."
+            )
+        suite._undesired_reference, suite._eval_prompts = undesired, eval_prompts
+        return
+    order = list(range(len(undesired)))
+    random.Random(suite.split.seed).shuffle(order)
+    n_eval = round(len(undesired) * suite.split.eval_fraction)
+    if n_eval == 0 or n_eval == len(undesired):
+        raise ProbeSuiteError(
+            f"{file}: split.eval_fraction {suite.split.eval_fraction} of {len(undesired)} unique undesired "
+            "prompts leaves the reference or the eval part empty; add prompts or change the fraction"
+        )
+    eval_idx = set(order[:n_eval])
+    suite._eval_prompts = [p for i, p in enumerate(undesired) if i in eval_idx]
+    suite._undesired_reference = [p for i, p in enumerate(undesired) if i not in eval_idx]
+
+
+def _take_words(docs: list[str], start: int, words: int) -> int | None:
+    """End index of the shortest run ``docs[start:end]`` with at least ``words`` words; None if too few."""
+    total = 0
+    for i in range(start, len(docs)):
+        total += len(docs[i].split())
+        if total >= words:
+            return i + 1
+    return None
+
+
+def _resolve_general(suite: ProbeSuite, encoding_errors: str) -> None:
+    spec = suite.general
+    docs = _load(suite, "general.source", spec.source, encoding_errors)
+    # Order is test, validation, reference: changing reference.general_n never changes the test set.
+    random.Random(suite.split.seed).shuffle(docs)
+    test_end = _take_words(docs, 0, spec.test_words)
+    val_end = None if test_end is None else _take_words(docs, test_end, spec.validation_words)
+    general_n = suite.reference.general_n
+    if val_end is None or val_end + general_n > len(docs):
+        words = sum(len(d.split()) for d in docs)
+        raise ProbeSuiteError(
+            f"{suite.path.name}: general.source has {len(docs)} unique documents ({words} words), too "
+            f"few for general.test_words={spec.test_words} + general.validation_words="
+            f"{spec.validation_words} + reference.general_n={general_n}; add text (e.g. asset "
+            "gensim-enwiki) or lower them"
+        )
+    suite._general_parts = {
+        "test": docs[:test_end],
+        "validation": docs[test_end:val_end],
+        "reference": docs[val_end : val_end + general_n],
+    }
+
+
+def load_suite(name_or_path: str, *, encoding_errors: str = "strict") -> ProbeSuite:
+    """Load, validate and resolve a suite given a packaged name (``toxicity``) or a YAML path."""
+    path = _resolve_path(str(name_or_path))
+    suite = _parse(path)
+    suite._files[str(path)] = sha256_file(path)
+    _resolve_prompts(suite, encoding_errors)
+    _resolve_general(suite, encoding_errors)
+    if suite.reference.undesired_top_n > len(suite._undesired_reference):
+        logger.warning(
+            "%s: reference.undesired_top_n=%d exceeds the %d reference prompts; all will be used",
+            path.name, suite.reference.undesired_top_n, len(suite._undesired_reference),
+        )
+    return suite
+

