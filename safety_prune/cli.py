@@ -8,7 +8,7 @@ import logging
 import sys
 
 from . import __version__
-from .errors import SafetyPruneError
+from .errors import ConfigError, SafetyPruneError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -37,6 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
     _common(audit)
     audit.add_argument("--top-k", type=int, default=50, help="units listed in circuit.json")
 
+    corr = sub.add_parser("correct", help="prune the circuit behind the behaviour and prove it on held-out data")
+    _common(corr)
+    corr.add_argument("--top-k", type=int, default=50, help="units listed in circuit.json")
+    corr.add_argument("--method", default="lrp",
+                      help="lrp, gradient, wanda, activation, magnitude, random, or all (compared at the same k)")
+    corr.add_argument("--unit", default="neuron", choices=["neuron", "head", "weight"])
+    rule = corr.add_mutually_exclusive_group()
+    rule.add_argument("--k", type=int, default=None, help="prune exactly k units")
+    rule.add_argument("--sparsity", type=float, default=None, help="prune this fraction of the units")
+    rule.add_argument("--ppl-budget", type=float, default=0.02,
+                      help="largest k whose validation perplexity rise stays within this fraction (default)")
+    corr.add_argument("--sweep", default="", help="comma-separated extra k values to evaluate, e.g. 25,50,100")
+    corr.add_argument("--save-model", default=None, help="write the corrected model here (new or empty folder)")
+
     assets = sub.add_parser("assets", help="list or fetch the pinned offline assets")
     assets_sub = assets.add_subparsers(dest="assets_command", required=True)
     assets_sub.add_parser("list", help="show every asset and whether it is cached")
@@ -57,6 +71,25 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         b = res["baseline"]
         print(f"toxicity_rate {b['toxicity_rate']:.3f}  toxicity_mean {b['toxicity_mean']:.3f}  "
               f"perplexity {b['perplexity']:.2f}  distinct2 {b['distinct2']:.3f}  -> {args.out}/report.html")
+        return 0
+    if args.command == "correct":
+        from .correction import CorrectOptions, correct
+
+        try:
+            sweep = [int(x) for x in args.sweep.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"--sweep {args.sweep!r} must be comma-separated integers, e.g. 25,50,100.") from None
+        opts = CorrectOptions(limit=args.limit, seed=args.seed, device=args.device, dtype=args.dtype,
+                              top_k=args.top_k, batch_size=args.batch_size, trust_remote_code=args.trust_remote_code,
+                              allow_pickle=args.allow_pickle, method=args.method, unit=args.unit, k=args.k,
+                              sparsity=args.sparsity, ppl_budget=args.ppl_budget, sweep=sweep,
+                              save_model=args.save_model)
+        res = correct(args.model, args.probe, args.out, overwrite=args.overwrite, options=opts, argv=argv)
+        b, c = res["baseline"], res["corrected"]
+        print(f"pruned {res['pruned']['count']} {res['pruned']['unit']}s ({res['method']}): toxicity_rate "
+              f"{b['toxicity_rate']:.3f} -> {c['toxicity_rate']:.3f}, perplexity {b['perplexity']:.2f} -> "
+              f"{c['perplexity']:.2f}, distinct2 {b['distinct2']:.3f} -> {c['distinct2']:.3f}")
+        print(f"report: {args.out}/report.html")
         return 0
     if args.command == "assets":
         from pathlib import Path

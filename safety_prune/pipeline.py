@@ -193,22 +193,15 @@ def _audit(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, opt: AuditOptions
     eval_prompts = _limit(suite.eval_prompts(), opt.limit)
     general_test = suite.general_test()
     metrics, res = evaluate(lm, lm, suite, scorer, eval_prompts, general_test, opt.seed)
-    write_jsonl(staging.path("samples.jsonl"), _sample_rows(res, "baseline"))
+    write_jsonl(staging.path("samples.jsonl"), sample_rows(res, "baseline"))
     ref_prompts = _limit(suite.undesired_reference(), opt.limit)
     ref = generate_and_score(lm, suite, scorer, ref_prompts, opt.seed, "reference")
-    write_jsonl(staging.path("reference_generations.jsonl"), _sample_rows(ref, "reference"))
-    top_n = min(suite.reference.undesired_top_n, len(ref_prompts)) if opt.limit else \
-        suite.reference.undesired_top_n
-    undesired = undesired_samples(ref, top_n)
-    general_texts = suite.general_reference()
-    general_n = min(suite.reference.general_n, opt.limit) if opt.limit else suite.reference.general_n
-    general = samples_from_texts(lm.tokenizer, general_texts, max_tokens=opt.max_tokens)
-    require_samples(general, general_n, "The general reference set")
-    general = general[:general_n]
+    write_jsonl(staging.path("reference_generations.jsonl"), sample_rows(ref, "reference"))
+    general, undesired = reference_sets(lm, suite, ref, opt)
     rel = relevance_pair(lm, general, undesired, opt)
     diff = differential(rel["general"], rel["undesired"])
     circuit = circuit_summary(diff, opt.top_k)
-    _save_relevance(staging, rel, diff)
+    save_relevance(staging, rel, diff)
     write_json(staging.path("circuit.json"), circuit)
     geo = geometry(lm.model)
     return {
@@ -222,17 +215,38 @@ def _audit(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, opt: AuditOptions
         "scorer": {"name": scorer.name, "description": scorer.description, "limits": scorer.limits,
                    "threshold": suite.scorer.threshold},
         "baseline": flat_metrics(metrics),
-        "circuit": {
-            "method": "lrp", "variant": "attnlrp", "units": list(diff),
-            "n_undesired": len(undesired), "n_general": len(general),
-            "sink_positions": 1,
-            "normalisation": "each set divided by its total |R| per unit kind; R_diff = R_general - R_undesired",
-            "conservation_ratio": {k: float(r.info["conservation_ratio"]) for k, r in rel.items()},
-            "top_units": circuit.get("neuron", {}).get("top_units", []),
-            "per_layer": circuit.get("neuron", {}).get("per_layer", []),
-            "heads": circuit.get("head", {}),
-        },
+        "circuit": circuit_results(circuit, rel, "lrp", len(undesired), len(general)),
     }
+
+
+def circuit_results(circuit: dict[str, Any], rel: dict[str, Relevance], method: str, n_undesired: int,
+                    n_general: int) -> dict[str, Any]:
+    """The ``circuit`` block of results.json, shared by audit and correct."""
+    out: dict[str, Any] = {
+        "method": method, "n_undesired": n_undesired, "n_general": n_general,
+        "sink_positions": 1,
+        "normalisation": "each set divided by its total |R| per unit kind; R_diff = R_general - R_undesired",
+        "top_units": circuit.get("neuron", {}).get("top_units", []),
+        "per_layer": circuit.get("neuron", {}).get("per_layer", []),
+        "heads": circuit.get("head", {}),
+    }
+    if method == "lrp":
+        out["variant"] = rel["general"].info.get("variant", "attnlrp")
+        out["conservation_ratio"] = {k: float(r.info["conservation_ratio"]) for k, r in rel.items()}
+    return out
+
+
+def reference_sets(lm: LoadedModel, suite: ProbeSuite, ref: Generations, opt: AuditOptions
+                   ) -> tuple[list[Sample], list[Sample]]:
+    """The general samples and the top-N most toxic undesired continuations that attribution explains."""
+    top_n = suite.reference.undesired_top_n
+    general_n = suite.reference.general_n
+    if opt.limit:
+        top_n, general_n = min(top_n, len(ref.prompts)), min(general_n, opt.limit)
+    undesired = undesired_samples(ref, top_n)
+    general = samples_from_texts(lm.tokenizer, suite.general_reference(), max_tokens=opt.max_tokens)
+    require_samples(general, general_n, "The general reference set")
+    return general[:general_n], undesired
 
 
 def relevance_pair(lm: LoadedModel, general: list[Sample], undesired: list[Sample], opt: AuditOptions,
@@ -245,7 +259,7 @@ def relevance_pair(lm: LoadedModel, general: list[Sample], undesired: list[Sampl
     }
 
 
-def _save_relevance(staging: Staging, rel: dict[str, Relevance], diff: dict[str, torch.Tensor]) -> None:
+def save_relevance(staging: Staging, rel: dict[str, Relevance], diff: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
     from .io import atomic_path
@@ -257,7 +271,7 @@ def _save_relevance(staging: Staging, rel: dict[str, Relevance], diff: dict[str,
         save_file(tensors, str(tmp), metadata=meta)
 
 
-def _sample_rows(res: Generations, split: str):
+def sample_rows(res: Generations, split: str):
     for i, (prompt, row_g, row_s) in enumerate(zip(res.prompts, res.gens, res.scores, strict=True)):
         for j, (g, s) in enumerate(zip(row_g, row_s, strict=True)):
             yield {"split": split, "prompt_index": i, "sample": j, "prompt": prompt,

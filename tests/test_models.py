@@ -28,7 +28,7 @@ def test_missing_path_is_clear(tmp_path):
 
 
 def test_folder_without_config(tmp_path):
-    with pytest.raises(ModelLoadError, match="no config.json"):
+    with pytest.raises(ModelLoadError, match=r"no config\.json"):
         load_model(str(tmp_path))
 
 
@@ -42,7 +42,7 @@ def test_unsupported_architecture_lists_families(tmp_path):
 
 def test_config_not_json(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
-    with pytest.raises(ModelLoadError, match="config.json is not valid JSON"):
+    with pytest.raises(ModelLoadError, match=r"config\.json is not valid JSON"):
         load_model(str(tmp_path))
 
 

@@ -1,0 +1,296 @@
+"""``correct``: attribute, select the circuit, prune a copy, and prove the effect on held-out data.
+
+Selection may only read the reference prompts and the general *validation* text;
+every reported number comes from the held-out ``eval`` prompts and the general
+*test* text. Each method is compared at the same k, on the same prompts, with
+paired bootstrap intervals against the baseline and against random-k.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .attribution import METHODS, Relevance, attribute, differential
+from .errors import ConfigError, OutputError
+from .evaluation import paired_bootstrap_diff, perplexity
+from .io import atomic_dir, write_json
+from .models import LoadedModel, load_model
+from .pipeline import (
+    AuditOptions,
+    Generations,
+    circuit_results,
+    circuit_summary,
+    evaluate,
+    flat_metrics,
+    generate_and_score,
+    reference_sets,
+    relevance_pair,
+    sample_rows,
+    save_relevance,
+)
+from .pruning import MaskSet, count_units, fraction, pruned_copy, save_masks, select
+from .run import SCHEMA_VERSION, Staging, check_out_dir, manifest
+from .scorers import get_scorer
+from .suite import ProbeSuite, load_suite
+
+log = logging.getLogger(__name__)
+
+COMPARED = ("lrp", "gradient", "wanda", "activation", "random")
+UNIT_KINDS = ("neuron", "head", "weight")
+
+
+@dataclass
+class CorrectOptions(AuditOptions):
+    method: str = "lrp"  # a METHODS entry or "all"
+    unit: str = "neuron"
+    k: int | None = None
+    sparsity: float | None = None
+    ppl_budget: float | None = 0.02
+    sweep: list[int] = field(default_factory=list)
+    save_model: str | None = None
+    search_tokens: int = 4096  # validation tokens per perplexity-budget probe
+    max_search_k: int = 1024
+
+    def validate(self) -> None:
+        if self.method != "all" and self.method not in METHODS:
+            raise ConfigError(f"--method {self.method} is unknown. Choose one of: all, {', '.join(METHODS)}.")
+        if self.unit not in UNIT_KINDS:
+            raise ConfigError(f"--unit {self.unit} is unknown. Choose one of: {', '.join(UNIT_KINDS)}.")
+        if self.k is not None and self.sparsity is not None:
+            raise ConfigError("Give either --k or --sparsity, not both.")
+        if self.k is not None and self.k <= 0:
+            raise ConfigError(f"--k must be a positive number of units, got {self.k}.")
+        if self.sparsity is not None and not 0 < self.sparsity < 1:
+            raise ConfigError(f"--sparsity must lie strictly between 0 and 1, got {self.sparsity}.")
+        if self.k is None and self.sparsity is None and (self.ppl_budget is None or self.ppl_budget <= 0):
+            raise ConfigError("Give --k, --sparsity, or a positive --ppl-budget (relative perplexity rise).")
+        if any(k <= 0 for k in self.sweep):
+            raise ConfigError(f"--sweep values must be positive unit counts, got {self.sweep}.")
+
+
+def check_save_target(target: str | None, lm_folder: Path | None) -> Path | None:
+    """Refuse a save path inside the input model's folder or a non-empty folder; writes nothing."""
+    if target is None:
+        return None
+    path = Path(target).expanduser().resolve()
+    if lm_folder is not None:
+        src = lm_folder.resolve()
+        if path == src or src in path.parents:
+            raise OutputError(f"--save-model {target} lies inside the input model folder {lm_folder}. The "
+                              "input model is never modified: choose a folder outside it.")
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise OutputError(f"--save-model {target} exists and is not an empty folder. Choose a new folder.")
+    return path
+
+
+def _validation_ppl(lm: LoadedModel, model: torch.nn.Module, texts: list[str], suite: ProbeSuite,
+                    n_tokens: int) -> float:
+    ids = lm.tokenizer("\n\n".join(texts), add_special_tokens=False)["input_ids"][:n_tokens]
+    text = lm.tokenizer.decode(ids)
+    p = suite.perplexity
+    return perplexity(model, lm.tokenizer, [text], max_length=p.max_length, stride=p.max_length,
+                      device=model.device).perplexity
+
+
+def budget_search(lm: LoadedModel, suite: ProbeSuite, scores: dict[str, torch.Tensor], kind: str,
+                  budget: float, opt: CorrectOptions) -> tuple[int, list[dict[str, float]]]:
+    """Largest k on a geometric grid whose *validation* perplexity rise stays within ``budget``.
+
+    Reads only ``suite.general_validation()``; the test split is never touched here.
+    """
+    texts = suite.general_validation()
+    base = _validation_ppl(lm, lm.model, texts, suite, opt.search_tokens)
+    total = count_units(lm.model, kind)
+    trail: list[dict[str, float]] = [{"k": 0, "validation_perplexity": base, "rise": 0.0}]
+    best, k = 0, 1
+    while k <= min(opt.max_search_k, total):
+        units = select(scores, kind, k=k)
+        pruned = pruned_copy(lm.model, units)
+        ppl = _validation_ppl(lm, pruned, texts, suite, opt.search_tokens)
+        del pruned
+        rise = ppl / base - 1
+        trail.append({"k": k, "validation_perplexity": ppl, "rise": rise})
+        log.info("budget search: k=%d validation ppl %.3f (%+.2f%%)", k, ppl, 100 * rise)
+        if rise > budget:
+            break
+        best, k = k, k * 2
+    if best == 0:
+        raise ConfigError(f"Even k=1 raises validation perplexity by {100 * trail[-1]['rise']:.1f}%, above "
+                          f"--ppl-budget {budget}. Raise the budget or give --k explicitly.")
+    return best, trail
+
+
+def _per_prompt_toxicity(res: Generations) -> list[float]:
+    return [float(np.mean(row)) for row in res.scores]
+
+
+def _compare(lm: LoadedModel, suite: ProbeSuite, scorer, prompts: list[str], test_text: list[str],
+             method: str, units: MaskSet, baseline_tox: list[float], seed: int
+             ) -> tuple[dict[str, Any], Generations, list[float], torch.nn.Module]:
+    pruned_model = pruned_copy(lm.model, units)
+    pruned = LoadedModel(pruned_model, lm.tokenizer, lm.arch, lm.spec, lm.name, lm.folder, lm.weights_sha256)
+    metrics, res = evaluate(pruned, lm, suite, scorer, prompts, test_text, seed)
+    tox = _per_prompt_toxicity(res)
+    row = {"method": method, "k": len(units), **{k: v for k, v in flat_metrics(metrics).items() if k != "details"},
+           "paired_vs_baseline": paired_bootstrap_diff(baseline_tox, tox, seed=seed)}
+    return row, res, tox, pruned_model
+
+
+@dataclass
+class _Run:
+    lm: LoadedModel
+    suite: ProbeSuite
+    opt: CorrectOptions
+    staging: Staging
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
+            options: CorrectOptions | None = None, argv: list[str] | None = None) -> dict[str, Any]:
+    """Baseline audit, attribution, selection, pruning of a copy, and held-out re-evaluation."""
+    opt = options or CorrectOptions()
+    opt.validate()
+    started = time.time()
+    out = check_out_dir(out, overwrite)
+    suite = load_suite(probe)
+    lm = load_model(model, device=opt.device, dtype=opt.dtype, trust_remote_code=opt.trust_remote_code,
+                    allow_pickle=opt.allow_pickle)
+    save_to = check_save_target(opt.save_model, lm.folder)
+    if opt.k is not None and opt.k > count_units(lm.model, opt.unit):
+        raise ConfigError(f"--k {opt.k} exceeds the {count_units(lm.model, opt.unit)} {opt.unit} units of "
+                          "this model. Choose a smaller k.")
+    torch.manual_seed(opt.seed)
+    staging = Staging(out)
+    try:
+        results, corrected_model, units = _correct(lm, suite, opt, staging)
+        results["manifest"] = manifest(seed=opt.seed, argv=argv, data_files=suite.data_files(),
+                                       model_files=lm.weights_sha256, started=started)
+        write_json(staging.path("results.json"), results)
+        from .report import render_report
+
+        render_report(results, staging.path("samples.jsonl"), staging.path("report.html"))
+        if save_to is not None:
+            save_corrected(lm, corrected_model, units, results, save_to)
+        staging.commit()
+    except BaseException:
+        staging.discard()
+        raise
+    return results
+
+
+def _correct(lm: LoadedModel, suite: ProbeSuite, opt: CorrectOptions, staging: Staging):
+    from .io import write_jsonl
+
+    scorer = get_scorer(suite.scorer.name, **suite.scorer.options)
+    eval_prompts = suite.eval_prompts()[: opt.limit] if opt.limit else suite.eval_prompts()
+    test_text = suite.general_test()
+    baseline, base_res = evaluate(lm, lm, suite, scorer, eval_prompts, test_text, opt.seed)
+    baseline_tox = _per_prompt_toxicity(base_res)
+    ref = generate_and_score(lm, suite, scorer, suite.undesired_reference()[: opt.limit] if opt.limit
+                             else suite.undesired_reference(), opt.seed, "reference")
+    general, undesired = reference_sets(lm, suite, ref, opt)
+    methods = list(COMPARED) if opt.method == "all" else [opt.method]
+    primary = methods[0]
+    kinds = (opt.unit,) if opt.unit == "weight" else ("neuron", "head")
+    rels: dict[str, dict[str, Relevance]] = {}
+    scores: dict[str, dict[str, torch.Tensor]] = {}
+    for method in ["random", *[m for m in methods if m != "random"]]:
+        if method == "random":  # ranks units by seeded noise; nothing to contrast
+            scores[method] = attribute(lm.model, general, method="random", units=kinds, seed=opt.seed).scores
+        else:
+            rels[method] = relevance_pair(lm, general, undesired, opt, method=method, units=kinds)
+            scores[method] = differential(rels[method]["general"], rels[method]["undesired"])
+    selection: dict[str, Any] = {"unit": opt.unit}
+    if opt.k is not None:
+        k, selection["rule"] = opt.k, "k"
+    elif opt.sparsity is not None:
+        k, selection["rule"] = max(1, round(opt.sparsity * count_units(lm.model, opt.unit))), "sparsity"
+    else:
+        k, trail = budget_search(lm, suite, scores[primary], opt.unit, opt.ppl_budget, opt)
+        selection |= {"rule": "ppl_budget", "budget": opt.ppl_budget, "search": trail,
+                      "search_split": "general_validation", "search_tokens": opt.search_tokens}
+    selection["k"] = k
+    rows, random_tox, samples = [], {}, list(sample_rows(base_res, "baseline"))
+    primary_state: dict[str, Any] = {}
+    for method in scores:  # random first: every other method is paired against it
+        for kk in sorted({k, *opt.sweep}):
+            units = select(scores[method], opt.unit, k=kk)
+            row, res, tox, pruned = _compare(lm, suite, scorer, eval_prompts, test_text, method, units,
+                                             baseline_tox, opt.seed)
+            if method == "random":
+                random_tox[kk] = tox
+            else:
+                row["paired_vs_random"] = paired_bootstrap_diff(random_tox[kk], tox, seed=opt.seed)
+            row["fraction"] = fraction(lm.model, units)
+            rows.append(row)
+            if method == primary and kk == k:
+                primary_state = {"row": row, "units": units, "model": pruned}
+                samples += sample_rows(res, f"corrected:{method}")
+    write_jsonl(staging.path("samples.jsonl"), samples)
+    write_jsonl(staging.path("reference_generations.jsonl"), sample_rows(ref, "reference"))
+    main_rel = rels.get(primary) or next(iter(rels.values()), None)
+    diff = differential(main_rel["general"], main_rel["undesired"]) if main_rel else {}
+    if main_rel:
+        save_relevance(staging, main_rel, diff)
+    units = primary_state["units"]
+    save_masks(units, staging.path("masks.json"), staging.path("masks.safetensors"),
+               {"method": primary, "unit": opt.unit, "k": k, "seed": opt.seed}, model=lm.model)
+    circuit = circuit_summary(diff, opt.top_k) if opt.unit != "weight" else {}
+    write_json(staging.path("circuit.json"), circuit)
+    row = primary_state["row"]
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "job": "correct",
+        "method": primary,
+        "model": {"spec": lm.spec, "name": lm.name, "family": lm.arch.family},
+        "probe": {"name": suite.name, "description": suite.description, "n_eval_prompts": len(eval_prompts),
+                  "n_reference_prompts": len(ref.prompts), "generation": asdict(suite.generation),
+                  "thresholds": asdict(suite.thresholds), "chat_template": suite.chat_template},
+        "scorer": {"name": scorer.name, "description": scorer.description, "limits": scorer.limits,
+                   "threshold": suite.scorer.threshold},
+        "baseline": flat_metrics(baseline),
+        "corrected": {k: v for k, v in row.items() if k not in ("method",)},
+        "pruned": {"unit": opt.unit, "count": len(units), "fraction": fraction(lm.model, units),
+                   "units": [str(u) for u in units][:200]},
+        "selection": selection,
+        "comparison": rows,
+        "circuit": circuit_results(circuit, main_rel, primary, len(undesired), len(general)) if main_rel else {},
+    }
+    return results, primary_state["model"], units
+
+
+def save_corrected(lm: LoadedModel, model: torch.nn.Module, units: MaskSet, results: dict[str, Any],
+                   target: Path) -> None:
+    """A plain transformers folder (safetensors, tokenizer, model card), written atomically."""
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        lm.tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").write_text(model_card(results), encoding="utf-8")
+
+
+def model_card(results: dict[str, Any]) -> str:
+    b, c, p = results["baseline"], results["corrected"], results["pruned"]
+
+    def cell(d: dict, key: str) -> str:
+        lo, hi = d[f"{key}_ci"]
+        return f"{d[key]:.4g} [{lo:.4g}, {hi:.4g}]"
+
+    rows = "\n".join(f"| {key} | {cell(b, key)} | {cell(c, key)} |"
+                     for key in ("toxicity_rate", "toxicity_mean", "perplexity", "distinct2",
+                                 "continuation_perplexity"))
+    return (f"# Corrected {results['model']['name']}\n\n"
+            f"Base model: `{results['model']['spec']}` ({results['model']['name']}).\n\n"
+            f"Produced by safety_prune `correct` (probe suite `{results['probe']['name']}`): "
+            f"{p['count']} {p['unit']} units ({100 * p['fraction']:.3f}%) with the most negative differential "
+            f"relevance (method `{results['method']}`, R_diff = R_general - R_undesired) were set to zero. "
+            f"Selection rule: {results['selection']['rule']}.\n\n"
+            f"Held-out measurements (95% bootstrap CI), scorer `{results['scorer']['name']}`:\n\n"
+            f"| metric | before | after |\n|---|---|---|\n{rows}\n\n"
+            f"Scorer limits: {results['scorer']['limits']}\n")
