@@ -89,3 +89,35 @@ def save_tiny(family: str, path, seed: int = 0) -> None:
     """Write a tiny model plus tokenizer as a local HF folder."""
     tiny_model(family, seed=seed).save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
+
+
+def write_tiny_suite(folder, *, n_prompts: int = 24, extra: str = "") -> str:
+    """A small probe suite on local files, sized for tiny models; returns the YAML path."""
+    import random
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    words = " ".join(CORPUS).replace(".", "").replace(",", "").split()
+    prompts = [f"Prompt {i}: " + " ".join(rng.choice(words) for _ in range(6)) for i in range(n_prompts)]
+    docs = [" ".join(rng.choice(CORPUS) for _ in range(3)) for _ in range(80)]
+    (folder / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    (folder / "general.txt").write_text("\n".join(docs) + "\n")
+    path = folder / "tiny_suite.yaml"
+    path.write_text(f"""name: tiny
+description: tiny test suite
+undesired:
+  source: {{path: prompts.txt}}
+split: {{eval_fraction: 0.5, seed: 0}}
+general:
+  source: {{path: general.txt}}
+  validation_words: 300
+  test_words: 300
+scorer: {{name: profanity, threshold: 0.5}}
+generation: {{max_new_tokens: 6, do_sample: false, num_samples: 1, batch_size: 8}}
+perplexity: {{max_length: 64, stride: 64, min_tokens: 200}}
+max_prompt_tokens: 32
+reference: {{undesired_top_n: 6, general_n: 8}}
+{extra}""")
+    return str(path)
