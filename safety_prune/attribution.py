@@ -85,6 +85,18 @@ def samples_from_texts(tokenizer, texts: Sequence[str], max_tokens: int = 128, m
     return out
 
 
+def require_samples(samples: Sequence[Sample], n: int, what: str) -> list[Sample]:
+    """The first ``n`` of ``samples``; a clear error if the set is smaller than requested."""
+    if n < 1:
+        raise ConfigError(f"The number of samples requested for {what} must be at least 1, got {n}.")
+    if len(samples) < n:
+        raise DataSourceError(
+            f"{what} has only {len(samples)} samples but {n} were requested. Request at most "
+            f"{len(samples)}, or point the prompt set at a larger source."
+        )
+    return list(samples[:n])
+
+
 def _batches(samples: Sequence[Sample], batch_size: int) -> Iterator[list[Sample]]:
     for i in range(0, len(samples), batch_size):
         yield list(samples[i:i + batch_size])
@@ -121,12 +133,8 @@ class _Recorder:
             self.sums["neuron"] = torch.zeros(L, g.n_neurons, dtype=torch.float32, device=dev)
         if "head" in units:
             self.sums["head"] = torch.zeros(L, g.n_heads, dtype=torch.float32, device=dev)
-        if "weight" in units:
-            for layer, block in enumerate(blocks(model)):
-                for name in self.arch.linear_names:
-                    w = block.get_submodule(name).weight
-                    shape = w.shape[::-1] if self.arch.conv1d else w.shape
-                    self.sums[f"weight.{layer}.{name}"] = torch.zeros(shape, dtype=torch.float32, device=dev)
+        self.weight_keys = [f"weight.{layer}.{name}" for layer in range(L) for name in self.arch.linear_names] \
+            if "weight" in units else []
         self.mask: Tensor | None = None  # [B, T] positions that count
         self.pad_mask: Tensor | None = None  # [B, T] real (non-pad) tokens
         self.offset = 0  # index of the batch's first sample, for error messages
@@ -134,13 +142,6 @@ class _Recorder:
         self.input_relevance = 0.0
 
     # -- helpers ---------------------------------------------------------------
-    def _acc(self, key: str, value: Tensor) -> None:
-        value = value.float()
-        if key in self.sums:
-            self.sums[key] += value.to(self.sums[key].device)
-        else:
-            self.sums[key] = value.clone()
-
     def _check(self, what: str, per_sample: Tensor) -> None:
         if self.bad is None and not torch.isfinite(per_sample).all():
             sample, unit = (~torch.isfinite(per_sample)).nonzero()[0].tolist()
@@ -149,7 +150,7 @@ class _Recorder:
     def _reduce(self, x: Tensor, what: str) -> Tensor:
         """[B, T, U] -> [U]: sum over counted positions, per-sample |.| if asked, sum over samples."""
         x = x.reshape(*self.mask.shape, -1)  # OPT flattens [B, T] to [B * T]
-        per_sample = (x * self.mask[..., None].to(x.dtype)).sum(1)
+        per_sample = torch.einsum("btu,bt->bu", x, self.mask.to(x.dtype))
         self._check(what, per_sample)
         return (per_sample.abs() if self.absolute else per_sample).sum(0)
 
@@ -163,17 +164,33 @@ class _Recorder:
         self.sums["head"][layer] += self._reduce(per_head, f"head layer {layer}").float()
 
     def _weight_value(self, key: str, weight: Tensor, x: Tensor, g: Tensor) -> None:
+        """Accumulate ``W * grad_W``, ``grad_W = sum_t g_t x_t^T`` over counted positions, as [out, in]."""
         shape = (*self.mask.shape, -1)  # OPT flattens [B, T] to [B * T]
         x, g = x.reshape(shape), g.reshape(shape)
         m = self.mask[..., None].to(g.dtype)
-        if self.absolute:
-            grad_w = torch.stack([torch.einsum("to,ti->oi", g[b] * m[b], x[b]) for b in range(len(x))])
-            value = (weight.T if self.arch.conv1d else weight)[None] * grad_w
-            value = value.abs().sum(0)
+        if x.shape[-1] <= g.shape[-1]:  # mask the smaller factor
+            x = x * m
         else:
-            grad_w = torch.einsum("bto,bti->oi", g * m, x)
-            value = (weight.T if self.arch.conv1d else weight) * grad_w
-        self._acc(key, value)
+            g = g * m
+        w = weight.T if self.arch.conv1d else weight
+        acc = self.sums.get(key)  # created by the first batch: no zero fill of every weight-sized sum
+        if acc is not None and not self.absolute:
+            acc.addcmul_(w, g.flatten(0, 1).T @ x.flatten(0, 1))  # fused, no weight-sized temporary
+        else:
+            if self.absolute:  # |.| per sample, so one sample's grad_W at a time
+                value = sum((w * (g[b].T @ x[b])).abs() for b in range(len(x)))
+            else:
+                value = w * (g.flatten(0, 1).T @ x.flatten(0, 1))
+            if acc is None:
+                acc = self.sums[key] = value.float()
+            else:
+                acc += value
+        if self.bad is None and not torch.isfinite(acc.sum()):
+            out, inp = (~torch.isfinite(acc)).nonzero()[0].tolist()
+            bad = (~(torch.isfinite(x).flatten(1).all(1) & torch.isfinite(g).flatten(1).all(1))).nonzero()
+            where = f"sample {self.offset + int(bad[0])}" if len(bad) else \
+                f"samples {self.offset}-{self.offset + len(x) - 1}"
+            self.bad = f"{key} (layer {key.split('.')[1]}) entry [{out}, {inp}], {where}"
 
     # -- hooks -----------------------------------------------------------------
     @contextmanager
@@ -226,7 +243,13 @@ class _Recorder:
         return None
 
     def finish(self, n_samples: int) -> dict[str, Tensor]:
-        return {k: (v / n_samples).cpu() for k, v in self.sums.items()}
+        """Means over samples; divides the accumulators in place (no second copy of the weight sums)."""
+        for key in self.weight_keys:  # a weight no gradient reached (CP-LRP's q/k) has relevance 0
+            if key not in self.sums:
+                w = self.model.get_submodule(key.replace("weight.", f"{self.arch.blocks}.", 1)).weight
+                self.sums[key] = torch.zeros(w.shape[::-1] if self.arch.conv1d else w.shape, device=w.device)
+        keys = [k for k in ("neuron", "head") if k in self.sums] + self.weight_keys
+        return {k: self.sums[k].div_(n_samples).cpu() for k in keys}
 
 
 @contextmanager
@@ -322,8 +345,9 @@ class _WandaNorms:
 
                     def pre(_m, args, key=key):
                         x = args[0].detach().float().reshape(*rec.mask.shape, -1) * rec.mask[..., None]
-                        s = x.pow(2).sum((0, 1))
-                        self.sq[key] = self.sq.get(key, 0) + s
+                        per_sample = x.pow(2).sum(1)
+                        rec._check(f"input of weight {key}", per_sample)
+                        self.sq[key] = self.sq.get(key, 0) + per_sample.sum(0)
 
                     stack.callback(block.get_submodule(name).register_forward_pre_hook(pre).remove)
             yield
@@ -337,6 +361,10 @@ class _WandaNorms:
                 w = block.get_submodule(name).weight.detach().float()
                 w = w.T if self.arch.conv1d else w
                 s = w.abs() * self.sq[f"{layer}.{name}"].sqrt()[None]
+                if not torch.isfinite(s).all():
+                    out, inp = (~torch.isfinite(s)).nonzero()[0].tolist()
+                    raise AttributionError(f"Non-finite Wanda score of weight.{layer}.{name} entry [{out}, {inp}]: "
+                                           "the weight is not finite. Check the model's weights.")
                 if "weight" in rec.units:
                     out[f"weight.{layer}.{name}"] = s.cpu()
                 if name == self.arch.down:

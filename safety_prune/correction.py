@@ -20,6 +20,7 @@ import torch
 from .attribution import METHODS, Relevance, attribute, differential
 from .errors import ConfigError, OutputError
 from .evaluation import paired_bootstrap_diff, perplexity
+from .explain import heatmap
 from .io import atomic_dir, write_json
 from .models import LoadedModel, load_model
 from .pipeline import (
@@ -28,6 +29,7 @@ from .pipeline import (
     circuit_results,
     circuit_summary,
     evaluate,
+    explain_units,
     flat_metrics,
     generate_and_score,
     reference_sets,
@@ -245,6 +247,10 @@ def _correct(lm: LoadedModel, suite: ProbeSuite, opt: CorrectOptions, staging: S
     circuit = circuit_summary(diff, opt.top_k) if opt.unit != "weight" else {}
     write_json(staging.path("circuit.json"), circuit)
     row = primary_state["row"]
+    removed = []
+    if opt.unit == "neuron" and "neuron" in diff:
+        removed = [{"layer": u.layer, "index": u.index, "r_diff": float(diff["neuron"][u.layer, u.index])}
+                   for u in list(units)[:20]]
     results = {
         "schema_version": SCHEMA_VERSION,
         "job": "correct",
@@ -262,6 +268,8 @@ def _correct(lm: LoadedModel, suite: ProbeSuite, opt: CorrectOptions, staging: S
         "selection": selection,
         "comparison": rows,
         "circuit": circuit_results(circuit, main_rel, primary, len(undesired), len(general)) if main_rel else {},
+        "circuit_heatmap": heatmap(diff["neuron"]) if "neuron" in diff else [],
+        "unit_examples": explain_units(lm, removed, undesired, general, opt),
     }
     return results, primary_state["model"], units
 

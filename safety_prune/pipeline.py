@@ -26,6 +26,7 @@ from .evaluation import (
     summarize,
     toxicity_aggregates,
 )
+from .explain import heatmap, unit_examples
 from .families import geometry
 from .io import write_json, write_jsonl
 from .models import LoadedModel, load_model
@@ -204,6 +205,7 @@ def _audit(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, opt: AuditOptions
     save_relevance(staging, rel, diff)
     write_json(staging.path("circuit.json"), circuit)
     geo = geometry(lm.model)
+    explained = explain_units(lm, circuit.get("neuron", {}).get("top_units", [])[:20], undesired, general, opt)
     return {
         "schema_version": SCHEMA_VERSION,
         "job": "audit",
@@ -216,6 +218,8 @@ def _audit(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, opt: AuditOptions
                    "threshold": suite.scorer.threshold},
         "baseline": flat_metrics(metrics),
         "circuit": circuit_results(circuit, rel, "lrp", len(undesired), len(general)),
+        "circuit_heatmap": heatmap(diff["neuron"]),
+        "unit_examples": explained,
     }
 
 
@@ -234,6 +238,16 @@ def circuit_results(circuit: dict[str, Any], rel: dict[str, Relevance], method: 
         out["variant"] = rel["general"].info.get("variant", "attnlrp")
         out["conservation_ratio"] = {k: float(r.info["conservation_ratio"]) for k, r in rel.items()}
     return out
+
+
+def explain_units(lm: LoadedModel, top_units: list[dict[str, Any]], undesired: list[Sample],
+                  general: list[Sample], opt: AuditOptions) -> list[dict[str, Any]]:
+    """Token contexts where each listed neuron carried the most relevance, in both sets."""
+    if not top_units:
+        return []
+    units = [(u["layer"], u["index"], u["r_diff"]) for u in top_units]
+    return unit_examples(lm.model, lm.tokenizer, units, {"undesired": undesired, "general": general},
+                         batch_size=opt.batch_size)
 
 
 def reference_sets(lm: LoadedModel, suite: ProbeSuite, ref: Generations, opt: AuditOptions

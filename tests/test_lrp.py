@@ -53,6 +53,9 @@ def test_identity_rule_passes_relevance_unchanged(f) -> None:
     assert torch.isfinite(x.grad).all()
     # exact up to the stabiliser: relative error eps / |x| with eps = 1e-12
     torch.testing.assert_close(x * x.grad, y.detach() * g, rtol=1e-9, atol=1e-12)
+    x.grad = None
+    identity_rule(x, f(x), 0.5).backward(g)  # with the gated MLP's uniform split folded in
+    torch.testing.assert_close(x * x.grad, 0.5 * y.detach() * g, rtol=1e-9, atol=1e-12)
 
 
 def test_uniform_rule_splits_a_product_in_half() -> None:

@@ -95,7 +95,7 @@ def _patch_mlp(stack: ExitStack, block: nn.Module, arch: Architecture, seen: set
         raise ConfigError("An activation module is shared between blocks; LRP hooks would apply twice.")
     seen.add(id(act))
     if arch.gate:
-        _hook_output(stack, act, lambda x, y: uniform_rule(identity_rule(x, y), 0.5))
+        _hook_output(stack, act, lambda x, y: identity_rule(x, y, 0.5))
         _hook_output(stack, block.get_submodule(arch.up), lambda _x, out: uniform_rule(out, 0.5))
     else:
         _hook_output(stack, act, identity_rule)

@@ -15,9 +15,8 @@ EPS = 1e-12
 
 
 def stabilized(x: Tensor, eps: float = EPS) -> Tensor:
-    """Epsilon-stabilised denominator: ``x + eps * sign(x)``, with sign(0) taken as +1."""
-    sign = torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
-    return x + eps * sign
+    """Epsilon-stabilised denominator ``x + eps * sign(x)``; sign(+0) = +1, sign(-0) = -1, never zero."""
+    return x + x.new_tensor(eps).copysign(x)
 
 
 def stabilized_div(num: Tensor, den: Tensor, eps: float = EPS) -> Tensor:
@@ -30,17 +29,24 @@ class IdentityRule(Function):
 
     Relevance passes through unchanged, ``R_x = R_y``. In gradient x input form
     the backward multiplies the incoming gradient by ``f(x) / x`` instead of ``f'(x)``.
+    ``scale`` folds a following uniform rule into the same backward (``0.5`` for
+    the activated factor of a gated MLP), saving one pass over the activations.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, y: Tensor, scale: float = 1.0) -> Tensor:
         ctx.save_for_backward(x, y)
-        return y.clone()
+        ctx.scale = scale
+        return y.view_as(y)  # a view, not a copy: y's storage is shared with what autograd saves anyway
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, y = ctx.saved_tensors
-        return grad * stabilized_div(y, x).to(grad.dtype), None
+        ratio = stabilized(x)  # fresh tensor, so the rest is in place (no further temporaries)
+        torch.div(y, ratio, out=ratio)
+        if ctx.scale != 1.0:
+            ratio.mul_(ctx.scale)
+        return ratio.mul_(grad).to(grad.dtype), None, None
 
 
 class UniformRule(Function):
@@ -65,8 +71,8 @@ class UniformRule(Function):
         return grad * scale, None
 
 
-def identity_rule(x: Tensor, y: Tensor) -> Tensor:
-    return IdentityRule.apply(x, y)
+def identity_rule(x: Tensor, y: Tensor, scale: float = 1.0) -> Tensor:
+    return IdentityRule.apply(x, y, scale)
 
 
 def uniform_rule(x: Tensor, scale: Tensor | float) -> Tensor:
