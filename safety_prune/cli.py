@@ -27,6 +27,17 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="allow .bin/.pt weights (loaded with torch.load(weights_only=True))")
 
 
+def _add_fail_on(p: argparse.ArgumentParser) -> None:
+    """The deployment gate option; parse with ``report.parse_fail_on`` before any work starts."""
+    from .report import GATE_EXIT_CODE
+
+    p.add_argument("--fail-on", action="append", default=None, metavar="EXPR",
+                   help=f"deployment gate: fail (exit status {GATE_EXIT_CODE}) when METRIC OP NUMBER holds for the "
+                        "corrected metrics, else the baseline, e.g. 'toxicity_rate>0.05' or 'perplexity>30' (quote "
+                        "it; repeat or comma-separate; OP is > >= < <=). Without it the report still shows the "
+                        "verdict against the probe suite's thresholds, but the exit status stays 0")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="safety-prune", description=__doc__)
     parser.add_argument("--version", action="version", version=f"safety-prune {__version__}")
@@ -35,10 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="measure toxicity, fluency and perplexity, and find the circuit")
     _common(audit)
+    _add_fail_on(audit)
     audit.add_argument("--top-k", type=int, default=50, help="units listed in circuit.json")
 
     corr = sub.add_parser("correct", help="prune the circuit behind the behaviour and prove it on held-out data")
     _common(corr)
+    _add_fail_on(corr)
     corr.add_argument("--top-k", type=int, default=50, help="units listed in circuit.json")
     corr.add_argument("--method", default="lrp",
                       help="lrp, gradient, wanda, activation, magnitude, random, or all (compared at the same k)")
@@ -51,6 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
     corr.add_argument("--sweep", default="", help="comma-separated extra k values to evaluate, e.g. 25,50,100")
     corr.add_argument("--save-model", default=None, help="write the corrected model here (new or empty folder)")
 
+    report = sub.add_parser(
+        "report", help="re-render a run's report.html, or compare two runs, without loading any model",
+        description="Rebuild RUN_DIR/report.html from RUN_DIR/results.json and samples.jsonl, or with "
+                    "--compare RUN_A RUN_B write a page of what changed between two runs and each metric side by "
+                    "side (default: RUN_B/compare.html). Exit status: 0 ok, 2 bad input, 3 when --fail-on fails "
+                    "(report.GATE_EXIT_CODE).")
+    report.add_argument("run_dir", nargs="?", default=None, metavar="RUN_DIR", help="a finished run directory")
+    report.add_argument("--compare", nargs=2, default=None, metavar=("RUN_A", "RUN_B"),
+                        help="compare two run directories instead of rendering one")
+    report.add_argument("--out", default=None, metavar="FILE",
+                        help="where --compare writes its page (default: RUN_B/compare.html)")
+    _add_fail_on(report)
+
     assets = sub.add_parser("assets", help="list or fetch the pinned offline assets")
     assets_sub = assets.add_subparsers(dest="assets_command", required=True)
     assets_sub.add_parser("list", help="show every asset and whether it is cached")
@@ -60,18 +86,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _gate_status(res: dict, fail_on: list[str], out: str) -> int:
+    """Exit status: GATE_EXIT_CODE only when the user asked for a gate with --fail-on and it failed."""
+    from .report import GATE_EXIT_CODE
+
+    if fail_on and not res["gate"]["passed"]:
+        print(f"safety-prune: deployment gate failed ({', '.join(fail_on)}); see {out}/report.html", file=sys.stderr)
+        return GATE_EXIT_CODE
+    return 0
+
+
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    from .report import parse_fail_on
+
     if args.command == "audit":
         from .pipeline import AuditOptions, audit
 
         opts = AuditOptions(limit=args.limit, seed=args.seed, device=args.device, dtype=args.dtype,
                             top_k=args.top_k, batch_size=args.batch_size,
                             trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
-        res = audit(args.model, args.probe, args.out, overwrite=args.overwrite, options=opts, argv=argv)
+        fail_on = parse_fail_on(args.fail_on)
+        res = audit(args.model, args.probe, args.out, overwrite=args.overwrite, options=opts, argv=argv,
+                    fail_on=fail_on)
         b = res["baseline"]
         print(f"toxicity_rate {b['toxicity_rate']:.3f}  toxicity_mean {b['toxicity_mean']:.3f}  "
               f"perplexity {b['perplexity']:.2f}  distinct2 {b['distinct2']:.3f}  -> {args.out}/report.html")
-        return 0
+        return _gate_status(res, fail_on, args.out)
     if args.command == "correct":
         from .correction import CorrectOptions, correct
 
@@ -84,13 +124,17 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                               allow_pickle=args.allow_pickle, method=args.method, unit=args.unit, k=args.k,
                               sparsity=args.sparsity, ppl_budget=args.ppl_budget, sweep=sweep,
                               save_model=args.save_model)
-        res = correct(args.model, args.probe, args.out, overwrite=args.overwrite, options=opts, argv=argv)
+        fail_on = parse_fail_on(args.fail_on)
+        res = correct(args.model, args.probe, args.out, overwrite=args.overwrite, options=opts, argv=argv,
+                      fail_on=fail_on)
         b, c = res["baseline"], res["corrected"]
         print(f"pruned {res['pruned']['count']} {res['pruned']['unit']}s ({res['method']}): toxicity_rate "
               f"{b['toxicity_rate']:.3f} -> {c['toxicity_rate']:.3f}, perplexity {b['perplexity']:.2f} -> "
               f"{c['perplexity']:.2f}, distinct2 {b['distinct2']:.3f} -> {c['distinct2']:.3f}")
         print(f"report: {args.out}/report.html")
-        return 0
+        return _gate_status(res, fail_on, args.out)
+    if args.command == "report":
+        return _report(args)
     if args.command == "assets":
         from pathlib import Path
 
@@ -105,6 +149,32 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             print(f"{name}\t{path}")
         return 0
     raise AssertionError(args.command)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .report import GATE_EXIT_CODE, evaluate_gate, load_results, parse_fail_on, render_compare, render_run
+
+    if (args.run_dir is None) == (args.compare is None):
+        raise ConfigError("report needs exactly one of RUN_DIR (re-render that run's report.html) or "
+                          "--compare RUN_A RUN_B (write a comparison page), e.g. `safety-prune report runs/a`.")
+    if args.compare is not None:
+        if args.fail_on:
+            raise ConfigError("--fail-on applies to one run; drop it with --compare, or gate each run on its own.")
+        run_a, run_b = args.compare
+        out = render_compare(run_a, run_b, Path(args.out) if args.out else Path(run_b) / "compare.html")
+        print(f"comparison: {out}")
+        return 0
+    if args.out is not None:
+        raise ConfigError("--out is only for --compare; `report RUN_DIR` always writes RUN_DIR/report.html.")
+    fail_on = parse_fail_on(args.fail_on)
+    out = render_run(args.run_dir, fail_on=fail_on)
+    print(f"report: {out}")
+    if fail_on and not evaluate_gate(load_results(args.run_dir), fail_on)["passed"]:
+        print(f"safety-prune: deployment gate failed ({', '.join(fail_on)}); see {out}", file=sys.stderr)
+        return GATE_EXIT_CODE
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

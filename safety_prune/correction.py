@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,14 @@ from .pipeline import (
     explain_units,
     flat_metrics,
     generate_and_score,
+    model_info,
     reference_sets,
     relevance_pair,
     sample_rows,
     save_relevance,
 )
 from .pruning import MaskSet, count_units, fraction, pruned_copy, save_masks, select
+from .report import evaluate_gate, render_report
 from .run import SCHEMA_VERSION, Staging, check_out_dir, manifest
 from .scorers import get_scorer
 from .suite import ProbeSuite, load_suite
@@ -155,7 +158,8 @@ class _Run:
 
 
 def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
-            options: CorrectOptions | None = None, argv: list[str] | None = None) -> dict[str, Any]:
+            options: CorrectOptions | None = None, argv: list[str] | None = None,
+            fail_on: Sequence[str] = ()) -> dict[str, Any]:
     """Baseline audit, attribution, selection, pruning of a copy, and held-out re-evaluation."""
     opt = options or CorrectOptions()
     opt.validate()
@@ -174,8 +178,8 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
         results, corrected_model, units = _correct(lm, suite, opt, staging)
         results["manifest"] = manifest(seed=opt.seed, argv=argv, data_files=suite.data_files(),
                                        model_files=lm.weights_sha256, started=started)
+        results["gate"] = evaluate_gate(results, fail_on)
         write_json(staging.path("results.json"), results)
-        from .report import render_report
 
         render_report(results, staging.path("samples.jsonl"), staging.path("report.html"))
         if save_to is not None:
@@ -255,7 +259,7 @@ def _correct(lm: LoadedModel, suite: ProbeSuite, opt: CorrectOptions, staging: S
         "schema_version": SCHEMA_VERSION,
         "job": "correct",
         "method": primary,
-        "model": {"spec": lm.spec, "name": lm.name, "family": lm.arch.family},
+        "model": model_info(lm),
         "probe": {"name": suite.name, "description": suite.description, "n_eval_prompts": len(eval_prompts),
                   "n_reference_prompts": len(ref.prompts), "generation": asdict(suite.generation),
                   "thresholds": asdict(suite.thresholds), "chat_template": suite.chat_template},

@@ -30,6 +30,7 @@ from .explain import heatmap, unit_examples
 from .families import geometry
 from .io import write_json, write_jsonl
 from .models import LoadedModel, load_model
+from .report import evaluate_gate, render_report
 from .run import SCHEMA_VERSION, Staging, check_out_dir, manifest
 from .scorers import Scorer, get_scorer
 from .suite import ProbeSuite, load_suite
@@ -159,7 +160,7 @@ class AuditOptions:
 
 
 def audit(model: str, probe: str, out: str | Path, *, overwrite: bool = False, options: AuditOptions | None = None,
-          argv: list[str] | None = None) -> dict[str, Any]:
+          argv: list[str] | None = None, fail_on: Sequence[str] = ()) -> dict[str, Any]:
     """Baseline toxicity, fluency and perplexity, plus the circuit from differential LRP relevance."""
     opt = options or AuditOptions()
     started = time.time()
@@ -174,8 +175,8 @@ def audit(model: str, probe: str, out: str | Path, *, overwrite: bool = False, o
         results = _audit(lm, suite, scorer, opt, staging)
         results["manifest"] = manifest(seed=opt.seed, argv=argv, data_files=suite.data_files(),
                                        model_files=lm.weights_sha256, started=started)
+        results["gate"] = evaluate_gate(results, fail_on)
         write_json(staging.path("results.json"), results)
-        from .report import render_report
 
         render_report(results, staging.path("samples.jsonl"), staging.path("report.html"))
         staging.commit()
@@ -204,13 +205,11 @@ def _audit(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, opt: AuditOptions
     circuit = circuit_summary(diff, opt.top_k)
     save_relevance(staging, rel, diff)
     write_json(staging.path("circuit.json"), circuit)
-    geo = geometry(lm.model)
     explained = explain_units(lm, circuit.get("neuron", {}).get("top_units", [])[:20], undesired, general, opt)
     return {
         "schema_version": SCHEMA_VERSION,
         "job": "audit",
-        "model": {"spec": lm.spec, "name": lm.name, "family": lm.arch.family, "n_layers": geo.n_layers,
-                  "n_neurons_per_layer": geo.n_neurons, "n_heads": geo.n_heads, "n_kv_heads": geo.n_kv_heads},
+        "model": model_info(lm),
         "probe": {"name": suite.name, "description": suite.description, "n_eval_prompts": len(eval_prompts),
                   "n_reference_prompts": len(ref_prompts), "chat_template": suite.chat_template,
                   "generation": asdict(suite.generation), "thresholds": asdict(suite.thresholds)},
@@ -221,6 +220,12 @@ def _audit(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, opt: AuditOptions
         "circuit_heatmap": heatmap(diff["neuron"]),
         "unit_examples": explained,
     }
+
+
+def model_info(lm: LoadedModel) -> dict[str, Any]:
+    geo = geometry(lm.model)
+    return {"spec": lm.spec, "name": lm.name, "family": lm.arch.family, "n_layers": geo.n_layers,
+            "n_neurons_per_layer": geo.n_neurons, "n_heads": geo.n_heads, "n_kv_heads": geo.n_kv_heads}
 
 
 def circuit_results(circuit: dict[str, Any], rel: dict[str, Relevance], method: str, n_undesired: int,

@@ -301,13 +301,13 @@ def test_inf_weight_is_reported() -> None:
 
 def test_config_errors() -> None:
     model = tiny_model("llama")
-    with pytest.raises(ConfigError, match="'shapley'.*lrp"):
+    with pytest.raises(ConfigError, match=r"'shapley'.*lrp"):
         attribute(model, _samples(), method="shapley")
-    with pytest.raises(ConfigError, match="layer.*neuron"):
+    with pytest.raises(ConfigError, match=r"layer.*neuron"):
         attribute(model, _samples(), units=("neuron", "layer"))
     with pytest.raises(ConfigError, match="variant 'zplus'"):
         attribute(model, _samples(), variant="zplus")
-    with pytest.raises(DataSourceError, match="No samples.*'toxic prompts'"):
+    with pytest.raises(DataSourceError, match=r"No samples.*'toxic prompts'"):
         attribute(model, [], desc="toxic prompts")
     assert issubclass(DataSourceError, SafetyPruneError) and issubclass(ConfigError, SafetyPruneError)
 
