@@ -55,6 +55,7 @@ class Relevance:
     scores: dict[str, Tensor]
     n_samples: int
     info: dict[str, float | str] = field(default_factory=dict)
+    per_sample: dict[str, Tensor] = field(default_factory=dict, repr=False)  # activation only: [S, L, N]
 
     def save(self, path: str | Path, prefix: str = "") -> None:
         with atomic_path(path) as tmp:
@@ -140,6 +141,8 @@ class _Recorder:
         self.offset = 0  # index of the batch's first sample, for error messages
         self.bad: str | None = None
         self.input_relevance = 0.0
+        self.batch_means: dict[int, Tensor] = {}
+        self.sample_means: list[Tensor] = []
 
     # -- helpers ---------------------------------------------------------------
     def _check(self, what: str, per_sample: Tensor) -> None:
@@ -155,6 +158,10 @@ class _Recorder:
         return (per_sample.abs() if self.absolute else per_sample).sum(0)
 
     def _neuron_value(self, a: Tensor, layer: int, grad: Tensor | None) -> None:
+        if grad is None:  # activation baseline: also keep each sample's mean activation, for AurA's AUROC
+            x = a.reshape(*self.mask.shape, -1).float()
+            m = self.mask.to(x.dtype)
+            self.batch_means[layer] = torch.einsum("btu,bt->bu", x, m) / m.sum(1, keepdim=True).clamp_min(1)
         value = a * grad if grad is not None else a.abs()
         self.sums["neuron"][layer] += self._reduce(value, f"neuron layer {layer}").float()
 
@@ -316,6 +323,8 @@ def attribute(
                     "text; try --dtype float32 if running in reduced precision."
                 )
             rec.offset += len(batch)
+            if rec.batch_means:
+                rec.sample_means.append(torch.stack([rec.batch_means[i] for i in sorted(rec.batch_means)], 1).cpu())
     n = len(samples)
     scores = wanda.scores(rec, n) if wanda else rec.finish(n)
     info: dict[str, float | str] = {"sink_positions": sink_positions, "absolute": str(absolute)}
@@ -325,7 +334,23 @@ def attribute(
         info["explained_sum"] = explained
         info["input_relevance_sum"] = rec.input_relevance
         info["conservation_ratio"] = rec.input_relevance / explained if explained else float("nan")
-    return Relevance(method=method, scores=scores, n_samples=n, info=info)
+    per_sample = {"neuron": torch.cat(rec.sample_means)} if rec.sample_means else {}
+    return Relevance(method=method, scores=scores, n_samples=n, info=info, per_sample=per_sample)
+
+
+def aura_auroc(general: Relevance, undesired: Relevance) -> Tensor:
+    """AurA (Suau et al. 2024): per-neuron AUROC of the per-sample mean activation, undesired vs general.
+
+    0.5 means the neuron does not separate the sets; near 1 it fires more on the undesired set. Needs
+    ``activation`` relevance of both sets (the only method that keeps per-sample values).
+    """
+    if "neuron" not in general.per_sample or "neuron" not in undesired.per_sample:
+        raise ConfigError("AurA AUROC needs per-sample activations: attribute both sets with method='activation'.")
+    pos, neg = undesired.per_sample["neuron"], general.per_sample["neuron"]
+    values = torch.cat([pos, neg]).flatten(1)
+    ranks = values.argsort(0).argsort(0).double() + 1
+    u = ranks[: len(pos)].sum(0) - len(pos) * (len(pos) + 1) / 2
+    return (u / (len(pos) * len(neg))).float().reshape(pos.shape[1:])
 
 
 class _WandaNorms:

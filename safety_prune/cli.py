@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fail_on(corr)
     corr.add_argument("--top-k", type=int, default=50, help="units listed in circuit.json")
     corr.add_argument("--method", default="lrp",
-                      help="lrp, gradient, wanda, activation, magnitude, random, or all (compared at the same k)")
+                      help="lrp, gradient, wanda, activation, aura, magnitude, random, or all (compared at the same k)")
     corr.add_argument("--unit", default="neuron", choices=["neuron", "head", "weight"])
     rule = corr.add_mutually_exclusive_group()
     rule.add_argument("--k", type=int, default=None, help="prune exactly k units")

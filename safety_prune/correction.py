@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .attribution import METHODS, Relevance, attribute, differential
+from .attribution import METHODS, Relevance, attribute, aura_auroc, differential
 from .errors import ConfigError, OutputError
 from .evaluation import paired_bootstrap_diff, perplexity
 from .explain import heatmap
@@ -47,7 +47,8 @@ from .suite import ProbeSuite, load_suite
 
 log = logging.getLogger(__name__)
 
-COMPARED = ("lrp", "gradient", "wanda", "activation", "random")
+COMPARED = ("lrp", "gradient", "wanda", "activation", "aura", "random")
+METHOD_CHOICES = (*METHODS, "aura")  # aura: AurA's per-neuron AUROC, from the activation pass
 UNIT_KINDS = ("neuron", "head", "weight")
 
 
@@ -64,8 +65,10 @@ class CorrectOptions(AuditOptions):
     max_search_k: int = 1024
 
     def validate(self) -> None:
-        if self.method != "all" and self.method not in METHODS:
-            raise ConfigError(f"--method {self.method} is unknown. Choose one of: all, {', '.join(METHODS)}.")
+        if self.method != "all" and self.method not in METHOD_CHOICES:
+            raise ConfigError(f"--method {self.method} is unknown. Choose one of: all, {', '.join(METHOD_CHOICES)}.")
+        if self.method == "aura" and self.unit != "neuron":
+            raise ConfigError("--method aura ranks MLP neurons only; use --unit neuron.")
         if self.unit not in UNIT_KINDS:
             raise ConfigError(f"--unit {self.unit} is unknown. Choose one of: {', '.join(UNIT_KINDS)}.")
         if self.k is not None and self.sparsity is not None:
@@ -202,7 +205,7 @@ def _correct(lm: LoadedModel, suite: ProbeSuite, opt: CorrectOptions, staging: S
     ref = generate_and_score(lm, suite, scorer, suite.undesired_reference()[: opt.limit] if opt.limit
                              else suite.undesired_reference(), opt.seed, "reference")
     general, undesired = reference_sets(lm, suite, ref, opt)
-    methods = list(COMPARED) if opt.method == "all" else [opt.method]
+    methods = [m for m in COMPARED if m != "aura" or opt.unit == "neuron"] if opt.method == "all" else [opt.method]
     primary = methods[0]
     kinds = (opt.unit,) if opt.unit == "weight" else ("neuron", "head")
     rels: dict[str, dict[str, Relevance]] = {}
@@ -210,6 +213,10 @@ def _correct(lm: LoadedModel, suite: ProbeSuite, opt: CorrectOptions, staging: S
     for method in ["random", *[m for m in methods if m != "random"]]:
         if method == "random":  # ranks units by seeded noise; nothing to contrast
             scores[method] = attribute(lm.model, general, method="random", units=kinds, seed=opt.seed).scores
+        elif method == "aura":  # most toxic-selective neurons (AUROC near 1) first
+            act = rels.get("activation") or relevance_pair(lm, general, undesired, opt, method="activation",
+                                                           units=("neuron",))
+            scores[method] = {"neuron": 0.5 - aura_auroc(act["general"], act["undesired"])}
         else:
             rels[method] = relevance_pair(lm, general, undesired, opt, method=method, units=kinds)
             scores[method] = differential(rels[method]["general"], rels[method]["undesired"])

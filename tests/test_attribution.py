@@ -320,3 +320,32 @@ def test_require_samples() -> None:
         require_samples(samples, 8, "'undesired' prompt set")
     with pytest.raises(ConfigError, match="at least 1"):
         require_samples(samples, 0, "general")
+
+
+def test_aura_auroc_separates_sets():
+    """A neuron that fires only on the undesired samples gets AUROC 1; its mirror gets 0."""
+    from safety_prune.attribution import Relevance, aura_auroc
+
+    gen = torch.zeros(6, 2, 3)
+    und = torch.zeros(4, 2, 3)
+    und[:, 1, 2] = 5.0  # fires on undesired only
+    gen[:, 0, 1] = 5.0  # fires on general only
+    gen[:, 0, 0] = torch.arange(6.0)  # overlapping: 0..5 vs 2..5
+    und[:, 0, 0] = torch.arange(2.0, 6.0)
+    g = Relevance("activation", {}, 6, per_sample={"neuron": gen})
+    u = Relevance("activation", {}, 4, per_sample={"neuron": und})
+    auc = aura_auroc(g, u)
+    assert auc[1, 2] == 1.0 and auc[0, 1] == 0.0
+    assert 0.5 < auc[0, 0] < 1.0
+
+
+def test_activation_keeps_per_sample_means():
+    from safety_prune.attribution import attribute, samples_from_texts
+
+    model = tiny_model("llama")
+    samples = samples_from_texts(tiny_tokenizer(), ["the quick brown fox jumps", "a river flows through town"],
+                                 min_tokens=2)
+    rel = attribute(model, samples, method="activation", units=("neuron",), batch_size=1)
+    assert rel.per_sample["neuron"].shape == (2, 2, 64)
+    lrp = attribute(model, samples, method="lrp", units=("neuron",))
+    assert lrp.per_sample == {}

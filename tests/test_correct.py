@@ -39,7 +39,7 @@ def test_correct_all_methods_and_reload(setup, tmp_path):
     opts = CorrectOptions(method="all", k=4, batch_size=4, save_model=str(tmp_path / "saved"))
     res = correct(model, suite, tmp_path / "run", options=opts)
     methods = [row["method"] for row in res["comparison"]]
-    assert methods == ["random", "lrp", "gradient", "wanda", "activation"]
+    assert methods == ["random", "lrp", "gradient", "wanda", "activation", "aura"]
     assert all(row["k"] == 4 for row in res["comparison"])
     assert all("paired_vs_random" in row for row in res["comparison"] if row["method"] != "random")
     assert res["pruned"] == res["pruned"] | {"unit": "neuron", "count": 4}
