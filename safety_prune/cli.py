@@ -77,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where --compare writes its page (default: RUN_B/compare.html)")
     _add_fail_on(report)
 
+    comp = sub.add_parser("compress", help="prune a share of the weights by relevance on general text")
+    _common(comp)
+    comp.add_argument("--sparsity", type=float, default=0.5, help="share of block weights to zero (default 0.5)")
+    comp.add_argument("--method", default="lrp,wanda,magnitude",
+                      help="comma-separated: lrp, wanda, magnitude, gradient, random (compared side by side)")
+    comp.add_argument("--granularity", default="rowwise", choices=["rowwise", "global"])
+    comp.add_argument("--save-model", default=None, help="write the first method's pruned model here")
+
     assets = sub.add_parser("assets", help="list or fetch the pinned offline assets")
     assets_sub = assets.add_subparsers(dest="assets_command", required=True)
     assets_sub.add_parser("list", help="show every asset and whether it is cached")
@@ -133,6 +141,21 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
               f"{c['perplexity']:.2f}, distinct2 {b['distinct2']:.3f} -> {c['distinct2']:.3f}")
         print(f"report: {args.out}/report.html")
         return _gate_status(res, fail_on, args.out)
+    if args.command == "compress":
+        from .compression import CompressOptions, compress
+
+        opts = CompressOptions(limit=args.limit, seed=args.seed, device=args.device, dtype=args.dtype,
+                               batch_size=args.batch_size, trust_remote_code=args.trust_remote_code,
+                               allow_pickle=args.allow_pickle, sparsity=args.sparsity,
+                               methods=[m.strip() for m in args.method.split(",") if m.strip()],
+                               granularity=args.granularity, save_model=args.save_model)
+        res = compress(args.model, args.probe, args.out, overwrite=args.overwrite, options=opts, argv=argv)
+        print(f"unpruned perplexity {res['baseline']['perplexity']:.3f}")
+        for row in res["comparison"]:
+            ratio = f"  ratio vs wanda {row['ratio_vs_wanda']:.4f}" if row["ratio_vs_wanda"] else ""
+            print(f"{row['method']:>10}: sparsity {row['sparsity']:.3f}  perplexity {row['perplexity']:.3f}{ratio}")
+        print(f"report: {args.out}/report.html")
+        return 0
     if args.command == "report":
         return _report(args)
     if args.command == "assets":

@@ -178,7 +178,7 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
     torch.manual_seed(opt.seed)
     staging = Staging(out)
     try:
-        results, corrected_model, units = _correct(lm, suite, opt, staging)
+        results, corrected_model = _correct(lm, suite, opt, staging)
         results["manifest"] = manifest(seed=opt.seed, argv=argv, data_files=suite.data_files(),
                                        model_files=lm.weights_sha256, started=started)
         results["gate"] = evaluate_gate(results, fail_on)
@@ -186,7 +186,7 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
 
         render_report(results, staging.path("samples.jsonl"), staging.path("report.html"))
         if save_to is not None:
-            save_corrected(lm, corrected_model, units, results, save_to)
+            save_model_folder(lm, corrected_model, save_to, model_card(results))
         staging.commit()
     except BaseException:
         staging.discard()
@@ -282,16 +282,15 @@ def _correct(lm: LoadedModel, suite: ProbeSuite, opt: CorrectOptions, staging: S
         "circuit_heatmap": heatmap(diff["neuron"]) if "neuron" in diff else [],
         "unit_examples": explain_units(lm, removed, undesired, general, opt),
     }
-    return results, primary_state["model"], units
+    return results, primary_state["model"]
 
 
-def save_corrected(lm: LoadedModel, model: torch.nn.Module, units: MaskSet, results: dict[str, Any],
-                   target: Path) -> None:
+def save_model_folder(lm: LoadedModel, model: torch.nn.Module, target: Path, card: str) -> None:
     """A plain transformers folder (safetensors, tokenizer, model card), written atomically."""
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
         lm.tokenizer.save_pretrained(tmp)
-        (tmp / "README.md").write_text(model_card(results), encoding="utf-8")
+        (tmp / "README.md").write_text(card, encoding="utf-8")
 
 
 def model_card(results: dict[str, Any]) -> str:

@@ -572,3 +572,33 @@ def render_compare(run_a: str | Path, run_b: str | Path, out_path: str | Path) -
     out = Path(out_path)
     write_text(out, html)
     return out
+
+
+# ------------------------------------------------------------------------------------------- task jobs
+
+@_figure("curves")
+def _curves_chart(fig: Any, curves: dict[str, list[dict[str, float]]], x: str, y: str, ylabel: str) -> bool:
+    """One line per method, e.g. IOI accuracy against the share of units pruned."""
+    if not curves:
+        return False
+    fig.set_size_inches(5.4, 2.9)
+    ax = fig.subplots()
+    for i, (method, points) in enumerate(curves.items()):
+        ax.plot([p[x] for p in points], [p[y] for p in points], marker="o", ms=3, lw=1.2,
+                color=_METHOD_COLOURS[i % len(_METHOD_COLOURS)], label=_plot_label(method))
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    return True
+
+
+def render_task_report(results: dict[str, Any], out_path: Path) -> None:
+    """Report for the ``compress`` and ``circuit`` jobs: settings, the method table and curves, provenance."""
+    curves = results.get("curves") or {}
+    chart = _curves_chart(curves, "fraction_pruned", "accuracy", "task accuracy") if curves else None
+    manifest = {k: (results.get("manifest") or {}).get(k) for k in _MANIFEST_KEYS}
+    html = _env().get_template("task.html.j2").render(
+        r=results, job=results.get("job"), chart=chart, manifest=manifest, command=_command(results["manifest"]),
+        started=_started(results["manifest"]), version=__version__)
+    write_text(out_path, html)

@@ -1,0 +1,135 @@
+"""``compress``: prune a share of the weights by their relevance on general text (the paper's Sec. 4.1).
+
+Every method ranks single weights of the transformer blocks on the same general
+reference samples; the lowest-ranked ``sparsity`` share is zeroed (row-wise, as
+in Wanda, or globally) and perplexity is measured on the held-out general test
+split. LRP ranks by mean |R| per weight: with epsilon-style rules relevance can
+be negative, and a weight whose relevance is large of either sign matters.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .attribution import attribute, require_samples, samples_from_texts
+from .correction import check_save_target, save_model_folder
+from .errors import ConfigError
+from .evaluation import perplexity
+from .io import write_json
+from .models import LoadedModel, load_model
+from .pipeline import AuditOptions, model_info
+from .pruning import count_units, fraction, pruned_copy, select
+from .run import SCHEMA_VERSION, Staging, check_out_dir, manifest
+from .suite import ProbeSuite, load_suite
+
+log = logging.getLogger(__name__)
+
+COMPRESS_METHODS = ("lrp", "wanda", "magnitude", "gradient", "random")
+GRANULARITIES = ("rowwise", "global")
+
+
+@dataclass
+class CompressOptions(AuditOptions):
+    sparsity: float = 0.5
+    methods: list[str] = field(default_factory=lambda: ["lrp", "wanda", "magnitude"])
+    granularity: str = "rowwise"
+    save_model: str | None = None  # saves the first method's pruned model
+
+    def validate(self) -> None:
+        if not 0 < self.sparsity < 1:
+            raise ConfigError(f"--sparsity must lie strictly between 0 and 1, got {self.sparsity}.")
+        bad = [m for m in self.methods if m not in COMPRESS_METHODS]
+        if bad or not self.methods:
+            raise ConfigError(f"--method {','.join(bad) or '(none)'} is not a compression method. Choose from: "
+                              f"{', '.join(COMPRESS_METHODS)}.")
+        if self.granularity not in GRANULARITIES:
+            raise ConfigError(f"--granularity {self.granularity} is unknown. "
+                              f"Choose one of: {', '.join(GRANULARITIES)}.")
+
+
+def weight_scores(lm: LoadedModel, method: str, general, opt: CompressOptions) -> dict[str, torch.Tensor]:
+    """Per-weight importance (higher = keep): mean |R| for LRP and gradient x input, the method's own score else."""
+    rel = attribute(lm.model, general, method=method, units=("weight",), batch_size=opt.batch_size,
+                    absolute=method in ("lrp", "gradient"), pad_token_id=lm.tokenizer.pad_token_id or 0,
+                    seed=opt.seed, desc=f"{method} weights")
+    return rel.scores
+
+
+def _test_ppl(lm: LoadedModel, model: torch.nn.Module, suite: ProbeSuite, seed: int) -> dict[str, float]:
+    p = suite.perplexity
+    res = perplexity(model, lm.tokenizer, suite.general_test(), max_length=p.max_length, stride=p.stride,
+                     device=model.device)
+    lo, hi = res.ci(seed)
+    return {"perplexity": res.perplexity, "perplexity_ci": [lo, hi], "n_tokens": res.n_tokens}
+
+
+def compress(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
+             options: CompressOptions | None = None, argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Prune ``sparsity`` of the block weights by each method's ranking; perplexity side by side."""
+    opt = options or CompressOptions()
+    opt.validate()
+    started = time.time()
+    out = check_out_dir(out, overwrite)
+    suite = load_suite(probe)
+    lm = load_model(model, device=opt.device, dtype=opt.dtype, trust_remote_code=opt.trust_remote_code,
+                    allow_pickle=opt.allow_pickle)
+    save_to = check_save_target(opt.save_model, lm.folder)
+    general_n = min(suite.reference.general_n, opt.limit) if opt.limit else suite.reference.general_n
+    general = require_samples(samples_from_texts(lm.tokenizer, suite.general_reference(), max_tokens=opt.max_tokens),
+                              general_n, "The general reference set")
+    staging = Staging(out)
+    try:
+        baseline = _test_ppl(lm, lm.model, suite, opt.seed)
+        rows, first = [], None
+        for method in opt.methods:
+            units = select(weight_scores(lm, method, general, opt), "weight", sparsity=opt.sparsity,
+                           scope=opt.granularity, largest=False)
+            pruned = pruned_copy(lm.model, units)
+            row = {"method": method, "sparsity_requested": opt.sparsity, "sparsity": fraction(lm.model, units),
+                   "pruned_weights": len(units), **_test_ppl(lm, pruned, suite, opt.seed)}
+            log.info("compress %s: sparsity %.3f perplexity %.3f", method, row["sparsity"], row["perplexity"])
+            rows.append(row)
+            if first is None:
+                first = pruned
+            else:
+                del pruned
+        wanda = next((r["perplexity"] for r in rows if r["method"] == "wanda"), None)
+        for row in rows:
+            row["ratio_vs_wanda"] = row["perplexity"] / wanda if wanda else None
+        results = {
+            "schema_version": SCHEMA_VERSION, "job": "compress", "model": model_info(lm),
+            "probe": {"name": suite.name, "description": suite.description},
+            "settings": {"sparsity": opt.sparsity, "granularity": opt.granularity, "n_general": len(general),
+                         "max_tokens": opt.max_tokens, "total_weights": count_units(lm.model, "weight"),
+                         "scope": "every Linear weight inside the transformer blocks"},
+            "baseline": baseline, "comparison": rows,
+        }
+        results["manifest"] = manifest(seed=opt.seed, argv=list(argv) if argv else None,
+                                       data_files=suite.data_files(), model_files=lm.weights_sha256, started=started)
+        write_json(staging.path("results.json"), results)
+        from .report import render_task_report
+
+        render_task_report(results, staging.path("report.html"))
+        if save_to is not None:
+            save_model_folder(lm, first, save_to, compress_card(results))
+        staging.commit()
+    except BaseException:
+        staging.discard()
+        raise
+    return results
+
+
+def compress_card(results: dict[str, Any]) -> str:
+    row = results["comparison"][0]
+    return (f"# Compressed {results['model']['name']}\n\nBase model: `{results['model']['spec']}`. safety_prune "
+            f"`compress` zeroed {100 * row['sparsity']:.1f}% of the block weights "
+            f"({results['settings']['granularity']}) "
+            f"ranked by `{row['method']}` relevance on general text.\n\nHeld-out perplexity: "
+            f"{results['baseline']['perplexity']:.3f} before, {row['perplexity']:.3f} after.\n")
