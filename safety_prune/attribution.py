@@ -9,10 +9,19 @@ the accumulators, and nothing per sample is kept.
 
 The explained output is the sum of the logits of the tokens actually present,
 over each sample's target positions (continuation tokens, or every next token).
+
+Scale: reduced-precision models (bf16/fp16) are summed in float32; layers may
+live on different devices (accelerate ``device_map``, offloaded weights
+included), with unit sums on one home device and weight sums beside their
+weight (CPU for offloaded ones); under ``torch.distributed`` each rank takes a
+contiguous shard of the samples and the sums are all-reduced (see
+``distributed.py``); a checkpoint file makes a long attribution resumable (see
+``checkpoint.py``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -22,8 +31,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint as _recompute
 from tqdm.auto import tqdm
 
+from . import distributed
+from .checkpoint import Checkpoint, State, data_digest, model_digest, settings_digest
 from .errors import AttributionError, ConfigError, DataSourceError
 from .families import Architecture, architecture, blocks, geometry
 from .io import atomic_path
@@ -103,6 +115,30 @@ def _batches(samples: Sequence[Sample], batch_size: int) -> Iterator[list[Sample
         yield list(samples[i:i + batch_size])
 
 
+def _up(t: Tensor) -> Tensor:
+    """bf16/fp16 values are summed in float32; float32/64 pass through unchanged (their results stay bitwise)."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
+def _live(module: nn.Module, name: str = "weight") -> Tensor:
+    """A parameter's value, also when accelerate offloaded it (the module then holds a meta tensor)."""
+    t = getattr(module, name)
+    hook = getattr(module, "_hf_hook", None)
+    if t.device.type == "meta" and getattr(hook, "weights_map", None) is not None:
+        t = hook.weights_map[name].to(hook.execution_device)
+    return t.detach()
+
+
+def _home(t: Tensor) -> torch.device:
+    """Where a sum for ``t`` lives: beside it, or on the CPU when ``t`` was offloaded."""
+    return torch.device("cpu") if t.device.type == "meta" else t.device
+
+
+def _home_device(model: nn.Module) -> torch.device:
+    """The first resident parameter's device: inputs and the neuron/head sums go there."""
+    return next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
+
+
 def _collate(batch: list[Sample], pad_id: int, sink_positions: int, device) -> dict[str, Tensor]:
     """Right-padded ids, the attention mask, the unit-position mask and the target mask."""
     T = max(len(s.input_ids) for s in batch)
@@ -129,7 +165,7 @@ class _Recorder:
         self.geo = geometry(model)
         L, g = self.geo.n_layers, self.geo
         self.sums: dict[str, Tensor] = {}
-        dev = next(model.parameters()).device
+        self.device = dev = _home_device(model)
         if "neuron" in units:
             self.sums["neuron"] = torch.zeros(L, g.n_neurons, dtype=torch.float32, device=dev)
         if "head" in units:
@@ -153,35 +189,35 @@ class _Recorder:
     def _reduce(self, x: Tensor, what: str) -> Tensor:
         """[B, T, U] -> [U]: sum over counted positions, per-sample |.| if asked, sum over samples."""
         x = x.reshape(*self.mask.shape, -1)  # OPT flattens [B, T] to [B * T]
-        per_sample = torch.einsum("btu,bt->bu", x, self.mask.to(x.dtype))
+        per_sample = torch.einsum("btu,bt->bu", x, self.mask.to(x.device, x.dtype))
         self._check(what, per_sample)
-        return (per_sample.abs() if self.absolute else per_sample).sum(0)
+        return (per_sample.abs() if self.absolute else per_sample).sum(0).float().to(self.device)
 
     def _neuron_value(self, a: Tensor, layer: int, grad: Tensor | None) -> None:
         if grad is None:  # activation baseline: also keep each sample's mean activation, for AurA's AUROC
             x = a.reshape(*self.mask.shape, -1).float()
-            m = self.mask.to(x.dtype)
-            self.batch_means[layer] = torch.einsum("btu,bt->bu", x, m) / m.sum(1, keepdim=True).clamp_min(1)
-        value = a * grad if grad is not None else a.abs()
-        self.sums["neuron"][layer] += self._reduce(value, f"neuron layer {layer}").float()
+            m = self.mask.to(x.device, x.dtype)
+            self.batch_means[layer] = (torch.einsum("btu,bt->bu", x, m) / m.sum(1, keepdim=True).clamp_min(1)).cpu()
+        value = _up(a) * _up(grad) if grad is not None else _up(a).abs()
+        self.sums["neuron"][layer] += self._reduce(value, f"neuron layer {layer}")
 
     def _head_value(self, o: Tensor, layer: int, grad: Tensor | None) -> None:
-        value = o * grad if grad is not None else o.abs()
+        value = _up(o) * _up(grad) if grad is not None else _up(o).abs()
         per_head = value.reshape(*self.mask.shape, self.geo.n_heads, -1).sum(-1)
-        self.sums["head"][layer] += self._reduce(per_head, f"head layer {layer}").float()
+        self.sums["head"][layer] += self._reduce(per_head, f"head layer {layer}")
 
-    def _weight_value(self, key: str, weight: Tensor, x: Tensor, g: Tensor) -> None:
+    def _weight_value(self, key: str, weight: Tensor, home: torch.device, x: Tensor, g: Tensor) -> None:
         """Accumulate ``W * grad_W``, ``grad_W = sum_t g_t x_t^T`` over counted positions, as [out, in]."""
         shape = (*self.mask.shape, -1)  # OPT flattens [B, T] to [B * T]
-        x, g = x.reshape(shape), g.reshape(shape)
-        m = self.mask[..., None].to(g.dtype)
+        x, g = _up(x.reshape(shape)), _up(g.reshape(shape))
+        m = self.mask[..., None].to(g.device, g.dtype)
         if x.shape[-1] <= g.shape[-1]:  # mask the smaller factor
             x = x * m
         else:
             g = g * m
-        w = weight.T if self.arch.conv1d else weight
+        w = _up(weight.T if self.arch.conv1d else weight)
         acc = self.sums.get(key)  # created by the first batch: no zero fill of every weight-sized sum
-        if acc is not None and not self.absolute:
+        if acc is not None and not self.absolute and acc.device == w.device:
             acc.addcmul_(w, g.flatten(0, 1).T @ x.flatten(0, 1))  # fused, no weight-sized temporary
         else:
             if self.absolute:  # |.| per sample, so one sample's grad_W at a time
@@ -189,9 +225,9 @@ class _Recorder:
             else:
                 value = w * (g.flatten(0, 1).T @ x.flatten(0, 1))
             if acc is None:
-                acc = self.sums[key] = value.float()
+                acc = self.sums[key] = value.float().to(home)
             else:
-                acc += value
+                acc += value.to(home)
         if self.bad is None and not torch.isfinite(acc.sum()):
             out, inp = (~torch.isfinite(acc)).nonzero()[0].tolist()
             bad = (~(torch.isfinite(x).flatten(1).all(1) & torch.isfinite(g).flatten(1).all(1))).nonzero()
@@ -232,10 +268,12 @@ class _Recorder:
         return pre_hook
 
     def _weight_tap(self, key: str, module: nn.Module):
+        home = _home(module.weight)
+
         def hook(_module, args, out):
             x = args[0].detach()
             if out.requires_grad:
-                out.register_hook(lambda g: self._weight_value(key, module.weight.detach(), x, g))
+                out.register_hook(lambda g: self._weight_value(key, _live(module), home, x, g))
         return hook
 
     def _input_tap(self, _module, args, kwargs):
@@ -244,8 +282,8 @@ class _Recorder:
             h.requires_grad_(True)
 
             def record(g: Tensor) -> None:
-                pad = self.pad_mask[..., None].to(g.dtype)
-                self.input_relevance += float((h.detach() * g * pad).sum())
+                pad = self.pad_mask[..., None].to(g.device, g.dtype)
+                self.input_relevance += float((_up(h.detach()) * _up(g) * pad).sum())
             h.register_hook(record)
         return None
 
@@ -254,7 +292,7 @@ class _Recorder:
         for key in self.weight_keys:  # a weight no gradient reached (CP-LRP's q/k) has relevance 0
             if key not in self.sums:
                 w = self.model.get_submodule(key.replace("weight.", f"{self.arch.blocks}.", 1)).weight
-                self.sums[key] = torch.zeros(w.shape[::-1] if self.arch.conv1d else w.shape, device=w.device)
+                self.sums[key] = torch.zeros(w.shape[::-1] if self.arch.conv1d else w.shape)
         keys = [k for k in ("neuron", "head") if k in self.sums] + self.weight_keys
         return {k: self.sums[k].div_(n_samples).cpu() for k in keys}
 
@@ -369,10 +407,11 @@ class _WandaNorms:
                     key = f"{layer}.{name}"
 
                     def pre(_m, args, key=key):
-                        x = args[0].detach().float().reshape(*rec.mask.shape, -1) * rec.mask[..., None]
+                        x = args[0].detach().float().reshape(*rec.mask.shape, -1)
+                        x = x * rec.mask[..., None].to(x.device)
                         per_sample = x.pow(2).sum(1)
                         rec._check(f"input of weight {key}", per_sample)
-                        self.sq[key] = self.sq.get(key, 0) + per_sample.sum(0)
+                        self.sq[key] = self.sq.get(key, 0) + per_sample.sum(0).to(rec.device)
 
                     stack.callback(block.get_submodule(name).register_forward_pre_hook(pre).remove)
             yield
@@ -383,7 +422,7 @@ class _WandaNorms:
         neuron, head = [], []
         for layer, block in enumerate(blocks(self.model)):
             for name in self.arch.linear_names:
-                w = block.get_submodule(name).weight.detach().float()
+                w = _live(block.get_submodule(name)).float()
                 w = w.T if self.arch.conv1d else w
                 s = w.abs() * self.sq[f"{layer}.{name}"].sqrt()[None]
                 if not torch.isfinite(s).all():
@@ -411,7 +450,7 @@ def _data_free(model: nn.Module, method: str, units: Sequence[str], seed: int, n
     neuron, head = [], []
     for layer, block in enumerate(blocks(model)):
         for name in arch.linear_names:
-            w = block.get_submodule(name).weight.detach().float().cpu()
+            w = _live(block.get_submodule(name)).float().cpu()
             w = w.T if arch.conv1d else w
             s = torch.rand(w.shape, generator=gen) if method == "random" else w.abs()
             if "weight" in units:

@@ -85,6 +85,21 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--granularity", default="rowwise", choices=["rowwise", "global"])
     comp.add_argument("--save-model", default=None, help="write the first method's pruned model here")
 
+    circ = sub.add_parser("circuit", help="find the units a task (IOI) needs by pruning the least relevant")
+    circ.add_argument("--model", default="default", help="as for audit")
+    circ.add_argument("--task", default="ioi", help="task (ioi)")
+    circ.add_argument("--out", required=True, help="run directory to write (must be empty or new)")
+    circ.add_argument("--overwrite", action="store_true")
+    circ.add_argument("--unit", default="head", choices=["neuron", "head"])
+    circ.add_argument("--method", default="lrp,gradient,activation,random",
+                      help="comma-separated: lrp, gradient, activation, magnitude, random; "
+                           "the first defines the circuit")
+    circ.add_argument("--threshold", type=float, default=0.9, help="keep accuracy >= this share of the original")
+    circ.add_argument("--device", default="cpu")
+    circ.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16", "float64"])
+    circ.add_argument("--seed", type=int, default=0)
+    circ.add_argument("--batch-size", type=int, default=8)
+
     assets = sub.add_parser("assets", help="list or fetch the pinned offline assets")
     assets_sub = assets.add_subparsers(dest="assets_command", required=True)
     assets_sub.add_parser("list", help="show every asset and whether it is cached")
@@ -154,6 +169,22 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         for row in res["comparison"]:
             ratio = f"  ratio vs wanda {row['ratio_vs_wanda']:.4f}" if row["ratio_vs_wanda"] else ""
             print(f"{row['method']:>10}: sparsity {row['sparsity']:.3f}  perplexity {row['perplexity']:.3f}{ratio}")
+        print(f"report: {args.out}/report.html")
+        return 0
+    if args.command == "circuit":
+        from .circuit import CircuitOptions, circuit
+
+        opts = CircuitOptions(seed=args.seed, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                              task=args.task, unit=args.unit, threshold=args.threshold,
+                              methods=[m.strip() for m in args.method.split(",") if m.strip()])
+        res = circuit(args.model, args.out, overwrite=args.overwrite, options=opts, argv=argv)
+        c = res["circuit"]
+        base = res["baseline"]
+        print(f"{res['task']} accuracy {base['accuracy']:.3f} (logit diff {base['logit_diff']:.2f}); "
+              f"{c['method']} keeps {c['kept']} of {c['total']} {c['unit']}s at accuracy {c['accuracy']:.3f}")
+        for row in res["comparison"]:
+            print(f"{row['method']:>10}: max pruned share at threshold {row['max_fraction_at_threshold']:.2f}, "
+                  f"accuracy at 50% pruned {row['accuracy_at_50pct']:.3f}")
         print(f"report: {args.out}/report.html")
         return 0
     if args.command == "report":

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -14,6 +16,38 @@ from typing import Any
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _temp_prefix(target: Path) -> str:
+    """Hidden temp-sibling prefix that names its host and process, so a later run can tell it is stale."""
+    return f".{target.name}.{_HOST}-{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, under another user
+        pass
+    return True
+
+
+def sweep_stale_temps(target: Path) -> None:
+    """Remove temp siblings of ``target`` left by a killed process (same host, pid no longer running).
+
+    A SIGKILL cannot run cleanup, so the temp sibling of an interrupted write survives; the next write to
+    the same target removes it. Temps of live processes and of other hosts are left alone.
+    """
+    head = f".{target.name}.{_HOST}-"
+    for sib in target.parent.glob(f".{glob.escape(target.name)}.{_HOST}-*.tmp"):
+        pid = sib.name[len(head):].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            if sib.is_dir() and not sib.is_symlink():
+                shutil.rmtree(sib, ignore_errors=True)
+            else:
+                sib.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -21,7 +55,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it into place only on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    sweep_stale_temps(target)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs should read like any other file
     tmp_path = Path(tmp)
@@ -53,7 +88,8 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Build a directory in a temporary sibling and rename it into place on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    sweep_stale_temps(target)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent))
     try:
         yield tmp
         if target.exists():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,19 @@ def _check_weights(folder: Path, allow_pickle: bool) -> list[Path]:
     return pickled
 
 
+def _check_safetensors(files: list[Path]) -> None:
+    """Parse each header before transformers does, so a truncated or corrupt file is named in the error."""
+    from safetensors import SafetensorError, safe_open
+
+    for f in files:
+        try:
+            with safe_open(str(f), "pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise ModelLoadError(f"{f} is not a readable safetensors file ({exc}); it may be truncated or "
+                                 "corrupt. Restore it from the model's source.") from exc
+
+
 def _load_tokenizer(source: str, trust_remote_code: bool, **kw):
     from transformers import AutoTokenizer
 
@@ -118,11 +132,18 @@ def _from_folder(folder: Path, dtype, device, trust_remote_code: bool, allow_pic
     cfg = _read_config(folder)
     arch = family_of(cfg["model_type"])
     weights = _check_weights(folder, allow_pickle)
-    try:
+    _check_safetensors([w for w in weights if w.suffix == ".safetensors"])
+    try:  # weights_only: an --allow-pickle checkpoint may hold tensors, never code
         model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=dtype, trust_remote_code=trust_remote_code,
+            folder, dtype=dtype, trust_remote_code=trust_remote_code, weights_only=True,
             use_safetensors=weights[0].suffix == ".safetensors", attn_implementation=attn_implementation,
         )
+    except pickle.UnpicklingError as exc:
+        lines = str(exc).splitlines() or [""]
+        detail = next((ln for ln in lines if "GLOBAL" in ln), lines[0])  # torch names the refused callable
+        raise ModelLoadError(f"{', '.join(w.name for w in weights)} in {folder} holds more than tensors (Python "
+                             f"objects that could run code when unpickled), so it was refused: {detail} Convert "
+                             "it to safetensors from a trusted copy.") from exc
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise ModelLoadError(f"Could not load the weights in {folder}: {exc}. The files may be truncated "
                              "or corrupt; restore them from the model's source.") from exc
@@ -192,7 +213,7 @@ def load_model(
             raise ModelLoadError(f"--model {spec} is a file but not a .gguf file. Point --model at a model "
                                  "folder (with config.json), a .gguf file, a hub id, or 'default'.")
         elif _HUB_ID.match(spec) and not spec.startswith((".", "~")):
-            return _from_hub(spec, dev, dt, trust_remote_code, attn_implementation)
+            return _from_hub(spec, dev, dt, trust_remote_code, allow_pickle, attn_implementation)
         else:
             raise ModelLoadError(f"--model {spec}: no such file or folder. Check the path, or use 'default' "
                                  "for the embedded SmolLM2-135M-Instruct.")
@@ -203,7 +224,8 @@ def load_model(
     return LoadedModel(model, tok, arch, spec, name, folder if spec != "default" else None, hashes)
 
 
-def _from_hub(hub_id: str, dev, dt, trust_remote_code: bool, attn_implementation: str) -> LoadedModel:
+def _from_hub(hub_id: str, dev, dt, trust_remote_code: bool, allow_pickle: bool, attn_implementation: str
+              ) -> LoadedModel:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
@@ -214,8 +236,13 @@ def _from_hub(hub_id: str, dev, dt, trust_remote_code: bool, attn_implementation
             "On an offline machine, download the model elsewhere and pass its folder, or use 'default'."
         ) from exc
     arch = family_of(cfg.model_type)
-    model = AutoModelForCausalLM.from_pretrained(hub_id, dtype=dt, trust_remote_code=trust_remote_code,
-                                                 attn_implementation=attn_implementation)
+    try:  # as for folders: safetensors only unless --allow-pickle, and pickles never run code
+        model = AutoModelForCausalLM.from_pretrained(
+            hub_id, dtype=dt, trust_remote_code=trust_remote_code, attn_implementation=attn_implementation,
+            use_safetensors=None if allow_pickle else True, weights_only=True)
+    except (OSError, pickle.UnpicklingError) as exc:
+        raise ModelLoadError(f"--model {hub_id}: no loadable safetensors weights ({exc}). Pickle weights load "
+                             "only with --allow-pickle, and then only if they hold nothing but tensors.") from exc
     tok = _load_tokenizer(hub_id, trust_remote_code)
     return LoadedModel(model.to(dev).eval(), tok, arch, hub_id, hub_id, None,
                        {f"hub:{hub_id}": getattr(cfg, "_commit_hash", None) or "unknown"})

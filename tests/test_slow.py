@@ -22,3 +22,11 @@ def test_default_audit_end_to_end(tmp_path, capsys):
     assert len(res["circuit"]["per_layer"]) == 30
     html = (out / "report.html").read_text()
     assert "Content-Security-Policy" in html and "SmolLM2" in html
+
+
+def test_packaged_repetition_suite_loads():
+    from safety_prune.suite import load_suite
+
+    suite = load_suite("repetition")
+    assert suite.scorer.name == "repetition" and suite.generation.max_new_tokens == 64
+    assert not set(suite.eval_prompts()) & set(suite.undesired_reference())

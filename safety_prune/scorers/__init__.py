@@ -8,8 +8,10 @@ from ..errors import ConfigError
 from .base import Scorer
 from .detoxify import DetoxifyScorer
 from .profanity import ProfanityScorer
+from .repetition import RepetitionScorer
 
-SCORERS: dict[str, type[Scorer]] = {"profanity": ProfanityScorer, "detoxify": DetoxifyScorer}
+SCORERS: dict[str, type[Scorer]] = {"profanity": ProfanityScorer, "detoxify": DetoxifyScorer,
+                                     "repetition": RepetitionScorer}
 
 
 def get_scorer(name: str, **options) -> Scorer:
@@ -27,4 +29,4 @@ def get_scorer(name: str, **options) -> Scorer:
     return cls(**options)
 
 
-__all__ = ["SCORERS", "DetoxifyScorer", "ProfanityScorer", "Scorer", "get_scorer"]
+__all__ = ["SCORERS", "DetoxifyScorer", "ProfanityScorer", "RepetitionScorer", "Scorer", "get_scorer"]
