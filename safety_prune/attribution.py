@@ -326,8 +326,18 @@ def attribute(
     pad_token_id: int = 0,
     seed: int = 0,
     desc: str = "attribution",
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 10,
+    gradient_checkpointing: bool = False,
 ) -> Relevance:
-    """Mean relevance per unit over ``samples`` (Eq. 1 of Hatefi et al. 2025)."""
+    """Mean relevance per unit over ``samples`` (Eq. 1 of Hatefi et al. 2025).
+
+    ``checkpoint``: a file that holds the partial sums every ``checkpoint_every`` batches, so that a killed run
+    resumes where it stopped (bitwise the same result); it is deleted on success, and refused when it was made
+    from another model, other samples or other settings. Under ``torch.distributed`` each rank writes its own
+    (``<checkpoint>.rank<k>``). ``gradient_checkpointing`` recomputes each block in the backward pass instead
+    of keeping its intermediates (long sequences); relevance is unchanged.
+    """
     if method not in METHODS:
         raise ConfigError(f"Unknown attribution method '{method}'. Choose one of: {', '.join(METHODS)}.")
     unknown = set(units) - set(UNITS)
@@ -335,24 +345,52 @@ def attribute(
         raise ConfigError(f"Unknown unit kind(s) {sorted(unknown)}. Choose from: {', '.join(UNITS)}.")
     if not samples:
         raise DataSourceError(f"No samples to attribute for '{desc}'. Check the prompt set is not empty.")
+    if checkpoint_every < 1:
+        raise ConfigError(f"checkpoint_every must be at least 1 batch, got {checkpoint_every}.")
     if method in ("magnitude", "random"):
         return _data_free(model, method, units, seed, len(samples))
+    bounds = distributed.shard_bounds(len(samples), desc)
+    if distributed.world_size() > 1:
+        distributed.check_same_samples(data_digest(samples), desc)
+    start, stop = bounds[distributed.rank()]
+    batches = list(_batches(samples[start:stop], batch_size))
     rec = _Recorder(model, method, units, absolute)
-    device = next(model.parameters()).device
-    explained = 0.0
     wanda = _WandaNorms(model) if method == "wanda" else None
+    ckpt = None
+    if checkpoint is not None:
+        settings = {"method": method, "units": list(units), "variant": variant, "sink_positions": sink_positions,
+                    "absolute": absolute, "batch_size": batch_size, "pad_token_id": pad_token_id,
+                    "world_size": distributed.world_size(), "rank": distributed.rank()}
+        path = Path(checkpoint)
+        if distributed.world_size() > 1:
+            path = path.with_name(f"{path.name}.rank{distributed.rank()}")
+        ckpt = Checkpoint(path, {"model": _model_digest(model), "data": data_digest(samples[start:stop]),
+                                 "settings": settings_digest(settings)})
+    explained, first = 0.0, 0
+    state = ckpt.load() if ckpt else None
+    if state is not None:
+        explained, first = _restore(state, rec, wanda)
+    rec.offset = start + sum(len(b) for b in batches[:first])
+    device = rec.device
+    backward = method in ("lrp", "gradient")
     rules = lrp_composite(model, variant) if method == "lrp" else nullcontext()
-    with _frozen(model), rec.hooks(), rules, (wanda.hooks(rec) if wanda else nullcontext()):
-        for batch in tqdm(list(_batches(samples, batch_size)), desc=desc, leave=False):
+    with ExitStack() as stack:
+        for ctx in (_frozen(model), rec.hooks(), rules, _offload_aware(model),
+                    _recomputed_blocks(model) if gradient_checkpointing and backward else nullcontext(),
+                    wanda.hooks(rec) if wanda else nullcontext()):
+            stack.enter_context(ctx)
+        progress = tqdm(batches[first:], desc=desc, leave=False, initial=first, total=len(batches),
+                        disable=not distributed.is_main_process())
+        for i, batch in enumerate(progress, start=first):
             b = _collate(batch, pad_token_id, sink_positions, device)
             rec.mask, rec.pad_mask = b["units"], b["attn"]
-            if method in ("activation", "wanda"):
+            if not backward:
                 with torch.no_grad():
                     model(input_ids=b["ids"], attention_mask=b["attn"], use_cache=False)
             else:
                 logits = model(input_ids=b["ids"], attention_mask=b["attn"], use_cache=False).logits
-                picked = logits[:, :-1].gather(-1, b["ids"][:, 1:, None])[..., 0]
-                target = (picked * b["target"].to(picked.dtype)).sum()
+                picked = _up(logits[:, :-1].gather(-1, b["ids"][:, 1:, None].to(logits.device))[..., 0])
+                target = (picked * b["target"].to(picked.device, picked.dtype)).sum()
                 explained += float(target.detach())
                 target.backward()
             if rec.bad:
@@ -362,18 +400,125 @@ def attribute(
                 )
             rec.offset += len(batch)
             if rec.batch_means:
-                rec.sample_means.append(torch.stack([rec.batch_means[i] for i in sorted(rec.batch_means)], 1).cpu())
+                rec.sample_means.append(torch.stack([rec.batch_means[k] for k in sorted(rec.batch_means)], 1))
+            if ckpt and (i + 1) % checkpoint_every == 0 and i + 1 < len(batches):
+                ckpt.save(_state(i + 1, explained, rec, wanda))
+    explained = _all_reduce(rec, wanda, explained)
+    per_sample = {"neuron": distributed.gather_rows(torch.cat(rec.sample_means), bounds)} if rec.sample_means else {}
     n = len(samples)
     scores = wanda.scores(rec, n) if wanda else rec.finish(n)
+    if ckpt:
+        ckpt.remove()
     info: dict[str, float | str] = {"sink_positions": sink_positions, "absolute": str(absolute)}
     if method == "lrp":
         info["variant"] = variant
-    if method in ("lrp", "gradient"):
+    if backward:
         info["explained_sum"] = explained
         info["input_relevance_sum"] = rec.input_relevance
         info["conservation_ratio"] = rec.input_relevance / explained if explained else float("nan")
-    per_sample = {"neuron": torch.cat(rec.sample_means)} if rec.sample_means else {}
     return Relevance(method=method, scores=scores, n_samples=n, info=info, per_sample=per_sample)
+
+
+def _model_digest(model: nn.Module) -> str:
+    """Identity of a model for checkpoints: its config and sampled values of every parameter."""
+    config = model.config.to_json_string() if hasattr(model, "config") else type(model).__name__
+    params = ((f"{m}.{p}", _live(module, p)) for m, module in model.named_modules()
+              for p, _ in module.named_parameters(recurse=False))
+    return model_digest(config, params)
+
+
+def _state(next_batch: int, explained: float, rec: _Recorder, wanda: _WandaNorms | None) -> State:
+    tensors = {f"sums.{k}": v for k, v in rec.sums.items()}
+    if wanda:
+        tensors |= {f"wanda.{k}": v for k, v in wanda.sq.items()}
+    if rec.sample_means:
+        tensors["sample_means"] = torch.cat(rec.sample_means)
+    return State(next_batch, tensors, {"explained": explained, "input_relevance": rec.input_relevance})
+
+
+def _restore(state: State, rec: _Recorder, wanda: _WandaNorms | None) -> tuple[float, int]:
+    """Put a checkpoint's sums back where the hooks accumulate; returns (explained sum, next batch)."""
+    for name, t in state.tensors.items():
+        kind, _, key = name.partition(".")
+        if kind == "sums":
+            home = rec.device if key in ("neuron", "head") else \
+                _home(rec.model.get_submodule(key.replace("weight.", f"{rec.arch.blocks}.", 1)).weight)
+            rec.sums[key] = t.to(home)
+        elif kind == "wanda" and wanda is not None:
+            wanda.sq[key] = t.to(rec.device)
+        elif name == "sample_means":
+            rec.sample_means = [t]
+    rec.input_relevance = state.scalars["input_relevance"]
+    return state.scalars["explained"], state.next_batch
+
+
+def _all_reduce(rec: _Recorder, wanda: _WandaNorms | None, explained: float) -> float:
+    """Sum every rank's accumulators so that each holds the whole set's; returns the summed explained output."""
+    if distributed.world_size() == 1:
+        return explained
+    for key in sorted(rec.sums):
+        distributed.all_reduce_sum_(rec.sums[key])
+    for key in sorted(wanda.sq if wanda else ()):
+        distributed.all_reduce_sum_(wanda.sq[key])
+    explained, rec.input_relevance = distributed.all_reduce_floats([explained, rec.input_relevance])
+    return explained
+
+
+@contextmanager
+def _offload_aware(model: nn.Module) -> Iterator[None]:
+    """Re-wrap forwards the LRP composite replaced on accelerate-hooked modules (norms).
+
+    accelerate moves inputs and loads offloaded weights in a wrapper it puts on ``module.forward``; the composite
+    swaps that attribute for its own norm forward, so for the duration it is wrapped in the hook's
+    ``pre_forward``/``post_forward`` again.
+    """
+    replaced = []
+    for module in model.modules():
+        hook, own = getattr(module, "_hf_hook", None), module.__dict__.get("forward")
+        if hook is None or own is None or isinstance(own, functools.partial):  # accelerate's own wrapper
+            continue
+
+        def forward(*args, _fwd=own, _m=module, _hook=hook, **kwargs):
+            args, kwargs = _hook.pre_forward(_m, *args, **kwargs)
+            return _hook.post_forward(_m, _fwd(*args, **kwargs))
+
+        module.forward = forward
+        replaced.append((module, own))
+    try:
+        yield
+    finally:
+        for module, own in replaced:
+            module.forward = own
+
+
+@contextmanager
+def _recomputed_blocks(model: nn.Module) -> Iterator[None]:
+    """Per-block activation checkpointing, scoped to this instance.
+
+    HF's ``gradient_checkpointing_enable`` only acts in training mode, which would switch on dropout in
+    families that apply it in the block itself (OPT, GPT-2) and change relevance. Wrapping each block's
+    ``forward`` instead keeps eval mode, and module hooks (outside ``forward``) still fire once per forward.
+    Hooks inside a block fire again on recomputation, but only on recomputed tensors, which the backward never
+    reaches, so nothing is counted twice.
+    """
+    saved = []
+    for block in blocks(model):
+        own = block.__dict__.get("forward")
+        inner = block.forward
+
+        def forward(*args, _inner=inner, **kwargs):
+            return _recompute(_inner, *args, use_reentrant=False, **kwargs)
+
+        block.forward = forward
+        saved.append((block, own))
+    try:
+        yield
+    finally:
+        for block, own in saved:
+            if own is None:
+                del block.forward
+            else:
+                block.forward = own
 
 
 def aura_auroc(general: Relevance, undesired: Relevance) -> Tensor:
@@ -424,7 +569,7 @@ class _WandaNorms:
             for name in self.arch.linear_names:
                 w = _live(block.get_submodule(name)).float()
                 w = w.T if self.arch.conv1d else w
-                s = w.abs() * self.sq[f"{layer}.{name}"].sqrt()[None]
+                s = w.abs() * self.sq[f"{layer}.{name}"].to(w.device).sqrt()[None]
                 if not torch.isfinite(s).all():
                     out, inp = (~torch.isfinite(s)).nonzero()[0].tolist()
                     raise AttributionError(f"Non-finite Wanda score of weight.{layer}.{name} entry [{out}, {inp}]: "
@@ -432,9 +577,9 @@ class _WandaNorms:
                 if "weight" in rec.units:
                     out[f"weight.{layer}.{name}"] = s.cpu()
                 if name == self.arch.down:
-                    neuron.append(s.sum(0))
+                    neuron.append(s.sum(0).cpu())
                 if name == f"{self.arch.attn}.{self.arch.o}":
-                    head.append(s.sum(0).reshape(geo.n_heads, -1).sum(-1))
+                    head.append(s.sum(0).reshape(geo.n_heads, -1).sum(-1).cpu())
         if "neuron" in rec.units:
             out["neuron"] = torch.stack(neuron).cpu()
         if "head" in rec.units:

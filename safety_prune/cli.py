@@ -27,6 +27,23 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="allow .bin/.pt weights (loaded with torch.load(weights_only=True))")
 
 
+def _add_limits(p: argparse.ArgumentParser) -> None:
+    """Resource and input-decoding options of the jobs that attribute over a probe suite."""
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="refuse to start when attribution is estimated to need more, e.g. 16GB or 500MiB "
+                        "(default: the memory free on the model's devices); see safety_prune/preflight.py")
+    p.add_argument("--encoding-errors", default="strict", choices=["strict", "replace"],
+                   help="prompt files that are not UTF-8: stop with file:line (strict, default) or replace "
+                        "the bad bytes with U+FFFD (replace)")
+
+
+def _limit_options(args: argparse.Namespace) -> dict:
+    from .preflight import parse_size
+
+    return {"max_memory": None if args.max_memory is None else parse_size(args.max_memory),
+            "encoding_errors": args.encoding_errors}
+
+
 def _add_fail_on(p: argparse.ArgumentParser) -> None:
     """The deployment gate option; parse with ``report.parse_fail_on`` before any work starts."""
     from .report import GATE_EXIT_CODE
@@ -46,11 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="measure toxicity, fluency and perplexity, and find the circuit")
     _common(audit)
+    _add_limits(audit)
     _add_fail_on(audit)
     audit.add_argument("--top-k", type=int, default=50, help="units listed in circuit.json")
 
     corr = sub.add_parser("correct", help="prune the circuit behind the behaviour and prove it on held-out data")
     _common(corr)
+    _add_limits(corr)
     _add_fail_on(corr)
     corr.add_argument("--top-k", type=int, default=50, help="units listed in circuit.json")
     corr.add_argument("--method", default="lrp",
@@ -100,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     circ.add_argument("--seed", type=int, default=0)
     circ.add_argument("--batch-size", type=int, default=8)
 
+    scorer = sub.add_parser("scorer", help="check a toxicity scorer against Perspective labels")
+    scorer_sub = scorer.add_subparsers(dest="scorer_command", required=True)
+    val = scorer_sub.add_parser("validate", help="AUROC, recall and false-positive rate on RTP texts (cached)")
+    val.add_argument("--scorer", default="profanity", help="scorer name (profanity, detoxify)")
+    val.add_argument("--checkpoint", default=None, help="detoxify: local checkpoint file")
+    val.add_argument("--config-dir", default=None, help="detoxify: local config/tokenizer folder")
+    val.add_argument("--threshold", type=float, default=0.5)
+
     assets = sub.add_parser("assets", help="list or fetch the pinned offline assets")
     assets_sub = assets.add_subparsers(dest="assets_command", required=True)
     assets_sub.add_parser("list", help="show every asset and whether it is cached")
@@ -127,7 +154,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
         opts = AuditOptions(limit=args.limit, seed=args.seed, device=args.device, dtype=args.dtype,
                             top_k=args.top_k, batch_size=args.batch_size,
-                            trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+                            trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
+                            **_limit_options(args))
         fail_on = parse_fail_on(args.fail_on)
         res = audit(args.model, args.probe, args.out, overwrite=args.overwrite, options=opts, argv=argv,
                     fail_on=fail_on)
@@ -146,7 +174,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                               top_k=args.top_k, batch_size=args.batch_size, trust_remote_code=args.trust_remote_code,
                               allow_pickle=args.allow_pickle, method=args.method, unit=args.unit, k=args.k,
                               sparsity=args.sparsity, ppl_budget=args.ppl_budget, sweep=sweep,
-                              save_model=args.save_model)
+                              save_model=args.save_model, **_limit_options(args))
         fail_on = parse_fail_on(args.fail_on)
         res = correct(args.model, args.probe, args.out, overwrite=args.overwrite, options=opts, argv=argv,
                       fail_on=fail_on)
@@ -186,6 +214,13 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             print(f"{row['method']:>10}: max pruned share at threshold {row['max_fraction_at_threshold']:.2f}, "
                   f"accuracy at 50% pruned {row['accuracy_at_50pct']:.3f}")
         print(f"report: {args.out}/report.html")
+        return 0
+    if args.command == "scorer":
+        from .scorers import get_scorer
+        from .scorers.validate import validate_scorer
+
+        options = {k: v for k, v in (("checkpoint", args.checkpoint), ("config_dir", args.config_dir)) if v}
+        print(json.dumps(validate_scorer(get_scorer(args.scorer, **options), args.threshold), indent=2))
         return 0
     if args.command == "report":
         return _report(args)

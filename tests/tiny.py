@@ -114,7 +114,7 @@ general:
   source: {{path: general.txt}}
   validation_words: 300
   test_words: 300
-scorer: {{name: profanity, threshold: 0.5}}
+scorer: {{name: profanity, threshold: 0.5, validate: false}}
 generation: {{max_new_tokens: 6, do_sample: false, num_samples: 1, batch_size: 8}}
 perplexity: {{max_length: 64, stride: 64, min_tokens: 200}}
 max_prompt_tokens: 32

@@ -17,6 +17,7 @@ class Scorer(ABC):
     description: str
     limits: str
     batch_size: int = 64
+    behaviour: str = "toxicity"  # what a high score means; toxicity scorers are validated against Perspective
 
     def score(self, texts: list[str]) -> list[float]:
         """Score each text in [0, 1] (higher = more toxic), in order, in batches with progress."""

@@ -12,6 +12,7 @@ from .base import Scorer
 
 class RepetitionScorer(Scorer):
     name = "repetition"
+    behaviour = "repetition"
     description = "Repetition: 1 - unique words / words of the continuation (greedy decoding)."
     limits = ("Counts repeated whitespace-separated words, so a short continuation that repeats one word twice "
               "already scores 0.5 and lists of names or numbers can score high without looping; an empty "

@@ -1,0 +1,138 @@
+"""Pre-flight memory check: refuse an attribution run that cannot fit before any output is written.
+
+Attribution (LRP, gradient) keeps every activation of a batch for the backward pass, so its peak memory
+grows with batch size and sequence length and an out-of-memory kill would come minutes into a run. The
+estimate below is deliberately simple and slightly generous; its job is to catch order-of-magnitude
+mismatches (a 7B model with --batch-size 64 on a laptop), not to predict the peak to the megabyte.
+
+For a batch of B sequences of T tokens, a model with L blocks, hidden size D, MLP width I, H attention
+heads, vocabulary V and b bytes per parameter:
+
+    weights      = bytes of all parameters
+    accumulators = 4 * L * (I + H)                 float32 neuron and head relevance
+                 + 2 * 4 * W  (weight units only)  a float32 score per block weight (W of them) plus the
+                                                   per-batch product before it is summed in
+    activations  = b * B * T * (L * (C_D*D + C_I*I + C_A*H*T) + C_V*V)
+        C_D = 10  hidden-sized tensors a block keeps for backward (residual, norm inputs and outputs,
+                  q, k, v, attention output, output projection) plus the relevance flowing back
+        C_I = 4   MLP-width tensors (gate, up, activation, their product)
+        C_A = 2   attention scores and probabilities (the maths kernel that LRP needs materialises them)
+        C_V = 2   logits and their gradient
+    estimate     = 1.2 * (weights + accumulators + activations)   (allocator slack and workspaces)
+
+``--max-memory`` bounds the whole estimate. Without it the part not yet resident (everything but the
+weights, which are loaded by the time this runs) is compared with the memory the devices report free:
+``psutil.virtual_memory().available`` for the CPU, ``torch.cuda.mem_get_info`` per GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psutil
+import torch
+from torch import nn
+
+from .errors import ConfigError
+from .families import blocks, geometry
+
+log = logging.getLogger(__name__)
+
+C_D, C_I, C_A, C_V = 10, 4, 2, 2
+SLACK = 1.2
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.I)
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``text`` such as ``2GB`` (10^9), ``500MiB`` (2^20) or ``123456`` (plain bytes)."""
+    m = _SIZE.match(text)
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _UNITS or float(m.group(1)) <= 0:
+        raise ConfigError(f"--max-memory {text!r} is not a size. Give a positive number with an optional unit: "
+                          "B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024), e.g. 2GB.")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """The terms of the estimate, in bytes, so the error can say which one dominates."""
+
+    weights: int
+    accumulators: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return int(SLACK * (self.weights + self.accumulators + self.activations))
+
+    @property
+    def to_allocate(self) -> int:
+        """What is still to be allocated once the weights are loaded."""
+        return int(SLACK * (self.accumulators + self.activations))
+
+
+def estimate_attribution_memory(model: nn.Module, batch_size: int, seq_len: int, units: Sequence[str]
+                                ) -> MemoryEstimate:
+    """The module docstring's formula for one attribution batch of ``batch_size`` x ``seq_len`` tokens."""
+    cfg = model.config
+    geo = geometry(model)
+    hidden = getattr(cfg, "hidden_size", None) or cfg.n_embd
+    vocab = model.get_output_embeddings().weight.shape[0]
+    params = list(model.parameters())
+    nbytes = params[0].element_size()
+    weights = sum(p.numel() * p.element_size() for p in params)
+    acc = 4 * geo.n_layers * (geo.n_neurons + geo.n_heads)
+    if "weight" in units:
+        acc += 2 * 4 * sum(p.numel() for p in blocks(model).parameters() if p.dim() == 2)
+    per_token = geo.n_layers * (C_D * hidden + C_I * geo.n_neurons + C_A * geo.n_heads * seq_len) + C_V * vocab
+    return MemoryEstimate(weights, acc, nbytes * batch_size * seq_len * per_token)
+
+
+def available_memory(model: nn.Module) -> int:
+    """Free memory on the devices holding ``model``: host RAM for CPU parameters, free memory per GPU."""
+    devices = {p.device for p in model.parameters()}
+    free = 0
+    for dev in devices:
+        if dev.type == "cuda":
+            free += torch.cuda.mem_get_info(dev)[0]
+        else:
+            free += psutil.virtual_memory().available
+    return free
+
+
+def check_attribution_memory(model: nn.Module, batch_size: int, seq_len: int, units: Sequence[str],
+                             limit_bytes: int | None) -> MemoryEstimate:
+    """Raise ConfigError when attribution would not fit in ``limit_bytes`` (else in the free memory)."""
+    est = estimate_attribution_memory(model, batch_size, seq_len, units)
+    parts = (f"weights {human(est.weights)} + relevance accumulators {human(est.accumulators)} + activations "
+             f"for one batch of {batch_size} x {seq_len} tokens {human(est.activations)}, plus {SLACK - 1:.0%} "
+             "slack")
+    if limit_bytes is not None:
+        need, have, what = est.total, limit_bytes, f"the --max-memory limit of {human(limit_bytes)}"
+        fixed = est.weights + est.accumulators
+    else:
+        need, have, what = est.to_allocate, available_memory(model), "the memory free on this machine"
+        fixed = est.accumulators
+    log.info("attribution memory estimate: %s (%s); limit %s", human(need), parts, human(have))
+    if need > have:
+        fits = int((have / SLACK - fixed) // max(est.activations // batch_size, 1))
+        batch = f"a smaller --batch-size (at most {fits} fits)" if fits >= 1 else "a smaller --batch-size"
+        raise ConfigError(
+            f"Attribution needs about {human(need)} ({parts}), more than {what} ({human(have)}). Use {batch}, "
+            "--dtype bfloat16 to halve weights and activations, or spread the model over more or larger GPUs"
+            + ("." if limit_bytes is None else ", or raise --max-memory.")
+        )
+    return est
