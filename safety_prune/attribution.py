@@ -263,8 +263,9 @@ class _Recorder:
             a = args[0]
             if not backward:
                 fn(a.detach(), None)
-            elif a.requires_grad:
-                a.register_hook(lambda g: fn(a.detach(), g))
+            elif a.requires_grad:  # the hook holds a detached view: a closure over ``a`` would form a
+                value = a.detach()  # reference cycle through its graph and keep every batch's graph alive
+                a.register_hook(lambda g: fn(value, g))
         return pre_hook
 
     def _weight_tap(self, key: str, module: nn.Module):
@@ -281,9 +282,11 @@ class _Recorder:
         if self.method in ("lrp", "gradient"):
             h.requires_grad_(True)
 
+            value = h.detach()  # not ``h``: see _tap
+
             def record(g: Tensor) -> None:
                 pad = self.pad_mask[..., None].to(g.device, g.dtype)
-                self.input_relevance += float((_up(h.detach()) * _up(g) * pad).sum())
+                self.input_relevance += float((_up(value) * _up(g) * pad).sum())
             h.register_hook(record)
         return None
 

@@ -37,10 +37,11 @@ def _top_positions(model: nn.Module, samples: Sequence[Sample], units: list[tupl
             a = args[0]
             if not a.requires_grad:
                 return
+            value = a.detach()  # a closure over ``a`` would keep each batch's graph alive (reference cycle)
 
             def record(g):
                 mask = state["mask"]
-                rel = (a.detach() * g).reshape(*mask.shape, -1)[..., idx.to(a.device)] * mask[..., None]
+                rel = (value * g).reshape(*mask.shape, -1)[..., idx.to(a.device)] * mask[..., None]
                 for j, index in enumerate(by_layer[layer]):
                     flat = rel[..., j].flatten()
                     vals, pos = torch.topk(flat, min(n_top, flat.numel()))
