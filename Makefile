@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= runs/default
 
-.PHONY: setup audit test lint
+.PHONY: setup audit correct test lint
 
 $(BIN)/safety-prune: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,6 +17,10 @@ setup: $(BIN)/safety-prune
 audit: setup
 	$(BIN)/safety-prune assets fetch
 	$(BIN)/safety-prune audit --model default --probe toxicity --out $(OUT) --overwrite
+
+correct: setup
+	$(BIN)/safety-prune assets fetch
+	$(BIN)/safety-prune correct --model default --probe toxicity --method all --out runs/correct --overwrite
 
 lint: setup
 	$(BIN)/ruff check .

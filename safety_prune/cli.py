@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from contextlib import nullcontext
 
 from . import __version__
 from .errors import ConfigError, SafetyPruneError
@@ -44,6 +45,29 @@ def _limit_options(args: argparse.Namespace) -> dict:
             "encoding_errors": args.encoding_errors}
 
 
+def _add_scale(p: argparse.ArgumentParser) -> None:
+    """Placement and memory options for large models and long sequences (torchrun needs no flag)."""
+    p.add_argument("--device-map", default=None, choices=["auto", "balanced", "balanced_low_0", "sequential"],
+                   help="spread a model larger than one GPU over all visible GPUs (and CPU memory) with "
+                        "accelerate; overrides --device. Not combinable with torchrun")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute each block during attribution's backward instead of keeping its "
+                        "intermediates: less memory for long sequences, same relevance, about 1/3 more time")
+
+
+def _scale_options(args: argparse.Namespace) -> dict:
+    return {"device_map": args.device_map, "gradient_checkpointing": args.gradient_checkpointing}
+
+
+def _session(args: argparse.Namespace):
+    """A torch.distributed process group for the attributing jobs when launched by torchrun."""
+    if args.command not in ("audit", "correct"):
+        return nullcontext()
+    from .distributed import session
+
+    return session(args.device, args.device_map)
+
+
 def _add_fail_on(p: argparse.ArgumentParser) -> None:
     """The deployment gate option; parse with ``report.parse_fail_on`` before any work starts."""
     from .report import GATE_EXIT_CODE
@@ -64,12 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="measure toxicity, fluency and perplexity, and find the circuit")
     _common(audit)
     _add_limits(audit)
+    _add_scale(audit)
     _add_fail_on(audit)
     audit.add_argument("--top-k", type=int, default=50, help="units listed in circuit.json")
 
     corr = sub.add_parser("correct", help="prune the circuit behind the behaviour and prove it on held-out data")
     _common(corr)
     _add_limits(corr)
+    _add_scale(corr)
     _add_fail_on(corr)
     corr.add_argument("--top-k", type=int, default=50, help="units listed in circuit.json")
     corr.add_argument("--method", default="lrp",
@@ -155,7 +181,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         opts = AuditOptions(limit=args.limit, seed=args.seed, device=args.device, dtype=args.dtype,
                             top_k=args.top_k, batch_size=args.batch_size,
                             trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
-                            **_limit_options(args))
+                            **_limit_options(args), **_scale_options(args))
         fail_on = parse_fail_on(args.fail_on)
         res = audit(args.model, args.probe, args.out, overwrite=args.overwrite, options=opts, argv=argv,
                     fail_on=fail_on)
@@ -174,7 +200,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                               top_k=args.top_k, batch_size=args.batch_size, trust_remote_code=args.trust_remote_code,
                               allow_pickle=args.allow_pickle, method=args.method, unit=args.unit, k=args.k,
                               sparsity=args.sparsity, ppl_budget=args.ppl_budget, sweep=sweep,
-                              save_model=args.save_model, **_limit_options(args))
+                              save_model=args.save_model, **_limit_options(args), **_scale_options(args))
         fail_on = parse_fail_on(args.fail_on)
         res = correct(args.model, args.probe, args.out, overwrite=args.overwrite, options=opts, argv=argv,
                       fail_on=fail_on)
@@ -272,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return _run(args, ["safety-prune", *argv])
+        with _session(args):
+            return _run(args, ["safety-prune", *argv])
     except SafetyPruneError as exc:
         print(f"safety-prune: error: {exc}", file=sys.stderr)
         return exc.exit_code

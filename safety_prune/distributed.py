@@ -47,14 +47,22 @@ def is_main_process() -> bool:
 
 
 @contextmanager
-def session(device: str | None) -> Iterator[None]:
+def session(device: str | None, device_map: str | None = None) -> Iterator[None]:
     """Initialise a process group when launched by torchrun (``WORLD_SIZE`` > 1); tear it down afterwards.
 
     NCCL for CUDA devices (each rank takes GPU ``LOCAL_RANK``), gloo on CPU.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or active():
+    n = int(os.environ.get("WORLD_SIZE", "1"))
+    if n <= 1 or active():
         yield
         return
+    if device_map:
+        raise ConfigError(f"--device-map {device_map} spreads one model over all GPUs, so it cannot be combined "
+                          f"with torchrun's {n} processes. Use one of them: torchrun when a model fits one GPU, "
+                          "--device-map without torchrun when it does not.")
+    if (device or "").startswith("cuda:"):
+        raise ConfigError(f"--device {device} would put all {n} torchrun processes on one GPU. Use --device cuda: "
+                          "each process then takes the GPU of its LOCAL_RANK.")
     cuda = (device or "cpu").startswith("cuda")
     if cuda and torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

@@ -58,10 +58,10 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     sweep_stale_temps(target)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs should read like any other file
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp (and some writers) create 0600; outputs read like others
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():

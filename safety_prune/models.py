@@ -117,7 +117,7 @@ def _load_tokenizer(source: str, trust_remote_code: bool, **kw):
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **kw)
     except (OSError, ValueError, TypeError) as exc:
         raise ModelLoadError(
-            f"No usable tokenizer at {source} ({exc}). Save the model's tokenizer files "
+            f"No usable tokenizer at {source} ({' '.join(str(exc).split())}). Save the model's tokenizer files "
             "(tokenizer.json, tokenizer_config.json) into that folder."
         ) from exc
     if tok.pad_token is None:

@@ -52,10 +52,10 @@ def validate_spec(spec: Any) -> None:
     kinds = [k for k in SPEC_KINDS if k in spec]
     if len(kinds) != 1:
         raise DataSourceError(
-            f"a source needs exactly one of {', '.join(SPEC_KINDS)}, got keys {sorted(spec) or 'none'}"
+            f"a source needs exactly one of {', '.join(SPEC_KINDS)}, got keys {sorted(spec, key=str) or 'none'}"
         )
     kind = kinds[0]
-    unknown = sorted(set(spec) - SPEC_KEYS[kind])
+    unknown = sorted(set(spec) - SPEC_KEYS[kind], key=str)  # YAML keys may be numbers too
     if unknown:
         raise DataSourceError(
             f"unknown key {unknown[0]!r} in {kind} source (allowed: {', '.join(sorted(SPEC_KEYS[kind]))})"
