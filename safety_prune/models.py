@@ -186,7 +186,12 @@ def _gguf_folder(gguf: Path, digest: str) -> Path:
 
     target = cache_dir() / "models" / f"{gguf.stem}-{digest[:16]}"
     if not (target / "config.json").is_file():
-        _convert_gguf(gguf, target)
+        try:
+            _convert_gguf(gguf, target)
+        except OSError:
+            # another process (e.g. a torchrun rank) finished the same conversion first: use its copy
+            if not (target / "config.json").is_file():
+                raise
     return target
 
 

@@ -190,7 +190,8 @@ def preflight_attribution(lm: LoadedModel, suite: ProbeSuite, opt: AuditOptions,
     from .preflight import check_attribution_memory
 
     seq_len = max(opt.max_tokens, suite.max_prompt_tokens + suite.generation.max_new_tokens)
-    check_attribution_memory(lm.model, opt.batch_size, seq_len, units, opt.max_memory)
+    check_attribution_memory(lm.model, opt.batch_size, seq_len, units, opt.max_memory,
+                             gradient_checkpointing=opt.gradient_checkpointing)
 
 
 def audit(model: str, probe: str, out: str | Path, *, overwrite: bool = False, options: AuditOptions | None = None,

@@ -16,7 +16,7 @@ from unittest import mock
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from tiny import save_tiny, write_tiny_suite
 
@@ -97,7 +97,7 @@ def test_sigkill_during_save_model_leaves_all_or_nothing(tiny_setup, tmp_path):
                              str(saved)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120
-        while not list(tmp_path.glob(".saved.*.tmp/model.safetensors")):
+        while not list(tmp_path.glob("*/model.safetensors")):  # the first file of the save is written
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.time() < deadline, "the save never started"
             time.sleep(0.2)
@@ -163,6 +163,8 @@ def test_estimate_scales_with_batch_and_units(tiny_setup):
     weight = estimate_attribution_memory(lm.model, 1, 64, ("weight",))
     assert four.activations == 4 * one.activations and four.weights == one.weights
     assert weight.accumulators > one.accumulators
+    recompute = estimate_attribution_memory(lm.model, 4, 64, ("neuron", "head"), gradient_checkpointing=True)
+    assert recompute.activations < four.activations
     assert check_attribution_memory(lm.model, 4, 64, ("neuron", "head"), four.total) == four
     with pytest.raises(ConfigError, match="memory free on this machine"), \
             mock.patch("safety_prune.preflight.available_memory", return_value=1):
@@ -225,6 +227,8 @@ def _load_or_clean_error(path: Path) -> None:
 
 @_FUZZ
 @given(data=_tree | _suite_like)
+@example(data={"undesired": {"source": {0: None, "": None}}})  # found by this test: sorted() of mixed key types
+@example(data={"undesired": {"source": {"path": "prompts.txt", 0: None, "x": None}}})
 def test_fuzz_suite_structures(tiny_setup, data):
     folder = tiny_setup[2].parent
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=folder, delete=False) as fh:
