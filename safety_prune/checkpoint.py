@@ -35,7 +35,8 @@ _SAMPLED = 1 << 16  # elements hashed per parameter: enough to tell models apart
 def _tensor_bytes(t: Tensor) -> bytes:
     flat = t.detach().reshape(-1)
     if flat.numel() > _SAMPLED:
-        flat = flat[torch.linspace(0, flat.numel() - 1, _SAMPLED, device=flat.device).long()]
+        # integer spacing: float32 linspace rounds the last index of a large tensor past its end
+        flat = flat[torch.arange(_SAMPLED, device=flat.device) * (flat.numel() - 1) // (_SAMPLED - 1)]
     return flat.contiguous().cpu().view(torch.uint8).numpy().tobytes()
 
 

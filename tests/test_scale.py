@@ -231,3 +231,11 @@ def test_gpu_check_smoke_mode_runs_on_cpu(tmp_path) -> None:
     assert all(c["passed"] for c in report["checks"]), report["checks"]
     assert report["precision"]["spearman_neuron"] > 0.9
     assert {row["name"] for row in report["timing"]} >= {"lrp", "plain", "wanda"}
+
+
+def test_model_digest_handles_large_parameters():
+    """Sampling indices of a parameter larger than float32's exact integers stay in range."""
+    from safety_prune.checkpoint import model_digest
+
+    big = torch.zeros(28_311_552)
+    assert len(model_digest("cfg", [("w", big)])) == 64
