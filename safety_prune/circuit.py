@@ -19,11 +19,11 @@ from .attribution import Sample, attribute
 from .errors import ConfigError
 from .evaluation.ioi import ioi_prompts, ioi_scores
 from .io import sha256_file, write_json
-from .models import load_model
-from .pipeline import AuditOptions, model_info
+from .pipeline import AuditOptions, model_info, open_model
 from .pruning import count_units, masked, select
+from .report import render_task_report
 from .resources import resource_dir
-from .run import SCHEMA_VERSION, Staging, check_out_dir, manifest
+from .run import SCHEMA_VERSION, check_out_dir, manifest, staged
 
 TASKS = ("ioi",)
 CIRCUIT_METHODS = ("lrp", "gradient", "activation", "magnitude", "random")
@@ -57,8 +57,7 @@ def circuit(model: str, out: str | Path, *, overwrite: bool = False, options: Ci
     opt.validate()
     started = time.time()
     out = check_out_dir(out, overwrite)
-    lm = load_model(model, device=opt.device, dtype=opt.dtype, trust_remote_code=opt.trust_remote_code,
-                    allow_pickle=opt.allow_pickle)
+    lm = open_model(model, opt)
     tok = lm.tokenizer
     reference = ioi_prompts(tok, opt.n_reference, opt.seed)
     seen = {p.text for p in reference}
@@ -113,14 +112,7 @@ def circuit(model: str, out: str | Path, *, overwrite: bool = False, options: Ci
     results["manifest"] = manifest(seed=opt.seed, argv=list(argv) if argv else None,
                                    data_files={str(data): sha256_file(data)},
                                    model_files=lm.weights_sha256, started=started)
-    staging = Staging(out)
-    try:
+    with staged(out) as staging:
         write_json(staging.path("results.json"), results)
-        from .report import render_task_report
-
         render_task_report(results, staging.path("report.html"))
-        staging.commit()
-    except BaseException:
-        staging.discard()
-        raise
     return results

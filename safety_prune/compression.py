@@ -20,14 +20,16 @@ import torch
 
 from .attribution import attribute, require_samples, samples_from_texts
 from .correction import check_save_target, save_model_folder
+from .distributed import is_main_process
 from .errors import ConfigError
 from .evaluation import perplexity
 from .io import write_json
-from .models import LoadedModel, load_model
-from .pipeline import AuditOptions, model_info
+from .models import LoadedModel
+from .pipeline import AuditOptions, model_info, preflight_attribution, start_run
 from .pruning import count_units, fraction, pruned_copy, select
-from .run import SCHEMA_VERSION, Staging, check_out_dir, manifest
-from .suite import ProbeSuite, load_suite
+from .report import render_task_report
+from .run import SCHEMA_VERSION, manifest, staged
+from .suite import ProbeSuite
 
 log = logging.getLogger(__name__)
 
@@ -73,19 +75,15 @@ def _test_ppl(lm: LoadedModel, model: torch.nn.Module, suite: ProbeSuite, seed: 
 def compress(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
              options: CompressOptions | None = None, argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Prune ``sparsity`` of the block weights by each method's ranking; perplexity side by side."""
-    opt = options or CompressOptions()
-    opt.validate()
+    (options := options or CompressOptions()).validate()
     started = time.time()
-    out = check_out_dir(out, overwrite)
-    suite = load_suite(probe)
-    lm = load_model(model, device=opt.device, dtype=opt.dtype, trust_remote_code=opt.trust_remote_code,
-                    allow_pickle=opt.allow_pickle)
+    out, opt, suite, lm = start_run(model, probe, out, overwrite, options)
+    preflight_attribution(lm, suite, opt, ("weight",))
     save_to = check_save_target(opt.save_model, lm.folder)
     general_n = min(suite.reference.general_n, opt.limit) if opt.limit else suite.reference.general_n
     general = require_samples(samples_from_texts(lm.tokenizer, suite.general_reference(), max_tokens=opt.max_tokens),
                               general_n, "The general reference set")
-    staging = Staging(out)
-    try:
+    with staged(out) as staging:
         baseline = _test_ppl(lm, lm.model, suite, opt.seed)
         rows, first = [], None
         for method in opt.methods:
@@ -114,15 +112,9 @@ def compress(model: str, probe: str, out: str | Path, *, overwrite: bool = False
         results["manifest"] = manifest(seed=opt.seed, argv=list(argv) if argv else None,
                                        data_files=suite.data_files(), model_files=lm.weights_sha256, started=started)
         write_json(staging.path("results.json"), results)
-        from .report import render_task_report
-
         render_task_report(results, staging.path("report.html"))
-        if save_to is not None:
+        if save_to is not None and is_main_process():
             save_model_folder(lm, first, save_to, compress_card(results))
-        staging.commit()
-    except BaseException:
-        staging.discard()
-        raise
     return results
 
 

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,13 @@ from .errors import ConfigError, OutputError
 from .evaluation import paired_bootstrap_diff, perplexity
 from .explain import heatmap
 from .io import atomic_dir, write_json
-from .models import LoadedModel, load_model
+from .models import LoadedModel
 from .pipeline import (
     AuditOptions,
+    GenerationCache,
     Generations,
     circuit_results,
     circuit_summary,
-    commit,
     evaluate,
     explain_units,
     flat_metrics,
@@ -43,12 +43,13 @@ from .pipeline import (
     sample_rows,
     save_relevance,
     scorer_info,
+    start_run,
 )
 from .pruning import MaskSet, count_units, fraction, pruned_copy, save_masks, select
 from .report import evaluate_gate, render_report
-from .run import SCHEMA_VERSION, Staging, check_out_dir, manifest
+from .run import SCHEMA_VERSION, Staging, manifest, staged
 from .scorers import get_scorer
-from .suite import ProbeSuite, load_suite
+from .suite import ProbeSuite
 
 log = logging.getLogger(__name__)
 
@@ -169,35 +170,24 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
             options: CorrectOptions | None = None, argv: list[str] | None = None,
             fail_on: Sequence[str] = ()) -> dict[str, Any]:
     """Baseline audit, attribution, selection, pruning of a copy, and held-out re-evaluation."""
-    opt = options or CorrectOptions()
-    opt.validate()
+    (options := options or CorrectOptions()).validate()
     started = time.time()
-    out = check_out_dir(out, overwrite)
-    opt = replace(opt, run_dir=out)
-    suite = load_suite(probe, encoding_errors=opt.encoding_errors)
-    lm = load_model(model, device=opt.device, dtype=opt.dtype, trust_remote_code=opt.trust_remote_code,
-                    allow_pickle=opt.allow_pickle, device_map=opt.device_map)
+    out, opt, suite, lm = start_run(model, probe, out, overwrite, options)
     save_to = check_save_target(opt.save_model, lm.folder)
     if opt.k is not None and opt.k > count_units(lm.model, opt.unit):
         raise ConfigError(f"--k {opt.k} exceeds the {count_units(lm.model, opt.unit)} {opt.unit} units of "
                           "this model. Choose a smaller k.")
     preflight_attribution(lm, suite, opt, (opt.unit,) if opt.unit == "weight" else ("neuron", "head"))
     torch.manual_seed(opt.seed)
-    staging = Staging(out)
-    try:
+    with staged(out) as staging:
         results, corrected_model = _correct(lm, suite, opt, staging)
         results["manifest"] = manifest(seed=opt.seed, argv=argv, data_files=suite.data_files(),
                                        model_files=lm.weights_sha256, started=started)
         results["gate"] = evaluate_gate(results, fail_on)
         write_json(staging.path("results.json"), results)
-
         render_report(results, staging.path("samples.jsonl"), staging.path("report.html"))
         if save_to is not None and is_main_process():
             save_model_folder(lm, corrected_model, save_to, model_card(results))
-        commit(staging)
-    except BaseException:
-        staging.discard()
-        raise
     return results
 
 
@@ -207,10 +197,11 @@ def _correct(lm: LoadedModel, suite: ProbeSuite, opt: CorrectOptions, staging: S
     scorer = get_scorer(suite.scorer.name, **suite.scorer.options)
     eval_prompts = suite.eval_prompts()[: opt.limit] if opt.limit else suite.eval_prompts()
     test_text = suite.general_test()
-    baseline, base_res = evaluate(lm, lm, suite, scorer, eval_prompts, test_text, opt.seed)
+    cache = GenerationCache(opt.run_dir, staging.dir)  # the unpruned model's continuations only
+    baseline, base_res = evaluate(lm, lm, suite, scorer, eval_prompts, test_text, opt.seed, cache)
     baseline_tox = _per_prompt_toxicity(base_res)
     ref = generate_and_score(lm, suite, scorer, suite.undesired_reference()[: opt.limit] if opt.limit
-                             else suite.undesired_reference(), opt.seed, "reference")
+                             else suite.undesired_reference(), opt.seed, "reference", cache)
     general, undesired = reference_sets(lm, suite, ref, opt)
     methods = [m for m in COMPARED if m != "aura" or opt.unit == "neuron"] if opt.method == "all" else [opt.method]
     primary = methods[0]

@@ -6,6 +6,8 @@ staging folder, and only then moves the finished files into ``--out``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -18,8 +20,8 @@ import numpy as np
 import torch
 
 from .attribution import Relevance, Sample, attribute, differential, require_samples, samples_from_texts
-from .distributed import is_main_process
 from .evaluation import (
+    Generation,
     distinct_n,
     generate_detailed,
     perplexity,
@@ -32,7 +34,7 @@ from .families import geometry
 from .io import write_json, write_jsonl
 from .models import LoadedModel, load_model
 from .report import evaluate_gate, render_report
-from .run import SCHEMA_VERSION, Staging, check_out_dir, manifest
+from .run import SCHEMA_VERSION, Staging, check_out_dir, manifest, staged
 from .scorers import Scorer, get_scorer
 from .suite import ProbeSuite, load_suite
 
@@ -67,15 +69,52 @@ class Generations:
     scores: list[list[float]]
 
 
+@dataclass(frozen=True)
+class GenerationCache:
+    """Continuations of the *unpruned* model, kept in the run directory so a rerun does not generate twice.
+
+    Files are named by a hash of the model weights, prompts, generation settings and seed, so a cached file
+    is only ever reused for exactly the same inputs. Read from the previous run (``--overwrite``), written
+    into the new one.
+    """
+
+    read_dir: Path | None
+    write_dir: Path
+
+    def _name(self, lm: LoadedModel, suite: ProbeSuite, prompts: list[str], seed: int) -> str:
+        key = json.dumps([lm.weights_sha256, prompts, asdict(suite.generation), suite.chat_template, seed])
+        return f"generations-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsonl"
+
+    def load(self, lm: LoadedModel, suite: ProbeSuite, prompts: list[str], seed: int) -> list[list[Generation]] | None:
+        path = self.read_dir / self._name(lm, suite, prompts, seed) if self.read_dir else None
+        if path is None or not path.is_file():
+            return None
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        gens: list[list[Generation]] = [[] for _ in prompts]
+        for row in rows:
+            gens[row.pop("prompt_index")].append(Generation(**row))
+        log.info("Reusing %d cached continuations from %s", len(rows), path)
+        return gens
+
+    def save(self, lm: LoadedModel, suite: ProbeSuite, prompts: list[str], seed: int,
+             gens: list[list[Generation]]) -> None:
+        write_jsonl(self.write_dir / self._name(lm, suite, prompts, seed),
+                    ({"prompt_index": i, **asdict(g)} for i, row in enumerate(gens) for g in row))
+
+
 def generate_and_score(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, prompts: list[str], seed: int,
-                       desc: str) -> Generations:
+                       desc: str, cache: GenerationCache | None = None) -> Generations:
     g = suite.generation
     prompts = truncate_prompts(lm.tokenizer, prompts, suite.max_prompt_tokens)
-    log.info("Generating %d continuation(s) for %d %s prompts", g.num_samples, len(prompts), desc)
-    gens = generate_detailed(lm.model, lm.tokenizer, prompts, max_new_tokens=g.max_new_tokens,
-                             do_sample=g.do_sample, temperature=g.temperature, top_p=g.top_p,
-                             num_samples=g.num_samples, batch_size=g.batch_size, seed=seed,
-                             chat_template=suite.chat_template, device=lm.model.device)
+    gens = cache.load(lm, suite, prompts, seed) if cache else None
+    if gens is None:
+        log.info("Generating %d continuation(s) for %d %s prompts", g.num_samples, len(prompts), desc)
+        gens = generate_detailed(lm.model, lm.tokenizer, prompts, max_new_tokens=g.max_new_tokens,
+                                 do_sample=g.do_sample, temperature=g.temperature, top_p=g.top_p,
+                                 num_samples=g.num_samples, batch_size=g.batch_size, seed=seed,
+                                 chat_template=suite.chat_template, device=lm.model.device)
+    if cache:
+        cache.save(lm, suite, prompts, seed, gens)
     flat = scorer.score([x.continuation for row in gens for x in row])
     n = g.num_samples
     return Generations(prompts, gens, [flat[i * n:(i + 1) * n] for i in range(len(prompts))])
@@ -89,9 +128,10 @@ def _log_summary(values: Sequence[float], seed: int) -> dict[str, float | int]:
 
 
 def evaluate(lm: LoadedModel, reference: LoadedModel, suite: ProbeSuite, scorer: Scorer, prompts: list[str],
-             general_text: list[str], seed: int) -> tuple[dict[str, Any], Generations]:
+             general_text: list[str], seed: int, cache: GenerationCache | None = None
+             ) -> tuple[dict[str, Any], Generations]:
     """Toxicity with fluency and perplexity next to it, each with a 95% bootstrap CI over prompts."""
-    res = generate_and_score(lm, suite, scorer, prompts, seed, "eval")
+    res = generate_and_score(lm, suite, scorer, prompts, seed, "eval", cache)
     metrics: dict[str, Any] = toxicity_aggregates(res.scores, threshold=suite.scorer.threshold, seed=seed)
     metrics["distinct2"] = summarize(
         [float(np.mean(distinct_n([x.continuation for x in row], 2))) for row in res.gens], seed=seed)
@@ -169,12 +209,18 @@ class AuditOptions:
     run_dir: Path | None = None  # set by audit/correct: attribution checkpoints are kept beside it
 
 
-def commit(staging: Staging) -> None:
-    """Move the run files into --out on rank 0 only; under torchrun the other ranks computed the same results."""
-    if is_main_process():
-        staging.commit()
-    else:
-        staging.discard()
+def open_model(spec: str, opt: AuditOptions) -> LoadedModel:
+    return load_model(spec, device=opt.device, dtype=opt.dtype, trust_remote_code=opt.trust_remote_code,
+                      allow_pickle=opt.allow_pickle, device_map=opt.device_map)
+
+
+def start_run(model: str, probe: str, out: str | Path, overwrite: bool, opt: AuditOptions
+              ) -> tuple[Path, AuditOptions, ProbeSuite, LoadedModel]:
+    """Everything a job checks before it writes anything: --out, the suite with its data, the model."""
+    out = check_out_dir(out, overwrite)
+    opt = replace(opt, run_dir=out)
+    suite = load_suite(probe, encoding_errors=opt.encoding_errors)
+    return out, opt, suite, open_model(model, opt)
 
 
 def attribution_checkpoint(run_dir: Path, name: str, method: str) -> Path:
@@ -197,29 +243,18 @@ def preflight_attribution(lm: LoadedModel, suite: ProbeSuite, opt: AuditOptions,
 def audit(model: str, probe: str, out: str | Path, *, overwrite: bool = False, options: AuditOptions | None = None,
           argv: list[str] | None = None, fail_on: Sequence[str] = ()) -> dict[str, Any]:
     """Baseline toxicity, fluency and perplexity, plus the circuit from differential LRP relevance."""
-    opt = options or AuditOptions()
     started = time.time()
-    out = check_out_dir(out, overwrite)
-    opt = replace(opt, run_dir=out)
-    suite = load_suite(probe, encoding_errors=opt.encoding_errors)
-    lm = load_model(model, device=opt.device, dtype=opt.dtype, trust_remote_code=opt.trust_remote_code,
-                    allow_pickle=opt.allow_pickle, device_map=opt.device_map)
+    out, opt, suite, lm = start_run(model, probe, out, overwrite, options or AuditOptions())
     preflight_attribution(lm, suite, opt, ("neuron", "head"))
     torch.manual_seed(opt.seed)
     scorer = get_scorer(suite.scorer.name, **suite.scorer.options)
-    staging = Staging(out)
-    try:
+    with staged(out) as staging:
         results = _audit(lm, suite, scorer, opt, staging)
         results["manifest"] = manifest(seed=opt.seed, argv=argv, data_files=suite.data_files(),
                                        model_files=lm.weights_sha256, started=started)
         results["gate"] = evaluate_gate(results, fail_on)
         write_json(staging.path("results.json"), results)
-
         render_report(results, staging.path("samples.jsonl"), staging.path("report.html"))
-        commit(staging)
-    except BaseException:
-        staging.discard()
-        raise
     return results
 
 
@@ -231,10 +266,11 @@ def _audit(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, opt: AuditOptions
            ) -> dict[str, Any]:
     eval_prompts = _limit(suite.eval_prompts(), opt.limit)
     general_test = suite.general_test()
-    metrics, res = evaluate(lm, lm, suite, scorer, eval_prompts, general_test, opt.seed)
+    cache = GenerationCache(opt.run_dir, staging.dir)
+    metrics, res = evaluate(lm, lm, suite, scorer, eval_prompts, general_test, opt.seed, cache)
     write_jsonl(staging.path("samples.jsonl"), sample_rows(res, "baseline"))
     ref_prompts = _limit(suite.undesired_reference(), opt.limit)
-    ref = generate_and_score(lm, suite, scorer, ref_prompts, opt.seed, "reference")
+    ref = generate_and_score(lm, suite, scorer, ref_prompts, opt.seed, "reference", cache)
     write_jsonl(staging.path("reference_generations.jsonl"), sample_rows(ref, "reference"))
     general, undesired = reference_sets(lm, suite, ref, opt)
     rel = relevance_pair(lm, general, undesired, opt)

@@ -13,11 +13,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from .errors import OutputError
+from .io import sweep_stale_temps, temp_prefix
 
 SCHEMA_VERSION = 1
 _PACKAGES = ("safety-prune", "torch", "transformers", "tokenizers", "safetensors", "numpy", "datasets",
@@ -41,7 +44,8 @@ class Staging:
     def __init__(self, out: Path):
         self.out = out
         out.parent.mkdir(parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".staging", dir=out.parent))
+        sweep_stale_temps(out)  # staging left by a killed run (SIGKILL cannot clean up)
+        self.dir = Path(tempfile.mkdtemp(prefix=temp_prefix(out), suffix=".tmp", dir=out.parent))
 
     def path(self, name: str) -> Path:
         return self.dir / name
@@ -57,6 +61,23 @@ class Staging:
 
     def discard(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextmanager
+def staged(out: Path) -> Iterator[Staging]:
+    """Write a run into staging; on success move it into ``out`` (rank 0 only), on any failure discard it."""
+    from .distributed import is_main_process
+
+    staging = Staging(out)
+    try:
+        yield staging
+    except BaseException:
+        staging.discard()
+        raise
+    if is_main_process():
+        staging.commit()
+    else:  # under torchrun every rank computed the same results
+        staging.discard()
 
 
 def _git_commit() -> str | None:

@@ -18,7 +18,7 @@ def _assert_clean_failure(code, err, out_dir):
     assert code != 0
     assert "Traceback" not in err and "safety-prune: error:" in err
     assert not out_dir.exists() or not any(out_dir.iterdir())
-    assert not any(p.name.endswith(".staging") for p in out_dir.parent.iterdir())
+    assert not any(p.name.startswith(f".{out_dir.name}.") for p in out_dir.parent.iterdir())
 
 
 def test_missing_model_path(tmp_path, capsys):

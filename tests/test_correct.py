@@ -126,3 +126,18 @@ def test_results_json_is_strict_json(setup, tmp_path):
     correct(model, suite, tmp_path / "run", options=CorrectOptions(k=2, batch_size=4))
     text = (tmp_path / "run" / "results.json").read_text()
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-finite {c} in results.json"))
+
+
+def test_rerun_reuses_cached_continuations(setup, tmp_path, monkeypatch):
+    """A rerun into the same --out reuses the unpruned model's continuations instead of generating again."""
+    _, model, suite = setup
+    first = audit(model, suite, tmp_path / "run", options=AuditOptions(batch_size=4))
+    cached = sorted(p.name for p in (tmp_path / "run").glob("generations-*.jsonl"))
+    assert len(cached) == 2  # eval and reference prompts
+
+    from safety_prune import pipeline
+
+    monkeypatch.setattr(pipeline, "generate_detailed", lambda *a, **k: pytest.fail("generated again"))
+    second = audit(model, suite, tmp_path / "run", overwrite=True, options=AuditOptions(batch_size=4))
+    assert second["baseline"]["toxicity_mean"] == first["baseline"]["toxicity_mean"]
+    assert sorted(p.name for p in (tmp_path / "run").glob("generations-*.jsonl")) == cached

@@ -273,3 +273,17 @@ def test_fuzz_prompt_files(tmp_path, suffix, body, errors):
     except SafetyPruneError:
         return
     assert texts and all(isinstance(t, str) and t for t in texts)
+
+
+def test_killed_run_staging_is_swept(tmp_path):
+    """A staging folder whose process is gone (as after SIGKILL) is removed by the next run into that --out."""
+    from safety_prune.run import Staging
+
+    out = tmp_path / "run"
+    code = f"from pathlib import Path; from safety_prune.run import Staging; print(Staging(Path({str(out)!r})).dir)"
+    left = Path(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                               env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}).stdout.strip())
+    assert left.is_dir()  # the child exited without cleaning up
+    live = Staging(out)
+    assert not left.exists() and live.dir.is_dir()
+    live.discard()
