@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="largest k whose validation perplexity rise stays within this fraction (default)")
     corr.add_argument("--sweep", default="", help="comma-separated extra k values to evaluate, e.g. 25,50,100")
     corr.add_argument("--save-model", default=None, help="write the corrected model here (new or empty folder)")
+    corr.add_argument("--screen", type=int, default=0,
+                      help="damage screen before the --ppl-budget search: ablate the top N candidates one by one on "
+                           "validation text and skip those costing more than --screen-max perplexity (0: off)")
+    corr.add_argument("--screen-max", type=float, default=0.005, help="relative perplexity rise (default 0.005)")
 
     report = sub.add_parser(
         "report", help="re-render a run's report.html, or compare two runs, without loading any model",
@@ -200,7 +204,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                               top_k=args.top_k, batch_size=args.batch_size, trust_remote_code=args.trust_remote_code,
                               allow_pickle=args.allow_pickle, method=args.method, unit=args.unit, k=args.k,
                               sparsity=args.sparsity, ppl_budget=args.ppl_budget, sweep=sweep,
-                              save_model=args.save_model, **_limit_options(args), **_scale_options(args))
+                              save_model=args.save_model, screen=args.screen, screen_max=args.screen_max,
+                              **_limit_options(args), **_scale_options(args))
         fail_on = parse_fail_on(args.fail_on)
         res = correct(args.model, args.probe, args.out, overwrite=args.overwrite, options=opts, argv=argv,
                       fail_on=fail_on)

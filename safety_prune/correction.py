@@ -45,7 +45,7 @@ from .pipeline import (
     scorer_info,
     start_run,
 )
-from .pruning import MaskSet, count_units, fraction, pruned_copy, save_masks, select
+from .pruning import MaskSet, count_units, fraction, masked, pruned_copy, save_masks, select
 from .report import evaluate_gate, render_report
 from .run import SCHEMA_VERSION, Staging, manifest, staged
 from .scorers import get_scorer
@@ -69,6 +69,9 @@ class CorrectOptions(AuditOptions):
     save_model: str | None = None
     search_tokens: int = 4096  # validation tokens per perplexity-budget probe
     max_search_k: int = 1024
+    screen: int = 0  # damage screen: test this many top candidates one by one (0: off)
+    screen_max: float = 0.005  # ... and drop those whose own ablation raises validation perplexity more
+    screen_tokens: int = 1024
 
     def validate(self) -> None:
         if self.method != "all" and self.method not in METHOD_CHOICES:
@@ -124,7 +127,7 @@ def budget_search(lm: LoadedModel, suite: ProbeSuite, scores: dict[str, torch.Te
     total = count_units(lm.model, kind)
     trail: list[dict[str, float]] = [{"k": 0, "validation_perplexity": base, "rise": 0.0}]
     best, k = 0, 1
-    while k <= min(opt.max_search_k, total):
+    while k <= min(opt.max_search_k, total):  # geometric grid with ratio ~1.5: 1, 2, 3, 5, 8, 12, 18, ...
         units = select(scores, kind, k=k)
         pruned = pruned_copy(lm.model, units)
         ppl = _validation_ppl(lm, pruned, texts, suite, opt.search_tokens)
@@ -134,11 +137,36 @@ def budget_search(lm: LoadedModel, suite: ProbeSuite, scores: dict[str, torch.Te
         log.info("budget search: k=%d validation ppl %.3f (%+.2f%%)", k, ppl, 100 * rise)
         if rise > budget:
             break
-        best, k = k, k * 2
+        best, k = k, max(k + 1, round(k * 1.5))
     if best == 0:
         raise ConfigError(f"Even k=1 raises validation perplexity by {100 * trail[-1]['rise']:.1f}%, above "
                           f"--ppl-budget {budget}. Raise the budget or give --k explicitly.")
     return best, trail
+
+
+def damage_screen(lm: LoadedModel, suite: ProbeSuite, scores: dict[str, torch.Tensor], kind: str,
+                  opt: CorrectOptions) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """Move candidates whose ablation *alone* costs more than ``screen_max`` validation perplexity to the back.
+
+    The top ``screen`` units by R_diff are ablated one at a time (in place, restored bit-identically) on the
+    first ``screen_tokens`` tokens of the validation split; general-purpose units (token detectors, output
+    neurons) that LRP ranks high because they matter for everything are skipped this way. Reads only the
+    validation split.
+    """
+    texts = suite.general_validation()
+    base = _validation_ppl(lm, lm.model, texts, suite, opt.screen_tokens)
+    screened = {k: v.clone() for k, v in scores.items()}
+    worst = float(scores[kind].max()) + 1.0
+    log_rows = []
+    for unit in select(scores, kind, k=min(opt.screen, count_units(lm.model, kind))):
+        with masked(lm.model, [unit]):
+            rise = _validation_ppl(lm, lm.model, texts, suite, opt.screen_tokens) / base - 1
+        dropped = rise > opt.screen_max
+        if dropped:
+            screened[kind][unit.layer, unit.index] = worst
+        log_rows.append({"unit": str(unit), "rise": rise, "dropped": dropped})
+    log.info("damage screen: dropped %d of %d candidates", sum(r["dropped"] for r in log_rows), len(log_rows))
+    return screened, log_rows
 
 
 def _per_prompt_toxicity(res: Generations) -> list[float]:
@@ -224,6 +252,8 @@ def _correct(lm: LoadedModel, suite: ProbeSuite, opt: CorrectOptions, staging: S
     elif opt.sparsity is not None:
         k, selection["rule"] = max(1, round(opt.sparsity * count_units(lm.model, opt.unit))), "sparsity"
     else:
+        if opt.screen and opt.unit != "weight":
+            scores[primary], selection["screen"] = damage_screen(lm, suite, scores[primary], opt.unit, opt)
         k, trail = budget_search(lm, suite, scores[primary], opt.unit, opt.ppl_budget, opt)
         selection |= {"rule": "ppl_budget", "budget": opt.ppl_budget, "search": trail,
                       "search_split": "general_validation", "search_tokens": opt.search_tokens}

@@ -141,3 +141,13 @@ def test_rerun_reuses_cached_continuations(setup, tmp_path, monkeypatch):
     second = audit(model, suite, tmp_path / "run", overwrite=True, options=AuditOptions(batch_size=4))
     assert second["baseline"]["toxicity_mean"] == first["baseline"]["toxicity_mean"]
     assert sorted(p.name for p in (tmp_path / "run").glob("generations-*.jsonl")) == cached
+
+
+def test_damage_screen_reads_validation_and_logs(setup, tmp_path):
+    _, model, suite = setup
+    res = correct(model, suite, tmp_path / "run",
+                  options=CorrectOptions(ppl_budget=0.5, screen=6, screen_max=0.0, batch_size=4, max_search_k=8))
+    screen = res["selection"]["screen"]
+    assert len(screen) == 6 and all("rise" in row and "dropped" in row for row in screen)
+    dropped = {row["unit"] for row in screen if row["dropped"]}
+    assert not dropped & set(res["pruned"]["units"])  # a dropped unit is only picked after all others
