@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="damage screen before the --ppl-budget search: ablate the top N candidates one by one on "
                            "validation text and skip those costing more than --screen-max perplexity (0: off)")
     corr.add_argument("--screen-max", type=float, default=0.005, help="relative perplexity rise (default 0.005)")
+    corr.add_argument("--exclude-layers", default="", help="comma-separated layers whose units are never pruned")
 
     report = sub.add_parser(
         "report", help="re-render a run's report.html, or compare two runs, without loading any model",
@@ -166,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{option} {text!r} must be comma-separated integers, e.g. 25,50,100.") from None
+
+
 def _gate_status(res: dict, fail_on: list[str], out: str) -> int:
     """Exit status: GATE_EXIT_CODE only when the user asked for a gate with --fail-on and it failed."""
     from .report import GATE_EXIT_CODE
@@ -196,15 +204,13 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "correct":
         from .correction import CorrectOptions, correct
 
-        try:
-            sweep = [int(x) for x in args.sweep.split(",") if x.strip()]
-        except ValueError:
-            raise ConfigError(f"--sweep {args.sweep!r} must be comma-separated integers, e.g. 25,50,100.") from None
+        sweep = _int_list(args.sweep, "--sweep")
         opts = CorrectOptions(limit=args.limit, seed=args.seed, device=args.device, dtype=args.dtype,
                               top_k=args.top_k, batch_size=args.batch_size, trust_remote_code=args.trust_remote_code,
                               allow_pickle=args.allow_pickle, method=args.method, unit=args.unit, k=args.k,
                               sparsity=args.sparsity, ppl_budget=args.ppl_budget, sweep=sweep,
                               save_model=args.save_model, screen=args.screen, screen_max=args.screen_max,
+                              exclude_layers=_int_list(args.exclude_layers, "--exclude-layers"),
                               **_limit_options(args), **_scale_options(args))
         fail_on = parse_fail_on(args.fail_on)
         res = correct(args.model, args.probe, args.out, overwrite=args.overwrite, options=opts, argv=argv,

@@ -72,6 +72,7 @@ class CorrectOptions(AuditOptions):
     screen: int = 0  # damage screen: test this many top candidates one by one (0: off)
     screen_max: float = 0.005  # ... and drop those whose own ablation raises validation perplexity more
     screen_tokens: int = 1024
+    exclude_layers: list[int] = field(default_factory=list)  # never prune units of these layers
 
     def validate(self) -> None:
         if self.method != "all" and self.method not in METHOD_CHOICES:
@@ -246,7 +247,16 @@ def _correct(lm: LoadedModel, suite: ProbeSuite, opt: CorrectOptions, staging: S
         else:
             rels[method] = relevance_pair(lm, general, undesired, opt, method=method, units=kinds)
             scores[method] = differential(rels[method]["general"], rels[method]["undesired"])
-    selection: dict[str, Any] = {"unit": opt.unit}
+    if opt.exclude_layers:
+        if opt.unit == "weight":
+            raise ConfigError("--exclude-layers applies to neuron and head units.")
+        n_layers = scores[primary][opt.unit].shape[0]
+        if any(not 0 <= layer < n_layers for layer in opt.exclude_layers):
+            raise ConfigError(f"--exclude-layers {opt.exclude_layers}: this model has layers 0..{n_layers - 1}.")
+        for method, sc in scores.items():  # ranked after every other unit, for every method alike
+            sc = scores[method] = {k: v.clone() for k, v in sc.items()}
+            sc[opt.unit][opt.exclude_layers] = float(sc[opt.unit].max()) + 1.0
+    selection: dict[str, Any] = {"unit": opt.unit, "exclude_layers": opt.exclude_layers}
     if opt.k is not None:
         k, selection["rule"] = opt.k, "k"
     elif opt.sparsity is not None:

@@ -151,3 +151,11 @@ def test_damage_screen_reads_validation_and_logs(setup, tmp_path):
     assert len(screen) == 6 and all("rise" in row and "dropped" in row for row in screen)
     dropped = {row["unit"] for row in screen if row["dropped"]}
     assert not dropped & set(res["pruned"]["units"])  # a dropped unit is only picked after all others
+
+
+def test_exclude_layers_are_never_pruned(setup, tmp_path):
+    _, model, suite = setup
+    res = correct(model, suite, tmp_path / "run", options=CorrectOptions(k=5, exclude_layers=[1], batch_size=4))
+    assert res["pruned"]["count"] == 5 and all(u.startswith("L0.") for u in res["pruned"]["units"])
+    with pytest.raises(ConfigError, match="layers 0..1"):
+        correct(model, suite, tmp_path / "bad", options=CorrectOptions(k=5, exclude_layers=[7]))
