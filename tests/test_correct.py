@@ -157,5 +157,5 @@ def test_exclude_layers_are_never_pruned(setup, tmp_path):
     _, model, suite = setup
     res = correct(model, suite, tmp_path / "run", options=CorrectOptions(k=5, exclude_layers=[1], batch_size=4))
     assert res["pruned"]["count"] == 5 and all(u.startswith("L0.") for u in res["pruned"]["units"])
-    with pytest.raises(ConfigError, match="layers 0..1"):
+    with pytest.raises(ConfigError, match=r"layers 0\.\.1"):
         correct(model, suite, tmp_path / "bad", options=CorrectOptions(k=5, exclude_layers=[7]))
