@@ -60,7 +60,7 @@ def detox_files(tmp_path):
 
 
 def test_registry():
-    assert set(SCORERS) == {"profanity", "detoxify"}
+    assert set(SCORERS) == {"profanity", "detoxify", "repetition"}
     with pytest.raises(ConfigError, match=r"'nope'.*profanity, detoxify"):
         get_scorer("nope")
     with pytest.raises(ConfigError, match="Accepted: batch_size"):
