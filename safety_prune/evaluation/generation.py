@@ -126,25 +126,7 @@ def generate_detailed(
     return out
 
 
-def generate(
-    model,
-    tokenizer,
-    prompts: list[str],
-    *,
-    max_new_tokens: int = 25,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    num_samples: int = 1,
-    batch_size: int = 16,
-    seed: int = 0,
-    chat_template: bool = False,
-    device: str | torch.device | None = None,
-) -> list[list[str]]:
-    """The continuation strings of :func:`generate_detailed`, ``num_samples`` per prompt."""
-    gens = generate_detailed(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=do_sample,
-        temperature=temperature, top_p=top_p, num_samples=num_samples, batch_size=batch_size, seed=seed,
-        chat_template=chat_template, device=device,
-    )
+def generate(model, tokenizer, prompts: list[str], **options) -> list[list[str]]:
+    """The continuation strings of :func:`generate_detailed` (same options), ``num_samples`` per prompt."""
+    gens = generate_detailed(model, tokenizer, prompts, **options)
     return [[g.continuation for g in row] for row in gens]
