@@ -40,6 +40,7 @@ from .errors import AttributionError, ConfigError, DataSourceError
 from .families import Architecture, architecture, blocks, geometry
 from .io import atomic_path
 from .lrp import lrp_composite
+from .lrp.composite import replace_forward
 
 log = logging.getLogger(__name__)
 
@@ -475,23 +476,18 @@ def _offload_aware(model: nn.Module) -> Iterator[None]:
     swaps that attribute for its own norm forward, so for the duration it is wrapped in the hook's
     ``pre_forward``/``post_forward`` again.
     """
-    replaced = []
-    for module in model.modules():
-        hook, own = getattr(module, "_hf_hook", None), module.__dict__.get("forward")
-        if hook is None or own is None or isinstance(own, functools.partial):  # accelerate's own wrapper
-            continue
+    with ExitStack() as stack:
+        for module in model.modules():
+            hook, own = getattr(module, "_hf_hook", None), module.__dict__.get("forward")
+            if hook is None or own is None or isinstance(own, functools.partial):  # accelerate's own wrapper
+                continue
 
-        def forward(*args, _fwd=own, _m=module, _hook=hook, **kwargs):
-            args, kwargs = _hook.pre_forward(_m, *args, **kwargs)
-            return _hook.post_forward(_m, _fwd(*args, **kwargs))
+            def forward(*args, _fwd=own, _m=module, _hook=hook, **kwargs):
+                args, kwargs = _hook.pre_forward(_m, *args, **kwargs)
+                return _hook.post_forward(_m, _fwd(*args, **kwargs))
 
-        module.forward = forward
-        replaced.append((module, own))
-    try:
+            replace_forward(stack, module, forward)
         yield
-    finally:
-        for module, own in replaced:
-            module.forward = own
 
 
 @contextmanager
@@ -504,24 +500,13 @@ def _recomputed_blocks(model: nn.Module) -> Iterator[None]:
     Hooks inside a block fire again on recomputation, but only on recomputed tensors, which the backward never
     reaches, so nothing is counted twice.
     """
-    saved = []
-    for block in blocks(model):
-        own = block.__dict__.get("forward")
-        inner = block.forward
+    with ExitStack() as stack:
+        for block in blocks(model):
+            def forward(*args, _inner=block.forward, **kwargs):
+                return _recompute(_inner, *args, use_reentrant=False, **kwargs)
 
-        def forward(*args, _inner=inner, **kwargs):
-            return _recompute(_inner, *args, use_reentrant=False, **kwargs)
-
-        block.forward = forward
-        saved.append((block, own))
-    try:
+            replace_forward(stack, block, forward)
         yield
-    finally:
-        for block, own in saved:
-            if own is None:
-                del block.forward
-            else:
-                block.forward = own
 
 
 def aura_auroc(general: Relevance, undesired: Relevance) -> Tensor:

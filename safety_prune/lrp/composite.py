@@ -46,10 +46,12 @@ def _norm_forward(module: nn.Module, kind: str) -> Callable:
     return lambda x: rms_norm(x, module.weight, eps)
 
 
-def _patch_norm(stack: ExitStack, module: nn.Module, kind: str) -> None:
+def replace_forward(stack: ExitStack, module: nn.Module, forward: Callable) -> None:
+    """Give this module instance its own ``forward`` until ``stack`` closes; then restore exactly what was there
+    (an instance-level forward someone else set, e.g. accelerate's, or none)."""
     had_own = "forward" in module.__dict__
     previous = module.__dict__.get("forward")
-    module.forward = _norm_forward(module, kind)
+    module.forward = forward
 
     def restore() -> None:
         if had_own:
@@ -114,5 +116,5 @@ def lrp_composite(model: nn.Module, variant: str = "attnlrp") -> Iterator[nn.Mod
             _patch_mlp(stack, block, arch, seen)
         for module in model.modules():
             if is_norm(module):
-                _patch_norm(stack, module, arch.norm_kind)
+                replace_forward(stack, module, _norm_forward(module, arch.norm_kind))
         yield model
