@@ -1,0 +1,55 @@
+"""results.json is the contract with the report: a tiny audit and correction must reproduce it exactly.
+
+Volatile fields (times, git commit, command line, package versions, platform, temporary paths) are masked.
+After an intended change of the results, regenerate the fixtures with ``SAFETY_PRUNE_UPDATE_GOLDEN=1
+pytest tests/test_golden.py`` and review the diff.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from tiny import save_tiny, write_tiny_suite
+
+GOLDEN = Path(__file__).parent / "fixtures" / "golden"
+VOLATILE = ("started_unix", "duration_s", "git_commit", "command", "versions", "platform")
+
+
+def _normalised(path: Path, root: Path) -> str:
+    res = json.loads(path.read_text(encoding="utf-8").replace(str(root), "ROOT"))
+    for key in VOLATILE:
+        res["manifest"][key] = "<volatile>"
+    return json.dumps(res, indent=1, sort_keys=True) + "\n"
+
+
+def _check(name: str, text: str) -> None:
+    fixture = GOLDEN / f"{name}.json"
+    if os.environ.get("SAFETY_PRUNE_UPDATE_GOLDEN"):
+        fixture.write_text(text, encoding="utf-8")
+    assert text == fixture.read_text(encoding="utf-8"), f"{name} results.json changed; see the module docstring"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("golden")
+    save_tiny("llama", root / "model")
+    return root, str(root / "model"), write_tiny_suite(root / "suite")
+
+
+def test_audit_results_unchanged(tiny_run):
+    from safety_prune.cli import main
+
+    root, model, suite = tiny_run
+    assert main(["audit", "--model", model, "--probe", suite, "--out", str(root / "audit"), "--batch-size", "4"]) == 0
+    _check("audit", _normalised(root / "audit" / "results.json", root))
+
+
+def test_correct_results_unchanged(tiny_run):
+    from safety_prune.cli import main
+
+    root, model, suite = tiny_run
+    code = main(["correct", "--model", model, "--probe", suite, "--out", str(root / "correct"), "--batch-size", "4",
+                 "--method", "all", "--k", "4", "--sweep", "2"])
+    assert code == 0
+    _check("correct", _normalised(root / "correct" / "results.json", root))
