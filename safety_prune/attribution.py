@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _recompute
 from tqdm.auto import tqdm
@@ -38,7 +37,6 @@ from . import distributed
 from .checkpoint import Checkpoint, State, data_digest, model_digest, settings_digest
 from .errors import AttributionError, ConfigError, DataSourceError
 from .families import Architecture, architecture, blocks, geometry
-from .io import atomic_path
 from .lrp import lrp_composite
 from .lrp.composite import replace_forward
 
@@ -68,24 +66,7 @@ class Relevance:
     scores: dict[str, Tensor]
     n_samples: int
     info: dict[str, float | str] = field(default_factory=dict)
-    per_sample: dict[str, Tensor] = field(default_factory=dict, repr=False)  # activation only: [S, L, N]
-
-    def save(self, path: str | Path, prefix: str = "") -> None:
-        with atomic_path(path) as tmp:
-            save_file({f"{prefix}{k}": v.contiguous() for k, v in self.scores.items()}, str(tmp),
-                      metadata={"method": self.method, "n_samples": str(self.n_samples),
-                                **{k: str(v) for k, v in self.info.items()}})
-
-    @classmethod
-    def load(cls, path: str | Path) -> Relevance:
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as fh:
-            meta = fh.metadata() or {}
-        scores = load_file(str(path))
-        n = int(meta.pop("n_samples", "0"))
-        method = meta.pop("method", "unknown")
-        return cls(method=method, scores=scores, n_samples=n, info=dict(meta))
+    per_sample: dict[str, Tensor] = field(default_factory=dict, repr=False)  # "neuron": [S, L, N] when kept
 
 
 def samples_from_texts(tokenizer, texts: Sequence[str], max_tokens: int = 128, min_tokens: int = 8
@@ -111,7 +92,7 @@ def require_samples(samples: Sequence[Sample], n: int, what: str) -> list[Sample
     return list(samples[:n])
 
 
-def _batches(samples: Sequence[Sample], batch_size: int) -> Iterator[list[Sample]]:
+def batches(samples: Sequence[Sample], batch_size: int) -> Iterator[list[Sample]]:
     for i in range(0, len(samples), batch_size):
         yield list(samples[i:i + batch_size])
 
@@ -140,7 +121,7 @@ def _home_device(model: nn.Module) -> torch.device:
     return next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
 
 
-def _collate(batch: list[Sample], pad_id: int, sink_positions: int, device) -> dict[str, Tensor]:
+def collate(batch: list[Sample], pad_id: int, sink_positions: int, device) -> dict[str, Tensor]:
     """Right-padded ids, the attention mask, the unit-position mask and the target mask."""
     T = max(len(s.input_ids) for s in batch)
     ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
@@ -160,8 +141,10 @@ def _collate(batch: list[Sample], pad_id: int, sink_positions: int, device) -> d
 class _Recorder:
     """Forward/backward hooks that accumulate unit relevance for one model."""
 
-    def __init__(self, model: nn.Module, method: str, units: Sequence[str], absolute: bool):
+    def __init__(self, model: nn.Module, method: str, units: Sequence[str], absolute: bool,
+                 per_sample: bool = False):
         self.model, self.method, self.units, self.absolute = model, method, tuple(units), absolute
+        self.per_sample = per_sample  # keep each sample's neuron relevance (stability bootstrap)
         self.arch: Architecture = architecture(model)
         self.geo = geometry(model)
         L, g = self.geo.n_layers, self.geo
@@ -187,11 +170,15 @@ class _Recorder:
             sample, unit = (~torch.isfinite(per_sample)).nonzero()[0].tolist()
             self.bad = f"{what} unit {unit}, sample {self.offset + sample}"
 
-    def _reduce(self, x: Tensor, what: str) -> Tensor:
-        """[B, T, U] -> [U]: sum over counted positions, per-sample |.| if asked, sum over samples."""
+    def _reduce(self, x: Tensor, what: str, keep: int | None = None) -> Tensor:
+        """[B, T, U] -> [U]: sum over counted positions, per-sample |.| if asked, sum over samples.
+
+        ``keep``: the layer under which each sample's values are also kept (``per_sample``)."""
         x = x.reshape(*self.mask.shape, -1)  # OPT flattens [B, T] to [B * T]
         per_sample = torch.einsum("btu,bt->bu", x, self.mask.to(x.device, x.dtype))
         self._check(what, per_sample)
+        if keep is not None:
+            self.batch_means[keep] = per_sample.float().cpu()
         return (per_sample.abs() if self.absolute else per_sample).sum(0).float().to(self.device)
 
     def _neuron_value(self, a: Tensor, layer: int, grad: Tensor | None) -> None:
@@ -200,7 +187,8 @@ class _Recorder:
             m = self.mask.to(x.device, x.dtype)
             self.batch_means[layer] = (torch.einsum("btu,bt->bu", x, m) / m.sum(1, keepdim=True).clamp_min(1)).cpu()
         value = _up(a) * _up(grad) if grad is not None else _up(a).abs()
-        self.sums["neuron"][layer] += self._reduce(value, f"neuron layer {layer}")
+        keep = layer if grad is not None and self.per_sample else None
+        self.sums["neuron"][layer] += self._reduce(value, f"neuron layer {layer}", keep)
 
     def _head_value(self, o: Tensor, layer: int, grad: Tensor | None) -> None:
         value = _up(o) * _up(grad) if grad is not None else _up(o).abs()
@@ -302,7 +290,7 @@ class _Recorder:
 
 
 @contextmanager
-def _frozen(model: nn.Module) -> Iterator[None]:
+def frozen(model: nn.Module) -> Iterator[None]:
     """No parameter gradients during attribution; restore the caller's flags afterwards."""
     flags = [(p, p.requires_grad) for p in model.parameters()]
     was_training = model.training
@@ -333,6 +321,7 @@ def attribute(
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 10,
     gradient_checkpointing: bool = False,
+    per_sample: bool = False,
 ) -> Relevance:
     """Mean relevance per unit over ``samples`` (Eq. 1 of Hatefi et al. 2025).
 
@@ -340,7 +329,9 @@ def attribute(
     resumes where it stopped (bitwise the same result); it is deleted on success, and refused when it was made
     from another model, other samples or other settings. Under ``torch.distributed`` each rank writes its own
     (``<checkpoint>.rank<k>``). ``gradient_checkpointing`` recomputes each block in the backward pass instead
-    of keeping its intermediates (long sequences); relevance is unchanged.
+    of keeping its intermediates (long sequences); relevance is unchanged. ``per_sample``: also return each
+    sample's neuron relevance (``Relevance.per_sample["neuron"]``, [S, L, N]) for lrp and gradient; the
+    activation method always keeps each sample's mean activation (AurA).
     """
     if method not in METHODS:
         raise ConfigError(f"Unknown attribution method '{method}'. Choose one of: {', '.join(METHODS)}.")
@@ -357,14 +348,14 @@ def attribute(
     if distributed.world_size() > 1:
         distributed.check_same_samples(data_digest(samples), desc)
     start, stop = bounds[distributed.rank()]
-    batches = list(_batches(samples[start:stop], batch_size))
-    rec = _Recorder(model, method, units, absolute)
+    todo = list(batches(samples[start:stop], batch_size))
+    rec = _Recorder(model, method, units, absolute, per_sample and "neuron" in units)
     wanda = _WandaNorms(model) if method == "wanda" else None
     ckpt = None
     if checkpoint is not None:
         settings = {"method": method, "units": list(units), "variant": variant, "sink_positions": sink_positions,
                     "absolute": absolute, "batch_size": batch_size, "pad_token_id": pad_token_id,
-                    "world_size": distributed.world_size(), "rank": distributed.rank()}
+                    "per_sample": per_sample, "world_size": distributed.world_size(), "rank": distributed.rank()}
         path = Path(checkpoint)
         if distributed.world_size() > 1:
             path = path.with_name(f"{path.name}.rank{distributed.rank()}")
@@ -374,19 +365,19 @@ def attribute(
     state = ckpt.load() if ckpt else None
     if state is not None:
         explained, first = _restore(state, rec, wanda)
-    rec.offset = start + sum(len(b) for b in batches[:first])
+    rec.offset = start + sum(len(b) for b in todo[:first])
     device = rec.device
     backward = method in ("lrp", "gradient")
     rules = lrp_composite(model, variant) if method == "lrp" else nullcontext()
     with ExitStack() as stack:
-        for ctx in (_frozen(model), rec.hooks(), rules, _offload_aware(model),
+        for ctx in (frozen(model), rec.hooks(), rules, _offload_aware(model),
                     _recomputed_blocks(model) if gradient_checkpointing and backward else nullcontext(),
                     wanda.hooks(rec) if wanda else nullcontext()):
             stack.enter_context(ctx)
-        progress = tqdm(batches[first:], desc=desc, leave=False, initial=first, total=len(batches),
+        progress = tqdm(todo[first:], desc=desc, leave=False, initial=first, total=len(todo),
                         disable=not distributed.is_main_process())
         for i, batch in enumerate(progress, start=first):
-            b = _collate(batch, pad_token_id, sink_positions, device)
+            b = collate(batch, pad_token_id, sink_positions, device)
             rec.mask, rec.pad_mask = b["units"], b["attn"]
             if not backward:
                 with torch.no_grad():
@@ -405,7 +396,7 @@ def attribute(
             rec.offset += len(batch)
             if rec.batch_means:
                 rec.sample_means.append(torch.stack([rec.batch_means[k] for k in sorted(rec.batch_means)], 1))
-            if ckpt and (i + 1) % checkpoint_every == 0 and i + 1 < len(batches):
+            if ckpt and (i + 1) % checkpoint_every == 0 and i + 1 < len(todo):
                 ckpt.save(_state(i + 1, explained, rec, wanda))
     explained = _all_reduce(rec, wanda, explained)
     per_sample = {"neuron": distributed.gather_rows(torch.cat(rec.sample_means), bounds)} if rec.sample_means else {}

@@ -43,3 +43,11 @@ class AttributionError(SafetyPruneError):
 
 class ResultsError(SafetyPruneError):
     """A run directory or results file is missing, corrupt or incompatible."""
+
+
+class SaveRefused(SafetyPruneError):
+    """``--save-model`` refused a corrected model that fails the release check; the report was written.
+
+    Exits with the deployment gate's status (``gate.GATE_EXIT_CODE``)."""
+
+    exit_code = 3

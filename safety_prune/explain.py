@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .attribution import Sample, _batches, _collate, _frozen
+from .attribution import Sample, batches, collate, frozen
 from .families import architecture, blocks
 from .lrp import lrp_composite
+from .results import unit_id
 
 
 def _top_positions(model: nn.Module, samples: Sequence[Sample], units: list[tuple[int, int]], n_top: int,
@@ -60,9 +61,9 @@ def _top_positions(model: nn.Module, samples: Sequence[Sample], units: list[tupl
         handles.append(blocks(model)[layer].get_submodule(arch.down).register_forward_pre_hook(tap(layer)))
     device = next(model.parameters()).device
     try:
-        with _frozen(model), lrp_composite(model):
-            for batch in _batches(samples, batch_size):
-                b = _collate(batch, pad_id, 1, device)
+        with frozen(model), lrp_composite(model):
+            for batch in batches(samples, batch_size):
+                b = collate(batch, pad_id, 1, device)
                 state["mask"] = b["units"].float()
                 logits = model(input_ids=b["ids"], attention_mask=b["attn"], use_cache=False).logits
                 picked = logits[:, :-1].gather(-1, b["ids"][:, 1:, None])[..., 0]
@@ -84,7 +85,7 @@ def unit_examples(model: nn.Module, tokenizer, units: list[tuple[int, int, float
              for name, s in sets.items()}
     out = []
     for layer, index, r_diff in units:
-        row: dict[str, Any] = {"unit": f"L{layer}.mlp.neuron[{index}]", "layer": layer, "index": index,
+        row: dict[str, Any] = {"unit": unit_id("neuron", layer, index), "layer": layer, "index": index,
                                "r_diff": r_diff}
         for name, (samples, best) in found.items():
             row[name] = []

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from .errors import AttributionError, ConfigError, ResultsError
 from .families import Architecture, architecture, blocks, geometry
 from .io import atomic_path, write_text
+from .results import unit_id
 
 KINDS = ("neuron", "head", "weight")
 SCOPES = ("global", "rowwise")
@@ -71,12 +72,8 @@ class Unit:
                               f"index {self.index}.")
 
     def __str__(self) -> str:
-        if self.kind == "neuron":
-            return f"L{self.layer}.mlp.neuron[{self.index}]"
-        if self.kind == "head":
-            return f"L{self.layer}.attn.head[{self.index}]"
-        where = f"{self.index // self.cols},{self.index % self.cols}" if self.cols else str(self.index)
-        return f"L{self.layer}.{self.module}.weight[{where}]"
+        where = f"{self.index // self.cols},{self.index % self.cols}" if self.cols else self.index
+        return unit_id(self.kind, self.layer, where, self.module)
 
 
 def _sort_key(u: Unit) -> tuple[int, int, str, int]:
@@ -403,15 +400,19 @@ def _weight_unit_masks(model: nn.Module, units: MaskSet) -> dict[tuple[int, str]
     return out
 
 
-def _entries(model: nn.Module, units: MaskSet) -> dict[tuple[int, str, str], Tensor]:
+def _entries(model: nn.Module, units: MaskSet, outputs_only: bool = False) -> dict[tuple[int, str, str], Tensor]:
     """Boolean ``[out, in]`` (weight) / ``[out]`` (bias) masks of every entry the units zero.
 
-    Keyed by (layer, block-relative module, "weight" | "bias").
+    Keyed by (layer, block-relative module, "weight" | "bias"). ``outputs_only``: just the entries through
+    which a unit writes (the down projection's column, the o projection's columns), which is what dampening
+    scales: scaling those by ``a`` scales the unit's contribution by exactly ``a``.
     """
     arch, geo, layers = architecture(model), geometry(model), blocks(model)
     masks: dict[tuple[int, str, str], Tensor] = {}
 
     def mark(layer: int, module: str, rows: Tensor | None = None, cols: Tensor | None = None) -> None:
+        if outputs_only and rows is not None:
+            return
         mod = layers[layer].get_submodule(module)
         shape = _shape(mod, arch)
         w = masks.setdefault((layer, module, "weight"), torch.zeros(shape, dtype=torch.bool))
@@ -486,8 +487,20 @@ class Undo:
         self.undo()
 
 
-def apply_masks(model: nn.Module, units: Iterable[Unit]) -> Undo:
-    """Zero the units' entries in ``model`` in place and return how to undo it.
+def check_scale(scale: float | None) -> None:
+    """A dampening factor must lie in [0, 1] (1 changes nothing; more would amplify)."""
+    if scale is not None and not (isinstance(scale, int | float) and 0 <= scale <= 1):
+        raise ConfigError(f"The dampening factor must lie in [0, 1], got {scale!r}. Use 0 to silence a unit's "
+                          "output, 0.3 to keep 30% of it; to remove units entirely use the zero intervention.")
+
+
+def apply_masks(model: nn.Module, units: Iterable[Unit], scale: float | None = None) -> Undo:
+    """Zero the units' entries in ``model`` in place (or dampen them by ``scale``) and return how to undo it.
+
+    ``scale`` None removes each unit (below); a factor in [0, 1] instead multiplies only the entries through
+    which each unit writes (down-projection column, o-projection columns, the weight itself), as AurA
+    dampens: the unit's contribution is multiplied by ``scale``, and ``scale=0`` gives the same outputs as
+    removing it.
 
     - neuron j: row j (and bias j) of the gate and up projections, column j of
       the down projection; the neuron's activation is then exactly 0 whatever
@@ -505,31 +518,33 @@ def apply_masks(model: nn.Module, units: Iterable[Unit]) -> Undo:
     The biases of the down and o projections are left alone: they belong to no
     single neuron or head.
     """
+    check_scale(scale)
     arch, layers = architecture(model), blocks(model)
     saved = []
     with torch.no_grad():
-        for (layer, module, kind), mask in _entries(model, _as_maskset(units)).items():
+        for (layer, module, kind), mask in _entries(model, _as_maskset(units), scale is not None).items():
             param = getattr(layers[layer].get_submodule(module), kind)
             mask = (mask.T if arch.conv1d and kind == "weight" else mask).contiguous().to(param.device)
-            saved.append((param, mask, param[mask].clone()))
-            param[mask] = 0
+            original = param[mask].clone()
+            saved.append((param, mask, original))
+            param[mask] = 0 if scale is None else original * scale
     return Undo(saved)
 
 
 @contextmanager
-def masked(model: nn.Module, units: Iterable[Unit]) -> Iterator[nn.Module]:
+def masked(model: nn.Module, units: Iterable[Unit], scale: float | None = None) -> Iterator[nn.Module]:
     """Temporarily mask ``model`` in place; restored bit-identically on exit, also after errors."""
-    undo = apply_masks(model, units)
+    undo = apply_masks(model, units, scale)
     try:
         yield model
     finally:
         undo.undo()
 
 
-def pruned_copy(model: nn.Module, units: Iterable[Unit]) -> nn.Module:
-    """A deep copy of ``model`` with the units masked; ``model`` itself is never modified."""
+def pruned_copy(model: nn.Module, units: Iterable[Unit], scale: float | None = None) -> nn.Module:
+    """A deep copy of ``model`` with the units masked (or dampened); ``model`` itself is never modified."""
     pruned = copy.deepcopy(model)
-    apply_masks(pruned, units)
+    apply_masks(pruned, units, scale)
     return pruned
 
 
@@ -573,19 +588,22 @@ def _unit_json(u: Unit) -> dict[str, Any]:
 
 
 def save_masks(units: Iterable[Unit], path_json: str | os.PathLike[str],
-               path_safetensors: str | os.PathLike[str], meta: dict[str, Any], *, model: nn.Module) -> None:
-    """Write ``masks.json`` (readable unit ids) and the per-matrix boolean masks.
+               path_safetensors: str | os.PathLike[str], meta: dict[str, Any], *, model: nn.Module,
+               scale: float | None = None) -> None:
+    """Write ``masks.json`` (readable unit ids and the intervention) and the per-matrix boolean masks.
 
     The safetensors file holds, per touched parameter, the ``[out, in]`` (or bias)
-    mask of every entry the units zero, keyed like ``layers.3.mlp.down_proj.weight``,
+    mask of every entry the units zero (or, with a dampening ``scale``, multiply by it), keyed like
+    ``layers.3.mlp.down_proj.weight``,
     so the masks can be applied without this package. The JSON lists units
     sorted by (kind, layer, module, index) with sorted keys and no timestamps:
     the same inputs give byte-identical files. Past ``WEIGHT_LIST_LIMIT`` weight
     units the JSON gives per-matrix counts and the units go into the safetensors
     as ``units.<key>``. Both writes are atomic.
     """
+    check_scale(scale)
     units = _as_maskset(units)
-    entries = _entries(model, units)
+    entries = _entries(model, units, scale is not None)
     weight_masks = _weight_unit_masks(model, units)
     n_weights = sum(int(m.sum()) for m in weight_masks.values())
     listed = n_weights <= WEIGHT_LIST_LIMIT
@@ -602,6 +620,7 @@ def save_masks(units: Iterable[Unit], path_json: str | os.PathLike[str],
         "model_type": model.config.model_type,
         "layout": "[out, in] (nn.Linear), also for Conv1D weights",
         "meta": meta,
+        "intervention": {"kind": "zero"} if scale is None else {"kind": "dampen", "scale": scale},
         "counts": counts,
         "fractions": {kind: n / count_units(model, kind) for kind, n in counts.items()},
         "tensors": os.path.relpath(os.path.abspath(path_safetensors),

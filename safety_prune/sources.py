@@ -107,7 +107,7 @@ def _load_assets(names: list[str], encoding_errors: str) -> TextSource:
     for name in names:
         asset = assets.get_asset(name)
         path = paths[name]
-        if asset.format == "gguf":
+        if asset.format in assets.MODEL_FORMATS:
             raise DataSourceError(f"asset {name!r} is a model, not a text source")
         fmt = "txt" if asset.format == "lines" else asset.format
         texts.extend(_read_format(path, fmt, "text", encoding_errors))

@@ -38,9 +38,11 @@ class UndesiredSpec:
 
 @dataclass(frozen=True)
 class SplitSpec:
-    """How undesired prompts divide into reference and held-out eval; ``seed`` drives every data shuffle."""
+    """How undesired prompts divide into held-out eval, validation (choosing k) and reference (attribution);
+    ``seed`` drives every data shuffle."""
 
     eval_fraction: float
+    validation_fraction: float
     seed: int
 
 
@@ -55,11 +57,51 @@ class GeneralSpec:
 
 @dataclass(frozen=True)
 class ReferenceSpec:
-    """What attribution explains: the ``undesired_top_n`` reference prompts whose continuations score most
-    toxic, and the first ``general_n`` general documents (the size of the general reference part)."""
+    """The reference continuations attribution explains.
 
-    undesired_top_n: int
+    Each reference prompt is continued ``samples_per_prompt`` times (sampled at ``temperature``/``top_p``
+    when more than one). Undesired: the continuations the scorer flags (>= its threshold), the most flagged
+    first, at least ``undesired_min`` and at most ``undesired_max``; ``target`` says what of them is explained
+    (``tokens``: only the tokens that carry the behaviour; ``continuation``: every continuation token).
+    Benign: the ``benign_n`` least-scoring continuations of the same prompts. General: ``general_n``
+    documents of the general reference part.
+    """
+
+    samples_per_prompt: int
+    temperature: float
+    top_p: float
+    undesired_min: int
+    undesired_max: int
+    target: str
+    benign_n: int
     general_n: int
+
+
+TARGETS = ("tokens", "continuation")
+COMBINES = ("max", "benign", "general")
+
+
+@dataclass(frozen=True)
+class ContrastSpec:
+    """How the sets combine into the ranking (see ``contrast.contrast_scores``).
+
+    ``benign``: None for the model's own least-scoring continuations of the reference prompts, or a text
+    source of same-domain benign text. ``combine``: ``max`` ranks by max(general - undesired, benign -
+    undesired) of the normalised relevance, ``benign`` or ``general`` by that one contrast alone. ``guard``:
+    the top share of units by general relevance that are never candidates.
+    """
+
+    benign: dict | None
+    combine: str
+    guard: float
+
+
+@dataclass(frozen=True)
+class BehaviourSpec:
+    """What the report and the gate call the behaviour and its score."""
+
+    name: str
+    metric: str
 
 
 @dataclass(frozen=True)
@@ -121,8 +163,12 @@ class ProbeSuite:
     max_prompt_tokens: int
     thresholds: ThresholdSpec
     reference: ReferenceSpec
+    contrast: ContrastSpec
+    behaviour: BehaviourSpec
     _undesired_reference: list[str] = field(default_factory=list, repr=False)
     _eval_prompts: list[str] = field(default_factory=list, repr=False)
+    _validation_prompts: list[str] = field(default_factory=list, repr=False)
+    _benign_texts: list[str] = field(default_factory=list, repr=False)
     _general_parts: dict[str, list[str]] = field(default_factory=dict, repr=False)
     _files: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -133,6 +179,14 @@ class ProbeSuite:
     def eval_prompts(self) -> list[str]:
         """Held-out prompts for measuring toxicity before and after pruning."""
         return list(self._eval_prompts)
+
+    def validation_prompts(self) -> list[str]:
+        """Undesired prompts for choosing k and the intervention; disjoint from reference and eval."""
+        return list(self._validation_prompts)
+
+    def benign_texts(self) -> list[str]:
+        """Same-domain benign texts from ``contrast.benign`` (empty: use the model's own continuations)."""
+        return list(self._benign_texts)
 
     def general_reference(self) -> list[str]:
         """General documents used for attribution."""
@@ -225,6 +279,12 @@ class _Fields:
             raise self.error(key, f"must be true or false, got {value!r}")
         return value
 
+    def choice(self, key: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = self.get(key, default)
+        if value not in allowed:
+            raise self.error(key, f"must be one of {', '.join(allowed)}, got {value!r}")
+        return value
+
     def string(self, key: str, default: Any) -> str:
         value = self.get(key, default)
         if not isinstance(value, str) or not value.strip():
@@ -252,7 +312,7 @@ def _parse(path: Path) -> ProbeSuite:
         "",
         raw,
         {"name", "description", "undesired", "split", "eval", "general", "scorer", "generation",
-         "chat_template", "perplexity", "max_prompt_tokens", "thresholds", "reference"},
+         "chat_template", "perplexity", "max_prompt_tokens", "thresholds", "reference", "contrast", "behaviour"},
     )
     und = top.sub("undesired", {"source", "hub_alternative"})
     hub_alt = und.source("hub_alternative", None)
@@ -261,15 +321,16 @@ def _parse(path: Path) -> ProbeSuite:
     undesired = UndesiredSpec(source=und.source("source", _REQUIRED), hub_alternative=hub_alt)
     ev = top.sub("eval", {"source"})
     eval_source = ev.source("source", _REQUIRED) if "eval" in top.data else None
-    sp = top.sub("split", {"eval_fraction", "seed"})
+    sp = top.sub("split", {"eval_fraction", "validation_fraction", "seed"})
     if eval_source is not None and "eval_fraction" in sp.data:
         raise sp.error("eval_fraction", "conflicts with eval.source; give one of them")
     seed = sp.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise sp.error("seed", f"must be a non-negative integer, got {seed!r}")
-    split = SplitSpec(eval_fraction=sp.number("eval_fraction", 0.5, 0.0, 1.0, lo_open=True), seed=seed)
-    if split.eval_fraction >= 1.0:
-        raise sp.error("eval_fraction", "must be below 1 so that reference prompts remain")
+    split = SplitSpec(eval_fraction=sp.number("eval_fraction", 0.5, 0.0, 1.0, lo_open=True),
+                      validation_fraction=sp.number("validation_fraction", 0.0, 0.0, 1.0), seed=seed)
+    if split.eval_fraction + split.validation_fraction >= 1.0:
+        raise sp.error("eval_fraction", "plus validation_fraction must be below 1 so that reference prompts remain")
     gen_ = top.sub("general", {"source", "validation_words", "test_words"})
     general = GeneralSpec(
         source=gen_.source("source", _REQUIRED),
@@ -312,7 +373,27 @@ def _parse(path: Path) -> ProbeSuite:
             f"need about {int(perplexity.min_tokens / TOKENS_PER_WORD) + 1} words",
         )
     th = top.sub("thresholds", {"toxicity_rate"})
-    ref = top.sub("reference", {"undesired_top_n", "general_n"})
+    ref = top.sub("reference", {"samples_per_prompt", "temperature", "top_p", "undesired_min", "undesired_max",
+                                "target", "benign_n", "general_n"})
+    reference = ReferenceSpec(
+        samples_per_prompt=ref.pos_int("samples_per_prompt", 1),
+        temperature=ref.number("temperature", 1.0, 0.0, 100.0, lo_open=True),
+        top_p=ref.number("top_p", 1.0, 0.0, 1.0, lo_open=True),
+        undesired_min=ref.pos_int("undesired_min", 20),
+        undesired_max=ref.pos_int("undesired_max", 150),
+        target=ref.choice("target", "continuation", TARGETS),
+        benign_n=ref.pos_int("benign_n", 128),
+        general_n=ref.pos_int("general_n", 128),
+    )
+    if reference.undesired_min > reference.undesired_max:
+        raise ref.error("undesired_min", f"({reference.undesired_min}) exceeds undesired_max "
+                                         f"({reference.undesired_max})")
+    co = top.sub("contrast", {"benign", "combine", "guard"})
+    benign = co.get("benign", "model_continuations")
+    contrast = ContrastSpec(benign=None if benign == "model_continuations" else co.source("benign", None),
+                            combine=co.choice("combine", "max", COMBINES),
+                            guard=co.number("guard", 0.02, 0.0, 0.5))
+    be = top.sub("behaviour", {"name", "metric"})
     return ProbeSuite(
         name=top.string("name", path.stem),
         description=str(top.get("description", "")).strip(),
@@ -327,9 +408,10 @@ def _parse(path: Path) -> ProbeSuite:
         perplexity=perplexity,
         max_prompt_tokens=top.pos_int("max_prompt_tokens", 128),
         thresholds=ThresholdSpec(toxicity_rate=th.number("toxicity_rate", 0.1, 0.0, 1.0)),
-        reference=ReferenceSpec(
-            undesired_top_n=ref.pos_int("undesired_top_n", 93), general_n=ref.pos_int("general_n", 128)
-        ),
+        reference=reference,
+        contrast=contrast,
+        behaviour=BehaviourSpec(name=be.string("name", "toxic continuations"),
+                                metric=be.string("metric", "toxicity score")),
     )
 
 
@@ -387,19 +469,24 @@ def _resolve_prompts(suite: ProbeSuite, encoding_errors: str) -> None:
                 f"reference prompts, e.g. {overlap[0][:200]!r}. Held-out prompts must be disjoint: use "
                 "another eval.source, or drop `eval` to split the undesired prompts by split.eval_fraction."
             )
-        suite._undesired_reference, suite._eval_prompts = undesired, eval_prompts
+        n_val = round(len(undesired) * suite.split.validation_fraction)
+        suite._validation_prompts, suite._undesired_reference = undesired[:n_val], undesired[n_val:]
+        suite._eval_prompts = eval_prompts
         return
     order = list(range(len(undesired)))
     random.Random(suite.split.seed).shuffle(order)
     n_eval = round(len(undesired) * suite.split.eval_fraction)
-    if n_eval == 0 or n_eval == len(undesired):
+    n_val = round(len(undesired) * suite.split.validation_fraction)
+    if n_eval == 0 or n_eval + n_val >= len(undesired) or (suite.split.validation_fraction and not n_val):
         raise ProbeSuiteError(
-            f"{file}: split.eval_fraction {suite.split.eval_fraction} of {len(undesired)} unique undesired "
-            "prompts leaves the reference or the eval part empty; add prompts or change the fraction"
+            f"{file}: split.eval_fraction {suite.split.eval_fraction} and validation_fraction "
+            f"{suite.split.validation_fraction} of {len(undesired)} unique undesired prompts leave the "
+            "reference, validation or eval part empty; add prompts or change the fractions"
         )
-    eval_idx = set(order[:n_eval])
-    suite._eval_prompts = [p for i, p in enumerate(undesired) if i in eval_idx]
-    suite._undesired_reference = [p for i, p in enumerate(undesired) if i not in eval_idx]
+    part = {i: "eval" for i in order[:n_eval]} | {i: "validation" for i in order[n_eval:n_eval + n_val]}
+    suite._eval_prompts = [p for i, p in enumerate(undesired) if part.get(i) == "eval"]
+    suite._validation_prompts = [p for i, p in enumerate(undesired) if part.get(i) == "validation"]
+    suite._undesired_reference = [p for i, p in enumerate(undesired) if i not in part]
 
 
 def _take_words(docs: list[str], start: int, words: int) -> int | None:
@@ -442,10 +529,21 @@ def load_suite(name_or_path: str, *, encoding_errors: str = "strict") -> ProbeSu
     suite._files[str(path)] = sha256_file(path)
     _resolve_prompts(suite, encoding_errors)
     _resolve_general(suite, encoding_errors)
-    if suite.reference.undesired_top_n > len(suite._undesired_reference):
-        logger.warning(
-            "%s: reference.undesired_top_n=%d exceeds the %d reference prompts; all will be used",
-            path.name, suite.reference.undesired_top_n, len(suite._undesired_reference),
-        )
+    if suite.contrast.benign is not None:
+        _resolve_benign(suite, encoding_errors)
     return suite
+
+
+def _resolve_benign(suite: ProbeSuite, encoding_errors: str) -> None:
+    """Same-domain benign texts must share nothing with the held-out eval prompts (or validation)."""
+    texts = _load(suite, "contrast.benign", suite.contrast.benign, encoding_errors)
+    held_out = {_norm(p) for p in suite._eval_prompts + suite._validation_prompts}
+    overlap = [t for t in texts if any(_norm(t).startswith(h) for h in held_out if h)]
+    if overlap:
+        raise ProbeSuiteError(
+            f"{suite.path.name}: {len(overlap)} of {len(texts)} contrast.benign texts contain an eval or "
+            f"validation prompt, e.g. {overlap[0][:200]!r}. Attribution must never see held-out prompts: "
+            "remove them from the benign source or use another one."
+        )
+    suite._benign_texts = texts
 

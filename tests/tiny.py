@@ -109,15 +109,16 @@ def write_tiny_suite(folder, *, n_prompts: int = 24, extra: str = "") -> str:
 description: tiny test suite
 undesired:
   source: {{path: prompts.txt}}
-split: {{eval_fraction: 0.5, seed: 0}}
+split: {{eval_fraction: 0.4, validation_fraction: 0.2, seed: 0}}
 general:
   source: {{path: general.txt}}
   validation_words: 300
   test_words: 300
-scorer: {{name: profanity, threshold: 0.5, validate: false}}
+scorer: {{name: profanity, threshold: 0.1, validate: false}}
 generation: {{max_new_tokens: 6, do_sample: false, num_samples: 1, batch_size: 8}}
 perplexity: {{max_length: 64, stride: 64, min_tokens: 200}}
 max_prompt_tokens: 32
-reference: {{undesired_top_n: 6, general_n: 8}}
+reference: {{samples_per_prompt: 4, undesired_min: 1, undesired_max: 6, target: continuation, benign_n: 6,
+            general_n: 8}}
 {extra}""")
     return str(path)

@@ -9,13 +9,14 @@ from .base import Scorer
 from .detoxify import DetoxifyScorer
 from .profanity import ProfanityScorer
 from .repetition import RepetitionScorer
+from .toxblock import ToxBlockScorer
 
 SCORERS: dict[str, type[Scorer]] = {"profanity": ProfanityScorer, "detoxify": DetoxifyScorer,
-                                     "repetition": RepetitionScorer}
+                                     "repetition": RepetitionScorer, "toxblock": ToxBlockScorer}
 
 
 def get_scorer(name: str, **options) -> Scorer:
-    """Build the scorer called ``name`` with its options (e.g. ``checkpoint`` for detoxify)."""
+    """Build the scorer called ``name`` with its options (e.g. ``checkpoint`` for detoxify, ``head`` for toxblock)."""
     if name not in SCORERS:
         raise ConfigError(f"Unknown scorer {name!r}. Available: {', '.join(SCORERS)}.")
     cls = SCORERS[name]
@@ -29,4 +30,5 @@ def get_scorer(name: str, **options) -> Scorer:
     return cls(**options)
 
 
-__all__ = ["SCORERS", "DetoxifyScorer", "ProfanityScorer", "RepetitionScorer", "Scorer", "get_scorer"]
+__all__ = ["SCORERS", "DetoxifyScorer", "ProfanityScorer", "RepetitionScorer", "Scorer", "ToxBlockScorer",
+           "get_scorer"]

@@ -18,6 +18,7 @@ class Scorer(ABC):
     limits: str
     batch_size: int = 64
     behaviour: str = "toxicity"  # what a high score means; toxicity scorers are validated against Perspective
+    localises: bool = False  # can say which tokens of a continuation carry the behaviour (``token_scores``)
 
     def score(self, texts: list[str]) -> list[float]:
         """Score each text in [0, 1] (higher = more toxic), in order, in batches with progress."""
@@ -44,3 +45,42 @@ class Scorer(ABC):
     @abstractmethod
     def _score_batch(self, texts: list[str]) -> list[float]:
         """Raw scores for one batch."""
+
+    def token_scores(self, continuations: list[list[str]]) -> list[list[float]]:
+        """Per token of each continuation (given as its decoded token pieces): how much emitting that token
+        carries the behaviour. Only scorers with ``localises`` give them."""
+        raise ConfigError(f"The {self.name} scorer cannot say which tokens carry the behaviour, so the "
+                          "'tokens' target is unavailable with it. Use target: continuation, or a scorer that "
+                          "localises (profanity, toxblock, repetition).")
+
+
+def word_starts(pieces: list[str]) -> list[int]:
+    """Indices of the token pieces that begin a whitespace-separated word."""
+    return [i for i, p in enumerate(pieces)
+            if p.strip() and (i == 0 or p[:1].isspace() or not pieces[i - 1].strip())]
+
+
+def words_of(pieces: list[str]) -> list[tuple[int, str]]:
+    """(first token index, word) for each word the pieces spell."""
+    starts = word_starts(pieces)
+    ends = [*starts[1:], len(pieces)] if starts else []
+    return [(a, "".join(pieces[a:b]).strip()) for a, b in zip(starts, ends, strict=True)]
+
+
+class WordScorer(Scorer, ABC):
+    """A scorer of text that can also score single words: a token carries the behaviour when the word it
+    begins, scored alone, does (the first token is where the model commits to the word)."""
+
+    localises = True
+
+    def token_scores(self, continuations: list[list[str]]) -> list[list[float]]:
+        found = [words_of(pieces) for pieces in continuations]
+        flat = self.score([w for words in found for _, w in words]) if any(found) else []
+        out, pos = [], 0
+        for pieces, words in zip(continuations, found, strict=True):
+            row = [0.0] * len(pieces)
+            for first, _ in words:
+                row[first] = flat[pos]
+                pos += 1
+            out.append(row)
+        return out

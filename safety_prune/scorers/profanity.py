@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .base import Scorer
+from .base import WordScorer
 
 
-class ProfanityScorer(Scorer):
+class ProfanityScorer(WordScorer):
     name = "profanity"
     description = "alt-profanity-check: TF-IDF bag of words + calibrated linear SVM (offline, MIT)."
     limits = (

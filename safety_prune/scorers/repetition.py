@@ -7,7 +7,9 @@ threshold machinery as toxicity applies: a behaviour is just a probe suite.
 
 from __future__ import annotations
 
-from .base import Scorer
+from itertools import pairwise
+
+from .base import Scorer, words_of
 
 
 class RepetitionScorer(Scorer):
@@ -18,8 +20,24 @@ class RepetitionScorer(Scorer):
               "already scores 0.5 and lists of names or numbers can score high without looping; an empty "
               "continuation scores 0. It measures looping, not quality: read it next to perplexity.")
 
+    localises = True
+
     def __init__(self, batch_size: int = 4096) -> None:
         self.batch_size = batch_size
+
+    def token_scores(self, continuations: list[list[str]]) -> list[list[float]]:
+        """1 at the first token of each word that repeats a word pair seen earlier in the continuation:
+        the tokens that keep a loop going (the first of them is where it starts)."""
+        out = []
+        for pieces in continuations:
+            row, seen = [0.0] * len(pieces), set()
+            words = words_of(pieces)
+            for (_, prev), (first, word) in pairwise(words):
+                if (prev, word) in seen:
+                    row[first] = 1.0
+                seen.add((prev, word))
+            out.append(row)
+        return out
 
     def _score_batch(self, texts: list[str]) -> list[float]:
         scores = []

@@ -9,10 +9,7 @@ import json
 import os
 from pathlib import Path
 
-import pytest
-from tiny import save_tiny, write_tiny_suite
-
-GOLDEN = Path(__file__).parent / "fixtures" / "golden"
+GOLDEN = Path(__file__).parent.parent / "fixtures" / "golden"
 VOLATILE = ("started_unix", "duration_s", "git_commit", "command", "versions", "platform")
 
 
@@ -30,25 +27,18 @@ def _check(name: str, text: str) -> None:
     assert text == fixture.read_text(encoding="utf-8"), f"{name} results.json changed; see the module docstring"
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("golden")
-    save_tiny("llama", root / "model")
-    return root, str(root / "model"), write_tiny_suite(root / "suite")
-
-
-def test_audit_results_unchanged(tiny_run):
+def test_audit_results_unchanged(setup):
     from safety_prune.cli import main
 
-    root, model, suite = tiny_run
+    root, model, suite = setup
     assert main(["audit", "--model", model, "--probe", suite, "--out", str(root / "audit"), "--batch-size", "4"]) == 0
     _check("audit", _normalised(root / "audit" / "results.json", root))
 
 
-def test_correct_results_unchanged(tiny_run):
+def test_correct_results_unchanged(setup):
     from safety_prune.cli import main
 
-    root, model, suite = tiny_run
+    root, model, suite = setup
     code = main(["correct", "--model", model, "--probe", suite, "--out", str(root / "correct"), "--batch-size", "4",
                  "--method", "all", "--k", "4", "--sweep", "2"])
     assert code == 0

@@ -1,19 +1,18 @@
-"""compress, circuit (IOI) and the repetition probe on tiny models."""
+"""The circuit job and the IOI task on tiny models."""
 
 import json
 
 import pytest
 import torch
-from tiny import save_tiny, tiny_config, write_tiny_suite
+from tiny import tiny_config
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from safety_prune.circuit import CircuitOptions, circuit
-from safety_prune.compression import CompressOptions, compress
 from safety_prune.errors import ConfigError
 from safety_prune.evaluation.ioi import ioi_prompts, ioi_scores
+from safety_prune.jobs.circuit import circuit
+from safety_prune.jobs.options import CircuitOptions
 from safety_prune.resources import resource_dir
-from safety_prune.scorers import get_scorer
 
 
 def _word_tokenizer():
@@ -78,31 +77,3 @@ def test_circuit_job_writes_curves(ioi_model, tmp_path):
 def test_circuit_bad_task(ioi_model, tmp_path):
     with pytest.raises(ConfigError, match="Available tasks: ioi"):
         circuit(ioi_model[0], tmp_path / "run", options=CircuitOptions(task="nope"))
-
-
-def test_compress_reports_every_method(tmp_path):
-    save_tiny("gpt2", tmp_path / "m")
-    suite = write_tiny_suite(tmp_path / "suite")
-    res = compress(str(tmp_path / "m"), suite, tmp_path / "run",
-                   options=CompressOptions(methods=["lrp", "wanda", "magnitude"], batch_size=4))
-    assert [r["method"] for r in res["comparison"]] == ["lrp", "wanda", "magnitude"]
-    for row in res["comparison"]:
-        assert row["sparsity"] == pytest.approx(0.5, abs=0.01)
-        assert row["perplexity"] > 1
-    assert res["comparison"][1]["ratio_vs_wanda"] == 1.0
-
-
-@pytest.mark.parametrize("opts, match", [(dict(sparsity=1.0), "between 0 and 1"),
-                                         (dict(methods=["aura"]), "not a compression method"),
-                                         (dict(granularity="diagonal"), "granularity")])
-def test_compress_bad_options(tmp_path, opts, match):
-    save_tiny("llama", tmp_path / "m")
-    with pytest.raises(ConfigError, match=match):
-        compress(str(tmp_path / "m"), write_tiny_suite(tmp_path / "s"), tmp_path / "run",
-                 options=CompressOptions(**opts))
-    assert not (tmp_path / "run").exists()
-
-
-def test_repetition_suite_and_scorer():
-    scorer = get_scorer("repetition")
-    assert scorer.score(["go go go go", "a fine day in the park", ""]) == [0.75, 0.0, 0.0]

@@ -1,0 +1,249 @@
+"""The contrastive reference sets, their relevance, and how each method turns them into a unit ranking.
+
+A ranking scores every unit so that the *lowest* score is pruned first. The registry ``RANKINGS`` holds one
+entry per method (like zennit's composites): differential relevance for the attribution methods, AurA's
+AUROC, and the seeded random baseline. Relevance is computed once per method and reused by every ranking
+that needs it (AurA reads the activation pass).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .attribution import Relevance, Sample, attribute, aura_auroc, require_samples, samples_from_texts
+from .errors import DataSourceError
+from .evaluation.behaviour import Generations
+from .evaluation.generation import Generation
+from .io import atomic_path
+from .methods import RANKING_KINDS, check_ranking
+from .scorers import Scorer
+from .suite import ReferenceSpec
+
+SETS = ("general", "benign", "undesired")
+
+
+@dataclass
+class ContrastSets:
+    """The samples each set explains, and how they were found (``info`` goes into results.json)."""
+
+    general: list[Sample]
+    benign: list[Sample]
+    undesired: list[Sample]
+    info: dict[str, Any]
+
+    def named(self) -> dict[str, list[Sample]]:
+        return {"general": self.general, "benign": self.benign, "undesired": self.undesired}
+
+
+def _flat(ref: Generations) -> list[tuple[float, Generation]]:
+    return [(s, g) for row_s, row_g in zip(ref.scores, ref.gens, strict=True)
+            for s, g in zip(row_s, row_g, strict=True) if g.continuation_ids]
+
+
+def _token_samples(tokenizer, scorer: Scorer, flagged: list[Generation], threshold: float
+                   ) -> tuple[list[Sample], list[str], int]:
+    """One sample per token that carries the behaviour: prompt + continuation up to that token, explaining
+    that token's logit only. Returns the samples, the tokens' text, and how many continuations had none."""
+    pieces = [[tokenizer.decode([t]) for t in g.continuation_ids] for g in flagged]
+    scores = scorer.token_scores(pieces)
+    samples, tokens, without = [], [], 0
+    for g, row, text in zip(flagged, scores, pieces, strict=True):
+        hits = [j for j, v in enumerate(row) if v >= threshold]
+        without += not hits
+        for j in hits:
+            ids = tuple(g.prompt_ids) + tuple(g.continuation_ids[: j + 1])
+            samples.append(Sample(ids, len(ids) - 1))
+            tokens.append(text[j])
+    return samples, tokens, without
+
+
+def build_sets(tokenizer, ref: Generations, scorer: Scorer, threshold: float, spec: ReferenceSpec, *,
+               general_texts: list[str], benign_texts: list[str], general_n: int, max_tokens: int,
+               undesired_max: int | None = None) -> ContrastSets:
+    """The three contrast sets from the model's reference continuations (see ``suite.ReferenceSpec``).
+
+    Undesired: continuations the scorer flags (>= ``threshold``), most flagged first; a clear error when fewer
+    than ``spec.undesired_min``. Benign: the least-scoring continuations of the same prompts, or the suite's
+    benign texts. General: prose, every next token explained.
+    """
+    flat = _flat(ref)
+    flagged = sorted(((s, g) for s, g in flat if s >= threshold), key=lambda sg: -sg[0])
+    if len(flagged) < spec.undesired_min:
+        raise DataSourceError(
+            f"Only {len(flagged)} of {len(flat)} reference continuations score >= {threshold} with the "
+            f"{scorer.name} scorer, but reference.undesired_min asks for {spec.undesired_min}. Explaining "
+            "unflagged text would isolate ordinary prediction, not the behaviour: raise "
+            "reference.samples_per_prompt, add reference prompts, or lower reference.undesired_min.")
+    used = [g for _, g in flagged[: undesired_max or spec.undesired_max]]
+    info: dict[str, Any] = {"target": spec.target, "threshold": threshold, "n_continuations": len(flat),
+                            "n_flagged": len(flagged), "n_undesired_continuations": len(used)}
+    if spec.target == "tokens":
+        if not scorer.localises:
+            scorer.token_scores([])  # raises the scorer's own explanation
+        undesired, tokens, without = _token_samples(tokenizer, scorer, used, threshold)
+        if not undesired:
+            raise DataSourceError(
+                f"None of the {len(used)} flagged continuations has a single token that the {scorer.name} "
+                "scorer flags on its own, so the 'tokens' target has nothing to explain. Use "
+                "reference.target: continuation.")
+        counts: dict[str, int] = {}
+        for t in tokens:
+            counts[t] = counts.get(t, 0) + 1
+        info |= {"how": f"each word of a flagged continuation scored alone by {scorer.name}; the first token "
+                        f"of every word scoring >= {threshold} is explained (its logit only)",
+                 "n_token_samples": len(undesired), "continuations_without_token": without,
+                 "tokens": sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:50]}
+    else:
+        undesired = [Sample(tuple(g.prompt_ids) + tuple(g.continuation_ids), len(g.prompt_ids)) for g in used]
+    if benign_texts:
+        benign = samples_from_texts(tokenizer, benign_texts, max_tokens=max_tokens)
+        info["benign_source"] = "contrast.benign texts"
+    else:
+        calm = sorted(((s, g) for s, g in flat if s < threshold), key=lambda sg: sg[0])
+        benign = [Sample(tuple(g.prompt_ids) + tuple(g.continuation_ids), len(g.prompt_ids)) for _, g in calm]
+        info["benign_source"] = "the model's least-scoring continuations of the reference prompts"
+    benign = require_samples(benign, min(spec.benign_n, len(benign)) or 1, "The benign contrast set")
+    general = require_samples(samples_from_texts(tokenizer, general_texts, max_tokens=max_tokens), general_n,
+                              "The general reference set")
+    info |= {"n_general": len(general), "n_benign": len(benign), "n_undesired": len(undesired)}
+    return ContrastSets(general, benign, undesired, info)
+
+
+@dataclass
+class Contrast:
+    """The two reference sets of a run and the relevance computed over them, each method attributed once.
+
+    ``checkpoint_dir``: the run directory; attribution checkpoints are kept beside it (hidden siblings), so
+    --out stays empty until the run succeeds and a rerun resumes.
+    """
+
+    model: nn.Module
+    sets: ContrastSets
+    combine: str = "max"
+    pad_token_id: int = 0
+    batch_size: int = 8
+    seed: int = 0
+    gradient_checkpointing: bool = False
+    checkpoint_dir: Path | None = None
+    _cache: dict[str, tuple[tuple[str, ...], dict[str, Relevance]]] = field(default_factory=dict, repr=False)
+
+    def _checkpoint(self, name: str, method: str) -> Path | None:
+        d = self.checkpoint_dir
+        return None if d is None else d.parent / f".{d.name}.attribution-{name}-{method}.ckpt"
+
+    def relevance(self, method: str, units: Sequence[str]) -> dict[str, Relevance]:
+        """``{"general": R, "benign": R, "undesired": R}`` for ``method``; reuses an earlier pass that
+        covered ``units``. Neuron relevance is kept per sample (the stability bootstrap reads it)."""
+        hit = self._cache.get(method)
+        if hit is not None and set(units) <= set(hit[0]):
+            return hit[1]
+        rel = {name: attribute(self.model, samples, method=method, units=units, batch_size=self.batch_size,
+                               pad_token_id=self.pad_token_id, seed=self.seed, desc=f"{method} {name}",
+                               gradient_checkpointing=self.gradient_checkpointing,
+                               checkpoint=self._checkpoint(name, method), per_sample=True)
+               for name, samples in self.sets.named().items()}
+        self._cache[method] = (tuple(units), rel)
+        return rel
+
+    def computed(self, method: str) -> dict[str, Relevance] | None:
+        hit = self._cache.get(method)
+        return hit[1] if hit else None
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """One method's way to rank units for removal (lowest first) from a ``Contrast``.
+
+    ``relevance``: the attribution method whose per-set relevance backs the ranking (shown as the circuit);
+    None for the random baseline.
+    """
+
+    name: str
+    rank: Callable[[Contrast, tuple[str, ...]], dict[str, Tensor]]
+    relevance: str | None
+
+
+def normalised(r: Relevance) -> dict[str, Tensor]:
+    """Each unit kind divided by its total |R|: set sizes and lengths then do not decide the ranking."""
+    return {k: v / v.abs().sum().clamp_min(1e-30) for k, v in r.scores.items()}
+
+
+def contrast_scores(rel: dict[str, Relevance], combine: str) -> dict[str, Tensor]:
+    """Per unit, how much less it matters for the contrast set(s) than for the undesired set (lowest first).
+
+    ``general`` / ``benign``: nR_set - nR_undesired of the normalised relevance. ``max``: the larger of the
+    two, so a unit is a candidate only when the undesired set needs it more than *both* other sets do.
+    """
+    n = {name: normalised(r) for name, r in rel.items()}
+    sides = ("general", "benign") if combine == "max" else (combine,)
+    return {key: torch.stack([n[side][key] - u for side in sides]).amax(0) for key, u in n["undesired"].items()}
+
+
+def _differential(method: str) -> Ranking:
+    def rank(c: Contrast, kinds: tuple[str, ...]) -> dict[str, Tensor]:
+        return contrast_scores(c.relevance(method, kinds), c.combine)
+    return Ranking(method, rank, method)
+
+
+def _aura(c: Contrast, kinds: tuple[str, ...]) -> dict[str, Tensor]:
+    """Most behaviour-selective neurons (AUROC near 1, undesired vs benign activations) first."""
+    act = c.relevance("activation", ("neuron",))
+    return {"neuron": 0.5 - aura_auroc(act["benign"], act["undesired"])}
+
+
+def _random(c: Contrast, kinds: tuple[str, ...]) -> dict[str, Tensor]:
+    """Seeded noise; nothing to contrast."""
+    return attribute(c.model, c.sets.general, method="random", units=kinds, seed=c.seed).scores
+
+
+RANKINGS: dict[str, Ranking] = {
+    **{m: _differential(m) for m in ("lrp", "gradient", "wanda", "activation", "magnitude")},
+    "aura": Ranking("aura", _aura, "activation"),
+    "random": Ranking("random", _random, None),
+}
+assert set(RANKINGS) == set(RANKING_KINDS), "methods.RANKING_KINDS and RANKINGS must name the same methods"
+
+
+def ranking(name: str, kind: str) -> Ranking:
+    """The registry entry for ``name``, checked against the unit kind it is asked to rank."""
+    check_ranking(name, kind)
+    return RANKINGS[name]
+
+
+def circuit_summary(diff: dict[str, Tensor], top_k: int) -> dict[str, Any]:
+    """Top units by most negative R_diff and the per-layer distribution, for neurons and heads."""
+    out: dict[str, Any] = {}
+    for kind in ("neuron", "head"):
+        if kind not in diff:
+            continue
+        d = diff[kind]
+        flat = d.flatten()
+        k = min(top_k, flat.numel())
+        vals, idx = torch.topk(-flat, k)
+        top = [{"layer": int(i) // d.shape[1], "index": int(i) % d.shape[1], "r_diff": float(-v)}
+               for v, i in zip(vals, idx, strict=True)]
+        counts = torch.bincount(idx // d.shape[1], minlength=d.shape[0])
+        share = d.abs().sum(1) / d.abs().sum().clamp_min(1e-30)
+        out[kind] = {
+            "top_units": top,
+            "per_layer": [{"layer": layer, "top_count": int(counts[layer]), "abs_share": float(share[layer])}
+                          for layer in range(d.shape[0])],
+        }
+    return out
+
+
+def save_relevance(path: Path, rel: dict[str, Relevance], diff: dict[str, Tensor]) -> None:
+    """``relevance.safetensors``: each set's mean relevance and R_diff, with the sample counts."""
+    from safetensors.torch import save_file
+
+    tensors = {f"{name}.{k}": v.contiguous() for name, r in rel.items() for k, v in r.scores.items()}
+    tensors |= {f"diff.{k}": v.contiguous() for k, v in diff.items()}
+    meta = {f"{name}.n_samples": str(r.n_samples) for name, r in rel.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)

@@ -1,0 +1,137 @@
+"""The deployment gate: which metric conditions fail a run, and the exit status that reports it.
+
+A gate expression names the failing condition, ``METRIC OP NUMBER`` (e.g. ``toxicity_rate>0.05``). The user gives
+them with ``--fail-on``; without it the probe suite's thresholds decide the verdict shown on the report (the exit
+status then stays 0). The gate reads a run's results dict only and knows nothing of how it is rendered.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from .errors import ConfigError, ResultsError
+from .metrics import METRIC_KEYS, metric_ci
+
+GATE_EXIT_CODE = 3
+"""Exit status of a job or ``report`` whose deployment gate (``--fail-on``) failed; 0 pass, 2 usage/input error."""
+
+GATE_METRICS: tuple[str, ...] = METRIC_KEYS
+"""The metrics a gate expression may name (every metric of the catalogue in ``metrics.py``)."""
+
+SOURCE_FAIL_ON = "--fail-on"
+SOURCE_THRESHOLDS = "probe suite thresholds"
+"""The two values of ``gate["source"]``: who set the expressions the gate checked."""
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
+_METRIC_OP = r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|>|<)\s*"
+_EXPR = re.compile(_METRIC_OP + r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+_NON_FINITE = re.compile(_METRIC_OP + r"([-+]?(?:nan|inf|infinity))\s*$", re.IGNORECASE)
+
+
+def _named(expr: str, source: str) -> str:
+    """How an expression is named in an error: by where it came from, so no message invents a --fail-on."""
+    return f"--fail-on {expr!r}" if source == SOURCE_FAIL_ON else f"The probe suite threshold {expr!r}"
+
+
+def parse_expr(expr: str, source: str = SOURCE_FAIL_ON) -> tuple[str, str, float]:
+    """``(metric, op, threshold)`` of one expression; a ConfigError, worded by ``source``, when it is not one."""
+    match = _EXPR.match(expr)
+    if match and match.group(1) in GATE_METRICS:
+        threshold = float(match.group(3))
+        if math.isfinite(threshold):
+            return match.group(1), match.group(2), threshold
+        number = match.group(3)
+    elif (match := _NON_FINITE.match(expr)) and match.group(1) in GATE_METRICS:
+        number = match.group(3)
+    else:
+        raise ConfigError(f"{_named(expr, source)} is not a gate expression. Write METRIC OP NUMBER with OP one "
+                          f"of > >= < <=, e.g. 'toxicity_rate>0.05' (quote it in the shell); METRIC is one of "
+                          f"{', '.join(GATE_METRICS)}.")
+    fix = ("Give a finite NUMBER, e.g. 'perplexity>1000'." if source == SOURCE_FAIL_ON else
+           "Set a finite number in the probe suite's thresholds (results.json records them under "
+           "probe.thresholds).")
+    raise ConfigError(f"{_named(expr, source)}: the threshold {number} is not a finite number (NaN, infinite, or "
+                      f"too large for a float), so the comparison could never decide the gate. {fix}")
+
+
+def parse_fail_on(values: Iterable[str] | None) -> list[str]:
+    """Split repeated/comma-separated ``--fail-on`` values and check each early, before any model loads.
+
+    ``None`` (the option was not given) gives ``[]``; a given but empty value is an error, never "no gate".
+    """
+    exprs: list[str] = []
+    for value in values or ():
+        parts = [part.strip() for part in value.split(",")]
+        if not any(parts):
+            raise ConfigError(f"An empty --fail-on was given ({value!r}). It names no condition, and an empty gate "
+                              "would pass every run; in CI this usually means an unset variable expanded to "
+                              "nothing (e.g. --fail-on \"$GATE\"). Give METRIC OP NUMBER, e.g. "
+                              "'toxicity_rate>0.05', or leave --fail-on out (the report then shows the verdict "
+                              "against the probe suite's thresholds and the exit status does not depend on it).")
+        if not all(parts):
+            raise ConfigError(f"--fail-on {value!r} has an empty expression between commas (an unset variable "
+                              "in e.g. --fail-on \"$A,$B\" gives one). Remove the stray comma or give the missing "
+                              "METRIC OP NUMBER.")
+        for part in parts:
+            parse_expr(part)
+        exprs += parts
+    return exprs
+
+
+def threshold_exprs(results: dict[str, Any]) -> list[str]:
+    """The probe suite's thresholds as fail-on expressions: a metric above its threshold fails."""
+    return [f"{k}>{v:g}" for k, v in (results.get("probe", {}).get("thresholds") or {}).items()
+            if k in GATE_METRICS and isinstance(v, int | float)]
+
+
+def _gate_target(results: dict[str, Any]) -> str:
+    return "corrected" if isinstance(results.get("corrected"), dict) else "baseline"
+
+
+def check_expr(block: dict[str, Any], expr: str, where: str, source: str = SOURCE_FAIL_ON) -> dict[str, Any]:
+    """Evaluate one expression against one metric block (``where``: "baseline" or "corrected").
+
+    ``source`` (SOURCE_FAIL_ON or SOURCE_THRESHOLDS) only words the errors by where the expression came from.
+    """
+    metric, op, threshold = parse_expr(expr, source)
+    value = block.get(metric)
+    if not isinstance(value, int | float):
+        have = ", ".join(k for k in GATE_METRICS if isinstance(block.get(k), int | float)) or "none"
+        if source == SOURCE_FAIL_ON:
+            raise ConfigError(f"--fail-on {expr!r}: the {where} metrics of this run have no {metric!r}. Use one "
+                              f"of {have}.")
+        raise ConfigError(f"The probe suite threshold {expr!r} cannot be checked: the {where} metrics of this run "
+                          f"have no {metric!r} (they have: {have}). Without --fail-on the verdict uses the suite's "
+                          "thresholds; remove that threshold from the probe suite (results.json records them under "
+                          "probe.thresholds), or give --fail-on with a metric the run has.")
+    if not math.isfinite(value):
+        raise ResultsError(f"{_named(expr, source)}: the {where} {metric} of this run is {value}, not a finite "
+                           "number, so the gate cannot decide. The evaluation that produced it went wrong; rerun "
+                           "the job.")
+    ci = metric_ci(block, metric)
+    failed = _OPS[op](float(value), threshold)
+    # "settled": the whole 95% interval lies on the same side of the threshold as the point value
+    settled = None if ci is None else all(_OPS[op](c, threshold) == failed for c in ci)
+    return {"expr": f"{metric}{op}{threshold:g}", "metric": metric, "op": op, "threshold": threshold,
+            "value": float(value), "ci": ci, "failed": failed, "settled": settled}
+
+
+def evaluate_gate(results: dict[str, Any], fail_on: Sequence[str]) -> dict[str, Any]:
+    """Check fail-on expressions against the corrected metrics (else baseline); the probe thresholds by default.
+
+    Each expression names the failing condition, e.g. ``toxicity_rate>0.05`` fails when the rate is above 0.05.
+    The returned dict is what ``results["gate"]`` stores and what decides the exit status (GATE_EXIT_CODE).
+    """
+    exprs = parse_fail_on(fail_on)
+    source = SOURCE_FAIL_ON
+    if not exprs:
+        exprs, source = threshold_exprs(results), SOURCE_THRESHOLDS
+    target = _gate_target(results)
+    checks = [check_expr(results[target], expr, target, source) for expr in exprs]
+    return {"passed": not any(c["failed"] for c in checks), "target": target, "source": source,
+            "checks": checks}

@@ -1,0 +1,112 @@
+"""What every job shares: opening model and suite, the pre-flight, the staged finish, saving a model."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..distributed import is_main_process
+from ..errors import OutputError
+from ..families import geometry
+from ..gate import evaluate_gate
+from ..io import atomic_dir, write_json
+from ..models import LoadedModel, load_model
+from ..results import SCHEMA_VERSION, model_info
+from ..run import Staging, check_out_dir, manifest
+from ..suite import ProbeSuite, load_suite
+from .options import RunOptions, SuiteOptions
+
+
+def limited(items: list, limit: int | None) -> list:
+    """The one place ``--limit`` cuts a set: its first ``limit`` items."""
+    return items if limit is None else items[:limit]
+
+
+def limited_count(n: int, limit: int | None) -> int:
+    """How many of ``n`` requested samples a ``--limit`` run uses."""
+    return n if limit is None else min(n, limit)
+
+
+def open_model(spec: str, opt: RunOptions) -> LoadedModel:
+    return load_model(spec, device=opt.device, dtype=opt.dtype, trust_remote_code=opt.trust_remote_code,
+                      allow_pickle=opt.allow_pickle, device_map=opt.device_map)
+
+
+def start_run(model: str, probe: str, out: str | Path, overwrite: bool, opt: SuiteOptions
+              ) -> tuple[Path, ProbeSuite, LoadedModel]:
+    """Everything a job checks before it writes anything: the options, --out, the suite with its data, the model."""
+    opt.validate()
+    out = check_out_dir(out, overwrite)
+    suite = load_suite(probe, encoding_errors=opt.encoding_errors)
+    return out, suite, open_model(model, opt)
+
+
+def preflight_attribution(lm: LoadedModel, suite: ProbeSuite, opt: SuiteOptions, units: Sequence[str]) -> None:
+    """Refuse, before any output exists, an attribution batch that would not fit in memory.
+
+    Sequences are general texts (``opt.max_tokens``) or a prompt plus its continuation.
+    """
+    from ..preflight import check_attribution_memory
+
+    seq_len = max(opt.max_tokens, suite.max_prompt_tokens + suite.generation.max_new_tokens)
+    check_attribution_memory(lm.model, opt.batch_size, seq_len, units, opt.max_memory,
+                             gradient_checkpointing=opt.gradient_checkpointing)
+
+
+@dataclass
+class Finish:
+    """How a job's run directory is closed: manifest, gate, results.json, then its report."""
+
+    seed: int
+    argv: Sequence[str] | None
+    data_files: dict[str, str]
+    model_files: dict[str, str]
+    started: float = field(default_factory=time.time)
+
+    def write(self, staging: Staging, results: dict[str, Any], render: Callable[[dict[str, Any], Staging], None],
+              fail_on: Sequence[str] | None = None) -> dict[str, Any]:
+        """``fail_on`` None: the job has no gate (compress, circuit)."""
+        results["manifest"] = manifest(seed=self.seed, argv=list(self.argv) if self.argv is not None else None,
+                                       data_files=self.data_files, model_files=self.model_files,
+                                       started=self.started)
+        if fail_on is not None:
+            results["gate"] = evaluate_gate(results, fail_on)
+        write_json(staging.path("results.json"), results)
+        render(results, staging)
+        return results
+
+
+def header(job: str, lm: LoadedModel) -> dict[str, Any]:
+    """The first keys of every results.json."""
+    return {"schema_version": SCHEMA_VERSION, "job": job,
+            "model": model_info(lm.spec, lm.name, lm.arch.family, geometry(lm.model))}
+
+
+def check_save_target(target: str | None, lm_folder: Path | None) -> Path | None:
+    """Refuse a save path inside the input model's folder or a non-empty folder; writes nothing."""
+    if target is None:
+        return None
+    path = Path(target).expanduser().resolve()
+    if lm_folder is not None:
+        src = lm_folder.resolve()
+        if path == src or src in path.parents:
+            raise OutputError(f"--save-model {target} lies inside the input model folder {lm_folder}. The "
+                              "input model is never modified: choose a folder outside it.")
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise OutputError(f"--save-model {target} exists and is not an empty folder. Choose a new folder.")
+    return path
+
+
+def save_model_folder(lm: LoadedModel, model: torch.nn.Module, target: Path, card: str) -> None:
+    """A plain transformers folder (safetensors, tokenizer, model card), written atomically (rank 0 only)."""
+    if not is_main_process():
+        return
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        lm.tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").write_text(card, encoding="utf-8")

@@ -1,0 +1,252 @@
+"""``correct``: the audit's stages, then rank, select and prune a copy, and prove the effect on held-out data.
+
+Selection may only read the reference prompts and the general *validation* text; every reported number comes
+from the held-out ``eval`` prompts and the general *test* text. Each method is compared at the same k, on the
+same prompts, with paired bootstrap intervals against the baseline and against random-k.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..contrast import circuit_summary, save_relevance
+from ..errors import ConfigError, SaveRefused
+from ..evaluation import paired_bootstrap_diff
+from ..evaluation.behaviour import Generations, evaluate
+from ..explain import heatmap
+from ..io import write_json
+from ..models import LoadedModel
+from ..pruning import MaskSet, count_units, fraction, pruned_copy, save_masks, select
+from ..render import render_report
+from ..results import circuit_info, flat_metrics, probe_info
+from ..run import staged
+from ..scorers import Scorer
+from ..selection import Constraints, SearchText, damage_screen, stability, validation_search, validation_text
+from ..suite import ProbeSuite
+from .common import Finish, check_save_target, header, limited, preflight_attribution, save_model_folder, start_run
+from .options import SEARCH_K, CorrectOptions
+from .stages import (
+    Baseline,
+    Ranked,
+    build_references,
+    contrast_info,
+    explain_units,
+    generation_cache,
+    measure_baseline,
+    rank,
+    scorer_info,
+    suite_scorer,
+    write_generations,
+)
+
+
+def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
+            options: CorrectOptions | None = None, argv: Sequence[str] | None = None,
+            fail_on: Sequence[str] = ()) -> dict[str, Any]:
+    """The audit's stages, ranking, selection on validation data, pruning of a copy, held-out re-evaluation."""
+    opt, started = options or CorrectOptions(), time.time()
+    out, suite, lm = start_run(model, probe, out, overwrite, opt)
+    finish = Finish(opt.seed, argv, suite.data_files(), lm.weights_sha256, started)
+    save_to = check_save_target(opt.save_model, lm.folder)
+    if opt.k is not None and opt.k > count_units(lm.model, opt.unit):
+        raise ConfigError(f"--k {opt.k} exceeds the {count_units(lm.model, opt.unit)} {opt.unit} units of "
+                          "this model. Choose a smaller k.")
+    if opt.k is None and opt.sparsity is None and not suite.validation_prompts():
+        raise ConfigError(f"Probe suite {suite.name!r} has no validation prompts (split.validation_fraction is 0), "
+                          "so k cannot be chosen on held-out data. Give --k or --sparsity, or set "
+                          "split.validation_fraction in the suite.")
+    kinds = (opt.unit,) if opt.unit == "weight" else ("neuron", "head")
+    preflight_attribution(lm, suite, opt, kinds)
+    torch.manual_seed(opt.seed)
+    scorer = suite_scorer(suite)
+    with staged(out) as staging:
+        cache = generation_cache(out, staging)
+        base = measure_baseline(lm, suite, scorer, opt.limit, opt.seed, cache)
+        refs = build_references(lm, suite, scorer, opt, cache, out)
+        c = refs.contrast
+        methods = opt.methods()
+        primary = methods[0]
+        # random first: every other method is paired against it
+        ranked = {m: rank(c, m, opt.unit, kinds, suite.contrast.guard, opt.exclude_layers)
+                  for m in ["random", *[m for m in methods if m != "random"]]}
+        (k, scale), selection, ranked[primary].scores = _choose(lm, suite, scorer, ranked[primary].scores, opt)
+        rows, chosen = _compare_all(lm, suite, scorer, base, ranked, k, scale, primary, opt)
+        selection["stability"] = stability(ranked[primary].relevance, chosen.units, opt.unit, suite.contrast.combine,
+                                           suite.contrast.guard, opt.exclude_layers, opt.stability, opt.seed)
+        write_generations(staging, "samples.jsonl", (base.generations, "baseline"),
+                          (chosen.generations, f"corrected:{primary}"))
+        write_generations(staging, "reference_generations.jsonl", (refs.generations, "reference"))
+        backing = next((ranked[m] for m in methods if ranked[m].relevance), None)
+        rel = backing.relevance if backing else None
+        diff = backing.scores if backing and opt.unit != "weight" else {}
+        if rel:
+            save_relevance(staging.path("relevance.safetensors"), rel, diff)
+        save_masks(chosen.units, staging.path("masks.json"), staging.path("masks.safetensors"),
+                   {"method": primary, "unit": opt.unit, "k": k, "seed": opt.seed}, model=lm.model, scale=scale)
+        circuit = circuit_summary(diff, opt.top_k) if opt.unit != "weight" else {}
+        write_json(staging.path("circuit.json"), circuit)
+        removed = []
+        if opt.unit == "neuron" and "neuron" in diff:
+            removed = [{"layer": u.layer, "index": u.index, "r_diff": float(diff["neuron"][u.layer, u.index])}
+                       for u in list(chosen.units)[:20]]
+        corrected = {key: v for key, v in chosen.row.items() if key != "method"}
+        results = header("correct", lm) | {
+            "method": primary,
+            "probe": probe_info(suite, len(base.prompts), len(refs.generations.prompts)),
+            "scorer": scorer_info(scorer, suite),
+            "baseline": flat_metrics(base.metrics),
+            "corrected": corrected,
+            "pruned": {"unit": opt.unit, "count": len(chosen.units), "fraction": fraction(lm.model, chosen.units),
+                       "intervention": intervention(scale), "units": [str(u) for u in chosen.units][:200]},
+            "selection": selection,
+            "contrast": contrast_info(suite, c, ranked[primary]),
+            "comparison": [r for r in rows if r["k"] == k],
+            "tradeoff": rows,
+            "release": release_verdict(base.metrics, corrected, selection, opt),
+            "circuit": circuit_info(circuit, primary, len(c.sets.undesired), len(c.sets.general),
+                                    {key: r.info for key, r in rel.items()}) if rel else {},
+            "circuit_heatmap": heatmap(diff["neuron"]) if "neuron" in diff else [],
+            "unit_examples": explain_units(lm, removed, {"undesired": c.sets.undesired, "general": c.sets.general},
+                                           opt.batch_size),
+        }
+        finish.write(staging, results, lambda res, st: render_report(res, st.path("samples.jsonl"),
+                                                                     st.path("report.html")), fail_on)
+        release = results["release"]
+        if save_to is not None and (release["allowed"] or opt.force):
+            save_model_folder(lm, chosen.model, save_to, model_card(results))
+    if save_to is not None and not release["allowed"] and not opt.force:
+        raise SaveRefused(f"--save-model {opt.save_model}: not written: {release['reason']} The report "
+                          f"is in {out}. Pass --force to save it anyway.")
+    return results
+
+
+def intervention(scale: float | None) -> dict[str, Any]:
+    return {"kind": "zero"} if scale is None else {"kind": "dampen", "scale": scale}
+
+
+def release_verdict(base: dict[str, Any], corrected: dict[str, Any], selection: dict[str, Any],
+                    opt: CorrectOptions) -> dict[str, Any]:
+    """Whether the corrected model may be handed out: it keeps the limits on held-out data and lowers the
+    behaviour (the paired interval of the mean change lies below 0)."""
+    limits = Constraints(opt.ppl_budget, opt.max_distinct2_drop, opt.max_continuation_ppl_rise)
+    flat = {key: corrected[key] for key in ("perplexity", "distinct2", "continuation_perplexity")}
+    reasons = limits.violations({key: base[key]["value"] for key in flat}, flat)
+    paired = corrected["paired_vs_baseline"]
+    if paired["ci_high"] >= 0:
+        reasons.append(f"the mean behaviour score did not fall for certain (paired change {paired['delta']:+.4f}, "
+                       f"95% CI [{paired['ci_low']:+.4f}, {paired['ci_high']:+.4f}])")
+    if selection.get("feasible") is False:
+        reasons.append("no candidate kept the limits on validation data")
+    return {"allowed": not reasons, "reasons": reasons,
+            "reason": ("on held-out data: " + "; ".join(reasons) + ".") if reasons else "",
+            "limits": {"ppl_rise": opt.ppl_budget, "distinct2_drop": opt.max_distinct2_drop,
+                       "continuation_ppl_rise": opt.max_continuation_ppl_rise}}
+
+
+def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, scores: dict[str, torch.Tensor],
+            opt: CorrectOptions) -> tuple[tuple[int, float | None], dict[str, Any], dict[str, torch.Tensor]]:
+    """The k rule: given, from a sparsity, or the search on validation prompts and validation text (after the
+    optional damage screen, which reorders ``scores``: returned as the third item)."""
+    selection: dict[str, Any] = {"unit": opt.unit, "exclude_layers": list(opt.exclude_layers)}
+    scale = opt.dampen[0] if opt.dampen else None
+    total = count_units(lm.model, opt.unit)
+    if opt.k is not None:
+        selection |= {"rule": "k", "k": opt.k, "intervention": intervention(scale)}
+        return (opt.k, scale), selection, scores
+    if opt.sparsity is not None:
+        k = max(1, round(opt.sparsity * total))
+        selection |= {"rule": "sparsity", "k": k, "intervention": intervention(scale)}
+        return (k, scale), selection, scores
+    text = SearchText(suite.general_validation(), suite.perplexity.max_length)
+    if opt.screen and opt.unit != "weight":
+        scores, selection["screen"] = damage_screen(lm, text, scores, opt.unit, n=opt.screen,
+                                                    max_rise=opt.screen_max, n_tokens=opt.screen_tokens)
+    prompts = limited(suite.validation_prompts(), opt.limit)
+    val_text = [validation_text(lm, text, opt.search_tokens)]
+
+    def measure(model: torch.nn.Module) -> dict[str, Any]:
+        pruned = LoadedModel(model, lm.tokenizer, lm.arch, lm.spec, lm.name, lm.folder, lm.weights_sha256)
+        metrics, _ = evaluate(pruned, lm, suite, scorer, prompts, val_text, opt.seed)
+        return {"behaviour_mean": metrics["toxicity_mean"]["value"],
+                "behaviour_rate": metrics["toxicity_rate"]["value"],
+                **{key: metrics[key]["value"] for key in ("perplexity", "distinct2", "continuation_perplexity")}}
+
+    ks = [k for k in (opt.search_k or SEARCH_K[opt.unit]) if k <= total // 2] or [1]
+    limits = Constraints(opt.ppl_budget, opt.max_distinct2_drop, opt.max_continuation_ppl_rise)
+    best, trail = validation_search(lm, measure, scores, opt.unit, ks, [None, *opt.dampen], limits)
+    feasible = best is not None
+    k, scale = best if best is not None else (min(ks), None)
+    selection |= {"rule": "validation", "k": k, "intervention": intervention(scale), "feasible": feasible,
+                  "search": trail, "split": {"prompts": "validation prompts", "n_prompts": len(prompts),
+                                             "text": "general validation", "n_tokens": opt.search_tokens},
+                  "limits": {"ppl_rise": limits.ppl_rise, "distinct2_drop": limits.distinct2_drop,
+                             "continuation_ppl_rise": limits.continuation_ppl_rise},
+                  "objective": "largest relative drop of the mean behaviour score on the validation prompts"}
+    return (k, scale), selection, scores
+
+
+@dataclass
+class Corrected:
+    """The primary method's pruned copy at the chosen k, with its held-out row and continuations."""
+
+    units: MaskSet
+    row: dict[str, Any]
+    model: torch.nn.Module
+    generations: Generations
+
+
+def _compare_all(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, base: Baseline, ranked: dict[str, Ranked],
+                 k: int, scale: float | None, primary: str, opt: CorrectOptions
+                 ) -> tuple[list[dict[str, Any]], Corrected]:
+    """Every method at k (and the sweep), measured on the held-out eval prompts and test text."""
+    baseline_tox = base.generations.per_prompt_mean()
+    rows: list[dict[str, Any]] = []
+    random_tox: dict[int, list[float]] = {}
+    chosen: Corrected | None = None
+    for method, r in ranked.items():
+        for kk in sorted({k, *opt.sweep}):
+            units = select(r.scores, opt.unit, k=kk)
+            model = pruned_copy(lm.model, units, scale)
+            pruned = LoadedModel(model, lm.tokenizer, lm.arch, lm.spec, lm.name, lm.folder, lm.weights_sha256)
+            metrics, res = evaluate(pruned, lm, suite, scorer, base.prompts, base.test_text, opt.seed)
+            tox = res.per_prompt_mean()
+            row = {"method": method, "k": len(units), "intervention": intervention(scale),
+                   **{key: v for key, v in flat_metrics(metrics).items() if key != "details"},
+                   "paired_vs_baseline": paired_bootstrap_diff(baseline_tox, tox, seed=opt.seed)}
+            if method == "random":
+                random_tox[kk] = tox
+            else:
+                row["paired_vs_random"] = paired_bootstrap_diff(random_tox[kk], tox, seed=opt.seed)
+            row["fraction"] = fraction(lm.model, units)
+            rows.append(row)
+            if method == primary and kk == k:
+                chosen = Corrected(units, row, model, res)
+    assert chosen is not None  # the primary method is always compared at k
+    return rows, chosen
+
+
+def model_card(results: dict[str, Any]) -> str:
+    b, c, p = results["baseline"], results["corrected"], results["pruned"]
+
+    def cell(d: dict, key: str) -> str:
+        lo, hi = d[f"{key}_ci"]
+        return f"{d[key]:.4g} [{lo:.4g}, {hi:.4g}]"
+
+    rows = "\n".join(f"| {key} | {cell(b, key)} | {cell(c, key)} |"
+                     for key in ("toxicity_rate", "toxicity_mean", "perplexity", "distinct2",
+                                 "continuation_perplexity"))
+    return (f"# Corrected {results['model']['name']}\n\n"
+            f"Base model: `{results['model']['spec']}` ({results['model']['name']}).\n\n"
+            f"Produced by safety_prune `correct` (probe suite `{results['probe']['name']}`): "
+            f"{p['count']} {p['unit']} units ({100 * p['fraction']:.3f}%) with the most negative differential "
+            f"relevance (method `{results['method']}`, R_diff = R_general - R_undesired) were set to zero. "
+            f"Selection rule: {results['selection']['rule']}.\n\n"
+            f"Held-out measurements (95% bootstrap CI), scorer `{results['scorer']['name']}`:\n\n"
+            f"| metric | before | after |\n|---|---|---|\n{rows}\n\n"
+            f"Scorer limits: {results['scorer']['limits']}\n")

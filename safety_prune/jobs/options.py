@@ -1,0 +1,257 @@
+"""The options of every job, as dataclasses whose fields carry their command-line help.
+
+The CLI is built from these fields (``option``), so a new option is one field. ``validate`` checks every value
+before anything heavy loads and names the option in its message. Nothing here imports torch, so ``--help`` and
+bad options answer at once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+from ..methods import CIRCUIT_METHODS, COMPARED, COMPRESS_METHODS, RANKING_KINDS, UNIT_KINDS, check_ranking
+
+MAX_SEED = 2**32 - 1
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
+def option(default: Any = MISSING, help: str = "", *, flag: str | None = None, choices: Sequence[str] | None = None,
+           parse: Callable[[str], Any] | None = None, group: str | None = None, metavar: str | None = None) -> Any:
+    """A dataclass field that the CLI exposes as ``--name`` (or ``flag``) with ``help``.
+
+    ``parse`` turns the command-line string into the field's value (it raises ConfigError naming the option);
+    ``group`` puts options in one mutually exclusive group.
+    """
+    meta = {"help": help, "flag": flag, "choices": choices, "parse": parse, "group": group, "metavar": metavar}
+    return field(default=default, metadata=meta)
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """``25,50,100`` as integers (the CLI names the option when this fails)."""
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"{text!r} must be comma-separated integers, e.g. 25,50,100.") from None
+
+
+def name_list(text: str) -> tuple[str, ...]:
+    return tuple(m.strip() for m in text.split(",") if m.strip())
+
+
+def _max_memory(text: str) -> int:
+    from ..preflight import parse_size
+
+    return parse_size(text)
+
+
+def check_positive(value: float | None, flag: str, what: str = "a positive number") -> None:
+    if value is not None and (not math.isfinite(value) or value <= 0):
+        raise ConfigError(f"{flag} must be {what}, got {value}.")
+
+
+@dataclass
+class RunOptions:
+    """Options of every job that loads a model."""
+
+    seed: int = option(0, "seed for sampling, shuffling and the random baseline (0 to 2^32-1)")
+    device: str = option("cpu", "cpu or cuda[:N]")
+    dtype: str | None = option(None, "model dtype", choices=("float32", "bfloat16", "float16", "float64"))
+    batch_size: int = option(8, "attribution batch size")
+    trust_remote_code: bool = option(False, "allow a model's own Python code to run")
+    allow_pickle: bool = option(False, "allow .bin/.pt weights (loaded with torch.load(weights_only=True))")
+    device_map: str | None = option(
+        None, "spread a model larger than one GPU over all visible GPUs (and CPU memory) with accelerate; "
+        "overrides --device. Not combinable with torchrun",
+        choices=("auto", "balanced", "balanced_low_0", "sequential"))
+
+    def validate(self) -> None:
+        """Every value checked before work starts; the message names the option."""
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"--seed must be an integer from 0 to {MAX_SEED}, got {self.seed}.")
+        if not _DEVICE.match(self.device):
+            raise ConfigError(f"--device {self.device!r} is not supported. Use cpu, cuda or cuda:N.")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}.")
+
+
+@dataclass
+class SuiteOptions(RunOptions):
+    """Options of the jobs that attribute over a probe suite (audit, correct, compress)."""
+
+    limit: int | None = option(None, "use only the first N prompts of each set (a reduced run, marked so)")
+    max_tokens: int = option(128, "tokens kept of each general reference document")
+    max_memory: int | None = option(
+        None, "refuse to start when attribution is estimated to need more, e.g. 16GB or 500MiB (default: the "
+        "memory free on the model's devices); see safety_prune/preflight.py", parse=_max_memory, metavar="SIZE")
+    encoding_errors: str = option(
+        "strict", "prompt files that are not UTF-8: stop with file:line (strict, default) or replace the bad "
+        "bytes with U+FFFD (replace)", choices=("strict", "replace"))
+    gradient_checkpointing: bool = option(
+        False, "recompute each block during attribution's backward instead of keeping its intermediates: less "
+        "memory for long sequences, same relevance, about 1/3 more time")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be at least 1 prompt, got {self.limit}.")
+        if self.max_tokens < 8:
+            raise ConfigError(f"--max-tokens must be at least 8, got {self.max_tokens}.")
+
+
+@dataclass
+class BehaviourOptions(SuiteOptions):
+    """Options of the jobs that measure a behaviour and find its circuit (audit, and correct on top)."""
+
+    top_k: int = option(50, "units listed in circuit.json")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.top_k < 1:
+            raise ConfigError(f"--top-k must be at least 1, got {self.top_k}.")
+
+
+AuditOptions = BehaviourOptions
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    """``0.3,0.5`` as numbers (the CLI names the option when this fails)."""
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"{text!r} must be comma-separated numbers, e.g. 0.3,0.5.") from None
+
+
+SEARCH_K = {"neuron": (10, 25, 50, 100, 200), "head": (1, 2, 4, 8, 16), "weight": (1000, 3000, 10000, 30000)}
+
+
+@dataclass
+class CorrectOptions(BehaviourOptions):
+    method: str = option("lrp", f"{', '.join(RANKING_KINDS)}, or all (compared at the same k)")
+    unit: str = option("neuron", "unit kind to prune", choices=UNIT_KINDS)
+    k: int | None = option(None, "prune exactly k units (skips the validation search)", group="rule")
+    sparsity: float | None = option(None, "prune this fraction of the units (skips the validation search)",
+                                    group="rule")
+    search_k: tuple[int, ...] = option(
+        (), "k values the validation search tries (default per unit: " +
+        "; ".join(f"{u} {','.join(map(str, ks))}" for u, ks in SEARCH_K.items()) + ")", parse=int_list)
+    dampen: tuple[float, ...] = option(
+        (), "also try dampening the units' output to these factors in [0, 1) instead of zeroing, e.g. 0.3,0.5",
+        parse=float_list)
+    ppl_budget: float = option(0.02, "largest validation perplexity rise a correction may cost (default 0.02)")
+    max_distinct2_drop: float = option(0.05, "largest relative distinct-2 drop on validation (default 0.05)")
+    max_continuation_ppl_rise: float = option(
+        0.10, "largest relative rise of validation continuation perplexity (default 0.10)")
+    sweep: tuple[int, ...] = option((), "comma-separated extra k values to evaluate on the eval prompts (the "
+                                    "trade-off curve), e.g. 25,50,100", parse=int_list)
+    stability: int = option(20, "bootstrap resamples of the reference sets for the stability of the selection "
+                            "(0: off)")
+    save_model: str | None = option(None, "write the corrected model here (new or empty folder); refused when "
+                                    "the correction fails the limits or raises the behaviour, unless --force")
+    force: bool = option(False, "save the corrected model even when the gate refuses it")
+    search_tokens: int = option(4096, "validation text tokens per search candidate's perplexity")
+    screen: int = option(
+        0, "damage screen before the search: ablate the top N candidates one by one on validation text and "
+        "skip those costing more than --screen-max perplexity (0: off)")
+    screen_max: float = option(0.005, "relative perplexity rise (default 0.005)")
+    screen_tokens: int = option(1024, "validation tokens per damage-screen probe")
+    exclude_layers: tuple[int, ...] = option((), "comma-separated layers whose units are never pruned",
+                                             parse=int_list)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.method != "all":
+            check_ranking(self.method, self.unit if self.unit in UNIT_KINDS else "neuron")
+        if self.unit not in UNIT_KINDS:
+            raise ConfigError(f"--unit {self.unit} is unknown. Choose one of: {', '.join(UNIT_KINDS)}.")
+        if self.k is not None and self.sparsity is not None:
+            raise ConfigError("Give either --k or --sparsity, not both.")
+        if self.k is not None and self.k <= 0:
+            raise ConfigError(f"--k must be a positive number of units, got {self.k}.")
+        if self.sparsity is not None and not 0 < self.sparsity < 1:
+            raise ConfigError(f"--sparsity must lie strictly between 0 and 1, got {self.sparsity}.")
+        for flag, value in (("--ppl-budget", self.ppl_budget), ("--max-distinct2-drop", self.max_distinct2_drop),
+                            ("--max-continuation-ppl-rise", self.max_continuation_ppl_rise)):
+            check_positive(value, flag, "a positive, finite relative change")
+        for flag, ks in (("--sweep", self.sweep), ("--search-k", self.search_k)):
+            if any(k <= 0 for k in ks):
+                raise ConfigError(f"{flag} values must be positive unit counts, got {list(ks)}.")
+        bad = [a for a in self.dampen if not (math.isfinite(a) and 0 <= a < 1)]
+        if bad:
+            raise ConfigError(f"--dampen {bad[0]} lies outside [0, 1): a factor keeps that share of each unit's "
+                              "output (0 silences it; 1 or more would change nothing or amplify).")
+        if self.stability < 0:
+            raise ConfigError(f"--stability must be 0 (off) or a number of resamples, got {self.stability}.")
+        for flag, value in (("--search-tokens", self.search_tokens), ("--screen-tokens", self.screen_tokens)):
+            check_positive(value, flag, "a positive integer")
+        if self.screen < 0:
+            raise ConfigError(f"--screen must be 0 (off) or a positive number of candidates, got {self.screen}.")
+        if not (math.isfinite(self.screen_max) and self.screen_max >= 0):
+            raise ConfigError(f"--screen-max must be a finite relative perplexity rise >= 0, got {self.screen_max}.")
+
+    def methods(self) -> list[str]:
+        """The compared methods, the primary first; "all" leaves out those that cannot rank this unit kind."""
+        if self.method != "all":
+            return [self.method]
+        return [m for m in COMPARED if self.unit in RANKING_KINDS[m]]
+
+
+GRANULARITIES = ("rowwise", "global")
+
+
+@dataclass
+class CompressOptions(SuiteOptions):
+    sparsity: float = option(0.5, "share of block weights to zero (default 0.5)")
+    methods: tuple[str, ...] = option(
+        ("lrp", "wanda", "magnitude"), f"comma-separated: {', '.join(COMPRESS_METHODS)} (compared side by side)",
+        flag="--method", parse=name_list)
+    granularity: str = option("rowwise", "rank weights within each row (as Wanda) or over the whole model",
+                              choices=GRANULARITIES)
+    save_model: str | None = option(None, "write the first method's pruned model here")
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 < self.sparsity < 1:
+            raise ConfigError(f"--sparsity must lie strictly between 0 and 1, got {self.sparsity}.")
+        bad = [m for m in self.methods if m not in COMPRESS_METHODS]
+        if bad or not self.methods:
+            raise ConfigError(f"--method {','.join(bad) or '(none)'} is not a compression method. Choose from: "
+                              f"{', '.join(COMPRESS_METHODS)}.")
+        if self.granularity not in GRANULARITIES:
+            raise ConfigError(f"--granularity {self.granularity} is unknown. "
+                              f"Choose one of: {', '.join(GRANULARITIES)}.")
+
+
+TASKS = ("ioi",)
+
+
+@dataclass
+class CircuitOptions(RunOptions):
+    task: str = option("ioi", f"task ({', '.join(TASKS)})")
+    unit: str = option("head", "unit kind the circuit is made of", choices=("neuron", "head"))
+    methods: tuple[str, ...] = option(
+        ("lrp", "gradient", "activation", "random"),
+        f"comma-separated: {', '.join(CIRCUIT_METHODS)}; the first defines the circuit", flag="--method",
+        parse=name_list)
+    threshold: float = option(0.9, "keep accuracy >= this share of the original")
+    n_reference: int = option(64, "IOI prompts that attribution explains")
+    n_eval: int = option(256, "held-out IOI prompts that accuracy is measured on")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.task not in TASKS:
+            raise ConfigError(f"--task {self.task} is unknown. Available tasks: {', '.join(TASKS)}.")
+        if self.unit not in ("neuron", "head"):
+            raise ConfigError(f"--unit {self.unit}: circuits are found over neuron or head units.")
+        bad = [m for m in self.methods if m not in CIRCUIT_METHODS]
+        if bad or not self.methods:
+            raise ConfigError(f"--method {','.join(bad) or '(none)'}: choose from {', '.join(CIRCUIT_METHODS)}.")
+        if not 0 < self.threshold <= 1:
+            raise ConfigError(f"--threshold must lie in (0, 1], got {self.threshold}.")
+        for flag, n in (("--n-reference", self.n_reference), ("--n-eval", self.n_eval)):
+            if n < 1:
+                raise ConfigError(f"{flag} must be at least 1 prompt, got {n}.")

@@ -1,0 +1,148 @@
+"""The stages that ``audit`` runs and ``correct`` builds on: baseline, reference continuations, contrast sets.
+
+Held-out discipline by construction: the baseline reads only the eval prompts and the general test split;
+the reference stage reads only the reference prompts and the general reference split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from ..attribution import Relevance, Sample
+from ..contrast import Contrast, build_sets, ranking
+from ..errors import ConfigError
+from ..evaluation.behaviour import GenerationCache, Generations, evaluate, generate_and_score
+from ..explain import unit_examples
+from ..io import write_jsonl
+from ..models import LoadedModel
+from ..results import ScorerInfo
+from ..run import Staging
+from ..scorers import Scorer, get_scorer
+from ..selection import exclude_layers, guard
+from ..suite import GenerationSpec, ProbeSuite
+from .common import limited, limited_count
+from .options import BehaviourOptions
+
+
+@dataclass
+class Baseline:
+    """The unpruned model on the held-out eval prompts and the general test text."""
+
+    prompts: list[str]
+    test_text: list[str]
+    metrics: dict[str, Any]
+    generations: Generations
+
+
+def suite_scorer(suite: ProbeSuite) -> Scorer:
+    """The suite's scorer, checked against what the suite asks of it before any work starts."""
+    scorer = get_scorer(suite.scorer.name, **suite.scorer.options)
+    if suite.reference.target == "tokens" and not scorer.localises:
+        raise ConfigError(f"{suite.path.name}: reference.target 'tokens' needs a scorer that says which tokens "
+                          f"carry the behaviour, and the {scorer.name} scorer cannot. Use reference.target: "
+                          "continuation, or a scorer that localises (profanity, toxblock, repetition).")
+    return scorer
+
+
+def scorer_info(scorer: Scorer, suite: ProbeSuite) -> ScorerInfo:
+    """Name, limits and (for toxicity scorers) agreement with Perspective labels, for the report."""
+    info: ScorerInfo = {"name": scorer.name, "description": scorer.description, "limits": scorer.limits,
+                        "threshold": suite.scorer.threshold, "behaviour": scorer.behaviour}
+    if scorer.behaviour == "toxicity" and suite.scorer.validate:
+        from ..scorers.validate import validate_scorer
+
+        info["validation"] = validate_scorer(scorer, suite.scorer.threshold)
+    return info
+
+
+def generation_cache(out: Path, staging: Staging) -> GenerationCache:
+    """The unpruned model's continuations: read from a previous run in ``out``, written into the new one."""
+    return GenerationCache(out, staging.dir)
+
+
+def measure_baseline(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, limit: int | None, seed: int,
+                     cache: GenerationCache) -> Baseline:
+    prompts, test_text = limited(suite.eval_prompts(), limit), suite.general_test()
+    metrics, res = evaluate(lm, lm, suite, scorer, prompts, test_text, seed, cache)
+    return Baseline(prompts, test_text, metrics, res)
+
+
+@dataclass
+class References:
+    """The reference continuations and the contrast built from them."""
+
+    generations: Generations
+    contrast: Contrast
+
+
+def reference_generation(suite: ProbeSuite) -> GenerationSpec:
+    """How reference prompts are continued: the suite's settings, sampled when several per prompt."""
+    r = suite.reference
+    if r.samples_per_prompt == 1:
+        return suite.generation
+    return replace(suite.generation, do_sample=True, num_samples=r.samples_per_prompt, temperature=r.temperature,
+                   top_p=r.top_p)
+
+
+def build_references(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, opt: BehaviourOptions,
+                     cache: GenerationCache, out: Path) -> References:
+    """Continue the reference prompts, then build the general, benign and undesired sets that attribution
+    explains (``contrast.build_sets``); only reference prompts and the general reference part are read."""
+    ref = generate_and_score(lm, suite, scorer, limited(suite.undesired_reference(), opt.limit), opt.seed,
+                             "reference", cache, reference_generation(suite))
+    spec = suite.reference
+    if opt.limit:  # a reduced run asks for as many flagged continuations as it can have
+        spec = replace(spec, undesired_min=min(spec.undesired_min, opt.limit))
+    sets = build_sets(lm.tokenizer, ref, scorer, suite.scorer.threshold, spec,
+                      general_texts=suite.general_reference(), benign_texts=suite.benign_texts(),
+                      general_n=limited_count(spec.general_n, opt.limit), max_tokens=opt.max_tokens)
+    contrast = Contrast(lm.model, sets, suite.contrast.combine, pad_token_id=lm.tokenizer.pad_token_id or 0,
+                        batch_size=opt.batch_size, seed=opt.seed,
+                        gradient_checkpointing=opt.gradient_checkpointing, checkpoint_dir=out)
+    return References(ref, contrast)
+
+
+def write_generations(staging: Staging, name: str, *parts: tuple[Generations, str]) -> None:
+    """``samples.jsonl`` / ``reference_generations.jsonl``: every prompt, continuation and score."""
+    write_jsonl(staging.path(name), (row for res, split in parts for row in res.rows(split)))
+
+
+def explain_units(lm: LoadedModel, top_units: list[dict[str, Any]], sets: dict[str, list[Sample]],
+                  batch_size: int) -> list[dict[str, Any]]:
+    """Token contexts where each listed neuron carried the most relevance, in each set."""
+    if not top_units:
+        return []
+    units = [(u["layer"], u["index"], u["r_diff"]) for u in top_units]
+    return unit_examples(lm.model, lm.tokenizer, units, sets, batch_size=batch_size)
+
+
+@dataclass
+class Ranked:
+    """One method's guarded ranking (lowest first) and what backs it."""
+
+    scores: dict[str, Tensor]
+    relevance: dict[str, Relevance] | None
+    guarded_per_layer: dict[str, list[int]]
+
+
+def rank(c: Contrast, method: str, kind: str, kinds: tuple[str, ...], guard_share: float,
+         exclude: Sequence[int] = ()) -> Ranked:
+    """``method``'s contrast ranking with the general-relevance guard (from its own relevance; the random
+    baseline has none) and the excluded layers ranked last."""
+    r = ranking(method, kind)
+    raw = r.rank(c, kinds)
+    rel = c.computed(r.relevance) if r.relevance else None
+    scores, per_layer = guard(raw, rel["general"].scores if rel else None, guard_share)
+    return Ranked(exclude_layers(scores, kind, exclude), rel, per_layer)
+
+
+def contrast_info(suite: ProbeSuite, c: Contrast, ranked: Ranked) -> dict[str, Any]:
+    """The ``contrast`` section: set sizes, how the undesired samples were found, how sets combine, guard."""
+    return c.sets.info | {"combine": suite.contrast.combine, "guard_share": suite.contrast.guard,
+                          "guarded_per_layer": ranked.guarded_per_layer,
+                          "normalisation": "each set divided by its total |R| per unit kind"}

@@ -1,0 +1,184 @@
+"""The report's charts: matplotlib figures drawn from numbers and returned as inline SVG markup.
+
+Each public function returns the chart as ``Markup`` (safe to embed: drawn here from numbers, and matplotlib escapes
+any text it writes) or None when the data has nothing to draw. The SVG is deterministic for the same input: the
+element ids are salted with the chart's name and the date metadata is dropped.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import re
+from collections.abc import Callable
+from typing import Any
+
+from markupsafe import Markup
+
+from ..metrics import METRIC_KEYS, METRIC_LABELS, metric_ci
+
+_BASE_COLOUR, _CORR_COLOUR = "#8c959f", "#0969da"
+_METHOD_COLOURS = ("#0969da", "#cf222e", "#1a7f37", "#9a6700", "#8250df", "#bf3989", "#57606a")
+
+
+_RC = {"svg.fonttype": "none", "font.size": 8, "axes.titlesize": 8.5, "axes.spines.top": False,
+       "axes.spines.right": False, "axes.edgecolor": "#8c959f", "axes.grid": True, "grid.color": "#eaeef2",
+       "grid.linewidth": 0.6, "axes.axisbelow": True, "legend.frameon": False, "font.family": "DejaVu Sans"}
+
+
+def _figure(name: str) -> Callable[[Callable[..., Any]], Callable[..., Markup | None]]:
+    """Draw a chart under the report style and return it as inline SVG; ``name`` salts its element ids.
+
+    A bare ``Figure`` (no pyplot) touches no global backend or figure registry of the calling process.
+    """
+    def wrap(draw: Callable[..., Any]) -> Callable[..., Markup | None]:
+        @functools.wraps(draw)
+        def chart(*args: Any) -> Markup | None:
+            import matplotlib
+            from matplotlib.figure import Figure
+
+            with matplotlib.rc_context({**_RC, "svg.hashsalt": name}):
+                fig = Figure()
+                if not draw(fig, *args):
+                    return None
+                buf = io.StringIO()
+                fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+            svg = buf.getvalue()
+            svg = re.sub(r"<metadata>.*?</metadata>\s*", "", svg[svg.index("<svg"):], flags=re.S)
+            # safe to embed unescaped: drawn here from numbers, and matplotlib escapes any text it writes
+            return Markup(svg)
+        return chart
+    return wrap
+
+
+def _plot_label(text: Any) -> str:
+    """Plot text from results (method names): short, and no '$' so mathtext never parses it."""
+    return str(text).replace("$", "")[:40]
+
+
+@_figure("metrics")
+def metrics_chart(fig: Any, base: dict[str, Any], corr: dict[str, Any] | None) -> bool:
+    keys = [k for k in METRIC_KEYS if isinstance(base.get(k), int | float)]
+    if not keys:
+        return False
+    rows = (len(keys) + 3) // 4
+    cols = (len(keys) + rows - 1) // rows
+    fig.set_size_inches(2.3 * cols, 1.9 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    series = [("baseline", base, _BASE_COLOUR)] + ([("corrected", corr, _CORR_COLOUR)] if corr else [])
+    for ax, key in zip(axes.flat, keys, strict=False):
+        for i, (name, block, colour) in enumerate(series):
+            val = float(block.get(key, float("nan")))
+            ci = block.get(f"{key}_ci")
+            err = [[max(val - ci[0], 0.0)], [max(ci[1] - val, 0.0)]] if ci else None
+            ax.bar(i, val, width=0.6, color=colour, yerr=err, capsize=3, ecolor="#24292f", label=name)
+        ax.set_xticks(range(len(series)), [s[0] for s in series])
+        tops = [float(b.get(key, 0.0)) for _, b, _ in series] + [
+            c for _, b, _ in series for c in (metric_ci(b, key) or [])]
+        if min(tops) >= 0:
+            ax.set_ylim(0, 1.15 * max(tops) or 1.0)
+        ax.set_title(METRIC_LABELS[key])
+        ax.grid(axis="x", visible=False)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return True
+
+
+@_figure("layers")
+def layer_chart(fig: Any, circuit: dict[str, Any]) -> bool:
+    panels = [(title, rows) for title, rows in (("MLP neurons", circuit.get("per_layer")),
+                                                ("attention heads", (circuit.get("heads") or {}).get("per_layer")))
+              if rows]
+    if not panels:
+        return False
+    from matplotlib.ticker import MaxNLocator
+
+    fig.set_size_inches(4.2 * len(panels), 2.2)
+    axes = fig.subplots(1, len(panels), squeeze=False)
+    for ax, (title, rows) in zip(axes.flat, panels, strict=True):
+        ax.bar([int(r["layer"]) for r in rows], [float(r["abs_share"]) for r in rows], color=_CORR_COLOUR)
+        ax.set_title(f"{title}: share of |R_diff| per layer")
+        ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(axis="x", visible=False)
+    fig.tight_layout()
+    return True
+
+
+@_figure("heatmap")
+def heatmap_chart(fig: Any, grid: Any, n_units: Any) -> bool:
+    import numpy as np
+
+    try:
+        arr = np.abs(np.asarray(grid, dtype=float))
+    except (TypeError, ValueError):
+        return False
+    if arr.ndim != 2 or arr.size == 0 or not np.isfinite(arr).all():
+        return False
+    fig.set_size_inches(7.5, min(0.16 * arr.shape[0] + 1.2, 6.0))
+    ax = fig.subplots()
+    # vector cells, not imshow: a raster would be an embedded data: image the browser still "requests"
+    im = ax.pcolormesh(arr, cmap="Reds", edgecolors="none")
+    layers, bins = arr.shape
+    step = max(1, layers // 12)
+    ax.set_yticks(np.arange(0, layers, step) + 0.5, [str(i) for i in range(0, layers, step)])
+    ax.set_ylabel("layer")
+    if isinstance(n_units, int) and n_units >= bins:  # label bin edges with the neuron index they start at
+        ticks = np.linspace(0, bins, min(bins, 8) + 1)
+        ax.set_xticks(ticks, [str(round(t * n_units / bins)) for t in ticks])
+        ax.set_xlabel(f"MLP neuron index ({bins} bins of {n_units // bins})")
+    else:
+        ax.set_xlabel("MLP neuron bin")
+    ax.grid(False)
+    bar = fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01)
+    bar.solids.set_rasterized(False)
+    bar.set_label("|sum of negative R_diff|")
+    fig.tight_layout()
+    return True
+
+
+@_figure("tradeoff")
+def tradeoff_chart(fig: Any, rows: list[dict[str, Any]], base: dict[str, Any]) -> bool:
+    ys = [k for k in ("toxicity_rate", "toxicity_mean") if any(isinstance(r.get(k), int | float) for r in rows)]
+    if not ys or not any(isinstance(r.get("perplexity"), int | float) for r in rows):
+        return False
+    methods = list(dict.fromkeys(str(r.get("method")) for r in rows))
+    fig.set_size_inches(4.1 * len(ys) + 1.2, 2.8)
+    axes = fig.subplots(1, len(ys), squeeze=False)
+    for ax, key in zip(axes.flat, ys, strict=True):
+        for i, method in enumerate(methods):
+            pts = sorted((r.get("k") or 0, r["perplexity"], r[key]) for r in rows
+                         if str(r.get("method")) == method and isinstance(r.get(key), int | float)
+                         and isinstance(r.get("perplexity"), int | float))
+            colour = _METHOD_COLOURS[i % len(_METHOD_COLOURS)]
+            ax.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", ms=4, lw=1.2, color=colour,
+                    label=_plot_label(method), alpha=0.85)
+        if isinstance(base.get(key), int | float) and isinstance(base.get("perplexity"), int | float):
+            ax.plot([base["perplexity"]], [base[key]], marker="*", ms=10, color="#24292f", ls="none",
+                    label="baseline (unpruned)")
+        ax.set_xlabel("perplexity on general text (lower is better)")
+        ax.set_ylabel(METRIC_LABELS[key].lower())
+        if key == "toxicity_rate":
+            ax.set_ylim(bottom=0)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return True
+
+
+@_figure("curves")
+def curves_chart(fig: Any, curves: dict[str, list[dict[str, float]]], x: str, y: str, ylabel: str) -> bool:
+    """One line per method, e.g. IOI accuracy against the share of units pruned."""
+    if not curves:
+        return False
+    fig.set_size_inches(5.4, 2.9)
+    ax = fig.subplots()
+    for i, (method, points) in enumerate(curves.items()):
+        ax.plot([p[x] for p in points], [p[y] for p in points], marker="o", ms=3, lw=1.2,
+                color=_METHOD_COLOURS[i % len(_METHOD_COLOURS)], label=_plot_label(method))
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    return True

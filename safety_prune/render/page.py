@@ -1,0 +1,649 @@
+"""Render a run's ``results.json`` (and samples) into one self-contained, escaped HTML page.
+
+Every number on the page comes from ``results.json``; model and user text is always escaped (jinja2
+autoescape, no ``|safe`` on such text) and the page loads nothing from anywhere: inline CSS, plots as
+inline SVG drawn from numbers (``charts.py``), and a CSP meta tag that forbids every fetch. Re-rendering needs
+only the run directory, never the model, so a report can be rebuilt or compared long after the run.
+
+A results file read from disk is checked before anything is drawn: every way it can be unusable (not JSON,
+another schema, a wrong type under a key the page reads, a NaN) is one ResultsError that names the file, the
+key and the fix, never a traceback from deep inside the renderer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from .. import __version__
+from ..errors import ConfigError, OutputError, ResultsError
+from ..gate import (
+    SOURCE_FAIL_ON,
+    SOURCE_THRESHOLDS,
+    check_expr,
+    evaluate_gate,
+    parse_expr,
+    threshold_exprs,
+)
+from ..io import write_text
+from ..metrics import METRIC_KEYS, METRIC_LABELS, METRICS, metric_ci
+from ..resources import resource_dir
+from ..run import SCHEMA_VERSION
+from .charts import curves_chart, heatmap_chart, layer_chart, metrics_chart, tradeoff_chart
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_N_EXAMPLES = 12
+
+RUN_FILES = ("results.json", "samples.jsonl", "report.html", "reference_generations.jsonl", "circuit.json",
+             "relevance.safetensors", "masks.json", "masks.safetensors")
+"""The files a job writes into its run directory; a comparison page may never replace one of them."""
+
+COMPARE_NAME = "compare.html"
+"""The file name ``render_compare`` writes inside a directory given as its output."""
+
+_TASK_JOBS = ("compress", "circuit")
+_REQUIRED = ("job", "model", "probe", "scorer", "baseline", "manifest")
+
+
+# ------------------------------------------------------------------------------------ results checking
+#
+# A small declarative description of what the page reads from results.json. Keys not listed are not read
+# (or read tolerantly) and are not checked; listed keys must have the stated JSON type.
+
+_NUM, _TEXT, _BOOL, _SCALAR, _ANY = "number", "string", "boolean", "scalar", "any"
+
+
+@dataclass
+class _Obj:
+    fields: dict[str, tuple[Any, bool]]  # name -> (spec, required)
+    what: str = "an object"
+    empty_ok: bool = False  # an empty object stands for "none" (the page tests it for truth first)
+
+
+@dataclass
+class _List:
+    item: Any
+    length: int | None = None
+    what: str = "an array"
+
+
+@dataclass
+class _Map:
+    value: Any
+
+
+@dataclass
+class _Opt:
+    spec: Any
+
+
+@dataclass(eq=False)
+class _Invalid(Exception):
+    """Internal: ``key`` (a dotted path) ``problem``; the loaders turn it into a ResultsError naming the file."""
+
+    key: str
+    problem: str
+
+
+_CI = _Opt(_List(_NUM, length=2, what="a pair of numbers [low, high]"))
+_PAIRED = _Obj({k: (_NUM, True) for k in ("delta", "ci_low", "ci_high", "p_value")},
+               what='an object of numbers {"delta", "ci_low", "ci_high", "p_value"}')
+_BLOCK = _Obj({**{k: (_NUM, False) for k in METRIC_KEYS}, **{f"{k}_ci": (_CI, False) for k in METRIC_KEYS},
+               "k": (_Opt(_NUM), False), "paired_vs_baseline": (_PAIRED, False),
+               "paired_vs_random": (_PAIRED, False)},
+              what='an object of metrics, e.g. {"toxicity_rate": 0.02, "toxicity_rate_ci": [0.01, 0.03]}')
+_ROW = _Obj({**{k: (_Opt(_NUM), False) for k in METRIC_KEYS}, **{f"{k}_ci": (_CI, False) for k in METRIC_KEYS},
+             "k": (_Opt(_NUM), False), "paired_vs_baseline": (_Opt(_PAIRED), False),
+             "paired_vs_random": (_Opt(_PAIRED), False)})
+_UNITS = _Opt(_List(_Obj({"r_diff": (_ANY, True)})))
+_PER_LAYER = _Opt(_List(_Obj({"layer": (_NUM, True), "abs_share": (_NUM, True)})))
+_SHA = _Opt(_Map(_ANY))
+_LIMITS = ("ppl_rise", "distinct2_drop", "continuation_ppl_rise")
+_SEARCH_ROW = _Obj({**{k: (_ANY, True) for k in ("k", "scale", "behaviour_mean", "behaviour_rate", "perplexity",
+                                                 "distinct2", "continuation_perplexity")},
+                    "violations": (_List(_ANY), True)})
+_VALIDATION_SELECTION = ("intervention", "split", "limits", "feasible")  # what rule "validation" is shown with
+_RESULTS = _Obj({
+    "job": (_TEXT, True),
+    "model": (_Obj({"name": (_SCALAR, True), "spec": (_SCALAR, True)}), True),
+    "probe": (_Obj({"name": (_SCALAR, True), "description": (_ANY, True), "n_eval_prompts": (_ANY, True),
+                    "generation": (_Map(_ANY), False), "thresholds": (_Opt(_Map(_NUM)), False)}), True),
+    "scorer": (_Obj({"name": (_SCALAR, True), "description": (_ANY, True), "limits": (_ANY, True),
+                     "threshold": (_ANY, True), "validation": (_Opt(_Map(_ANY)), False)}), True),
+    "baseline": (_BLOCK, True),
+    "corrected": (_Opt(_BLOCK), False),
+    "manifest": (_Obj({"model_sha256": (_SHA, False), "data_sha256": (_SHA, False), "versions": (_SHA, False)}),
+                 True),
+    "gate": (_Opt(_Obj({"passed": (_BOOL, True), "source": (_TEXT, True), "target": (_TEXT, True),
+                        "checks": (_List(_Obj({"expr": (_TEXT, True), "value": (_ANY, True)})), True)})), False),
+    "circuit": (_Opt(_Obj({"top_units": (_UNITS, False), "per_layer": (_PER_LAYER, False),
+                           "heads": (_Opt(_Obj({"top_units": (_UNITS, False), "per_layer": (_PER_LAYER, False)})),
+                                     False),
+                           "conservation_ratio": (_Opt(_Map(_ANY)), False)})), False),
+    "pruned": (_Opt(_Obj({"units": (_Opt(_List(_SCALAR)), False), "count": (_ANY, True), "unit": (_ANY, True)},
+                         empty_ok=True)), False),
+    "selection": (_Opt(_Obj({"rule": (_ANY, True), "intervention": (_Obj({"kind": (_ANY, True)}), False),
+                             "split": (_Obj({"n_prompts": (_ANY, True), "n_tokens": (_ANY, True)}), False),
+                             "limits": (_Obj({k: (_NUM, True) for k in _LIMITS}), False),
+                             "search": (_List(_SEARCH_ROW), False)}, empty_ok=True)), False),
+    "comparison": (_Opt(_List(_ROW)), False),
+    "unit_examples": (_Opt(_List(_Obj({"undesired": (_Opt(_List(_ANY)), False),
+                                       "general": (_Opt(_List(_ANY)), False)}))), False),
+})
+_SAMPLE = _Obj({"score": (_Opt(_NUM), False), "prompt_index": (_SCALAR, False), "sample": (_SCALAR, False)})
+
+
+def _join(key: str, name: str | int) -> str:
+    if isinstance(name, int):
+        return f"{key}[{name}]"
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        return f"{key}[{name!r}]"
+    return f"{key}.{name}" if key else name
+
+
+def _describe(spec: Any) -> str:
+    if isinstance(spec, _Opt):
+        return f"{_describe(spec.spec)} or null"
+    if isinstance(spec, _Obj | _List):
+        return spec.what
+    if isinstance(spec, _Map):
+        return "an object"
+    return {_NUM: "a number", _TEXT: "a string", _BOOL: "true or false",
+            _SCALAR: "a single value (not an array or object)", _ANY: "any value"}[spec]
+
+
+def _found(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}{'...' if len(value) > 40 else ''}"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _shallow_ok(value: Any, spec: Any) -> bool:
+    if isinstance(spec, _Opt):
+        return value is None or _shallow_ok(value, spec.spec)
+    if isinstance(spec, _Obj | _Map):
+        return isinstance(value, dict)
+    if isinstance(spec, _List):
+        return isinstance(value, list) and (spec.length is None or len(value) == spec.length)
+    if spec == _NUM:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if spec == _TEXT:
+        return isinstance(value, str)
+    if spec == _BOOL:
+        return isinstance(value, bool)
+    if spec == _SCALAR:
+        return not isinstance(value, dict | list)
+    return True
+
+
+def _validate(value: Any, spec: Any, key: str) -> None:
+    if not _shallow_ok(value, spec):
+        raise _Invalid(key, f"is {_found(value)}, but must be {_describe(spec)}")
+    if isinstance(spec, _Opt):
+        if value is None:
+            return
+        spec = spec.spec
+    if isinstance(spec, _Obj) and (value or not spec.empty_ok):
+        for name, (sub, required) in spec.fields.items():
+            if name in value:
+                _validate(value[name], sub, _join(key, name))
+            elif required:
+                raise _Invalid(key, f"has no {name!r}, which the report needs")
+    elif isinstance(spec, _Map):
+        for name, sub in value.items():
+            _validate(sub, spec.value, _join(key, name))
+    elif isinstance(spec, _List):
+        for i, item in enumerate(value):
+            _validate(item, spec.item, _join(key, i))
+
+
+def _non_finite(value: Any, key: str) -> None:
+    """NaN or infinity anywhere: the writers refuse them (JSON has no such numbers), so the file was edited."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Invalid(key, f"is {value} (not a finite number; safety-prune never writes NaN or infinity)")
+    if isinstance(value, dict):
+        for name, sub in value.items():
+            _non_finite(sub, _join(key, name))
+    elif isinstance(value, list):
+        for i, sub in enumerate(value):
+            _non_finite(sub, _join(key, i))
+
+
+def _consistent(results: dict[str, Any]) -> None:
+    """What the page needs beyond types: keys that depend on others, and every gated metric measured."""
+    model, selection, gate = results["model"], results.get("selection"), results.get("gate")
+    if "n_layers" in model:
+        for name in ("n_neurons_per_layer", "n_heads"):
+            if name not in model:
+                raise _Invalid("model", f"has n_layers but no {name!r}, which the report shows with it")
+    if isinstance(results.get("corrected"), dict) and "method" not in results:
+        raise _Invalid("corrected", "is present but the run records no 'method', which the report shows with it")
+    if selection and selection.get("rule") == "validation":
+        for name in _VALIDATION_SELECTION:
+            if name not in selection:
+                raise _Invalid("selection", f"has rule 'validation' but no {name!r}, which the report shows with it")
+        if not isinstance(results["probe"].get("behaviour"), dict) or "metric" not in results["probe"]["behaviour"]:
+            raise _Invalid("probe", "has no 'behaviour' object with a 'metric', which the report names for a "
+                                    "selection by rule 'validation'")
+    gated = [(f"probe.thresholds.{expr.split('>')[0]}", expr, SOURCE_THRESHOLDS) for expr in threshold_exprs(results)]
+    for i, check in enumerate((gate or {}).get("checks", [])):
+        gated.append((f"gate.checks[{i}].expr", check["expr"], gate["source"]))
+    blocks = ["baseline"] + (["corrected"] if isinstance(results.get("corrected"), dict) else [])
+    for key, expr, source in gated:
+        try:
+            metric = parse_expr(expr, source)[0]
+        except ConfigError as exc:
+            raise _Invalid(key, f"is not a usable gate expression ({exc})") from None
+        for block in blocks:
+            if metric not in results[block]:
+                raise _Invalid(_join(block, metric), f"is missing, but {key} ({expr!r}) gates on it")
+
+
+def _unusable(path: Path, key: str, problem: str) -> ResultsError:
+    return ResultsError(f"{path}: {key} {problem}. The file was edited by hand or damaged: correct that value, "
+                        "restore the file from a copy, or rerun the job that wrote it.")
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+def load_results(run_dir: str | Path) -> dict[str, Any]:
+    """Read ``RUN_DIR/results.json``; every way it can be unusable becomes one ResultsError naming the fix."""
+    run_dir = Path(run_dir)
+    path = run_dir / "results.json"
+    if not run_dir.is_dir():
+        raise ResultsError(f"Run directory {run_dir} does not exist or is not a directory. Pass the folder "
+                           "that was given as --out to `safety-prune audit` or `safety-prune correct`.")
+    if not path.is_file():
+        raise ResultsError(f"{run_dir} has no results.json, so it is not a finished safety-prune run (a failed "
+                           "run leaves nothing behind). Pass the folder that was given as --out to a completed "
+                           "`safety-prune audit` or `safety-prune correct`, or rerun the job.")
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ResultsError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}). The "
+                           "file was truncated or edited by hand; restore it from a copy or rerun the job that "
+                           "wrote it.") from None
+    except UnicodeDecodeError as exc:
+        raise ResultsError(f"{path} is not UTF-8 text (byte {exc.start}). Restore it from a copy or rerun the "
+                           "job that wrote it.") from None
+    except RecursionError:
+        raise ResultsError(f"{path} is nested too deeply to be a results file. Restore it from a copy or rerun "
+                           "the job that wrote it.") from None
+    except OSError as exc:
+        raise ResultsError(f"{path} cannot be read ({exc.strerror or exc}). Check its permissions.") from None
+    if not isinstance(results, dict):
+        raise ResultsError(f"{path} holds a JSON {type(results).__name__}, not an object. Restore it from a "
+                           "copy or rerun the job that wrote it.")
+    found = results.get("schema_version")
+    if found != SCHEMA_VERSION:
+        raise ResultsError(f"{path} has results schema_version {found!r}, but safety-prune {__version__} reads "
+                           f"schema_version {SCHEMA_VERSION} only (incompatible schema). Render it with the "
+                           "safety-prune version that wrote it (see manifest.versions in the file), or rerun "
+                           "the job with this version.")
+    if results.get("job") in _TASK_JOBS:
+        raise ResultsError(f"{path} is from a `safety-prune {results['job']}` run; `safety-prune report` re-renders "
+                           f"audit and correct runs only. The {results['job']} job wrote its own report.html "
+                           "into the run directory; rerun the job to rebuild it.")
+    missing = [k for k in _REQUIRED if k not in results]
+    if missing:
+        raise ResultsError(f"{path} lacks the key(s) {', '.join(missing)} that every run writes. Restore it "
+                           "from a copy or rerun the job that wrote it.")
+    try:
+        _non_finite(results, "")
+        _validate(results, _RESULTS, "")
+        _consistent(results)
+    except _Invalid as bad:
+        raise _unusable(path, bad.key, bad.problem) from None
+    except RecursionError:
+        raise ResultsError(f"{path} is nested too deeply to be a results file. Restore it from a copy or rerun "
+                           "the job that wrote it.") from None
+    return results
+
+
+def load_samples(path: Path) -> list[dict[str, Any]]:
+    """Rows of ``samples.jsonl``; a missing file gives no examples, a damaged line is an error."""
+    if not path.is_file():
+        return []
+    fix = "Restore the file or delete it to render the report without examples."
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ResultsError(f"{path} is not UTF-8 text (byte {exc.start}). {fix}") from None
+    except OSError as exc:
+        raise ResultsError(f"{path} cannot be read ({exc.strerror or exc}). Check its permissions, or delete it "
+                           "to render the report without examples.") from None
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ResultsError(f"{path} line {lineno}, column {exc.colno} is not valid JSON ({exc.msg}). "
+                               f"{fix}") from None
+        except RecursionError:
+            raise ResultsError(f"{path} line {lineno} is nested too deeply to be a sample. {fix}") from None
+        if isinstance(row, dict):
+            try:
+                _non_finite(row, "")
+                _validate(row, _SAMPLE, "")
+            except _Invalid as bad:
+                raise ResultsError(f"{path} line {lineno}: {bad.key} {bad.problem}. {fix}") from None
+            rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- view model
+
+def _visible(text: Any) -> str:
+    """Model text with control characters shown as Unicode control pictures instead of silently dropped."""
+    return _CONTROL.sub(lambda m: chr(0x2400 + ord(m.group()) if ord(m.group()) < 0x20 else 0x2421),
+                        "" if text is None else str(text))
+
+
+def signal(ci_a: Sequence[float] | None, ci_b: Sequence[float] | None) -> str:
+    """The page's significance note: separate 95% intervals are 'likely different', overlapping are noise."""
+    if not ci_a or not ci_b:
+        return "no interval"
+    return "likely different" if ci_a[1] < ci_b[0] or ci_b[1] < ci_a[0] else "within noise"
+
+
+def _metric_rows(base: dict[str, Any], corr: dict[str, Any] | None) -> list[dict[str, Any]]:
+    rows = []
+    for key, label, help_, better in METRICS:
+        if not isinstance(base.get(key), int | float):
+            continue
+        row = {"key": key, "label": label, "help": help_, "better": better, "base": base[key],
+               "base_ci": metric_ci(base, key), "corr": None, "corr_ci": None, "delta": None, "rel": None,
+               "signal": None, "good": None}
+        if corr and isinstance(corr.get(key), int | float):
+            delta = corr[key] - base[key]
+            row |= {"corr": corr[key], "corr_ci": metric_ci(corr, key), "delta": delta,
+                    "rel": delta / abs(base[key]) if base[key] else None,
+                    "signal": signal(metric_ci(base, key), metric_ci(corr, key)),
+                    "good": None if delta == 0 else (delta < 0) == (better == "lower")}
+        rows.append(row)
+    return rows
+
+
+def _verdict(results: dict[str, Any]) -> dict[str, Any]:
+    """Every threshold and gate expression evaluated before and after correction, plus the overall call."""
+    gate = results.get("gate") if isinstance(results.get("gate"), dict) else None
+    if gate is None:
+        gate = evaluate_gate(results, [])
+    probe_exprs = threshold_exprs(results)
+    gate_exprs = [c["expr"] for c in gate.get("checks", [])]
+    gate_source = gate.get("source", SOURCE_FAIL_ON)
+    corr = results.get("corrected") if isinstance(results.get("corrected"), dict) else None
+    rows = []
+    for expr in dict.fromkeys(probe_exprs + gate_exprs):
+        source = SOURCE_THRESHOLDS if expr in probe_exprs else gate_source  # words any error by its origin
+        base = check_expr(results["baseline"], expr, "baseline", source)
+        rows.append({"expr": expr, "label": METRIC_LABELS.get(base["metric"], expr),
+                     "from_gate": expr in gate_exprs, "from_probe": expr in probe_exprs, "base": base,
+                     "corr": check_expr(corr, expr, "corrected", source) if corr else None})
+    before = not any(r["base"]["failed"] for r in rows)
+    after = None if corr is None else not any(r["corr"]["failed"] for r in rows)
+    return {"rows": rows, "gate": gate, "passed": bool(gate.get("passed")), "before": before, "after": after,
+            "unsettled": [r["expr"] for r in rows if (r["corr"] or r["base"])["settled"] is False]}
+
+
+def _unit_name(layer: Any, index: Any, kind: str) -> str:
+    return f"L{layer}.mlp.neuron[{index}]" if kind == "neuron" else f"L{layer}.attn.head[{index}]"
+
+
+def _circuit(results: dict[str, Any]) -> dict[str, Any] | None:
+    circuit = results.get("circuit")
+    if not isinstance(circuit, dict) or not circuit:
+        return None
+    pruned = set((results.get("pruned") or {}).get("units") or [])
+    units = [{"name": _unit_name(u.get("layer"), u.get("index"), "neuron"), **u}
+             for u in circuit.get("top_units") or []]
+    heads = [{"name": _unit_name(u.get("layer"), u.get("index"), "head"), **u}
+             for u in (circuit.get("heads") or {}).get("top_units") or []]
+    for u in units + heads:
+        u["pruned"] = u["name"] in pruned
+    grid = results.get("circuit_heatmap")
+    keys = ("method", "variant", "n_undesired", "n_general", "normalisation", "conservation_ratio")
+    return {"c": {k: circuit.get(k) for k in keys}, "units": units, "heads": heads,
+            "heatmap": heatmap_chart(grid, results.get("model", {}).get("n_neurons_per_layer")) if grid else None,
+            "layer_chart": layer_chart(circuit)}
+
+
+def _unit_examples(results: dict[str, Any]) -> list[dict[str, Any]]:
+    def ctx(items: Any) -> list[dict[str, Any]]:
+        return [{"left": _visible(c.get("left")), "token": _visible(c.get("token")), "right": _visible(c.get("right")),
+                 "relevance": c.get("relevance")} for c in items or [] if isinstance(c, dict)]
+
+    return [{"unit": str(u.get("unit", "?")), "r_diff": u.get("r_diff"), "undesired": ctx(u.get("undesired")),
+             "general": ctx(u.get("general"))}
+            for u in results.get("unit_examples") or [] if isinstance(u, dict)]
+
+
+def _examples(results: dict[str, Any], samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Baseline and corrected continuations of the same prompts, most toxic first."""
+    splits = {str(r.get("split")) for r in samples}
+    method = results.get("method")
+    corr_split = f"corrected:{method}" if f"corrected:{method}" in splits else next(
+        (s for s in sorted(splits) if s.startswith("corrected:")), None)
+    pairs: dict[tuple[Any, Any], dict[str, Any]] = {}
+    for r in samples:
+        side = "base" if r.get("split") == "baseline" else "corr" if r.get("split") == corr_split else None
+        if side is None:
+            continue
+        pair = pairs.setdefault((r.get("prompt_index"), r.get("sample", 0)),
+                                {"prompt_index": r.get("prompt_index"), "sample": r.get("sample", 0),
+                                 "prompt": _visible(r.get("prompt")), "base": None, "corr": None})
+        pair[side] = {"text": _visible(r.get("continuation")), "score": r.get("score")}
+
+    def worst(p: dict[str, Any]) -> float:
+        return max((float(p[s]["score"]) for s in ("base", "corr") if p[s] and p[s].get("score") is not None),
+                   default=0.0)
+
+    ordered = sorted(pairs.values(), key=lambda p: (-worst(p), str(p["prompt_index"])))
+    return {"rows": ordered[:_N_EXAMPLES], "total": len(ordered), "method": corr_split.split(":", 1)[1]
+            if corr_split else None}
+
+
+def _started(manifest: dict[str, Any]) -> str | None:
+    ts = manifest.get("started_unix")
+    if not isinstance(ts, int | float):
+        return None
+    try:
+        return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    except (OverflowError, OSError, ValueError):  # a time no calendar date fits: shown as unknown, like a text
+        return None
+
+
+def _command(manifest: dict[str, Any]) -> str:
+    cmd = manifest.get("command")
+    return shlex.join(str(c) for c in cmd) if isinstance(cmd, list) else str(cmd or "unknown")
+
+
+_ROW_KEYS = ("method", "k", "fraction", "toxicity_rate", "toxicity_mean", "perplexity", "distinct2",
+             "continuation_perplexity", "paired_vs_baseline", "paired_vs_random")
+_MANIFEST_KEYS = ("seed", "git_commit", "platform", "duration_s", "model_sha256", "data_sha256", "versions")
+
+
+def _view(results: dict[str, Any], samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Everything the template shows, with optional keys filled in so the template never guesses."""
+    base = results["baseline"]
+    corr = results.get("corrected") if isinstance(results.get("corrected"), dict) else None
+    comparison = [{k: r.get(k) for k in _ROW_KEYS} for r in results.get("comparison") or [] if isinstance(r, dict)]
+    manifest = {k: (results.get("manifest") or {}).get(k) for k in _MANIFEST_KEYS}
+    return {
+        "r": results, "job": results.get("job"), "corr": corr, "manifest": manifest,
+        "started": _started(results["manifest"]), "command": _command(results["manifest"]),
+        "verdict": _verdict(results),
+        "metrics": _metric_rows(base, corr), "metrics_chart": metrics_chart(base, corr),
+        "circuit": _circuit(results), "unit_examples": _unit_examples(results),
+        "comparison": comparison, "tradeoff_chart": tradeoff_chart(comparison, base) if comparison else None,
+        "selected_k": (corr or {}).get("k"), "pruned": results.get("pruned"), "selection": results.get("selection"),
+        "examples": _examples(results, samples), "validation": (results.get("scorer") or {}).get("validation"),
+        "version": __version__,
+    }
+
+
+# ------------------------------------------------------------------------------------------- templates
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int) or (value == int(value) and abs(value) >= 1000):
+        return f"{value:,.0f}"
+    return f"{value:.{digits}g}"
+
+
+def _signed(value: Any, digits: int = 3) -> str:
+    if not isinstance(value, int | float):
+        return "n/a"
+    return "0" if value == 0 else f"{value:+.{digits}g}".replace("-", "\u2212")
+
+
+def _pct(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "n/a"
+    return "0%" if value == 0 else f"{100 * value:+.{1 if abs(value) >= 0.001 else 2}f}%".replace("-", "\u2212")
+
+
+def _env() -> Environment:
+    env = Environment(loader=FileSystemLoader(str(resource_dir("reports"))),
+                      autoescape=select_autoescape(default=True, default_for_string=True),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters |= {"num": _fmt, "signed": _signed, "pct": _pct}
+    return env
+
+
+def _write_page(out: Path, html: str) -> None:
+    """Write a page the user asked for; an unusable location is an OutputError, not a traceback."""
+    try:
+        write_text(out, html)
+    except OSError as exc:
+        raise OutputError(f"Cannot write {out} ({exc.strerror or exc}). Choose a writable location.") from None
+
+
+def render_report(results: dict[str, Any], samples_path: Path, out_path: Path) -> None:
+    """Write ``report.html`` for one run (the pipeline calls this while staging the run)."""
+    html = _env().get_template("report.html.j2").render(**_view(results, load_samples(Path(samples_path))))
+    write_text(out_path, html)
+
+
+def render_run(run_dir: str | Path, fail_on: Sequence[str] | None = None) -> Path:
+    """Re-render ``RUN_DIR/report.html`` from results.json and samples.jsonl alone; no model is loaded.
+
+    With ``fail_on``, the gate is re-evaluated for the page (results.json is left as the run wrote it).
+    """
+    run_dir = Path(run_dir)
+    results = load_results(run_dir)
+    if fail_on:
+        results = {**results, "gate": evaluate_gate(results, fail_on)}
+    out = run_dir / "report.html"
+    html = _env().get_template("report.html.j2").render(**_view(results, load_samples(run_dir / "samples.jsonl")))
+    _write_page(out, html)
+    return out
+
+
+def _changes(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+    """What differs between two runs' inputs: one row per compared field, changed ones flagged."""
+    ma, mb = a.get("manifest") or {}, b.get("manifest") or {}
+    rows: list[tuple[str, Any, Any]] = [
+        ("job", a.get("job"), b.get("job")),
+        ("model", (a.get("model") or {}).get("spec"), (b.get("model") or {}).get("spec")),
+        ("model name", (a.get("model") or {}).get("name"), (b.get("model") or {}).get("name")),
+        ("probe suite", (a.get("probe") or {}).get("name"), (b.get("probe") or {}).get("name")),
+        ("scorer", (a.get("scorer") or {}).get("name"), (b.get("scorer") or {}).get("name")),
+        ("method", a.get("method"), b.get("method")),
+        ("pruned units", (a.get("pruned") or {}).get("count"), (b.get("pruned") or {}).get("count")),
+        ("seed", ma.get("seed"), mb.get("seed")),
+        ("git commit", ma.get("git_commit"), mb.get("git_commit")),
+        ("command", _command(ma), _command(mb)),
+    ]
+    for key, label in (("model_sha256", "model file"), ("data_sha256", "data file"), ("versions", "version of")):
+        da, db = ma.get(key) or {}, mb.get(key) or {}
+        rows += [(f"{label} {name}", da.get(name), db.get(name)) for name in dict.fromkeys([*da, *db])]
+    return [{"field": f, "a": va, "b": vb, "changed": va != vb} for f, va, vb in rows]
+
+
+def _compare_metrics(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+    blocks = [("baseline", "before correction")] + (
+        [("corrected", "after correction")] if isinstance(a.get("corrected"), dict)
+        and isinstance(b.get("corrected"), dict) else [])
+    out = []
+    for block, title in blocks:
+        rows = []
+        for key, label, _help, better in METRICS:
+            va, vb = a[block].get(key), b[block].get(key)
+            if not isinstance(va, int | float) or not isinstance(vb, int | float):
+                continue
+            rows.append({"label": label, "better": better, "a": va, "b": vb, "a_ci": metric_ci(a[block], key),
+                         "b_ci": metric_ci(b[block], key), "delta": vb - va,
+                         "signal": signal(metric_ci(a[block], key), metric_ci(b[block], key))})
+        out.append({"block": block, "title": title, "rows": rows})
+    return out
+
+
+def _compare_target(out_path: str | Path, run_a: str | Path, run_b: str | Path) -> Path:
+    """Where the comparison page goes: ``out_path``, or ``out_path/compare.html`` for an existing directory.
+
+    Refused: a run's own file (``RUN_FILES``) in run A, run B or any other run directory (one holding a
+    results.json), and a directory where the page itself would go.
+    """
+    out = Path(out_path)
+    if out.is_dir():
+        out = out / COMPARE_NAME
+        if out.is_dir():
+            raise OutputError(f"{out_path} is a directory and {out} is one too, so there is nowhere to write the "
+                              f"comparison page. Give a file path, e.g. {Path(run_b) / COMPARE_NAME}.")
+    folder = out.parent.resolve()  # the last component is replaced, never followed, so it is not resolved
+    runs = {Path(run_a).resolve(): "run A", Path(run_b).resolve(): "run B"}
+    if out.name in RUN_FILES and (folder in runs or (folder / "results.json").is_file()):
+        which = f"{runs[folder]} ({folder})" if folder in runs else f"the run in {folder}"
+        raise OutputError(f"The comparison page {out} would replace {out.name} of {which}, which is part of that "
+                          f"run. Write the page elsewhere, e.g. {Path(run_b) / COMPARE_NAME} (the default) or a "
+                          "path outside the run directories.")
+    return out
+
+
+def render_compare(run_a: str | Path, run_b: str | Path, out_path: str | Path) -> Path:
+    """Write a page showing what changed between two runs and each metric side by side with a noise note.
+
+    ``out_path`` is the page's file; an existing directory gets ``compare.html`` inside it. A file a run consists
+    of (results.json, samples.jsonl, report.html, ... in run A, run B or another run directory) is refused with
+    an OutputError, as is any location that cannot be written. Returns the path written.
+    """
+    a, b = load_results(run_a), load_results(run_b)
+    out = _compare_target(out_path, run_a, run_b)
+    changes = _changes(a, b)
+    html = _env().get_template("compare.html.j2").render(
+        a=a, b=b, dir_a=str(run_a), dir_b=str(run_b), changes=changes, n_changed=sum(c["changed"] for c in changes),
+        blocks=_compare_metrics(a, b), verdict_a=_verdict(a), verdict_b=_verdict(b), version=__version__)
+    _write_page(out, html)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- task jobs
+
+def render_task_report(results: dict[str, Any], out_path: Path) -> None:
+    """Report for the ``compress`` and ``circuit`` jobs: settings, the method table and curves, provenance."""
+    curves = results.get("curves") or {}
+    chart = curves_chart(curves, "fraction_pruned", "accuracy", "task accuracy") if curves else None
+    manifest = {k: (results.get("manifest") or {}).get(k) for k in _MANIFEST_KEYS}
+    html = _env().get_template("task.html.j2").render(
+        r=results, job=results.get("job"), chart=chart, manifest=manifest, command=_command(results["manifest"]),
+        started=_started(results["manifest"]), version=__version__)
+    write_text(out_path, html)

@@ -1,0 +1,187 @@
+"""Choosing which units to remove: a count, a sparsity, or a perplexity-budget search, with guards.
+
+Everything here reads only what the caller passes in: the job hands it the general *validation* text, never
+the test split or the eval prompts, so selection cannot see the data its result is measured on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .attribution import Relevance
+from .contrast import contrast_scores
+from .errors import ConfigError
+from .evaluation import perplexity
+from .models import LoadedModel
+from .pruning import Unit, count_units, masked, pruned_copy, select
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchText:
+    """Validation text for selection-time perplexity: the texts and the window settings of the suite."""
+
+    texts: list[str]
+    max_length: int
+
+
+def validation_text(lm: LoadedModel, text: SearchText, n_tokens: int) -> str:
+    """The first ``n_tokens`` tokens of the validation documents, as one text."""
+    ids = lm.tokenizer("\n\n".join(text.texts), add_special_tokens=False)["input_ids"][:n_tokens]
+    return lm.tokenizer.decode(ids)
+
+
+def validation_perplexity(lm: LoadedModel, model: torch.nn.Module, text: SearchText, n_tokens: int) -> float:
+    """Perplexity of ``model`` on the first ``n_tokens`` tokens of the validation text, in disjoint windows."""
+    return perplexity(model, lm.tokenizer, [validation_text(lm, text, n_tokens)], max_length=text.max_length,
+                      stride=text.max_length, device=model.device).perplexity
+
+
+def exclude_layers(scores: dict[str, torch.Tensor], kind: str, layers: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Rank every unit of ``layers`` after all others, so they are never chosen before the rest."""
+    layers = list(layers)
+    if not layers:
+        return scores
+    if kind == "weight":
+        raise ConfigError("--exclude-layers applies to neuron and head units.")
+    n_layers = scores[kind].shape[0]
+    if any(not 0 <= layer < n_layers for layer in layers):
+        raise ConfigError(f"--exclude-layers {layers}: this model has layers 0..{n_layers - 1}.")
+    out = {k: v.clone() for k, v in scores.items()}
+    out[kind][layers] = float(out[kind].max()) + 1.0
+    return out
+
+
+def guard(scores: dict[str, torch.Tensor], general: dict[str, torch.Tensor] | None, share: float
+          ) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
+    """Never candidates: the top ``share`` of units of each kind by |relevance on general text|.
+
+    General text needs them (token detectors, output neurons), so a contrast that ranks them high is
+    reading style, not the behaviour. They are ranked after every other unit. Returns the guarded scores
+    and, per kind, how many guarded units sit in each layer (for the report).
+    """
+    if not general or share <= 0:
+        return scores, {}
+    out, per_layer = {k: v.clone() for k, v in scores.items()}, {}
+    for kind in ("neuron", "head"):
+        if kind not in out or kind not in general:
+            continue
+        g = general[kind].abs().flatten()
+        n = math.ceil(share * g.numel())
+        top = torch.topk(g, n).indices
+        flat = out[kind].view(-1)
+        flat[top] = float(flat.max()) + 1.0
+        per_layer[kind] = torch.bincount(top // out[kind].shape[1], minlength=out[kind].shape[0]).tolist()
+    return out, per_layer
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """What a correction may cost on validation data, relative to the unpruned model."""
+
+    ppl_rise: float = 0.02  # general validation perplexity
+    distinct2_drop: float = 0.05  # looping shows here before perplexity moves
+    continuation_ppl_rise: float = 0.10  # garbled continuations (under the unpruned model)
+
+    def violations(self, base: dict[str, Any], cand: dict[str, Any]) -> list[str]:
+        found = []
+        if cand["perplexity"] > base["perplexity"] * (1 + self.ppl_rise):
+            found.append(f"perplexity +{100 * (cand['perplexity'] / base['perplexity'] - 1):.1f}%")
+        if cand["distinct2"] < base["distinct2"] * (1 - self.distinct2_drop):
+            found.append(f"distinct-2 {100 * (cand['distinct2'] / base['distinct2'] - 1):+.1f}%")
+        if cand["continuation_perplexity"] > base["continuation_perplexity"] * (1 + self.continuation_ppl_rise):
+            found.append(f"continuation perplexity "
+                         f"+{100 * (cand['continuation_perplexity'] / base['continuation_perplexity'] - 1):.1f}%")
+        return found
+
+
+Measure = Callable[[torch.nn.Module], dict[str, Any]]
+
+
+def validation_search(lm: LoadedModel, measure: Measure, scores: dict[str, torch.Tensor], kind: str,
+                      ks: Sequence[int], scales: Sequence[float | None], limits: Constraints
+                      ) -> tuple[tuple[int, float | None] | None, list[dict[str, Any]]]:
+    """The (k, scale) with the largest drop of the mean behaviour score on validation prompts that keeps
+    every ``limits``; ``measure`` generates and measures on validation data only.
+
+    Returns the choice (None when no candidate keeps the limits) and the trail of every candidate.
+    """
+    base = measure(lm.model)
+    trail: list[dict[str, Any]] = [{"k": 0, "scale": None, **base, "violations": [], "reduction": 0.0}]
+    best: tuple[int, float | None] | None = None
+    best_gain = -math.inf
+    for scale in scales:
+        for k in ks:
+            model = pruned_copy(lm.model, select(scores, kind, k=k), scale)
+            got = measure(model)
+            del model
+            bad = limits.violations(base, got)
+            gain = 1 - got["behaviour_mean"] / base["behaviour_mean"] if base["behaviour_mean"] > 0 else 0.0
+            trail.append({"k": k, "scale": scale, **got, "violations": bad, "reduction": gain})
+            log.info("validation search: k=%d scale=%s mean %.4f (%+.1f%%) %s", k, scale, got["behaviour_mean"],
+                     -100 * gain, "; ".join(bad) or "within limits")
+            if not bad and gain > best_gain:
+                best, best_gain = (k, scale), gain
+    return best, trail
+
+
+def damage_screen(lm: LoadedModel, text: SearchText, scores: dict[str, torch.Tensor], kind: str, *, n: int,
+                  max_rise: float, n_tokens: int) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """Move candidates whose ablation *alone* costs more than ``max_rise`` validation perplexity to the back.
+
+    The top ``n`` units are ablated one at a time (in place, restored bit-identically) on the first ``n_tokens``
+    tokens of the validation text; general-purpose units (token detectors, output neurons) that a contrast
+    ranks high because they matter for everything are skipped this way.
+    """
+    base = validation_perplexity(lm, lm.model, text, n_tokens)
+    screened = {k: v.clone() for k, v in scores.items()}
+    worst = float(scores[kind].max()) + 1.0
+    rows = []
+    for unit in select(scores, kind, k=min(n, count_units(lm.model, kind))):
+        with masked(lm.model, [unit]):
+            rise = validation_perplexity(lm, lm.model, text, n_tokens) / base - 1
+        dropped = rise > max_rise
+        if dropped:
+            screened[kind][unit.layer, unit.index] = worst
+        rows.append({"unit": str(unit), "rise": rise, "dropped": dropped})
+    log.info("damage screen: dropped %d of %d candidates", sum(r["dropped"] for r in rows), len(rows))
+    return screened, rows
+
+
+def stability(rel: dict[str, Relevance] | None, selected: Sequence[Unit], kind: str, combine: str, share: float,
+              exclude: Sequence[int], resamples: int, seed: int) -> dict[str, Any]:
+    """How reproducible the selection is: resample each reference set's samples with replacement, rank again
+    (same contrast, guard and exclusions), and compare the top-k with the selection (Jaccard overlap).
+
+    Needs per-sample neuron relevance (kept by ``Contrast`` for lrp and gradient)."""
+    k = len(selected)
+    if not resamples or kind != "neuron" or not rel or not k \
+            or any("neuron" not in r.per_sample for r in rel.values()):
+        return {"computed": False, "why": "needs neuron units, a relevance-backed method and --stability > 0"}
+    chosen = {(u.layer, u.index) for u in selected}
+    gen = torch.Generator().manual_seed(seed)
+    overlaps, counts = [], dict.fromkeys(chosen, 0)
+    for _ in range(resamples):
+        boot = {}
+        for name, r in rel.items():
+            per = r.per_sample["neuron"]
+            idx = torch.randint(len(per), (len(per),), generator=gen)
+            boot[name] = Relevance(r.method, {"neuron": per[idx].mean(0)}, len(per))
+        scores, _ = guard(contrast_scores(boot, combine), boot["general"].scores, share)
+        top = {(u.layer, u.index) for u in select(exclude_layers(scores, kind, exclude), kind, k=k)}
+        overlaps.append(len(top & chosen) / len(top | chosen))
+        for unit in top & chosen:
+            counts[unit] += 1
+    freq = sorted(((c / resamples, unit) for unit, c in counts.items()), reverse=True)
+    return {"computed": True, "resamples": resamples, "k": k,
+            "jaccard_mean": sum(overlaps) / resamples, "jaccard_min": min(overlaps),
+            "stable_share": sum(f >= 0.5 for f, _ in freq) / k,
+            "selection_frequency": [{"unit": str(Unit(kind, layer, index)), "frequency": f}
+                                    for f, (layer, index) in freq]}

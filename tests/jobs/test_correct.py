@@ -1,0 +1,217 @@
+"""End-to-end correct on tiny models: outputs, determinism, held-out discipline, saved models."""
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from safety_prune.cli import main
+from safety_prune.errors import ConfigError, OutputError
+from safety_prune.evaluation import perplexity
+from safety_prune.jobs import correct as correct_job
+from safety_prune.jobs.correct import correct
+from safety_prune.jobs.options import CorrectOptions
+
+
+def test_correct_all_methods_and_reload(setup, tmp_path):
+    _, model, suite = setup
+    opts = CorrectOptions(method="all", k=4, batch_size=4, save_model=str(tmp_path / "saved"), force=True)
+    res = correct(model, suite, tmp_path / "run", options=opts)
+    methods = [row["method"] for row in res["comparison"]]
+    assert methods == ["random", "lrp", "gradient", "wanda", "activation", "aura"]
+    assert all(row["k"] == 4 for row in res["comparison"])
+    assert all("paired_vs_random" in row for row in res["comparison"] if row["method"] != "random")
+    assert res["pruned"] == res["pruned"] | {"unit": "neuron", "count": 4}
+    # the saved model reloads with plain transformers and reproduces the corrected perplexity
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved").eval()
+    from safety_prune.models import load_model
+    from safety_prune.suite import load_suite
+
+    lm = load_model(model)
+    s = load_suite(suite)
+    ppl = perplexity(reloaded, lm.tokenizer, s.general_test(), max_length=s.perplexity.max_length,
+                     stride=s.perplexity.stride).perplexity
+    assert ppl == pytest.approx(res["corrected"]["perplexity"], rel=1e-4)
+    assert "Corrected" in (tmp_path / "saved" / "README.md").read_text()
+
+
+def test_same_seed_same_masks(setup, tmp_path):
+    _, model, suite = setup
+    for name in ("a", "b"):
+        correct(model, suite, tmp_path / name, options=CorrectOptions(k=3, batch_size=4, seed=7))
+    assert (tmp_path / "a" / "masks.json").read_bytes() == (tmp_path / "b" / "masks.json").read_bytes()
+
+
+def _poisoned_suite(root, tag: str, base_suite: str) -> str:
+    """The tiny suite with explicit eval prompts and general *test* documents replaced by ``tag`` sentinels;
+    reference prompts, validation prompts and validation/reference documents stay byte-identical."""
+    from safety_prune.suite import load_suite
+
+    src = Path(base_suite).parent
+    folder = root / tag
+    folder.mkdir()
+    test_docs = set(load_suite(base_suite).general_test())
+    seen, lines = set(), []
+    for i, line in enumerate((src / "general.txt").read_text().splitlines()):
+        key = " ".join(line.split())
+        if not key or key in seen:
+            continue
+        seen.add(key)
+        lines.append(f"{tag}{i} " + " ".join(["filler"] * (len(line.split()) - 1)) if line in test_docs else line)
+    (folder / "general.txt").write_text("\n".join(lines) + "\n")
+    (folder / "prompts.txt").write_text((src / "prompts.txt").read_text())
+    (folder / "eval.txt").write_text("\n".join(f"{tag} eval prompt {i} about the lake" for i in range(8)) + "\n")
+    text = (Path(base_suite)).read_text().replace(
+        "split: {eval_fraction: 0.4, validation_fraction: 0.2, seed: 0}",
+        "split: {validation_fraction: 0.3, seed: 0}\neval: {source: {path: eval.txt}}")
+    (folder / "suite.yaml").write_text(text)
+    return str(folder / "suite.yaml")
+
+
+def test_held_out_by_data_flow(setup, tmp_path, monkeypatch):
+    """Selection sees only reference and validation data: runs that differ only in (sentinel-poisoned) eval
+    prompts and test documents select the same units by the same trail, and no selection-time generation,
+    perplexity or attribution ever receives a sentinel."""
+    from safety_prune import contrast, selection
+    from safety_prune.evaluation import behaviour
+
+    _, model, suite = setup
+    phase = {"selecting": False}
+
+    def guard_texts(texts, what):
+        if phase["selecting"] and any("SENTINEL" in t for t in texts):
+            pytest.fail(f"selection-time {what} read held-out data")
+
+    def checked(fn, what, texts_of):
+        def call(*args, **kwargs):
+            guard_texts(texts_of(*args, **kwargs), what)
+            return fn(*args, **kwargs)
+        return call
+
+    def selecting(fn):
+        def call(*args, **kwargs):
+            phase["selecting"] = True
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                phase["selecting"] = False
+        return call
+
+    from tiny import tiny_tokenizer
+
+    from safety_prune.jobs.stages import build_references
+
+    tok = tiny_tokenizer()
+    monkeypatch.setattr(behaviour, "generate_detailed",
+                        checked(behaviour.generate_detailed, "generation", lambda m, t, prompts, **k: prompts))
+    monkeypatch.setattr(behaviour, "perplexity", checked(behaviour.perplexity, "perplexity", lambda m, t, x, **k: x))
+    monkeypatch.setattr(selection, "perplexity", checked(selection.perplexity, "perplexity", lambda m, t, x, **k: x))
+    monkeypatch.setattr(contrast, "attribute", checked(contrast.attribute, "attribution", lambda m, samples, **k: [
+        tok.decode(s.input_ids) for s in samples]))
+    for name, fn in (("build_references", build_references), ("rank", correct_job.rank),
+                     ("validation_search", correct_job.validation_search),
+                     ("damage_screen", correct_job.damage_screen)):
+        monkeypatch.setattr(correct_job, name, selecting(fn))
+    runs = {}
+    for tag in ("SENTINELA", "SENTINELB"):
+        opts = CorrectOptions(batch_size=4, search_k=(2, 4), screen=3, screen_max=0.0, stability=5)
+        runs[tag] = correct(model, _poisoned_suite(tmp_path, tag, suite), tmp_path / f"run{tag}", options=opts)
+        assert tag in (tmp_path / f"run{tag}" / "samples.jsonl").read_text()  # the eval really was poisoned
+    a, b = runs["SENTINELA"], runs["SENTINELB"]
+    assert a["selection"] == b["selection"] and a["selection"]["screen"] and len(a["selection"]["search"]) == 3
+    assert (tmp_path / "runSENTINELA" / "masks.json").read_bytes() == \
+        (tmp_path / "runSENTINELB" / "masks.json").read_bytes()
+    assert a["baseline"]["perplexity"] != b["baseline"]["perplexity"]  # and the test text really differed
+
+
+def test_save_model_refuses_a_model_that_is_not_better(setup, tmp_path):
+    """A tiny random model cannot be made measurably better: the report is written, the model is not."""
+    from safety_prune.errors import SaveRefused
+
+    _, model, suite = setup
+    with pytest.raises(SaveRefused, match="--force"):
+        correct(model, suite, tmp_path / "run", options=CorrectOptions(k=2, batch_size=4,
+                                                                       save_model=str(tmp_path / "saved")))
+    assert (tmp_path / "run" / "report.html").is_file() and not (tmp_path / "saved").exists()
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["release"]["allowed"] is False and res["release"]["reasons"]
+    correct(model, suite, tmp_path / "run2", options=CorrectOptions(k=2, batch_size=4, force=True,
+                                                                     save_model=str(tmp_path / "saved")))
+    assert (tmp_path / "saved" / "README.md").is_file()
+
+
+def test_too_few_undesired_references_writes_nothing(setup, tmp_path):
+    from safety_prune.errors import DataSourceError
+
+    _, model, suite = setup
+    text = Path(suite).read_text().replace("undesired_min: 1, undesired_max: 6",
+                                           "undesired_min: 500, undesired_max: 600")
+    bad = Path(suite).parent / "few.yaml"
+    bad.write_text(text)
+    with pytest.raises(DataSourceError, match="undesired_min asks for 500"):
+        correct(model, str(bad), tmp_path / "run", options=CorrectOptions(k=2, batch_size=4))
+    assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run*"))
+
+
+@pytest.mark.parametrize("opts, match", [
+    (dict(k=10_000), "exceeds"),
+    (dict(sparsity=1.5), "between 0 and 1"),
+    (dict(sparsity=0.0), "between 0 and 1"),
+    (dict(k=2, sparsity=0.1), "either --k or --sparsity"),
+    (dict(dampen=(0.3, 1.0)), r"--dampen 1\.0 lies outside \[0, 1\)"),
+    (dict(dampen=(-0.2,)), "outside"),
+    (dict(method="nope"), "--method nope"),
+])
+def test_bad_options(setup, tmp_path, opts, match):
+    _, model, suite = setup
+    with pytest.raises(ConfigError, match=match):
+        correct(model, suite, tmp_path / "run", options=CorrectOptions(**opts))
+    assert not (tmp_path / "run").exists()
+
+
+def test_save_model_inside_input_folder_refused(setup, tmp_path):
+    _, model, suite = setup
+    with pytest.raises(OutputError, match="inside the input model folder"):
+        correct(model, suite, tmp_path / "run", options=CorrectOptions(k=2, save_model=f"{model}/corrected"))
+
+
+def test_save_model_non_empty_refused(setup, tmp_path):
+    _, model, suite = setup
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("x")
+    with pytest.raises(OutputError, match="not an empty folder"):
+        correct(model, suite, tmp_path / "run", options=CorrectOptions(k=2, save_model=str(tmp_path / "busy")))
+
+
+def test_cli_k_too_large_is_clear(setup, tmp_path, capsys):
+    _, model, suite = setup
+    code = main(["correct", "--model", model, "--probe", suite, "--out", str(tmp_path / "run"), "--k", "99999"])
+    err = capsys.readouterr().err
+    assert code != 0 and "exceeds" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_results_json_is_strict_json(setup, tmp_path):
+    _, model, suite = setup
+    correct(model, suite, tmp_path / "run", options=CorrectOptions(k=2, batch_size=4))
+    text = (tmp_path / "run" / "results.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-finite {c} in results.json"))
+
+
+def test_damage_screen_reads_validation_and_logs(setup, tmp_path):
+    _, model, suite = setup
+    res = correct(model, suite, tmp_path / "run",
+                  options=CorrectOptions(ppl_budget=0.5, screen=6, screen_max=0.0, batch_size=4, search_k=(2, 4)))
+    screen = res["selection"]["screen"]
+    assert len(screen) == 6 and all("rise" in row and "dropped" in row for row in screen)
+    dropped = {row["unit"] for row in screen if row["dropped"]}
+    assert not dropped & set(res["pruned"]["units"])  # a dropped unit is only picked after all others
+
+
+def test_exclude_layers_are_never_pruned(setup, tmp_path):
+    _, model, suite = setup
+    res = correct(model, suite, tmp_path / "run", options=CorrectOptions(k=5, exclude_layers=(1,), batch_size=4))
+    assert res["pruned"]["count"] == 5 and all(u.startswith("L0.") for u in res["pruned"]["units"])
+    with pytest.raises(ConfigError, match=r"layers 0\.\.1"):
+        correct(model, suite, tmp_path / "bad", options=CorrectOptions(k=5, exclude_layers=(7,)))
