@@ -48,10 +48,16 @@ UNITS = ("neuron", "head", "weight")
 
 @dataclass(frozen=True)
 class Sample:
-    """Token ids plus the first position whose token is explained (>= 1)."""
+    """Token ids plus the first position whose token is explained (>= 1).
+
+    ``foil``: a token whose logit is subtracted at every explained position, so the explained quantity is a
+    logit difference (the actual token against an alternative, e.g. IO minus S in IOI). LRP is linear in what
+    it explains, so this relevance equals the actual token's minus the foil's.
+    """
 
     input_ids: tuple[int, ...]
     target_start: int = 1
+    foil: int | None = None
 
 
 @dataclass
@@ -127,6 +133,7 @@ def collate(batch: list[Sample], pad_id: int, sink_positions: int, device) -> di
     ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
     attn = torch.zeros((len(batch), T), dtype=torch.long)
     target = torch.zeros((len(batch), T - 1), dtype=torch.bool)
+    foil = torch.tensor([-1 if s.foil is None else s.foil for s in batch], dtype=torch.long)
     for i, s in enumerate(batch):
         n = len(s.input_ids)
         ids[i, :n] = torch.tensor(s.input_ids)
@@ -135,7 +142,7 @@ def collate(batch: list[Sample], pad_id: int, sink_positions: int, device) -> di
     units = attn.clone()
     units[:, :sink_positions] = 0
     return {"ids": ids.to(device), "attn": attn.to(device), "units": units.to(device),
-            "target": target.to(device)}
+            "target": target.to(device), "foil": foil.to(device)}
 
 
 class _Recorder:
@@ -384,7 +391,7 @@ def attribute(
                     model(input_ids=b["ids"], attention_mask=b["attn"], use_cache=False)
             else:
                 logits = model(input_ids=b["ids"], attention_mask=b["attn"], use_cache=False).logits
-                picked = _up(logits[:, :-1].gather(-1, b["ids"][:, 1:, None].to(logits.device))[..., 0])
+                picked = _explained(logits, b)
                 target = (picked * b["target"].to(picked.device, picked.dtype)).sum()
                 explained += float(target.detach())
                 target.backward()
@@ -412,6 +419,16 @@ def attribute(
         info["input_relevance_sum"] = rec.input_relevance
         info["conservation_ratio"] = rec.input_relevance / explained if explained else float("nan")
     return Relevance(method=method, scores=scores, n_samples=n, info=info, per_sample=per_sample)
+
+
+def _explained(logits: Tensor, b: dict[str, Tensor]) -> Tensor:
+    """[B, T-1] logit of each actual next token, minus the sample's foil token's logit where it has one."""
+    picked = _up(logits[:, :-1].gather(-1, b["ids"][:, 1:, None].to(logits.device))[..., 0])
+    has = b["foil"].to(logits.device) >= 0
+    if has.any():
+        foil = b["foil"].to(logits.device).clamp_min(0)[:, None, None].expand(-1, picked.shape[1], 1)
+        picked = picked - _up(logits[:, :-1].gather(-1, foil)[..., 0]) * has[:, None]
+    return picked
 
 
 def _model_digest(model: nn.Module) -> str:

@@ -50,8 +50,10 @@ def model_digest(config: str, params: Iterable[tuple[str, Tensor]]) -> str:
 
 
 def data_digest(samples: Sequence[Any]) -> str:
-    """Token ids and target starts, in order."""
-    return hashlib.sha256(json.dumps([[list(s.input_ids), s.target_start] for s in samples]).encode()).hexdigest()
+    """Token ids, target starts and foils (when set), in order."""
+    rows = [[list(s.input_ids), s.target_start, *([s.foil] if getattr(s, "foil", None) is not None else [])]
+            for s in samples]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
 def settings_digest(settings: dict[str, Any]) -> str:

@@ -349,3 +349,17 @@ def test_activation_keeps_per_sample_means():
     assert rel.per_sample["neuron"].shape == (2, 2, 64)
     lrp = attribute(model, samples, method="lrp", units=("neuron",))
     assert lrp.per_sample == {}
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_foil_target_is_the_difference_of_the_two_targets(family: str) -> None:
+    """Linearity: explaining logit(IO) - logit(S) gives R(IO) - R(S) for every unit (the IOI logit difference)."""
+    model = tiny_model(family, dtype=torch.float64)
+    prefix, io, s = (5, 17, 40, 99, 120, 7), 64, 33
+    kw = dict(method="lrp", units=("neuron", "head", "weight"))
+    r_io = attribute(model, [Sample((*prefix, io), len(prefix))], **kw)
+    r_s = attribute(model, [Sample((*prefix, s), len(prefix))], **kw)
+    r_diff = attribute(model, [Sample((*prefix, io), len(prefix), foil=s)], **kw)
+    for key in r_io.scores:
+        torch.testing.assert_close(r_diff.scores[key], r_io.scores[key] - r_s.scores[key], rtol=1e-5, atol=1e-8)
+    assert r_diff.info["explained_sum"] == pytest.approx(r_io.info["explained_sum"] - r_s.info["explained_sum"])

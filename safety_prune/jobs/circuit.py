@@ -1,9 +1,9 @@
 """``circuit``: keep only what a task needs (the paper's circuit discovery, on IOI).
 
-Units are ranked by mean |R| on reference IOI prompts (explaining the logit of the correct name) and pruned
-least relevant first, step by step. Accuracy is measured on *other* IOI prompts (a different seed, overlapping
-texts dropped). The circuit is what remains at the largest pruned share whose accuracy stays at or above
-``threshold`` times the unpruned accuracy.
+Units are ranked by mean |R| on reference IOI prompts (explaining the task metric logit(IO) - logit(S), or
+with ``--target io`` the logit of the correct name) and pruned least relevant first, step by step. Accuracy
+is measured on *other* IOI prompts (a different seed, overlapping texts dropped). The circuit is what remains
+at the largest pruned share whose accuracy stays at or above ``threshold`` times the unpruned accuracy.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def circuit(model: str, out: str | Path, *, overwrite: bool = False, options: Ci
     samples = []
     for p in reference:
         ids = tok(p.text, add_special_tokens=True)["input_ids"]
-        samples.append(Sample((*ids, p.io_id), len(ids)))
+        samples.append(Sample((*ids, p.io_id), len(ids), foil=p.s_id if opt.target == "logit_diff" else None))
     base = ioi_scores(lm.model, tok, held_out)
     total = count_units(lm.model, opt.unit)
     curves: dict[str, list[dict[str, float]]] = {}
@@ -74,7 +74,7 @@ def circuit(model: str, out: str | Path, *, overwrite: bool = False, options: Ci
             for m, c in curves.items()]
     results = header("circuit", lm) | {
         "task": opt.task,
-        "settings": {"task": opt.task, "unit": opt.unit, "threshold": opt.threshold,
+        "settings": {"task": opt.task, "unit": opt.unit, "threshold": opt.threshold, "target": opt.target,
                      "n_reference": len(reference), "n_eval": len(held_out), "total_units": total},
         "baseline": base,
         "chance": "accuracy 0.5 (two candidate names)",

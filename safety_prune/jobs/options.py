@@ -238,6 +238,8 @@ class CircuitOptions(RunOptions):
         f"comma-separated: {', '.join(CIRCUIT_METHODS)}; the first defines the circuit", flag="--method",
         parse=name_list)
     threshold: float = option(0.9, "keep accuracy >= this share of the original")
+    target: str = option("logit_diff", "what attribution explains: the task metric logit(IO) - logit(S) "
+                         "(logit_diff) or the logit of the correct name alone (io)", choices=("logit_diff", "io"))
     n_reference: int = option(64, "IOI prompts that attribution explains")
     n_eval: int = option(256, "held-out IOI prompts that accuracy is measured on")
 
