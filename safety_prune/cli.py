@@ -18,7 +18,7 @@ from typing import Any
 
 from . import __version__
 from .errors import ConfigError, SafetyPruneError
-from .gate import GATE_EXIT_CODE, evaluate_gate, parse_fail_on
+from .gate import GATE_ALIASES, GATE_EXIT_CODE, GATE_METRICS, evaluate_gate, failure_message, parse_fail_on
 from .jobs.options import AuditOptions, CircuitOptions, CompressOptions, CorrectOptions, RunOptions
 
 JOBS: dict[str, tuple[type[RunOptions], str]] = {
@@ -88,9 +88,13 @@ def _target(p: argparse.ArgumentParser, probe: bool = True) -> None:
 def _add_fail_on(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fail-on", action="append", default=None, metavar="EXPR",
                    help=f"deployment gate: fail (exit status {GATE_EXIT_CODE}) when METRIC OP NUMBER holds for the "
-                        "corrected metrics, else the baseline, e.g. 'toxicity_rate>0.05' or 'perplexity>30' (quote "
-                        "it; repeat or comma-separate; OP is > >= < <=). Without it the report still shows the "
-                        "verdict against the probe suite's thresholds, but the exit status stays 0")
+                        "corrected metrics, else the baseline, e.g. 'behaviour_rate>0.05' or 'perplexity>30' (quote "
+                        "it; repeat or comma-separate; OP is > >= < <=). METRIC: "
+                        f"{', '.join(GATE_METRICS)}; the old names "
+                        f"{', '.join(f'{old} ({new})' for old, new in GATE_ALIASES.items())} are accepted as "
+                        "deprecated aliases for one results schema version. Only the primary scorer gates. Without "
+                        "it the report still shows the verdict against the probe suite's thresholds, but the exit "
+                        "status stays 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,7 +150,7 @@ def options_from(args: argparse.Namespace, cls: type[RunOptions]) -> RunOptions:
 def _gate_status(res: dict, fail_on: list[str], out: str) -> int:
     """Exit status: GATE_EXIT_CODE only when the user asked for a gate with --fail-on and it failed."""
     if fail_on and not res["gate"]["passed"]:
-        print(f"safety-prune: deployment gate failed ({', '.join(fail_on)}); see {out}/report.html", file=sys.stderr)
+        print(f"safety-prune: {failure_message(res['gate'])}; see {out}/report.html", file=sys.stderr)
         return GATE_EXIT_CODE
     return 0
 
@@ -159,7 +163,7 @@ def _run_job(args: argparse.Namespace, opts: Any, argv: list[str]) -> int:
         res = audit(args.model, args.probe, args.out, overwrite=args.overwrite, options=opts, argv=argv,
                          fail_on=fail_on)
         b = res["baseline"]
-        print(f"toxicity_rate {b['toxicity_rate']:.3f}  toxicity_mean {b['toxicity_mean']:.3f}  "
+        print(f"behaviour_rate {b['behaviour_rate']:.3f}  behaviour_mean {b['behaviour_mean']:.3f}  "
               f"perplexity {b['perplexity']:.2f}  distinct2 {b['distinct2']:.3f}  -> {args.out}/report.html")
         return _gate_status(res, fail_on, args.out)
     if args.command == "correct":
@@ -168,8 +172,8 @@ def _run_job(args: argparse.Namespace, opts: Any, argv: list[str]) -> int:
         res = correct(args.model, args.probe, args.out, overwrite=args.overwrite, options=opts, argv=argv,
                            fail_on=fail_on)
         b, c = res["baseline"], res["corrected"]
-        print(f"pruned {res['pruned']['count']} {res['pruned']['unit']}s ({res['method']}): toxicity_rate "
-              f"{b['toxicity_rate']:.3f} -> {c['toxicity_rate']:.3f}, perplexity {b['perplexity']:.2f} -> "
+        print(f"pruned {res['pruned']['count']} {res['pruned']['unit']}s ({res['method']}): behaviour_rate "
+              f"{b['behaviour_rate']:.3f} -> {c['behaviour_rate']:.3f}, perplexity {b['perplexity']:.2f} -> "
               f"{c['perplexity']:.2f}, distinct2 {b['distinct2']:.3f} -> {c['distinct2']:.3f}")
         print(f"report: {args.out}/report.html")
         return _gate_status(res, fail_on, args.out)
@@ -253,25 +257,38 @@ def _report(args: argparse.Namespace) -> int:
     fail_on = parse_fail_on(args.fail_on)
     out = render_run(args.run_dir, fail_on=fail_on)
     print(f"report: {out}")
-    if fail_on and not evaluate_gate(load_results(args.run_dir), fail_on)["passed"]:
-        print(f"safety-prune: deployment gate failed ({', '.join(fail_on)}); see {out}", file=sys.stderr)
+    gate = evaluate_gate(load_results(args.run_dir), fail_on) if fail_on else None
+    if gate is not None and not gate["passed"]:
+        print(f"safety-prune: {failure_message(gate)}; see {out}", file=sys.stderr)
         return GATE_EXIT_CODE
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .io import committed
+    from .run import Terminated, sigterm_as_interrupt
+
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    done_before = len(committed())
     try:
-        return _run(args, ["safety-prune", *argv])
+        with sigterm_as_interrupt():  # SIGTERM cleans up like Ctrl-C: no staging or temp folder stays behind
+            return _run(args, ["safety-prune", *argv])
     except SafetyPruneError as exc:
         print(f"safety-prune: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("safety-prune: interrupted; no partial output was kept.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        kept = committed()[done_before:]  # outputs finished before the signal stay: say so, not "nothing kept"
+        if kept:
+            print(f"safety-prune: {what} after {' and '.join(map(str, kept))} had been written in full; "
+                  f"{'they are' if len(kept) > 1 else 'it is'} complete and kept, and nothing partial was kept.",
+                  file=sys.stderr)
+        else:
+            print(f"safety-prune: {what}; no partial output was kept.", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":

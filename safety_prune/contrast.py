@@ -9,14 +9,23 @@ that needs it (AurA reads the activation pass).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .attribution import Relevance, Sample, attribute, aura_auroc, require_samples, samples_from_texts
+from .attribution import (
+    Relevance,
+    Sample,
+    attribute,
+    aura_auroc,
+    batches,
+    collate,
+    require_samples,
+    samples_from_texts,
+)
 from .errors import DataSourceError
 from .evaluation.behaviour import Generations
 from .evaluation.generation import Generation
@@ -113,6 +122,20 @@ def build_sets(tokenizer, ref: Generations, scorer: Scorer, threshold: float, sp
                               "The general reference set")
     info |= {"n_general": len(general), "n_benign": len(benign), "n_undesired": len(undesired)}
     return ContrastSets(general, benign, undesired, info)
+
+
+def with_foils(model: nn.Module, samples: list[Sample], pad_token_id: int, batch_size: int) -> list[Sample]:
+    """Each single-token sample with the model's most likely *other* token at that position as its foil."""
+    out = []
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for batch in batches(samples, batch_size):
+            b = collate(batch, pad_token_id, 1, device)
+            logits = model(input_ids=b["ids"], attention_mask=b["attn"], use_cache=False).logits
+            for i, s in enumerate(batch):
+                top = torch.topk(logits[i, len(s.input_ids) - 2], 2).indices.tolist()
+                out.append(replace(s, foil=top[1] if top[0] == s.input_ids[-1] else top[0]))
+    return out
 
 
 @dataclass

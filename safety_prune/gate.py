@@ -1,12 +1,17 @@
 """The deployment gate: which metric conditions fail a run, and the exit status that reports it.
 
-A gate expression names the failing condition, ``METRIC OP NUMBER`` (e.g. ``toxicity_rate>0.05``). The user gives
+A gate expression names the failing condition, ``METRIC OP NUMBER`` (e.g. ``behaviour_rate>0.05``). The user gives
 them with ``--fail-on``; without it the probe suite's thresholds decide the verdict shown on the report (the exit
-status then stays 0). The gate reads a run's results dict only and knows nothing of how it is rendered.
+status then stays 0). The gate reads a run's results dict only and knows nothing of how it is rendered. It only
+ever reads the primary scorer's metrics: a secondary scorer (``baseline.secondary``) informs, it never gates.
+
+The schema-1 names (``toxicity_rate``, ``toxicity_mean``, ``expected_max_toxicity``, ``toxicity_probability``) are
+accepted as aliases of the ``behaviour_*`` metrics for one schema version, with a logged deprecation warning.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import operator
 import re
@@ -14,13 +19,18 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .errors import ConfigError, ResultsError
-from .metrics import METRIC_KEYS, metric_ci
+from .metrics import LEGACY_ALIASES, METRIC_KEYS, metric_ci, metric_labels
+
+log = logging.getLogger(__name__)
 
 GATE_EXIT_CODE = 3
 """Exit status of a job or ``report`` whose deployment gate (``--fail-on``) failed; 0 pass, 2 usage/input error."""
 
 GATE_METRICS: tuple[str, ...] = METRIC_KEYS
 """The metrics a gate expression may name (every metric of the catalogue in ``metrics.py``)."""
+
+GATE_ALIASES: dict[str, str] = LEGACY_ALIASES
+"""Old (schema 1) metric names a gate expression may still use, and the metric each stands for."""
 
 SOURCE_FAIL_ON = "--fail-on"
 SOURCE_THRESHOLDS = "probe suite thresholds"
@@ -40,18 +50,20 @@ def _named(expr: str, source: str) -> str:
 
 def parse_expr(expr: str, source: str = SOURCE_FAIL_ON) -> tuple[str, str, float]:
     """``(metric, op, threshold)`` of one expression; a ConfigError, worded by ``source``, when it is not one."""
+    known = (*GATE_METRICS, *GATE_ALIASES)
     match = _EXPR.match(expr)
-    if match and match.group(1) in GATE_METRICS:
+    if match and match.group(1) in known:
         threshold = float(match.group(3))
         if math.isfinite(threshold):
-            return match.group(1), match.group(2), threshold
+            return GATE_ALIASES.get(match.group(1), match.group(1)), match.group(2), threshold
         number = match.group(3)
-    elif (match := _NON_FINITE.match(expr)) and match.group(1) in GATE_METRICS:
+    elif (match := _NON_FINITE.match(expr)) and match.group(1) in known:
         number = match.group(3)
     else:
         raise ConfigError(f"{_named(expr, source)} is not a gate expression. Write METRIC OP NUMBER with OP one "
-                          f"of > >= < <=, e.g. 'toxicity_rate>0.05' (quote it in the shell); METRIC is one of "
-                          f"{', '.join(GATE_METRICS)}.")
+                          f"of > >= < <=, e.g. 'behaviour_rate>0.05' (quote it in the shell); METRIC is one of "
+                          f"{', '.join(GATE_METRICS)} (the old names {', '.join(GATE_ALIASES)} are still "
+                          "accepted as aliases for one schema version).")
     fix = ("Give a finite NUMBER, e.g. 'perplexity>1000'." if source == SOURCE_FAIL_ON else
            "Set a finite number in the probe suite's thresholds (results.json records them under "
            "probe.thresholds).")
@@ -62,7 +74,8 @@ def parse_expr(expr: str, source: str = SOURCE_FAIL_ON) -> tuple[str, str, float
 def parse_fail_on(values: Iterable[str] | None) -> list[str]:
     """Split repeated/comma-separated ``--fail-on`` values and check each early, before any model loads.
 
-    ``None`` (the option was not given) gives ``[]``; a given but empty value is an error, never "no gate".
+    ``None`` (the option was not given) gives ``[]``; a given but empty value is an error, never "no gate". An old
+    metric name (``GATE_ALIASES``) is replaced by its new name in the returned expressions, with a warning.
     """
     exprs: list[str] = []
     for value in values or ():
@@ -71,7 +84,7 @@ def parse_fail_on(values: Iterable[str] | None) -> list[str]:
             raise ConfigError(f"An empty --fail-on was given ({value!r}). It names no condition, and an empty gate "
                               "would pass every run; in CI this usually means an unset variable expanded to "
                               "nothing (e.g. --fail-on \"$GATE\"). Give METRIC OP NUMBER, e.g. "
-                              "'toxicity_rate>0.05', or leave --fail-on out (the report then shows the verdict "
+                              "'behaviour_rate>0.05', or leave --fail-on out (the report then shows the verdict "
                               "against the probe suite's thresholds and the exit status does not depend on it).")
         if not all(parts):
             raise ConfigError(f"--fail-on {value!r} has an empty expression between commas (an unset variable "
@@ -79,8 +92,21 @@ def parse_fail_on(values: Iterable[str] | None) -> list[str]:
                               "METRIC OP NUMBER.")
         for part in parts:
             parse_expr(part)
-        exprs += parts
+            exprs.append(_renamed(part))
     return exprs
+
+
+def _renamed(expr: str) -> str:
+    """``expr`` with an old metric name replaced by the new one (and a deprecation warning)."""
+    match = re.match(r"\s*([A-Za-z_][A-Za-z0-9_]*)", expr)
+    old = match.group(1) if match else ""
+    if old not in GATE_ALIASES:
+        return expr
+    renamed = expr[:match.start(1)] + GATE_ALIASES[old] + expr[match.end(1):]
+    log.warning("--fail-on %r: the metric name %r is deprecated (results.json schema 2 calls it %r) and is "
+                "accepted as an alias for one schema version only; write %r.", expr, old, GATE_ALIASES[old],
+                renamed.strip())
+    return renamed
 
 
 def threshold_exprs(results: dict[str, Any]) -> list[str]:
@@ -124,7 +150,7 @@ def check_expr(block: dict[str, Any], expr: str, where: str, source: str = SOURC
 def evaluate_gate(results: dict[str, Any], fail_on: Sequence[str]) -> dict[str, Any]:
     """Check fail-on expressions against the corrected metrics (else baseline); the probe thresholds by default.
 
-    Each expression names the failing condition, e.g. ``toxicity_rate>0.05`` fails when the rate is above 0.05.
+    Each expression names the failing condition, e.g. ``behaviour_rate>0.05`` fails when the rate is above 0.05.
     The returned dict is what ``results["gate"]`` stores and what decides the exit status (GATE_EXIT_CODE).
     """
     exprs = parse_fail_on(fail_on)
@@ -132,6 +158,25 @@ def evaluate_gate(results: dict[str, Any], fail_on: Sequence[str]) -> dict[str, 
     if not exprs:
         exprs, source = threshold_exprs(results), SOURCE_THRESHOLDS
     target = _gate_target(results)
+    labels = metric_labels((results.get("probe") or {}).get("behaviour"))
     checks = [check_expr(results[target], expr, target, source) for expr in exprs]
+    for check in checks:
+        check["label"] = labels[check["metric"]]
     return {"passed": not any(c["failed"] for c in checks), "target": target, "source": source,
             "checks": checks}
+
+
+def failure_message(gate: dict[str, Any]) -> str:
+    """What failed, worded by the suite's behaviour labels, e.g. "rate of looping continuations 0.25 (95% CI
+    [0.18, 0.32]) fails behaviour_rate>0.1"; the CLI prints it when the gate fails."""
+    parts = []
+    for check in gate.get("checks", []):
+        if not check.get("failed"):
+            continue
+        label = str(check.get("label") or check.get("metric", ""))
+        label = label[:1].lower() + label[1:]  # mid-sentence; "Rate of PII leaks" keeps its acronym
+        ci = check.get("ci")
+        interval = f" (95% CI [{ci[0]:.4g}, {ci[1]:.4g}])" if ci else ""
+        parts.append(f"{label} {check['value']:.4g}{interval} fails {check['expr']}")
+    where = "corrected" if gate.get("target") == "corrected" else "baseline"
+    return f"deployment gate failed on the {where} metrics: " + ("; ".join(parts) or "no check passed")

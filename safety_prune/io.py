@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import json
 import os
+import secrets
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -34,16 +40,25 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def is_stale_temp(path: Path, target: Path) -> bool:
+    """Whether ``path`` is a temp of ``target`` left by a process of this host that no longer runs."""
+    head = f".{target.name}.{_HOST}-"
+    if not (path.name.startswith(head) and path.name.endswith(".tmp")):
+        return False
+    pid = path.name[len(head):].split(".", 1)[0]
+    return pid.isdigit() and not _alive(int(pid))
+
+
 def sweep_stale_temps(target: Path) -> None:
     """Remove temp siblings of ``target`` left by a killed process (same host, pid no longer running).
 
     A SIGKILL cannot run cleanup, so the temp sibling of an interrupted write survives; the next write to
     the same target removes it. Temps of live processes and of other hosts are left alone.
     """
-    head = f".{target.name}.{_HOST}-"
-    for sib in target.parent.glob(f".{glob.escape(target.name)}.{_HOST}-*.tmp"):
-        pid = sib.name[len(head):].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+    pattern = f".{glob.escape(target.name)}.{_HOST}-*.tmp"
+    inside = list(target.glob(pattern)) if target.is_dir() else []  # temps built inside an existing folder
+    for sib in [*target.parent.glob(pattern), *inside]:
+        if is_stale_temp(sib, target):
             if sib.is_dir() and not sib.is_symlink():
                 shutil.rmtree(sib, ignore_errors=True)
             else:
@@ -83,21 +98,153 @@ def write_jsonl(target: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) 
             fh.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
 
 
+_COMMITTED: list[Path] = []
+
+
+def committed() -> list[Path]:
+    """Every output this process finished and kept (run folders, saved models), oldest first."""
+    return list(_COMMITTED)
+
+
+def note_committed(path: Path) -> None:
+    _COMMITTED.append(path)
+
+
 @contextmanager
-def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Build a directory in a temporary sibling and rename it into place on success."""
+def deferred_signals() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then deliver them: a commit is never cut in half.
+
+    Python runs signal handlers in the main thread only, so elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    # a handler installed outside Python (getsignal None) could not be put back, so that signal is left alone
+    sigs = [sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) is not None]
+    previous = {sig: signal.signal(sig, lambda signum, _frame: caught.append(signum)) for sig in sigs}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(caught):
+            signal.raise_signal(sig)  # the handler in force again decides (KeyboardInterrupt for SIGINT)
+
+
+def move_into(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``, replacing a file or folder there.
+
+    A rename where it can; where it cannot cross filesystems (EXDEV), a copy into a temporary sibling of
+    ``dst`` (on ``dst``'s filesystem) renamed into place, then ``src`` is removed.
+    """
+    if dst.is_dir() and not dst.is_symlink():
+        shutil.rmtree(dst)
+    try:
+        os.replace(src, dst)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    tmp = dst.parent / f"{temp_prefix(dst)}{secrets.token_hex(4)}.tmp"
+    try:
+        if src.is_dir() and not src.is_symlink():
+            shutil.copytree(src, tmp, symlinks=True)
+        else:
+            shutil.copy2(src, tmp, follow_symlinks=False)
+        os.replace(tmp, dst)
+    finally:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists() or tmp.is_symlink():
+            tmp.unlink()
+    if src.is_dir() and not src.is_symlink():
+        shutil.rmtree(src)
+    else:
+        src.unlink()
+
+
+def move_items(src_dir: Path, dst_dir: Path) -> None:
+    """Move every entry of ``src_dir`` into ``dst_dir`` (replacing same-named entries); ``src_dir`` stays."""
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    for item in sorted(src_dir.iterdir()):
+        move_into(item, dst_dir / item.name)
+
+
+def publish_dir(tmp: Path, target: Path) -> None:
+    """Put the finished folder ``tmp`` at ``target`` (absent or an empty folder), with umask permissions.
+
+    One rename where it can. Where a rename cannot land (another filesystem, a mount point, a folder that
+    appeared meanwhile) the entries move in one by one, and ``tmp`` is removed.
+    """
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp creates 0700; a published folder reads like any other
+    try:
+        os.replace(tmp, target)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EBUSY, errno.ENOTEMPTY, errno.EEXIST):
+            raise
+    move_items(tmp, target)
+    tmp.rmdir()
+
+
+def build_inside(target: Path) -> bool:
+    """Whether a staged folder for ``target`` is built inside it: an existing folder (maybe a mount point).
+
+    Building there keeps the staging on the target's own filesystem, so the final moves are renames.
+    """
+    return target.is_dir()
+
+
+@contextmanager
+def atomic_dir(target: str | os.PathLike[str], *, record: bool = False) -> Iterator[Path]:
+    """Build a directory in a temporary folder and move it into place on success.
+
+    The temporary folder is a hidden sibling of ``target``, or a hidden entry inside ``target`` when that is
+    an existing (empty) folder or a mount point, so it is always on the target's filesystem. Callers check
+    that an existing ``target`` is empty. ``record``: list it in ``committed`` (an output the user asked for).
+    """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    inside = build_inside(target)
+    if not inside:
+        target.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_temps(target)
-    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), suffix=".tmp", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), suffix=".tmp", dir=target if inside else target.parent))
     try:
         yield tmp
-        if target.exists():
-            target.rmdir()  # only an empty folder may be replaced; callers check first
-        os.replace(tmp, target)
+        with deferred_signals():
+            if inside:
+                move_items(tmp, target)
+                tmp.rmdir()
+            else:
+                publish_dir(tmp, target)
+            if record:
+                note_committed(target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without anchors' aliases: an alias bomb (billion laughs) cannot expand."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"found the alias *{event.anchor}; YAML anchors and aliases (&name, *name, <<: *name) "
+                "are not allowed here, because a few aliases can expand into billions of values. Write the "
+                "values out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def safe_yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` that refuses aliases (raises ``yaml.YAMLError``)."""
+    loader = _NoAliasLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-# key, label, what it means, which direction is better
+# key, label (generic: ``metric_labels`` names the suite's behaviour), what it means, which direction is better
 METRICS: tuple[tuple[str, str, str, str], ...] = (
-    ("toxicity_rate", "Toxicity rate", "share of continuations scoring above the scorer threshold", "lower"),
-    ("toxicity_mean", "Mean toxicity", "mean scorer output over continuations", "lower"),
-    ("expected_max_toxicity", "Expected max toxicity", "mean over prompts of the highest-scoring sample", "lower"),
-    ("toxicity_probability", "Toxicity probability", "share of prompts with at least one toxic sample", "lower"),
+    ("behaviour_rate", "Behaviour rate", "share of continuations scoring above the scorer threshold", "lower"),
+    ("behaviour_mean", "Mean behaviour score", "mean scorer output over continuations", "lower"),
+    ("behaviour_expected_max", "Expected max behaviour score", "mean over prompts of the highest-scoring sample",
+     "lower"),
+    ("behaviour_probability", "Behaviour probability", "share of prompts with at least one flagged sample",
+     "lower"),
     ("perplexity", "Perplexity (general text)", "held-out general prose; a rise means general ability lost",
      "lower"),
     ("distinct2", "Distinct-2", "unique bigrams / bigrams per continuation; low means looping text", "higher"),
@@ -22,6 +24,32 @@ METRICS: tuple[tuple[str, str, str, str], ...] = (
 )
 METRIC_KEYS: tuple[str, ...] = tuple(m[0] for m in METRICS)
 METRIC_LABELS: dict[str, str] = {m[0]: m[1] for m in METRICS}
+"""Generic labels; pages and messages about a run use ``metric_labels(results["probe"].get("behaviour"))``."""
+
+BEHAVIOUR_KEYS: tuple[str, ...] = ("behaviour_rate", "behaviour_mean", "behaviour_expected_max",
+                                   "behaviour_probability")
+"""The metrics computed from the scorer's output (the rest measure fluency and general ability)."""
+
+LEGACY_ALIASES: dict[str, str] = {
+    "toxicity_rate": "behaviour_rate", "toxicity_mean": "behaviour_mean",
+    "expected_max_toxicity": "behaviour_expected_max", "toxicity_probability": "behaviour_probability"}
+"""Schema-1 metric names, accepted by ``--fail-on`` and a suite's ``thresholds`` for one schema version."""
+
+
+def metric_labels(behaviour: Any = None) -> dict[str, str]:
+    """Labels of every metric, worded by the probe suite's ``behaviour: {name, metric}`` (results.json:
+    ``probe.behaviour``), e.g. "Rate of looping continuations" and "Mean repetition ratio"; generic wording
+    where the suite (or an old results file) gives none."""
+    labels = dict(METRIC_LABELS)
+    info = behaviour if isinstance(behaviour, dict) else {}
+    name, metric = (str(info[k]).strip() if isinstance(info.get(k), str) else "" for k in ("name", "metric"))
+    if name:
+        labels["behaviour_rate"] = f"Rate of {name}"
+        labels["behaviour_probability"] = f"Probability of {name}"
+    if metric:
+        labels["behaviour_mean"] = f"Mean {metric}"
+        labels["behaviour_expected_max"] = f"Expected max {metric}"
+    return labels
 
 
 def metric_ci(block: dict[str, Any], key: str) -> list[float] | None:

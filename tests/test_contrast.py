@@ -22,7 +22,7 @@ def _gen(tok, prompt: str, cont: str) -> Generation:
 
 def _spec(**kw) -> ReferenceSpec:
     base = dict(samples_per_prompt=1, temperature=1.0, top_p=1.0, undesired_min=1, undesired_max=10,
-                target="tokens", benign_n=10, general_n=2)
+                target="tokens", foil="none", benign_n=10, general_n=2)
     return ReferenceSpec(**(base | kw))
 
 
@@ -108,3 +108,18 @@ def test_guard_ranks_the_general_top_share_last():
 def test_sample_of_a_token_target_keeps_prompt_context():
     s = Sample((1, 2, 3, 4), 3)
     assert collate([s], 0, 1, "cpu")["target"].tolist() == [[False, False, True]]
+
+
+def test_best_alternative_foil_is_the_top_other_token(ref):
+    from safety_prune.contrast import with_foils
+
+    res, scorer = ref
+    tok, model = tiny_tokenizer(), tiny_model("llama")
+    samples = build_sets(tok, res, scorer, 0.5, _spec(), general_texts=GENERAL, benign_texts=[], general_n=2,
+                         max_tokens=64).undesired
+    foiled = with_foils(model, samples, 0, 2)
+    for s, f in zip(samples, foiled, strict=True):
+        with torch.no_grad():
+            logits = model(torch.tensor([s.input_ids])).logits[0, -2]
+        logits[s.input_ids[-1]] = -float("inf")
+        assert f.foil == int(logits.argmax()) and f.input_ids == s.input_ids and f.foil != s.input_ids[-1]

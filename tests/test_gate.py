@@ -6,14 +6,22 @@ Fixtures are real ``audit``/``correct`` results of a tiny random model (see test
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from safety_prune.cli import main
+from safety_prune.cli import build_parser, main
 from safety_prune.errors import ConfigError, ResultsError
-from safety_prune.gate import GATE_EXIT_CODE, GATE_METRICS, evaluate_gate, parse_fail_on
+from safety_prune.gate import (
+    GATE_ALIASES,
+    GATE_EXIT_CODE,
+    GATE_METRICS,
+    evaluate_gate,
+    failure_message,
+    parse_fail_on,
+)
 from safety_prune.render import render_report
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -31,18 +39,18 @@ def _write_run(path: Path, results: dict[str, Any]) -> Path:
 
 
 def test_parse_fail_on_splits_and_validates() -> None:
-    assert parse_fail_on(["toxicity_rate>0.05,perplexity >= 30", " distinct2<0.2 "]) == [
-        "toxicity_rate>0.05", "perplexity >= 30", "distinct2<0.2"]
+    assert parse_fail_on(["behaviour_rate>0.05,perplexity >= 30", " distinct2<0.2 "]) == [
+        "behaviour_rate>0.05", "perplexity >= 30", "distinct2<0.2"]
     assert parse_fail_on(None) == []
     assert parse_fail_on([]) == []  # the option not given at all
-    for bad in ("toxicity>0.1", "toxicity_rate=0.1", "toxicity_rate>high", "perplexity>>3", "> 3"):
+    for bad in ("toxicity>0.1", "behaviour_rate=0.1", "behaviour_rate>high", "perplexity>>3", "> 3"):
         with pytest.raises(ConfigError) as info:
             parse_fail_on([bad])
         assert repr(bad) in str(info.value) and all(m in str(info.value) for m in GATE_METRICS)
 
 
-@pytest.mark.parametrize("values", [[""], [" , "], ["   "], ["toxicity_rate>0.1", ""], ["toxicity_rate>0.1,"],
-                                    ["toxicity_rate>0.1, ,perplexity>30"]])
+@pytest.mark.parametrize("values", [[""], [" , "], ["   "], ["behaviour_rate>0.1", ""], ["behaviour_rate>0.1,"],
+                                    ["behaviour_rate>0.1, ,perplexity>30"]])
 def test_empty_fail_on_is_an_error_not_an_open_gate(values: list[str]) -> None:
     """An unset CI variable (--fail-on "$GATE") must not quietly turn the gate off."""
     with pytest.raises(ConfigError, match=r"--fail-on") as info:
@@ -58,7 +66,7 @@ def test_empty_fail_on_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 @pytest.mark.parametrize("expr", ["perplexity>1e999", "perplexity>-1e400", "perplexity>nan", "perplexity>inf",
-                                  "toxicity_rate <= NaN", "distinct2<-Infinity"])
+                                  "behaviour_rate <= NaN", "distinct2<-Infinity"])
 def test_non_finite_threshold_is_refused(expr: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_fail_on([expr])
@@ -68,16 +76,16 @@ def test_non_finite_threshold_is_refused(expr: str) -> None:
 def test_non_finite_metric_cannot_pass_the_gate() -> None:
     """NaN compares false with everything, so unchecked it would pass any 'fails when above' condition."""
     res = _load("correct_results.json")
-    res["corrected"]["toxicity_rate"] = float("nan")
-    with pytest.raises(ResultsError, match=r"corrected toxicity_rate of this run is nan"):
-        evaluate_gate(res, ["toxicity_rate>0.05"])
-    with pytest.raises(ResultsError, match=r"probe suite threshold 'toxicity_rate>0.1'"):
+    res["corrected"]["behaviour_rate"] = float("nan")
+    with pytest.raises(ResultsError, match=r"corrected behaviour_rate of this run is nan"):
+        evaluate_gate(res, ["behaviour_rate>0.05"])
+    with pytest.raises(ResultsError, match=r"probe suite threshold 'behaviour_rate>0.1'"):
         evaluate_gate(res, [])
 
 
 def test_gate_uses_corrected_metrics() -> None:
-    res = _load("correct_results.json")  # corrected perplexity 305.1, baseline 305.2, toxicity_rate 0
-    gate = evaluate_gate(res, ["perplexity>305.2", "toxicity_rate>=0"])
+    res = _load("correct_results.json")  # corrected perplexity 305.1, baseline 305.2, behaviour_rate 0
+    gate = evaluate_gate(res, ["perplexity>305.2", "behaviour_rate>=0"])
     assert gate["target"] == "corrected" and gate["source"] == "--fail-on" and not gate["passed"]
     assert [c["failed"] for c in gate["checks"]] == [False, True]
     assert gate["checks"][0]["value"] == pytest.approx(305.137, abs=1e-3)
@@ -89,30 +97,30 @@ def test_gate_defaults_to_probe_thresholds_on_baseline() -> None:
     res = _load("audit_results.json")
     gate = evaluate_gate(res, [])
     assert gate["target"] == "baseline" and gate["source"] == "probe suite thresholds"
-    assert [c["expr"] for c in gate["checks"]] == ["toxicity_rate>0.1"]
-    res["probe"]["thresholds"] = {"toxicity_rate": 0.0}
-    res["baseline"]["toxicity_rate"] = 0.25
+    assert [c["expr"] for c in gate["checks"]] == ["behaviour_rate>0.1"]
+    res["probe"]["thresholds"] = {"behaviour_rate": 0.0}
+    res["baseline"]["behaviour_rate"] = 0.25
     assert not evaluate_gate(res, [])["passed"]
 
 
 def test_gate_metric_missing_from_run() -> None:
-    with pytest.raises(ConfigError, match=r"no 'expected_max_toxicity'.*toxicity_rate"):
-        evaluate_gate(_load("audit_results.json"), ["expected_max_toxicity>0.5"])
+    with pytest.raises(ConfigError, match=r"no 'behaviour_expected_max'.*behaviour_rate"):
+        evaluate_gate(_load("audit_results.json"), ["behaviour_expected_max>0.5"])
 
 
 def test_threshold_errors_name_the_probe_suite_not_fail_on(tmp_path: Path) -> None:
     """Without --fail-on the thresholds come from the probe suite; no message may invent a --fail-on."""
     res = _load("audit_results.json")
-    del res["baseline"]["toxicity_rate"]
+    del res["baseline"]["behaviour_rate"]
     with pytest.raises(ConfigError) as info:
         evaluate_gate(res, [])
     msg = str(info.value)
-    assert msg.startswith("The probe suite threshold 'toxicity_rate>0.1' cannot be checked")
-    assert "--fail-on 'toxicity_rate" not in msg and "toxicity_mean" in msg  # names what the run does have
+    assert msg.startswith("The probe suite threshold 'behaviour_rate>0.1' cannot be checked")
+    assert "--fail-on 'behaviour_rate" not in msg and "behaviour_mean" in msg  # names what the run does have
     # the page's verdict checks the suite's thresholds next to a user's --fail-on: worded by each one's source
     res["gate"] = {"passed": True, "target": "baseline", "source": "--fail-on", "checks": [
         {"expr": "perplexity>400", "value": 305.2}]}
-    with pytest.raises(ConfigError, match=r"^The probe suite threshold 'toxicity_rate>0.1'"):
+    with pytest.raises(ConfigError, match=r"^The probe suite threshold 'behaviour_rate>0.1'"):
         render_report(res, tmp_path / "none.jsonl", tmp_path / "report.html")
 
 
@@ -124,3 +132,76 @@ def test_report_fail_on_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "FAIL" in html and "perplexity&gt;300" in html
     assert main(["report", str(run), "--fail-on", "perplexity>400"]) == 0
     assert main(["report", str(run), "--fail-on", "ppl>1"]) == 2
+
+
+# ------------------------------------------------------------------- schema-1 aliases, labels, unknown metrics
+
+LOOPING = {"name": "looping continuations", "metric": "repetition ratio"}
+
+
+def test_old_metric_names_are_aliases(caplog: pytest.LogCaptureFixture) -> None:
+    assert GATE_ALIASES == {"toxicity_rate": "behaviour_rate", "toxicity_mean": "behaviour_mean",
+                            "expected_max_toxicity": "behaviour_expected_max",
+                            "toxicity_probability": "behaviour_probability"}
+    with caplog.at_level(logging.WARNING, logger="safety_prune.gate"):
+        exprs = parse_fail_on(["toxicity_rate>0.05, expected_max_toxicity >= 0.5", "toxicity_mean<1",
+                               " toxicity_probability>0", "behaviour_rate>0.1"])
+    assert exprs == ["behaviour_rate>0.05", "behaviour_expected_max >= 0.5", "behaviour_mean<1",
+                     "behaviour_probability>0", "behaviour_rate>0.1"]
+    assert caplog.text.count("is deprecated") == 4 and "write 'behaviour_rate>0.05'" in caplog.text
+    res = _load("correct_results.json")
+    assert evaluate_gate(res, ["toxicity_rate>=0"]) == evaluate_gate(res, ["behaviour_rate>=0"])
+    assert evaluate_gate(res, ["toxicity_rate>=0"])["checks"][0]["expr"] == "behaviour_rate>=0"
+    for bad in ("toxicity_rate>>0.1", "toxicity_rate>nan"):  # an alias is checked like the name it stands for
+        with pytest.raises(ConfigError):
+            parse_fail_on([bad])
+
+
+def test_old_metric_names_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _write_run(tmp_path / "run", _load("correct_results.json"))
+    assert main(["report", str(run), "--fail-on", "toxicity_mean>0.5"]) == 0
+    assert main(["report", str(run), "--fail-on", "toxicity_rate>=0"]) == GATE_EXIT_CODE
+    assert "fails behaviour_rate>=0" in capsys.readouterr().err
+    assert "behaviour_rate&gt;=0" in (run / "report.html").read_text(encoding="utf-8")
+
+
+def test_help_documents_the_aliases(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("audit", "correct", "report"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "'behaviour_rate>0.05'" in text and "deprecated aliases for one results schema version" in text
+        assert all(f"{old} ({new})" in text for old, new in GATE_ALIASES.items())
+
+
+def test_unknown_fail_on_metric_lists_what_the_run_has(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A metric the run lacks (one sample per prompt: no expected max, no probability) names the ones it has."""
+    run = _write_run(tmp_path / "run", _load("audit_results.json"))
+    assert main(["report", str(run), "--fail-on", "behaviour_probability>0.5"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    have = "behaviour_rate, behaviour_mean, perplexity, distinct2, continuation_perplexity"
+    assert f"the baseline metrics of this run have no 'behaviour_probability'. Use one of {have}." in err
+    assert main(["report", str(run), "--fail-on", "toxicity_probability>0.5"]) == 2  # an alias: the same answer
+    assert f"have no 'behaviour_probability'. Use one of {have}." in " ".join(capsys.readouterr().err.split())
+    assert main(["report", str(run), "--fail-on", "toxicity>0.5"]) == 2  # no metric at all: the catalogue
+    err = capsys.readouterr().err
+    assert "'toxicity>0.5' is not a gate expression" in err and all(m in err for m in GATE_METRICS)
+
+
+def test_gate_failure_message_uses_the_suite_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    res = _load("correct_results.json")
+    res["probe"]["behaviour"] = LOOPING
+    gate = evaluate_gate(res, ["behaviour_rate>=0", "behaviour_mean>=0", "perplexity>400"])
+    assert [c["label"] for c in gate["checks"]] == ["Rate of looping continuations", "Mean repetition ratio",
+                                                    "Perplexity (general text)"]
+    msg = failure_message(gate)
+    assert msg.startswith("deployment gate failed on the corrected metrics: rate of looping continuations 0 ")
+    assert "fails behaviour_rate>=0; mean repetition ratio 0.03" in msg and "perplexity>400" not in msg
+    run = _write_run(tmp_path / "run", res)
+    assert main(["report", str(run), "--fail-on", "behaviour_rate>=0,behaviour_mean>=0"]) == GATE_EXIT_CODE
+    err = capsys.readouterr().err
+    assert "rate of looping continuations" in err and "mean repetition ratio" in err and "oxic" not in err
+    html = (run / "report.html").read_text(encoding="utf-8")
+    assert "Rate of looping continuations" in html and "Toxicity rate" not in html
+    del res["probe"]["behaviour"]  # an older suite without labels: generic wording
+    assert "behaviour rate 0 " in failure_message(evaluate_gate(res, ["behaviour_rate>=0"]))

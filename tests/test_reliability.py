@@ -198,7 +198,7 @@ _SUITE_KEYS = ["name", "description", "undesired", "split", "eval", "general", "
                "threshold", "options", "max_new_tokens", "do_sample", "num_samples", "temperature", "top_p",
                "batch_size", "max_length", "stride", "min_tokens", "toxicity_rate", "undesired_min", "general_n",
                "validation_fraction", "samples_per_prompt", "target", "benign_n", "contrast", "combine", "guard",
-               "behaviour"]
+               "behaviour", "behaviour_rate", "secondary"]
 _leaf = (st.none() | st.booleans() | st.integers(-5, 10**6) | st.floats(allow_nan=True) | st.text(max_size=12)
          | st.sampled_from(["prompts.txt", "general.txt", "txt", "jsonl", "nope.csv", "/dev/null", "..", "gensim-lee"]))
 _tree = st.recursive(_leaf, lambda kids: st.lists(kids, max_size=3)

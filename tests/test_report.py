@@ -17,6 +17,7 @@ import socket
 import struct
 import subprocess
 import time
+from html import unescape
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -26,6 +27,7 @@ import pytest
 
 from safety_prune.cli import main
 from safety_prune.errors import OutputError, ResultsError
+from safety_prune.gate import evaluate_gate
 from safety_prune.render import render_compare, render_report, render_run
 from safety_prune.run import SCHEMA_VERSION
 
@@ -95,7 +97,7 @@ def test_render_run_needs_no_model(tmp_path: Path) -> None:
                   "What the removed units respond to", "Method comparison and sweep", "Examples",
                   "Limitations and reproducibility"):
         assert title in html
-    assert "PASS" in html and "toxicity_rate&gt;0.05" in html and "perplexity&gt;400" in html
+    assert "PASS" in html and "behaviour_rate&gt;0.05" in html and "perplexity&gt;400" in html
     assert "0.97" in html and "not validated" not in html  # the validation block
     assert "Content warning" in html and "<mark> suck</mark>" in html
     assert html.count("<svg") == 4  # metrics, heatmap, per-layer, trade-off
@@ -106,9 +108,76 @@ def test_audit_only_report_adapts(tmp_path: Path) -> None:
     out = tmp_path / "report.html"
     render_report(_load("audit_results.json"), tmp_path / "missing.jsonl", out)
     html = out.read_text(encoding="utf-8")
-    assert "toxicity audit report" in html and "Measurements" in html
+    assert "audit report" in html and "correction report" not in html and "Measurements" in html
+    assert "Rate of" not in html and "Behaviour rate" in html  # no probe.behaviour: generic wording
     assert "Method comparison" not in html and "after correction" not in html
     assert "not validated in this run" in html and "safety-prune scorer validate" in html
+
+
+def test_suite_behaviour_labels_the_report(tmp_path: Path) -> None:
+    """The suite's ``behaviour: {name, metric}`` (results.json probe.behaviour) words the page, not "toxicity"."""
+    res = _rich()
+    res["probe"]["behaviour"] = {"name": "looping continuations", "metric": "repetition ratio"}
+    res["probe"]["thresholds"] = {"behaviour_rate": 0.1}
+    html = render_run(_write_run(tmp_path / "run", res, _samples())).read_text(encoding="utf-8")
+    text = _text(html)
+    for label in ("correction report · looping continuations", "Rate of looping continuations",
+                  "Mean repetition ratio", "mean repetition ratio per prompt", "highest repetition ratio",
+                  "count as looping continuations"):
+        assert label in text, label
+    assert "behaviour_rate>0.1 Rate of looping continuations" in text  # the verdict row
+    for old in ("Toxicity rate", "Mean toxicity", "tox. rate", "mean toxicity", "count as toxic"):
+        assert old not in text, old
+
+
+def _text(page: str) -> str:
+    """The page's visible text, tags dropped, entities decoded, whitespace collapsed."""
+    return " ".join(unescape(re.sub(r"<[^>]+>", " ", page)).split())
+
+
+def _secondary(rate: float, agreement: float) -> dict[str, Any]:
+    return {"behaviour_rate": rate, "behaviour_rate_ci": [rate / 2, rate * 1.5], "behaviour_mean": rate + 0.0625,
+            "behaviour_mean_ci": [rate, rate + 0.125], "agreement": agreement}
+
+
+def _with_secondary(res: dict[str, Any]) -> dict[str, Any]:
+    """Results of a suite with ``scorer.secondary: [toxblock]``, shaped as the jobs write them."""
+    res["scorer"]["secondary"] = [{"name": "toxblock", "description": "A BiLSTM scorer.", "threshold": 0.375,
+                                   "limits": "Misses coded toxicity.", "behaviour": "toxicity"}]
+    res["baseline"]["secondary"] = {"toxblock": _secondary(0.25, 0.75)}
+    res["corrected"]["secondary"] = {"toxblock": _secondary(0.125, 0.875)}
+    for row in res["comparison"]:
+        row["secondary"] = {"toxblock": _secondary(0.5, 0.625)}
+    return res
+
+
+def test_secondary_scorer_beside_the_primary(tmp_path: Path) -> None:
+    res = _with_secondary(_rich())
+    html = render_run(_write_run(tmp_path / "run", res, _samples())).read_text(encoding="utf-8")
+    text = _text(html)
+    assert "Second opinion: toxblock A BiLSTM scorer." in text and "Misses coded toxicity." in text  # section 2
+    assert "Second opinion: profanity and toxblock on the same continuations" in text  # section 3
+    assert ("metric profanity baseline profanity corrected toxblock baseline toxblock corrected agreement "
+            "(baseline → corrected)") in text
+    assert "0.25 [0.125, 0.375]" in text and "0.125 [0.0625, 0.1875]" in text and "0.75 → 0.875" in text
+    assert "toxblock 0.375" in text and "Only profanity decides the verdict" in text
+    assert "toxblock rate (agreement)" in text and text.count("0.5 (0.625)") == len(res["comparison"])
+    # the gate reads the primary only: a secondary rate above the threshold changes nothing
+    assert evaluate_gate(res, ["behaviour_rate>0.2"])["passed"]
+    res["baseline"]["secondary"]["toxblock"]["agreement"] = "high"
+    with pytest.raises(ResultsError, match=r"baseline\.secondary\.toxblock\.agreement is the string 'high', but "
+                                           r"must be a number or null"):
+        render_run(_write_run(tmp_path / "bad", res))
+
+
+def test_audit_report_with_secondary_has_no_corrected_columns(tmp_path: Path) -> None:
+    res = _load("audit_results.json")
+    res["scorer"]["secondary"] = [{"name": "repetition", "description": "d", "limits": "l", "threshold": 0.5}]
+    res["baseline"]["secondary"] = {"repetition": _secondary(0.25, 0.5)}
+    out = tmp_path / "report.html"
+    render_report(res, tmp_path / "missing.jsonl", out)
+    text = _text(out.read_text(encoding="utf-8"))
+    assert "metric profanity repetition agreement rate" in text and "corrected" not in text
 
 
 def test_report_is_self_contained_and_small(tmp_path: Path) -> None:
@@ -172,8 +241,23 @@ def test_run_dir_without_results(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_incompatible_schema(tmp_path: Path) -> None:
     res = _load("correct_results.json")
     res["schema_version"] = SCHEMA_VERSION + 1
-    with pytest.raises(ResultsError, match=r"results\.json has results schema_version 2.*incompatible schema"):
+    with pytest.raises(ResultsError, match=rf"results\.json has results schema_version {SCHEMA_VERSION + 1}.*"
+                                           rf"reads schema_version {SCHEMA_VERSION} only.*incompatible schema"):
         render_run(_write_run(tmp_path / "run", res))
+
+
+def test_schema_1_results_name_both_versions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A results.json of the previous schema (toxicity_* metric names) is refused with what changed and the fix."""
+    assert SCHEMA_VERSION == 2
+    res = _load("correct_results.json")
+    res["schema_version"] = 1
+    run = _write_run(tmp_path / "run", res)
+    assert main(["report", str(run)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "schema_version 1" in err and "reads schema_version 2 only" in err
+    assert "written by an older safety-prune" in err and "toxicity_rate -> behaviour_rate" in err
+    assert "Re-render it with the safety-prune version that wrote it" in err and "rerun the job" in err
+    assert "Traceback" not in err and not (run / "report.html").exists()
 
 
 def test_corrupt_json_names_line_and_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -206,7 +290,7 @@ HAND_EDITS = [
     ("baseline", "oops", "baseline", "must be an object of metrics"),
     ("manifest", ["seed", 0], "manifest", "is an array, but must be an object"),
     ("model", "llama", "model", "must be an object"),
-    ("baseline.toxicity_rate", float("nan"), "baseline.toxicity_rate", "is nan (not a finite number"),
+    ("baseline.behaviour_rate", float("nan"), "baseline.behaviour_rate", "is nan (not a finite number"),
     ("corrected.perplexity", float("inf"), "corrected.perplexity", "is inf (not a finite number"),
     ("comparison[1].perplexity_ci[0]", float("-inf"), "comparison[1].perplexity_ci[0]", "not a finite number"),
     ("baseline.perplexity", "305", "baseline.perplexity", "is the string '305', but must be a number"),
@@ -216,13 +300,13 @@ HAND_EDITS = [
     ("comparison[0].k", "five", "comparison[0].k", "must be a number or null"),
     ("comparison[0].paired_vs_baseline", {"delta": 0.1}, "comparison[0].paired_vs_baseline", "has no 'ci_low'"),
     ("probe.thresholds", [0.1], "probe.thresholds", "must be an object"),
-    ("probe.thresholds.toxicity_rate", "0.1", "probe.thresholds.toxicity_rate", "must be a number"),
+    ("probe.thresholds.behaviour_rate", "0.1", "probe.thresholds.behaviour_rate", "must be a number"),
     ("probe.generation", None, "probe.generation", "is null, but must be an object"),
     ("scorer.validation", [0.97], "scorer.validation", "must be an object or null"),
     ("manifest.versions", "<volatile>", "manifest.versions", "must be an object or null"),
     ("gate", "passed", "gate", "must be an object"),
     ("gate.passed", "false", "gate.passed", "must be true or false"),
-    ("gate.checks[0].expr", "toxicity_rate>>0.05", "gate.checks[0].expr", "is not a usable gate expression"),
+    ("gate.checks[0].expr", "behaviour_rate>>0.05", "gate.checks[0].expr", "is not a usable gate expression"),
     ("circuit.per_layer[0].abs_share", "big", "circuit.per_layer[0].abs_share", "must be a number"),
     ("circuit.heads", 5, "circuit.heads", "must be an object or null"),
     ("pruned.units", [{"layer": 0}], "pruned.units[0]", "must be a single value"),
@@ -254,16 +338,16 @@ def test_hand_edited_results_from_the_cli(tmp_path: Path, capsys: pytest.Capture
     err = capsys.readouterr().err
     assert f"{run / 'results.json'}: baseline is the string 'n/a'" in err and "Traceback" not in err
     res = _load("correct_results.json")
-    res["corrected"]["toxicity_rate"] = float("nan")  # would pass any 'toxicity_rate>X' gate unnoticed
+    res["corrected"]["behaviour_rate"] = float("nan")  # would pass any 'behaviour_rate>X' gate unnoticed
     run = _write_run(tmp_path / "nan", res)
-    assert main(["report", str(run), "--fail-on", "toxicity_rate>0.05"]) == 2
-    assert "corrected.toxicity_rate is nan" in capsys.readouterr().err
+    assert main(["report", str(run), "--fail-on", "behaviour_rate>0.05"]) == 2
+    assert "corrected.behaviour_rate is nan" in capsys.readouterr().err
 
 
 def test_gated_metric_missing_from_results(tmp_path: Path) -> None:
     res = _load("correct_results.json")
-    del res["corrected"]["toxicity_rate"]
-    with pytest.raises(ResultsError, match=r"corrected\.toxicity_rate is missing, but probe\.thresholds"):
+    del res["corrected"]["behaviour_rate"]
+    with pytest.raises(ResultsError, match=r"corrected\.behaviour_rate is missing, but probe\.thresholds"):
         render_run(_write_run(tmp_path / "run", res))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
@@ -118,3 +119,33 @@ def test_detoxify_errors(detox_files, offline, tmp_path, monkeypatch):
 def test_repetition_suite_and_scorer():
     scorer = get_scorer("repetition")
     assert scorer.score(["go go go go", "a fine day in the park", ""]) == [0.75, 0.0, 0.0]
+
+
+def test_tokens_target_with_a_scorer_that_cannot_localise_is_refused_before_work(detox_files, tmp_path):
+    """detoxify scores whole texts only: a suite asking for token targets with it fails at once, writing nothing."""
+    from tiny import save_tiny, write_tiny_suite
+
+    from safety_prune.jobs.correct import correct
+    from safety_prune.jobs.options import CorrectOptions
+
+    ckpt, config_dir, _, _ = detox_files
+    save_tiny("llama", tmp_path / "model")
+    suite = Path(write_tiny_suite(tmp_path / "suite"))
+    text = suite.read_text().replace(
+        "scorer: {name: profanity, threshold: 0.1, validate: false}",
+        f"scorer: {{name: detoxify, threshold: 0.1, validate: false, options: {{checkpoint: '{ckpt}', "
+        f"config_dir: '{config_dir}'}}}}").replace("target: continuation", "target: tokens")
+    suite.write_text(text)
+    with pytest.raises(ConfigError, match="needs a scorer that says which tokens carry the behaviour"):
+        correct(str(tmp_path / "model"), str(suite), tmp_path / "run", options=CorrectOptions(k=2, batch_size=4))
+    assert not (tmp_path / "run").exists()
+
+
+def test_repetition_scorer_refuses_a_toxicity_option():
+    with pytest.raises(ConfigError, match=r"Scorer 'repetition': bad options \['head'\].*Accepted: batch_size"):
+        get_scorer("repetition", head="threat")
+
+
+def test_repetition_token_scores_mark_the_repeating_words():
+    got = get_scorer("repetition").token_scores([["the", " cat", " sat", " the", " cat", " sat", " down"]])
+    assert got == [[0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0]]  # "the cat" and "cat sat" seen before; "sat down" new

@@ -17,7 +17,7 @@ def test_default_audit_end_to_end(tmp_path, capsys):
     assert res["model"]["family"] == "llama" and res["model"]["n_layers"] == 30
     assert res["model"]["n_neurons_per_layer"] == 1536
     b = res["baseline"]
-    assert 0 <= b["toxicity_rate"] <= 1 and 0 <= b["toxicity_mean"] <= 1
+    assert 0 <= b["behaviour_rate"] <= 1 and 0 <= b["behaviour_mean"] <= 1
     assert 5 < b["perplexity"] < 100  # SmolLM2-135M on news/Wikipedia prose
     assert len(res["circuit"]["per_layer"]) == 30
     html = (out / "report.html").read_text()

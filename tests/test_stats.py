@@ -1,4 +1,4 @@
-"""Bootstrap statistics and toxicity aggregates: correct values, determinism, json-safe output."""
+"""Bootstrap statistics and behaviour aggregates: correct values, determinism, json-safe output."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from safety_prune.errors import ConfigError
-from safety_prune.evaluation import bootstrap_ci, paired_bootstrap_diff, summarize, toxicity_aggregates
+from safety_prune.evaluation import behaviour_aggregates, bootstrap_ci, paired_bootstrap_diff, summarize
 
 
 def test_bootstrap_ci_covers_mean_and_shrinks_with_n():
@@ -55,19 +55,19 @@ def test_summarize_and_errors():
         paired_bootstrap_diff([1.0, 2.0], [1.0])
 
 
-def test_toxicity_aggregates_values():
+def test_behaviour_aggregates_values():
     scores = [[0.9, 0.1], [0.2, 0.3], [0.6, 0.7]]
-    agg = toxicity_aggregates(scores, threshold=0.5, seed=0)
-    assert set(agg) == {"toxicity_mean", "toxicity_rate", "expected_max_toxicity", "toxicity_probability"}
-    assert agg["toxicity_mean"]["value"] == pytest.approx(np.mean([0.5, 0.25, 0.65]))
-    assert agg["toxicity_rate"]["value"] == pytest.approx(np.mean([0.5, 0.0, 1.0]))
-    assert agg["expected_max_toxicity"]["value"] == pytest.approx(np.mean([0.9, 0.3, 0.7]))
-    assert agg["toxicity_probability"]["value"] == pytest.approx(2 / 3)
+    agg = behaviour_aggregates(scores, threshold=0.5, seed=0)
+    assert set(agg) == {"behaviour_mean", "behaviour_rate", "behaviour_expected_max", "behaviour_probability"}
+    assert agg["behaviour_mean"]["value"] == pytest.approx(np.mean([0.5, 0.25, 0.65]))
+    assert agg["behaviour_rate"]["value"] == pytest.approx(np.mean([0.5, 0.0, 1.0]))
+    assert agg["behaviour_expected_max"]["value"] == pytest.approx(np.mean([0.9, 0.3, 0.7]))
+    assert agg["behaviour_probability"]["value"] == pytest.approx(2 / 3)
     assert all(v["n"] == 3 for v in agg.values())
     json.dumps(agg, allow_nan=False)  # json-safe
     assert all(type(v[k]) is float for v in agg.values() for k in ("value", "ci_low", "ci_high"))
-    single = toxicity_aggregates([[0.9], [0.1]])
-    assert set(single) == {"toxicity_mean", "toxicity_rate"}
-    assert toxicity_aggregates(scores, seed=4) == toxicity_aggregates(scores, seed=4)
+    single = behaviour_aggregates([[0.9], [0.1]])
+    assert set(single) == {"behaviour_mean", "behaviour_rate"}
+    assert behaviour_aggregates(scores, seed=4) == behaviour_aggregates(scores, seed=4)
     with pytest.raises(ConfigError):
-        toxicity_aggregates([[0.1], []])
+        behaviour_aggregates([[0.1], []])

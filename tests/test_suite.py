@@ -222,3 +222,56 @@ def test_reference_spec_errors_name_the_key(suite_dir: Path, key, value, message
     cfg["reference"][key] = value
     with pytest.raises(ProbeSuiteError, match=message):
         load_suite(str(write_suite(suite_dir, cfg)))
+
+
+# ------------------------------------------------------------------------- thresholds and secondary scorers
+
+def test_thresholds_behaviour_rate_and_its_old_name(suite_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = base_config() | {"thresholds": {"behaviour_rate": 0.2}}
+    assert load_suite(str(write_suite(suite_dir, cfg))).thresholds.behaviour_rate == 0.2
+    assert load_suite(str(write_suite(suite_dir, base_config(), "default.yaml"))).thresholds.behaviour_rate == 0.1
+    cfg = base_config() | {"thresholds": {"toxicity_rate": 0.3}}  # schema 1 name: read, with a warning
+    with caplog.at_level(logging.WARNING, logger="safety_prune.suite"):
+        s = load_suite(str(write_suite(suite_dir, cfg, "old.yaml")))
+    assert s.thresholds.behaviour_rate == 0.3
+    assert "thresholds.toxicity_rate is deprecated" in caplog.text and "behaviour_rate" in caplog.text
+    cfg = base_config() | {"thresholds": {"toxicity_rate": 0.3, "behaviour_rate": 0.2}}
+    with pytest.raises(ProbeSuiteError, match=r"thresholds.toxicity_rate is the old name of "
+                                              r"thresholds.behaviour_rate; give only behaviour_rate"):
+        load_suite(str(write_suite(suite_dir, cfg, "both.yaml")))
+
+
+def test_packaged_suites_declare_behaviour_rate_and_secondary() -> None:
+    tox = suite_mod._parse(resource_dir("probes") / "toxicity.yaml")
+    rep = suite_mod._parse(resource_dir("probes") / "repetition.yaml")
+    assert tox.thresholds.behaviour_rate == rep.thresholds.behaviour_rate == 0.1
+    assert [(s.name, s.threshold, s.options) for s in tox.scorer.secondary] == [("toxblock", 0.5, {})]
+    assert rep.scorer.secondary == ()
+
+
+def test_secondary_scorers_by_name_or_mapping(suite_dir: Path) -> None:
+    cfg = base_config() | {"scorer": {"name": "profanity", "secondary": [
+        "repetition", {"name": "toxblock", "threshold": 0.3, "options": {"head": "insult"}, "validate": False}]}}
+    spec = load_suite(str(write_suite(suite_dir, cfg))).scorer
+    assert [(s.name, s.threshold, s.options, s.validate) for s in spec.secondary] == [
+        ("repetition", 0.5, {}, True), ("toxblock", 0.3, {"head": "insult"}, False)]
+    assert all(s.secondary == () for s in spec.secondary)
+    assert load_suite(str(write_suite(suite_dir, base_config(), "none.yaml"))).scorer.secondary == ()
+
+
+@pytest.mark.parametrize("secondary, message", [
+    (["toxblok"], r"scorer.secondary\[0\] names the unknown scorer 'toxblok' \(did you mean 'toxblock'\? "
+                  r"available: profanity, detoxify, repetition, toxblock\)"),
+    ([{"name": "nope"}], r"scorer.secondary\[0\] names the unknown scorer 'nope' \(available: profanity"),
+    ("toxblock", r"scorer.secondary must be a list of scorer names or of mappings"),
+    ([3], r"scorer.secondary\[0\] must be a scorer name or a mapping"),
+    ([{"threshold": 0.2}], r"scorer.secondary\[0\].name is required"),
+    ([{"name": "toxblock", "threshold": 2}], r"scorer.secondary\[0\].threshold must be a number in \[0.0, 1.0\]"),
+    ([{"name": "toxblock", "secondary": ["profanity"]}], r"scorer.secondary\[0\].secondary is not a known key"),
+    (["toxblock", {"name": "toxblock", "threshold": 0.2}], r"scorer.secondary\[1\] repeats the scorer 'toxblock'"),
+    (["profanity"], r"scorer.secondary\[0\] is the primary scorer 'profanity' again"),
+])
+def test_secondary_scorer_errors_name_the_key(suite_dir: Path, secondary: object, message: str) -> None:
+    cfg = base_config() | {"scorer": {"name": "profanity", "secondary": secondary}}
+    with pytest.raises(ProbeSuiteError, match=message):
+        load_suite(str(write_suite(suite_dir, cfg)))

@@ -3,11 +3,12 @@
 from .fluency import distinct_n, uniqueness_ratio
 from .generation import Generation, generate, generate_detailed
 from .perplexity import PerplexityResult, perplexity, sequence_perplexities
-from .stats import bootstrap_ci, paired_bootstrap_diff, summarize, toxicity_aggregates
+from .stats import behaviour_aggregates, bootstrap_ci, paired_bootstrap_diff, summarize
 
 __all__ = [
     "Generation",
     "PerplexityResult",
+    "behaviour_aggregates",
     "bootstrap_ci",
     "distinct_n",
     "generate",
@@ -16,6 +17,5 @@ __all__ = [
     "perplexity",
     "sequence_perplexities",
     "summarize",
-    "toxicity_aggregates",
     "uniqueness_ratio",
 ]

@@ -24,7 +24,7 @@ from ..suite import GenerationSpec, ProbeSuite
 from .fluency import distinct_n
 from .generation import Generation, generate_detailed
 from .perplexity import perplexity, sequence_perplexities
-from .stats import summarize, toxicity_aggregates
+from .stats import behaviour_aggregates, summarize
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +86,36 @@ class GenerationCache:
 
     def load(self, lm: LoadedModel, gen: GenerationSpec, chat: bool, prompts: list[str], seed: int
              ) -> list[list[Generation]] | None:
+        """The cached continuations for exactly these inputs, or None (then they are generated).
+
+        A damaged file (truncated, edited, not JSON, wrong fields or counts) is ignored with a warning: the cache
+        only saves time, so generating again is always correct.
+        """
         path = self.read_dir / self._name(lm, gen, chat, prompts, seed) if self.read_dir else None
         if path is None or not path.is_file():
             return None
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         gens: list[list[Generation]] = [[] for _ in prompts]
-        for row in rows:
-            gens[row.pop("prompt_index")].append(Generation(**row))
-        log.info("Reusing %d cached continuations from %s", len(rows), path)
+        try:
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                i = row.pop("prompt_index")
+                if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(prompts):
+                    raise ValueError(f"prompt_index {i!r} is not one of the {len(prompts)} prompts")
+                g = Generation(**row)
+                ids = [*g.prompt_ids, *g.continuation_ids]
+                if not (isinstance(g.prompt_text, str) and isinstance(g.continuation, str)
+                        and all(isinstance(t, int) and not isinstance(t, bool) for t in ids)):
+                    raise ValueError("a field has the wrong type")
+                gens[i].append(g)
+            if any(len(row) != gen.num_samples for row in gens):
+                raise ValueError(f"not {gen.num_samples} continuation(s) for every prompt")
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:  # JSON and UTF-8 errors included
+            log.warning("Ignoring the damaged generation cache %s (%s: %s); generating the continuations again.",
+                        path, type(exc).__name__, exc)
+            return None
+        log.info("Reusing %d cached continuations from %s", sum(map(len, gens)), path)
         return gens
 
     def save(self, lm: LoadedModel, gen: GenerationSpec, chat: bool, prompts: list[str], seed: int,
@@ -130,16 +152,41 @@ def _log_summary(values: Sequence[float], seed: int) -> dict[str, float | int]:
             "ci_high": math.exp(s["ci_high"]), "n": s["n"]}
 
 
+def secondary_metrics(res: Generations, secondary: dict[str, Scorer], suite: ProbeSuite, seed: int
+                      ) -> dict[str, dict[str, Any]]:
+    """Each secondary scorer on the SAME continuations as the primary: its ``behaviour_rate`` and ``behaviour_mean``
+    (bootstrapped over prompts like the primary's), its ``threshold``, and ``agreement``: the share of continuations
+    that the two scorers flag alike, each flag being a score above that scorer's own threshold (as the rates
+    count them)."""
+    thresholds = {spec.name: spec.threshold for spec in suite.scorer.secondary}
+    primary = [s > suite.scorer.threshold for row in res.scores for s in row]
+    texts = [x.continuation for row in res.gens for x in row]
+    n = len(res.gens[0]) if res.gens else 0
+    out: dict[str, dict[str, Any]] = {}
+    for name, sec in secondary.items():
+        threshold = thresholds.get(name, 0.5)
+        flat = sec.score(texts)
+        agg = behaviour_aggregates([flat[i * n:(i + 1) * n] for i in range(len(res.gens))], threshold=threshold,
+                                   seed=seed)
+        agree = sum((s > threshold) == p for s, p in zip(flat, primary, strict=True)) / len(flat)
+        out[name] = {"behaviour_rate": agg["behaviour_rate"], "behaviour_mean": agg["behaviour_mean"],
+                     "agreement": float(agree), "threshold": threshold}
+    return out
+
+
 def evaluate(lm: LoadedModel, reference: LoadedModel, suite: ProbeSuite, scorer: Scorer, prompts: list[str],
-             general_text: list[str], seed: int, cache: GenerationCache | None = None
-             ) -> tuple[dict[str, Any], Generations]:
-    """Toxicity with fluency and perplexity next to it, each with a 95% bootstrap CI over prompts.
+             general_text: list[str], seed: int, cache: GenerationCache | None = None,
+             secondary: dict[str, Scorer] | None = None) -> tuple[dict[str, Any], Generations]:
+    """The behaviour with fluency and perplexity next to it, each with a 95% bootstrap CI over prompts.
 
     ``reference`` is the unpruned model: continuation perplexity is measured under it, so garbled text of a
-    pruned ``lm`` shows as a rise.
+    pruned ``lm`` shows as a rise. ``secondary`` (name -> scorer, e.g. from ``jobs.stages.suite_secondary``)
+    scores the same continuations again: ``metrics["secondary"][name]`` (see ``secondary_metrics``; ``{}`` when
+    none).
     """
     res = generate_and_score(lm, suite, scorer, prompts, seed, "eval", cache)
-    metrics: dict[str, Any] = toxicity_aggregates(res.scores, threshold=suite.scorer.threshold, seed=seed)
+    metrics: dict[str, Any] = behaviour_aggregates(res.scores, threshold=suite.scorer.threshold, seed=seed)
+    metrics["secondary"] = secondary_metrics(res, secondary or {}, suite, seed)
     metrics["distinct2"] = summarize(
         [float(np.mean(distinct_n([x.continuation for x in row], 2))) for row in res.gens], seed=seed)
     flat = [x for row in res.gens for x in row]

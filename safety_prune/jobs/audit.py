@@ -26,6 +26,7 @@ from .stages import (
     rank,
     scorer_info,
     suite_scorer,
+    suite_secondary,
     write_generations,
 )
 
@@ -38,10 +39,10 @@ def audit(model: str, probe: str, out: str | Path, *, overwrite: bool = False, o
     finish = Finish(opt.seed, argv, suite.data_files(), lm.weights_sha256, started)
     preflight_attribution(lm, suite, opt, ("neuron", "head"))
     torch.manual_seed(opt.seed)
-    scorer = suite_scorer(suite)
+    scorer, secondary = suite_scorer(suite), suite_secondary(suite)
     with staged(out) as staging:
         cache = generation_cache(out, staging)
-        base = measure_baseline(lm, suite, scorer, opt.limit, opt.seed, cache)
+        base = measure_baseline(lm, suite, scorer, opt.limit, opt.seed, cache, secondary)
         write_generations(staging, "samples.jsonl", (base.generations, "baseline"))
         refs = build_references(lm, suite, scorer, opt, cache, out)
         write_generations(staging, "reference_generations.jsonl", (refs.generations, "reference"))
@@ -53,7 +54,7 @@ def audit(model: str, probe: str, out: str | Path, *, overwrite: bool = False, o
         write_json(staging.path("circuit.json"), circuit)
         results = header("audit", lm) | {
             "probe": probe_info(suite, len(base.prompts), len(refs.generations.prompts)),
-            "scorer": scorer_info(scorer, suite),
+            "scorer": scorer_info(scorer, suite, secondary),
             "baseline": flat_metrics(base.metrics),
             "contrast": contrast_info(suite, c, ranked),
             "circuit": circuit_info(circuit, "lrp", len(c.sets.undesired), len(c.sets.general),

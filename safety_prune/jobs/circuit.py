@@ -19,7 +19,7 @@ from ..io import sha256_file
 from ..pruning import count_units, masked, select
 from ..render import render_task_report
 from ..resources import resource_dir
-from ..run import check_out_dir, staged
+from ..run import check_not_inside, check_out_dir, staged
 from .common import Finish, header, open_model
 from .options import CircuitOptions
 
@@ -31,6 +31,7 @@ def circuit(model: str, out: str | Path, *, overwrite: bool = False, options: Ci
     opt.validate()
     out = check_out_dir(out, overwrite)
     lm = open_model(model, opt)
+    check_not_inside(out, lm.folder, "--out")
     data = resource_dir("data") / "ioi.json"
     finish = Finish(opt.seed, argv, {str(data): sha256_file(data)}, lm.weights_sha256, started)
     tok = lm.tokenizer

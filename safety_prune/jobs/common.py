@@ -15,9 +15,9 @@ from ..errors import OutputError
 from ..families import geometry
 from ..gate import evaluate_gate
 from ..io import atomic_dir, write_json
-from ..models import LoadedModel, load_model
+from ..models import LoadedModel, check_chat_template, check_context, load_model
 from ..results import SCHEMA_VERSION, model_info
-from ..run import Staging, check_out_dir, manifest
+from ..run import Staging, check_not_inside, check_out_dir, check_target_path, manifest
 from ..suite import ProbeSuite, load_suite
 from .options import RunOptions, SuiteOptions
 
@@ -39,11 +39,28 @@ def open_model(spec: str, opt: RunOptions) -> LoadedModel:
 
 def start_run(model: str, probe: str, out: str | Path, overwrite: bool, opt: SuiteOptions
               ) -> tuple[Path, ProbeSuite, LoadedModel]:
-    """Everything a job checks before it writes anything: the options, --out, the suite with its data, the model."""
+    """Everything a job checks before it writes anything: the options, --out (and --save-model), the suite with its
+    data, the model, and that the model can take the suite's inputs."""
     opt.validate()
+    local = Path(model).expanduser() if model != "default" and Path(model).expanduser().is_dir() else None
+    check_not_inside(Path(out), local, "--out")  # known before loading for a model folder; before any probe
     out = check_out_dir(out, overwrite)
+    check_save_target(getattr(opt, "save_model", None), local)
     suite = load_suite(probe, encoding_errors=opt.encoding_errors)
-    return out, suite, open_model(model, opt)
+    lm = open_model(model, opt)
+    check_not_inside(out, lm.folder, "--out")
+    check_inputs_fit(lm, suite, opt)
+    return out, suite, lm
+
+
+def check_inputs_fit(lm: LoadedModel, suite: ProbeSuite, opt: SuiteOptions) -> None:
+    """The suite's chat template renders, and its longest inputs fit a learned position table (GPT-2, OPT)."""
+    added = check_chat_template(lm) if suite.chat_template else len(lm.tokenizer("")["input_ids"])
+    check_context(lm, {
+        "max_prompt_tokens + generation.max_new_tokens" + (" + the chat template" if suite.chat_template else ""):
+            suite.max_prompt_tokens + added + suite.generation.max_new_tokens,
+        "--max-tokens": opt.max_tokens,
+    })
 
 
 def preflight_attribution(lm: LoadedModel, suite: ProbeSuite, opt: SuiteOptions, units: Sequence[str]) -> None:
@@ -88,25 +105,23 @@ def header(job: str, lm: LoadedModel) -> dict[str, Any]:
 
 
 def check_save_target(target: str | None, lm_folder: Path | None) -> Path | None:
-    """Refuse a save path inside the input model's folder or a non-empty folder; writes nothing."""
+    """Refuse a save path inside the input model's folder, a non-empty folder, or one the save could not write
+    (see ``run.check_target_path``); leaves nothing behind."""
     if target is None:
         return None
-    path = Path(target).expanduser().resolve()
-    if lm_folder is not None:
-        src = lm_folder.resolve()
-        if path == src or src in path.parents:
-            raise OutputError(f"--save-model {target} lies inside the input model folder {lm_folder}. The "
-                              "input model is never modified: choose a folder outside it.")
+    path = Path(target).expanduser()
+    check_not_inside(path, lm_folder, "--save-model")
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise OutputError(f"--save-model {target} exists and is not an empty folder. Choose a new folder.")
-    return path
+    check_target_path(path, "--save-model")
+    return path.resolve()
 
 
 def save_model_folder(lm: LoadedModel, model: torch.nn.Module, target: Path, card: str) -> None:
     """A plain transformers folder (safetensors, tokenizer, model card), written atomically (rank 0 only)."""
     if not is_main_process():
         return
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target, record=True) as tmp:
         model.save_pretrained(tmp)
         lm.tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(card, encoding="utf-8")

@@ -42,6 +42,7 @@ from .stages import (
     rank,
     scorer_info,
     suite_scorer,
+    suite_secondary,
     write_generations,
 )
 
@@ -64,10 +65,10 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
     kinds = (opt.unit,) if opt.unit == "weight" else ("neuron", "head")
     preflight_attribution(lm, suite, opt, kinds)
     torch.manual_seed(opt.seed)
-    scorer = suite_scorer(suite)
+    scorer, secondary = suite_scorer(suite), suite_secondary(suite)
     with staged(out) as staging:
         cache = generation_cache(out, staging)
-        base = measure_baseline(lm, suite, scorer, opt.limit, opt.seed, cache)
+        base = measure_baseline(lm, suite, scorer, opt.limit, opt.seed, cache, secondary)
         refs = build_references(lm, suite, scorer, opt, cache, out)
         c = refs.contrast
         methods = opt.methods()
@@ -76,7 +77,7 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
         ranked = {m: rank(c, m, opt.unit, kinds, suite.contrast.guard, opt.exclude_layers)
                   for m in ["random", *[m for m in methods if m != "random"]]}
         (k, scale), selection, ranked[primary].scores = _choose(lm, suite, scorer, ranked[primary].scores, opt)
-        rows, chosen = _compare_all(lm, suite, scorer, base, ranked, k, scale, primary, opt)
+        rows, chosen = _compare_all(lm, suite, scorer, base, ranked, k, scale, primary, opt, secondary)
         selection["stability"] = stability(ranked[primary].relevance, chosen.units, opt.unit, suite.contrast.combine,
                                            suite.contrast.guard, opt.exclude_layers, opt.stability, opt.seed)
         write_generations(staging, "samples.jsonl", (base.generations, "baseline"),
@@ -99,7 +100,7 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
         results = header("correct", lm) | {
             "method": primary,
             "probe": probe_info(suite, len(base.prompts), len(refs.generations.prompts)),
-            "scorer": scorer_info(scorer, suite),
+            "scorer": scorer_info(scorer, suite, secondary),
             "baseline": flat_metrics(base.metrics),
             "corrected": corrected,
             "pruned": {"unit": opt.unit, "count": len(chosen.units), "fraction": fraction(lm.model, chosen.units),
@@ -173,8 +174,8 @@ def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, scores: dict[str
     def measure(model: torch.nn.Module) -> dict[str, Any]:
         pruned = LoadedModel(model, lm.tokenizer, lm.arch, lm.spec, lm.name, lm.folder, lm.weights_sha256)
         metrics, _ = evaluate(pruned, lm, suite, scorer, prompts, val_text, opt.seed)
-        return {"behaviour_mean": metrics["toxicity_mean"]["value"],
-                "behaviour_rate": metrics["toxicity_rate"]["value"],
+        return {"behaviour_mean": metrics["behaviour_mean"]["value"],
+                "behaviour_rate": metrics["behaviour_rate"]["value"],
                 **{key: metrics[key]["value"] for key in ("perplexity", "distinct2", "continuation_perplexity")}}
 
     ks = [k for k in (opt.search_k or SEARCH_K[opt.unit]) if k <= total // 2] or [1]
@@ -202,9 +203,10 @@ class Corrected:
 
 
 def _compare_all(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, base: Baseline, ranked: dict[str, Ranked],
-                 k: int, scale: float | None, primary: str, opt: CorrectOptions
-                 ) -> tuple[list[dict[str, Any]], Corrected]:
-    """Every method at k (and the sweep), measured on the held-out eval prompts and test text."""
+                 k: int, scale: float | None, primary: str, opt: CorrectOptions,
+                 secondary: dict[str, Scorer] | None = None) -> tuple[list[dict[str, Any]], Corrected]:
+    """Every method at k (and the sweep), measured on the held-out eval prompts and test text (and by each
+    ``secondary`` scorer on the same continuations)."""
     baseline_tox = base.generations.per_prompt_mean()
     rows: list[dict[str, Any]] = []
     random_tox: dict[int, list[float]] = {}
@@ -214,7 +216,8 @@ def _compare_all(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, base: Basel
             units = select(r.scores, opt.unit, k=kk)
             model = pruned_copy(lm.model, units, scale)
             pruned = LoadedModel(model, lm.tokenizer, lm.arch, lm.spec, lm.name, lm.folder, lm.weights_sha256)
-            metrics, res = evaluate(pruned, lm, suite, scorer, base.prompts, base.test_text, opt.seed)
+            metrics, res = evaluate(pruned, lm, suite, scorer, base.prompts, base.test_text, opt.seed,
+                                    secondary=secondary)
             tox = res.per_prompt_mean()
             row = {"method": method, "k": len(units), "intervention": intervention(scale),
                    **{key: v for key, v in flat_metrics(metrics).items() if key != "details"},
@@ -239,7 +242,7 @@ def model_card(results: dict[str, Any]) -> str:
         return f"{d[key]:.4g} [{lo:.4g}, {hi:.4g}]"
 
     rows = "\n".join(f"| {key} | {cell(b, key)} | {cell(c, key)} |"
-                     for key in ("toxicity_rate", "toxicity_mean", "perplexity", "distinct2",
+                     for key in ("behaviour_rate", "behaviour_mean", "perplexity", "distinct2",
                                  "continuation_perplexity"))
     return (f"# Corrected {results['model']['name']}\n\n"
             f"Base model: `{results['model']['spec']}` ({results['model']['name']}).\n\n"

@@ -14,7 +14,7 @@ from typing import Any
 from torch import Tensor
 
 from ..attribution import Relevance, Sample
-from ..contrast import Contrast, build_sets, ranking
+from ..contrast import Contrast, build_sets, ranking, with_foils
 from ..errors import ConfigError
 from ..evaluation.behaviour import GenerationCache, Generations, evaluate, generate_and_score
 from ..explain import unit_examples
@@ -24,7 +24,7 @@ from ..results import ScorerInfo
 from ..run import Staging
 from ..scorers import Scorer, get_scorer
 from ..selection import exclude_layers, guard
-from ..suite import GenerationSpec, ProbeSuite
+from ..suite import GenerationSpec, ProbeSuite, ScorerSpec
 from .common import limited, limited_count
 from .options import BehaviourOptions
 
@@ -49,14 +49,33 @@ def suite_scorer(suite: ProbeSuite) -> Scorer:
     return scorer
 
 
-def scorer_info(scorer: Scorer, suite: ProbeSuite) -> ScorerInfo:
-    """Name, limits and (for toxicity scorers) agreement with Perspective labels, for the report."""
+def suite_secondary(suite: ProbeSuite) -> dict[str, Scorer]:
+    """The suite's secondary scorers (``scorer.secondary``) by name, built before any work starts."""
+    out: dict[str, Scorer] = {}
+    for i, spec in enumerate(suite.scorer.secondary):
+        try:
+            out[spec.name] = get_scorer(spec.name, **spec.options)
+        except ConfigError as exc:
+            raise ConfigError(f"{suite.path.name}: scorer.secondary[{i}]: {exc}") from None
+    return out
+
+
+def _one_scorer_info(scorer: Scorer, spec: ScorerSpec) -> ScorerInfo:
     info: ScorerInfo = {"name": scorer.name, "description": scorer.description, "limits": scorer.limits,
-                        "threshold": suite.scorer.threshold, "behaviour": scorer.behaviour}
-    if scorer.behaviour == "toxicity" and suite.scorer.validate:
+                        "threshold": spec.threshold, "behaviour": scorer.behaviour}
+    if scorer.behaviour == "toxicity" and spec.validate:
         from ..scorers.validate import validate_scorer
 
-        info["validation"] = validate_scorer(scorer, suite.scorer.threshold)
+        info["validation"] = validate_scorer(scorer, spec.threshold)
+    return info
+
+
+def scorer_info(scorer: Scorer, suite: ProbeSuite, secondary: dict[str, Scorer] | None = None) -> ScorerInfo:
+    """Name, limits and (for toxicity scorers) agreement with Perspective labels, for the report; the same for
+    each secondary scorer under ``secondary`` (a list, in the suite's order)."""
+    info = _one_scorer_info(scorer, suite.scorer)
+    specs = {spec.name: spec for spec in suite.scorer.secondary}
+    info["secondary"] = [_one_scorer_info(s, specs[name]) for name, s in (secondary or {}).items()]
     return info
 
 
@@ -66,9 +85,9 @@ def generation_cache(out: Path, staging: Staging) -> GenerationCache:
 
 
 def measure_baseline(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, limit: int | None, seed: int,
-                     cache: GenerationCache) -> Baseline:
+                     cache: GenerationCache, secondary: dict[str, Scorer] | None = None) -> Baseline:
     prompts, test_text = limited(suite.eval_prompts(), limit), suite.general_test()
-    metrics, res = evaluate(lm, lm, suite, scorer, prompts, test_text, seed, cache)
+    metrics, res = evaluate(lm, lm, suite, scorer, prompts, test_text, seed, cache, secondary=secondary)
     return Baseline(prompts, test_text, metrics, res)
 
 
@@ -101,6 +120,9 @@ def build_references(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, opt: Be
     sets = build_sets(lm.tokenizer, ref, scorer, suite.scorer.threshold, spec,
                       general_texts=suite.general_reference(), benign_texts=suite.benign_texts(),
                       general_n=limited_count(spec.general_n, opt.limit), max_tokens=opt.max_tokens)
+    if spec.foil == "best_alternative":
+        sets.undesired = with_foils(lm.model, sets.undesired, lm.tokenizer.pad_token_id or 0, opt.batch_size)
+        sets.info["foil"] = "logit(flagged token) - logit(the model's most likely other token at that position)"
     contrast = Contrast(lm.model, sets, suite.contrast.combine, pad_token_id=lm.tokenizer.pad_token_id or 0,
                         batch_size=opt.batch_size, seed=opt.seed,
                         gradient_checkpointing=opt.gradient_checkpointing, checkpoint_dir=out)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import functools
 import io
 import re
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
 from markupsafe import Markup
 
-from ..metrics import METRIC_KEYS, METRIC_LABELS, metric_ci
+from ..metrics import METRIC_KEYS, metric_ci
 
 _BASE_COLOUR, _CORR_COLOUR = "#8c959f", "#0969da"
 _METHOD_COLOURS = ("#0969da", "#cf222e", "#1a7f37", "#9a6700", "#8250df", "#bf3989", "#57606a")
@@ -51,13 +52,16 @@ def _figure(name: str) -> Callable[[Callable[..., Any]], Callable[..., Markup | 
     return wrap
 
 
-def _plot_label(text: Any) -> str:
-    """Plot text from results (method names): short, and no '$' so mathtext never parses it."""
-    return str(text).replace("$", "")[:40]
+def _plot_label(text: Any, width: int | None = None) -> str:
+    """Plot text from results (method names, the suite's behaviour labels): short, and no '$' so mathtext never
+    parses it; ``width`` wraps it onto lines of that many characters instead of cutting it."""
+    text = str(text).replace("$", "")
+    return textwrap.fill(text[:80], width) if width else text[:40]
 
 
 @_figure("metrics")
-def metrics_chart(fig: Any, base: dict[str, Any], corr: dict[str, Any] | None) -> bool:
+def metrics_chart(fig: Any, base: dict[str, Any], corr: dict[str, Any] | None, labels: dict[str, str]) -> bool:
+    """One panel per metric; ``labels``: ``metrics.metric_labels`` of the run's behaviour."""
     keys = [k for k in METRIC_KEYS if isinstance(base.get(k), int | float)]
     if not keys:
         return False
@@ -77,7 +81,7 @@ def metrics_chart(fig: Any, base: dict[str, Any], corr: dict[str, Any] | None) -
             c for _, b, _ in series for c in (metric_ci(b, key) or [])]
         if min(tops) >= 0:
             ax.set_ylim(0, 1.15 * max(tops) or 1.0)
-        ax.set_title(METRIC_LABELS[key])
+        ax.set_title(_plot_label(labels[key], 28))
         ax.grid(axis="x", visible=False)
     for ax in list(axes.flat)[len(keys):]:
         ax.set_visible(False)
@@ -139,8 +143,8 @@ def heatmap_chart(fig: Any, grid: Any, n_units: Any) -> bool:
 
 
 @_figure("tradeoff")
-def tradeoff_chart(fig: Any, rows: list[dict[str, Any]], base: dict[str, Any]) -> bool:
-    ys = [k for k in ("toxicity_rate", "toxicity_mean") if any(isinstance(r.get(k), int | float) for r in rows)]
+def tradeoff_chart(fig: Any, rows: list[dict[str, Any]], base: dict[str, Any], labels: dict[str, str]) -> bool:
+    ys = [k for k in ("behaviour_rate", "behaviour_mean") if any(isinstance(r.get(k), int | float) for r in rows)]
     if not ys or not any(isinstance(r.get("perplexity"), int | float) for r in rows):
         return False
     methods = list(dict.fromkeys(str(r.get("method")) for r in rows))
@@ -158,8 +162,8 @@ def tradeoff_chart(fig: Any, rows: list[dict[str, Any]], base: dict[str, Any]) -
             ax.plot([base["perplexity"]], [base[key]], marker="*", ms=10, color="#24292f", ls="none",
                     label="baseline (unpruned)")
         ax.set_xlabel("perplexity on general text (lower is better)")
-        ax.set_ylabel(METRIC_LABELS[key].lower())
-        if key == "toxicity_rate":
+        ax.set_ylabel(_plot_label(labels[key][:1].lower() + labels[key][1:], 36))
+        if key == "behaviour_rate":
             ax.set_ylim(bottom=0)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5))

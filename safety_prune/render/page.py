@@ -35,7 +35,7 @@ from ..gate import (
     threshold_exprs,
 )
 from ..io import write_text
-from ..metrics import METRIC_KEYS, METRIC_LABELS, METRICS, metric_ci
+from ..metrics import LEGACY_ALIASES, METRIC_KEYS, METRICS, metric_ci, metric_labels
 from ..resources import resource_dir
 from ..run import SCHEMA_VERSION
 from .charts import curves_chart, heatmap_chart, layer_chart, metrics_chart, tradeoff_chart
@@ -97,13 +97,19 @@ class _Invalid(Exception):
 _CI = _Opt(_List(_NUM, length=2, what="a pair of numbers [low, high]"))
 _PAIRED = _Obj({k: (_NUM, True) for k in ("delta", "ci_low", "ci_high", "p_value")},
                what='an object of numbers {"delta", "ci_low", "ci_high", "p_value"}')
+_SECONDARY_KEYS = ("behaviour_rate", "behaviour_mean")
+_SECONDARY = _Opt(_Map(_Obj({**{k: (_Opt(_NUM), False) for k in (*_SECONDARY_KEYS, "agreement")},
+                             **{f"{k}_ci": (_CI, False) for k in _SECONDARY_KEYS}},
+                            what='an object of numbers, e.g. {"behaviour_rate": 0.1, "agreement": 0.9}')))
 _BLOCK = _Obj({**{k: (_NUM, False) for k in METRIC_KEYS}, **{f"{k}_ci": (_CI, False) for k in METRIC_KEYS},
                "k": (_Opt(_NUM), False), "paired_vs_baseline": (_PAIRED, False),
-               "paired_vs_random": (_PAIRED, False)},
-              what='an object of metrics, e.g. {"toxicity_rate": 0.02, "toxicity_rate_ci": [0.01, 0.03]}')
+               "paired_vs_random": (_PAIRED, False), "secondary": (_SECONDARY, False)},
+              what='an object of metrics, e.g. {"behaviour_rate": 0.02, "behaviour_rate_ci": [0.01, 0.03]}')
 _ROW = _Obj({**{k: (_Opt(_NUM), False) for k in METRIC_KEYS}, **{f"{k}_ci": (_CI, False) for k in METRIC_KEYS},
              "k": (_Opt(_NUM), False), "paired_vs_baseline": (_Opt(_PAIRED), False),
-             "paired_vs_random": (_Opt(_PAIRED), False)})
+             "paired_vs_random": (_Opt(_PAIRED), False), "secondary": (_SECONDARY, False)})
+_SCORER_FIELDS = {"name": (_SCALAR, True), "description": (_ANY, True), "limits": (_ANY, True),
+                  "threshold": (_ANY, True), "validation": (_Opt(_Map(_ANY)), False)}
 _UNITS = _Opt(_List(_Obj({"r_diff": (_ANY, True)})))
 _PER_LAYER = _Opt(_List(_Obj({"layer": (_NUM, True), "abs_share": (_NUM, True)})))
 _SHA = _Opt(_Map(_ANY))
@@ -117,8 +123,7 @@ _RESULTS = _Obj({
     "model": (_Obj({"name": (_SCALAR, True), "spec": (_SCALAR, True)}), True),
     "probe": (_Obj({"name": (_SCALAR, True), "description": (_ANY, True), "n_eval_prompts": (_ANY, True),
                     "generation": (_Map(_ANY), False), "thresholds": (_Opt(_Map(_NUM)), False)}), True),
-    "scorer": (_Obj({"name": (_SCALAR, True), "description": (_ANY, True), "limits": (_ANY, True),
-                     "threshold": (_ANY, True), "validation": (_Opt(_Map(_ANY)), False)}), True),
+    "scorer": (_Obj({**_SCORER_FIELDS, "secondary": (_Opt(_List(_Obj(_SCORER_FIELDS))), False)}), True),
     "baseline": (_BLOCK, True),
     "corrected": (_Opt(_BLOCK), False),
     "manifest": (_Obj({"model_sha256": (_SHA, False), "data_sha256": (_SHA, False), "versions": (_SHA, False)}),
@@ -289,9 +294,13 @@ def load_results(run_dir: str | Path) -> dict[str, Any]:
                            "copy or rerun the job that wrote it.")
     found = results.get("schema_version")
     if found != SCHEMA_VERSION:
+        older = isinstance(found, int) and not isinstance(found, bool) and found < SCHEMA_VERSION
+        why = (f"written by an older safety-prune; schema {SCHEMA_VERSION} renamed the metrics, e.g. "
+               f"{', '.join(f'{old} -> {new}' for old, new in LEGACY_ALIASES.items())}" if older else
+               "written by a newer or unknown safety-prune" if isinstance(found, int) else "no usable version")
         raise ResultsError(f"{path} has results schema_version {found!r}, but safety-prune {__version__} reads "
-                           f"schema_version {SCHEMA_VERSION} only (incompatible schema). Render it with the "
-                           "safety-prune version that wrote it (see manifest.versions in the file), or rerun "
+                           f"schema_version {SCHEMA_VERSION} only (incompatible schema: {why}). Re-render it with "
+                           "the safety-prune version that wrote it (see manifest.versions in the file), or rerun "
                            "the job with this version.")
     if results.get("job") in _TASK_JOBS:
         raise ResultsError(f"{path} is from a `safety-prune {results['job']}` run; `safety-prune report` re-renders "
@@ -361,12 +370,27 @@ def signal(ci_a: Sequence[float] | None, ci_b: Sequence[float] | None) -> str:
     return "likely different" if ci_a[1] < ci_b[0] or ci_b[1] < ci_a[0] else "within noise"
 
 
-def _metric_rows(base: dict[str, Any], corr: dict[str, Any] | None) -> list[dict[str, Any]]:
+def _labels(results: dict[str, Any]) -> dict[str, str]:
+    """Metric labels worded by the run's probe suite (``probe.behaviour``), generic where it names none."""
+    return metric_labels((results.get("probe") or {}).get("behaviour"))
+
+
+def _behaviour(results: dict[str, Any]) -> dict[str, Any]:
+    """What the page calls the behaviour and its score: the suite's words, or generic ones."""
+    info = (results.get("probe") or {}).get("behaviour")
+    info = info if isinstance(info, dict) else {}
+    name, metric = (info.get(k) if isinstance(info.get(k), str) and info.get(k).strip() else None
+                    for k in ("name", "metric"))
+    return {"known": bool(name), "name": name or "the behaviour", "metric": metric or "behaviour score"}
+
+
+def _metric_rows(base: dict[str, Any], corr: dict[str, Any] | None, labels: dict[str, str]
+                 ) -> list[dict[str, Any]]:
     rows = []
-    for key, label, help_, better in METRICS:
+    for key, _label, help_, better in METRICS:
         if not isinstance(base.get(key), int | float):
             continue
-        row = {"key": key, "label": label, "help": help_, "better": better, "base": base[key],
+        row = {"key": key, "label": labels[key], "help": help_, "better": better, "base": base[key],
                "base_ci": metric_ci(base, key), "corr": None, "corr_ci": None, "delta": None, "rel": None,
                "signal": None, "good": None}
         if corr and isinstance(corr.get(key), int | float):
@@ -388,11 +412,12 @@ def _verdict(results: dict[str, Any]) -> dict[str, Any]:
     gate_exprs = [c["expr"] for c in gate.get("checks", [])]
     gate_source = gate.get("source", SOURCE_FAIL_ON)
     corr = results.get("corrected") if isinstance(results.get("corrected"), dict) else None
+    labels = _labels(results)
     rows = []
     for expr in dict.fromkeys(probe_exprs + gate_exprs):
         source = SOURCE_THRESHOLDS if expr in probe_exprs else gate_source  # words any error by its origin
         base = check_expr(results["baseline"], expr, "baseline", source)
-        rows.append({"expr": expr, "label": METRIC_LABELS.get(base["metric"], expr),
+        rows.append({"expr": expr, "label": labels.get(base["metric"], expr),
                      "from_gate": expr in gate_exprs, "from_probe": expr in probe_exprs, "base": base,
                      "corr": check_expr(corr, expr, "corrected", source) if corr else None})
     before = not any(r["base"]["failed"] for r in rows)
@@ -473,24 +498,48 @@ def _command(manifest: dict[str, Any]) -> str:
     return shlex.join(str(c) for c in cmd) if isinstance(cmd, list) else str(cmd or "unknown")
 
 
-_ROW_KEYS = ("method", "k", "fraction", "toxicity_rate", "toxicity_mean", "perplexity", "distinct2",
-             "continuation_perplexity", "paired_vs_baseline", "paired_vs_random")
+_ROW_KEYS = ("method", "k", "fraction", "behaviour_rate", "behaviour_mean", "perplexity", "distinct2",
+             "continuation_perplexity", "paired_vs_baseline", "paired_vs_random", "secondary")
 _MANIFEST_KEYS = ("seed", "git_commit", "platform", "duration_s", "model_sha256", "data_sha256", "versions")
+
+
+def _secondary(results: dict[str, Any], base: dict[str, Any], corr: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Each secondary scorer beside the primary: rate and mean before/after for both, and their agreement."""
+    infos = {str(s.get("name")): s for s in (results.get("scorer") or {}).get("secondary") or []}
+    out = []
+    for name, sec in (base.get("secondary") or {}).items():
+        after = ((corr or {}).get("secondary") or {}).get(name) or {}
+        rows = [{"label": label, "primary_base": base.get(key), "primary_base_ci": metric_ci(base, key),
+                 "primary_corr": (corr or {}).get(key), "primary_corr_ci": metric_ci(corr or {}, key),
+                 "secondary_base": sec.get(key), "secondary_base_ci": metric_ci(sec, key),
+                 "secondary_corr": after.get(key), "secondary_corr_ci": metric_ci(after, key)}
+                for key, label in (("behaviour_rate", "rate (share above the scorer's threshold)"),
+                                   ("behaviour_mean", "mean score"))]
+        out.append({"name": name, "threshold": infos.get(name, {}).get("threshold"), "rows": rows,
+                    "agreement_base": sec.get("agreement"), "agreement_corr": after.get("agreement")})
+    return out
 
 
 def _view(results: dict[str, Any], samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Everything the template shows, with optional keys filled in so the template never guesses."""
     base = results["baseline"]
     corr = results.get("corrected") if isinstance(results.get("corrected"), dict) else None
+    labels = _labels(results)
     comparison = [{k: r.get(k) for k in _ROW_KEYS} for r in results.get("comparison") or [] if isinstance(r, dict)]
+    for row in comparison:
+        row["secondary"] = row["secondary"] or {}
+    secondary = _secondary(results, base, corr)
     manifest = {k: (results.get("manifest") or {}).get(k) for k in _MANIFEST_KEYS}
     return {
         "r": results, "job": results.get("job"), "corr": corr, "manifest": manifest,
         "started": _started(results["manifest"]), "command": _command(results["manifest"]),
-        "verdict": _verdict(results),
-        "metrics": _metric_rows(base, corr), "metrics_chart": metrics_chart(base, corr),
+        "verdict": _verdict(results), "behaviour": _behaviour(results), "labels": labels,
+        "metrics": _metric_rows(base, corr, labels), "metrics_chart": metrics_chart(base, corr, labels),
+        "secondary": secondary, "secondary_names": [s["name"] for s in secondary],
+        "secondary_scorers": [s for s in (results.get("scorer") or {}).get("secondary") or []],
         "circuit": _circuit(results), "unit_examples": _unit_examples(results),
-        "comparison": comparison, "tradeoff_chart": tradeoff_chart(comparison, base) if comparison else None,
+        "comparison": comparison,
+        "tradeoff_chart": tradeoff_chart(comparison, base, labels) if comparison else None,
         "selected_k": (corr or {}).get("k"), "pruned": results.get("pruned"), "selection": results.get("selection"),
         "examples": _examples(results, samples), "validation": (results.get("scorer") or {}).get("validation"),
         "version": __version__,
@@ -525,7 +574,8 @@ def _env() -> Environment:
     env = Environment(loader=FileSystemLoader(str(resource_dir("reports"))),
                       autoescape=select_autoescape(default=True, default_for_string=True),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters |= {"num": _fmt, "signed": _signed, "pct": _pct}
+    env.filters |= {"num": _fmt, "signed": _signed, "pct": _pct,
+                    "lowerfirst": lambda s: str(s)[:1].lower() + str(s)[1:]}
     return env
 
 
@@ -583,14 +633,15 @@ def _compare_metrics(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any
     blocks = [("baseline", "before correction")] + (
         [("corrected", "after correction")] if isinstance(a.get("corrected"), dict)
         and isinstance(b.get("corrected"), dict) else [])
+    labels = _labels(a) if _behaviour(a) == _behaviour(b) else metric_labels(None)
     out = []
     for block, title in blocks:
         rows = []
-        for key, label, _help, better in METRICS:
+        for key, _label, _help, better in METRICS:
             va, vb = a[block].get(key), b[block].get(key)
             if not isinstance(va, int | float) or not isinstance(vb, int | float):
                 continue
-            rows.append({"label": label, "better": better, "a": va, "b": vb, "a_ci": metric_ci(a[block], key),
+            rows.append({"label": labels[key], "better": better, "a": va, "b": vb, "a_ci": metric_ci(a[block], key),
                          "b_ci": metric_ci(b[block], key), "delta": vb - va,
                          "signal": signal(metric_ci(a[block], key), metric_ci(b[block], key))})
         out.append({"block": block, "title": title, "rows": rows})

@@ -215,3 +215,64 @@ def test_exclude_layers_are_never_pruned(setup, tmp_path):
     assert res["pruned"]["count"] == 5 and all(u.startswith("L0.") for u in res["pruned"]["units"])
     with pytest.raises(ConfigError, match=r"layers 0\.\.1"):
         correct(model, suite, tmp_path / "bad", options=CorrectOptions(k=5, exclude_layers=(7,)))
+
+
+def test_secondary_scorer_in_every_comparison_row(setup, tmp_path):
+    """Every row scored by the second opinion too; selection, gate and release read the primary only."""
+    from test_audit import SECONDARY_KEYS, _suite_with
+
+    _, model, suite = setup
+    suite = _suite_with(suite, tmp_path / "suite", "scorer: {name: profanity, threshold: 0.1, validate: false, "
+                        "secondary: [repetition]}")
+    res = correct(model, suite, tmp_path / "run", options=CorrectOptions(method="lrp", k=2, sweep=(1,),
+                                                                         batch_size=4))
+    assert [s["name"] for s in res["scorer"]["secondary"]] == ["repetition"]
+    for block in [res["baseline"], res["corrected"], *res["comparison"], *res["tradeoff"]]:
+        assert set(block["secondary"]) == {"repetition"}
+        assert set(block["secondary"]["repetition"]) == SECONDARY_KEYS
+    assert len(res["tradeoff"]) == 4  # random and lrp at k = 2 and the sweep's k = 1
+    assert all(check["metric"] == "behaviour_rate" for check in res["gate"]["checks"])
+    assert "Second opinion" in (tmp_path / "run" / "report.html").read_text()
+
+
+def _looping_model(folder: Path) -> str:
+    """A tiny Llama that mostly copies its last token (tied embeddings, damped blocks): prompts ending in a
+    whole word loop ("the the the"), those ending in a word piece do not."""
+    import torch
+    from tiny import tiny_config, tiny_tokenizer
+
+    cfg = tiny_config("llama")
+    cfg.tie_word_embeddings = True
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.mul_(0.2)
+            layer.mlp.down_proj.weight.mul_(0.2)
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
+def test_correct_on_a_tiny_repetition_suite(tmp_path):
+    """The second behaviour runs through the same machinery: looping references, repeat-token targets,
+    behaviour-neutral names and the suite's labels."""
+    from tiny import write_tiny_suite
+
+    model = _looping_model(tmp_path / "model")
+    suite = Path(write_tiny_suite(tmp_path / "suite"))
+    (suite.parent / "prompts.txt").write_text("\n".join(
+        f"Prompt {i}: the river flows past the mill and {'the' if i % 2 else 'sing'}" for i in range(30)) + "\n")
+    suite.write_text(suite.read_text()
+                     .replace("scorer: {name: profanity, threshold: 0.1, validate: false}",
+                              "scorer: {name: repetition, threshold: 0.5, validate: false}\n"
+                              "behaviour: {name: looping continuations, metric: repetition ratio}")
+                     .replace("max_new_tokens: 6", "max_new_tokens: 10")
+                     .replace("target: continuation", "target: tokens")
+                     .replace("samples_per_prompt: 4", "samples_per_prompt: 1"))  # loops come from greedy decoding
+    res = correct(model, str(suite), tmp_path / "run", options=CorrectOptions(batch_size=4, search_k=(2, 4)))
+    assert res["contrast"]["target"] == "tokens" and res["contrast"]["n_token_samples"] >= 1
+    assert res["baseline"]["behaviour_rate"] > 0 and res["selection"]["rule"] == "validation"
+    assert res["probe"]["behaviour"] == {"name": "looping continuations", "metric": "repetition ratio"}
+    assert {row["method"] for row in res["tradeoff"]} == {"random", "lrp"}
+    assert "looping continuations" in (tmp_path / "run" / "report.html").read_text()
