@@ -11,3 +11,14 @@ def _isolated_cache(tmp_path_factory, monkeypatch, request):
     """Unit tests get an empty asset cache; tests marked ``slow`` use the real one."""
     if "slow" not in request.keywords:
         monkeypatch.setenv("SAFETY_PRUNE_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    """(root, model folder, suite path): a tiny Llama and a tiny suite shared by the tests of one module; tests
+    that change the model copy it first."""
+    from tiny import save_tiny, write_tiny_suite
+
+    root = tmp_path_factory.mktemp("tiny")
+    save_tiny("llama", root / "model")
+    return root, root / "model", Path(write_tiny_suite(root / "suite"))

@@ -9,7 +9,6 @@ temp folder behind, and leave the model and suite folders byte-identical (``_ref
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import save_tiny, tiny_config, tiny_model, tiny_tokenizer, write_tiny_suite
+from tiny import tiny_config, tiny_model, tiny_tokenizer, tree_hashes, write_tiny_suite
 from transformers import AutoModelForCausalLM
 
 from safety_prune import sources
@@ -35,23 +34,6 @@ from safety_prune.models import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(root, model folder, suite path) shared by this module; tests copy the model before changing it."""
-    root = tmp_path_factory.mktemp("hardening")
-    save_tiny("llama", root / "model")
-    return root, root / "model", Path(write_tiny_suite(root / "suite"))
-
-
-def _hashes(*folders: Path) -> dict[str, str]:
-    """sha256 of every file below ``folders``, and each folder's mtime (a temp made and removed inside shows)."""
-    files = {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-             for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}
-    dirs = {f"mtime {p}": str(p.stat().st_mtime_ns)
-            for folder in folders for p in [folder, *sorted(folder.rglob("*"))] if p.is_dir()}
-    return files | dirs
 
 
 def _temps(*folders: Path) -> list[Path]:
@@ -74,11 +56,11 @@ def _paragraph(err: str) -> str:
 def _refused(capsys, argv: list[str], inputs: list[Path], around: list[Path]) -> str:
     """Run the CLI; it must refuse with status 2 and one paragraph, keep ``inputs`` byte-identical and leave no
     staging below ``around``. Returns the paragraph."""
-    before = _hashes(*inputs)
+    before = tree_hashes(*inputs, mtimes=True)
     code = main(argv)
     err = capsys.readouterr().err
     assert code == 2, err
-    assert _hashes(*inputs) == before
+    assert tree_hashes(*inputs, mtimes=True) == before
     assert not _temps(*around, *inputs)
     return _paragraph(err)
 
@@ -133,11 +115,11 @@ def _read_only_folder(path: Path):
 # ------------------------------------------------------------------------ 1. outputs on another filesystem
 
 @pytest.mark.parametrize("where", ["mount point", "symlink to a mount point"])
-def test_out_on_another_filesystem(tiny, tmp_path, capsys, where):
+def test_out_on_another_filesystem(tiny_setup, tmp_path, capsys, where):
     """A full audit whose --out is a mount point (or a link to one) lands there; before, the final os.replace from a
     staging folder beside --out failed with EXDEV after the whole run and left the staging folder behind."""
-    _, model, suite = tiny
-    before = _hashes(model, suite.parent)
+    _, model, suite = tiny_setup
+    before = tree_hashes(model, suite.parent, mtimes=True)
     with _mounted(tmp_path / "mnt") as mnt:
         out = mnt
         if where != "mount point":
@@ -149,12 +131,12 @@ def test_out_on_another_filesystem(tiny, tmp_path, capsys, where):
         assert {"results.json", "report.html", "samples.jsonl"} <= {p.name for p in mnt.iterdir()}
         json.loads((mnt / "results.json").read_text())
         assert not _temps(tmp_path, mnt)
-    assert _hashes(model, suite.parent) == before
+    assert tree_hashes(model, suite.parent, mtimes=True) == before
 
 
-def test_save_model_on_a_mount_point(tiny, tmp_path, capsys):
+def test_save_model_on_a_mount_point(tiny_setup, tmp_path, capsys):
     """--save-model at a mount point: before, atomic_dir's rmdir of the target failed with EBUSY at the very end."""
-    _, model, suite = tiny
+    _, model, suite = tiny_setup
     with _mounted(tmp_path / "saved") as saved:
         code = main(_job("compress", model, suite, tmp_path / "run", "--save-model", str(saved)))
         err = capsys.readouterr().err
@@ -183,8 +165,8 @@ BAD_TARGETS = ["dangling symlink", "empty read-only folder", "under a file", "re
 
 
 @pytest.mark.parametrize("kind", BAD_TARGETS)
-def test_unwritable_out_is_refused_before_any_work(tiny, tmp_path, capsys, no_model_load, kind):
-    _, model, suite = tiny
+def test_unwritable_out_is_refused_before_any_work(tiny_setup, tmp_path, capsys, no_model_load, kind):
+    _, model, suite = tiny_setup
     with contextlib.ExitStack() as stack:
         out = _bad_target(kind, tmp_path, stack)
         msg = _refused(capsys, _job("audit", model, suite, out), [model, suite.parent], [tmp_path])
@@ -193,8 +175,8 @@ def test_unwritable_out_is_refused_before_any_work(tiny, tmp_path, capsys, no_mo
 
 
 @pytest.mark.parametrize("kind", BAD_TARGETS)
-def test_unwritable_save_model_is_refused_before_any_work(tiny, tmp_path, capsys, no_model_load, kind):
-    _, model, suite = tiny
+def test_unwritable_save_model_is_refused_before_any_work(tiny_setup, tmp_path, capsys, no_model_load, kind):
+    _, model, suite = tiny_setup
     with contextlib.ExitStack() as stack:
         target = _bad_target(kind, tmp_path, stack)
         argv = _job("correct", model, suite, tmp_path / "run", "--save-model", str(target))
@@ -220,29 +202,30 @@ def test_failed_commit_leaves_no_staging_and_says_so(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------ 2. half-loaded models
 
-def _variant(tiny, tmp_path: Path, **config) -> Path:
+def _variant(tiny_setup, tmp_path: Path, **config) -> Path:
     """A copy of the tiny model with ``config`` merged into its config.json."""
     dst = tmp_path / "variant"
-    shutil.copytree(tiny[1], dst)
+    shutil.copytree(tiny_setup[1], dst)
     cfg = json.loads((dst / "config.json").read_text())
     cfg.update(config)
     (dst / "config.json").write_text(json.dumps(cfg))
     return dst
 
 
-def test_config_with_more_layers_than_weights_is_refused(tiny, tmp_path, capsys):
+def test_config_with_more_layers_than_weights_is_refused(tiny_setup, tmp_path, capsys):
     """3 layers in config.json over weights for 2: transformers would fill layer 2 with random values."""
-    model = _variant(tiny, tmp_path, num_hidden_layers=3)
-    msg = _refused(capsys, _job("audit", model, tiny[2], tmp_path / "run"), [model, tiny[2].parent], [tmp_path])
+    model = _variant(tiny_setup, tmp_path, num_hidden_layers=3)
+    msg = _refused(capsys, _job("audit", model, tiny_setup[2], tmp_path / "run"),
+                   [model, tiny_setup[2].parent], [tmp_path])
     assert "says 3 layers" in msg and "no weights for layer(s) 2" in msg
     assert not (tmp_path / "run").exists()
 
 
-def test_missing_weight_is_named(tiny, tmp_path):
+def test_missing_weight_is_named(tiny_setup, tmp_path):
     """A weight missing from the file (same layer count) is named from transformers' loading info."""
     from safetensors.torch import load_file, save_file
 
-    model = _variant(tiny, tmp_path)
+    model = _variant(tiny_setup, tmp_path)
     state = load_file(model / "model.safetensors")
     del state["model.layers.1.mlp.up_proj.weight"]
     save_file(state, model / "model.safetensors", metadata={"format": "pt"})
@@ -255,12 +238,12 @@ class _TooSlow(BaseException):
 
 
 @pytest.mark.parametrize("hidden", [None, 4096])
-def test_config_with_100000_layers_is_refused_quickly(tiny, tmp_path, hidden):
+def test_config_with_100000_layers_is_refused_quickly(tiny_setup, tmp_path, hidden):
     """From config.json and the safetensors header alone: no 100,000 blocks are built. With a large hidden size the
     estimate of the weights exceeds the memory free, which is the message."""
     extra = {} if hidden is None else {"hidden_size": hidden, "intermediate_size": 4 * hidden, "head_dim": 128,
                                        "num_attention_heads": 32, "num_key_value_heads": 32}
-    model = _variant(tiny, tmp_path, num_hidden_layers=100_000, **extra)
+    model = _variant(tiny_setup, tmp_path, num_hidden_layers=100_000, **extra)
 
     def too_slow(signum, frame):  # before the fix the loader was still building blocks after minutes
         raise _TooSlow("load_model did not refuse the config within 30 s")
@@ -294,7 +277,7 @@ def _alias_bomb(folder: Path) -> Path:
     return path
 
 
-def test_yaml_alias_bomb_is_refused(tiny, tmp_path):
+def test_yaml_alias_bomb_is_refused(tiny_setup, tmp_path):
     """Run in a child with a memory cap and a timeout: before the fix the suite loaded, and the error naming the
     description's bad value expanded all 9^9 strings (memory and time without bound)."""
     bomb = _alias_bomb(tmp_path / "suite")
@@ -304,23 +287,23 @@ def test_yaml_alias_bomb_is_refused(tiny, tmp_path):
             "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
             "from safety_prune.cli import main\n"
             "sys.exit(main(sys.argv[1:]))")
-    before = _hashes(tiny[1], tmp_path / "suite")
+    before = tree_hashes(tiny_setup[1], tmp_path / "suite", mtimes=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     try:
-        res = subprocess.run([sys.executable, "-c", code, *_job("audit", tiny[1], bomb, tmp_path / "run")],
+        res = subprocess.run([sys.executable, "-c", code, *_job("audit", tiny_setup[1], bomb, tmp_path / "run")],
                              capture_output=True, text=True, timeout=120, env=env)
     except subprocess.TimeoutExpired:
         pytest.fail("the alias bomb was expanded (no answer within 120 s)")
     assert res.returncode == 2, res.stderr[-2000:]
     msg = _paragraph(res.stderr)
     assert "bomb.yaml" in msg and "alias" in msg
-    assert _hashes(tiny[1], tmp_path / "suite") == before and not _temps(tmp_path)
+    assert tree_hashes(tiny_setup[1], tmp_path / "suite", mtimes=True) == before and not _temps(tmp_path)
     assert not (tmp_path / "run").exists()
 
 
 # ------------------------------------------------------------------------------- 4. degenerate model files
 
-def _scaled(tiny, tmp_path: Path, factor: float) -> Path:
+def _scaled(tiny_setup, tmp_path: Path, factor: float) -> Path:
     model = tiny_model("llama")
     with torch.no_grad():
         for p in model.parameters():
@@ -331,7 +314,7 @@ def _scaled(tiny, tmp_path: Path, factor: float) -> Path:
     return dst
 
 
-def _small_vocab(tiny, tmp_path: Path) -> Path:
+def _small_vocab(tiny_setup, tmp_path: Path) -> Path:
     dst = tmp_path / "variant"
     cfg = tiny_config("llama")
     cfg.vocab_size = 100  # config and weights agree with each other, not with the 300-token tokenizer
@@ -341,7 +324,7 @@ def _small_vocab(tiny, tmp_path: Path) -> Path:
     return dst
 
 
-def _short_gpt2(tiny, tmp_path: Path) -> Path:
+def _short_gpt2(tiny_setup, tmp_path: Path) -> Path:
     cfg = tiny_config("gpt2")
     cfg.n_positions = 16  # the tiny suite's prompts are up to 32 tokens, plus 6 generated
     torch.manual_seed(0)
@@ -351,8 +334,8 @@ def _short_gpt2(tiny, tmp_path: Path) -> Path:
     return dst
 
 
-def _broken_template(tiny, tmp_path: Path) -> Path:
-    dst = _variant(tiny, tmp_path)
+def _broken_template(tiny_setup, tmp_path: Path) -> Path:
+    dst = _variant(tiny_setup, tmp_path)
     tok_cfg = json.loads((dst / "tokenizer_config.json").read_text())
     tok_cfg["chat_template"] = "{% for m in messages %}{{ m['content'] }{% endfor %}"  # unbalanced braces
     (dst / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
@@ -371,10 +354,10 @@ DEGENERATE = {
 
 
 @pytest.mark.parametrize("case", list(DEGENERATE))
-def test_degenerate_model_is_a_model_error(tiny, tmp_path, capsys, case):
+def test_degenerate_model_is_a_model_error(tiny_setup, tmp_path, capsys, case):
     make, pattern = DEGENERATE[case]
-    model = make(tiny, tmp_path)
-    suite = tiny[2]
+    model = make(tiny_setup, tmp_path)
+    suite = tiny_setup[2]
     if case == "broken chat template":
         suite = Path(write_tiny_suite(tmp_path / "suite", extra="chat_template: true\n"))
     msg = _refused(capsys, _job("audit", model, suite, tmp_path / "run"), [model, suite.parent], [tmp_path])
@@ -383,42 +366,45 @@ def test_degenerate_model_is_a_model_error(tiny, tmp_path, capsys, case):
     assert not (tmp_path / "run").exists()
 
 
-def test_broken_chat_template_is_ignored_without_chat_template(tiny, tmp_path, capsys):
+def test_broken_chat_template_is_ignored_without_chat_template(tiny_setup, tmp_path, capsys):
     """The template is only checked when the suite uses it."""
-    model = _broken_template(tiny, tmp_path)
-    assert main(_job("audit", model, tiny[2], tmp_path / "run")) == 0, capsys.readouterr().err
+    model = _broken_template(tiny_setup, tmp_path)
+    assert main(_job("audit", model, tiny_setup[2], tmp_path / "run")) == 0, capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------- 5. smaller defects
 
-def test_non_utf8_out_is_refused_up_front(tiny, tmp_path, capsys, no_model_load):
+def test_non_utf8_out_is_refused_up_front(tiny_setup, tmp_path, capsys, no_model_load):
     """Before: the run went to the end and failed writing report.html (the path in the command line)."""
     out = os.fsdecode(os.fsencode(str(tmp_path)) + b"/run\xff")
-    msg = _refused(capsys, _job("audit", tiny[1], tiny[2], out), [tiny[1], tiny[2].parent], [tmp_path])
+    msg = _refused(capsys, _job("audit", tiny_setup[1], tiny_setup[2], out),
+                   [tiny_setup[1], tiny_setup[2].parent], [tmp_path])
     assert "not UTF-8" in msg and "--out" in msg
     assert not Path(out).exists()
 
 
-def test_non_utf8_model_path_is_a_bad_path(tiny, tmp_path, capsys):
+def test_non_utf8_model_path_is_a_bad_path(tiny_setup, tmp_path, capsys):
     """Before: reported as 'not a readable safetensors file ... truncated or corrupt'."""
     model = Path(os.fsdecode(os.fsencode(str(tmp_path)) + b"/model\xff"))
-    shutil.copytree(tiny[1], model)
-    msg = _refused(capsys, _job("audit", model, tiny[2], tmp_path / "run"), [model, tiny[2].parent], [tmp_path])
+    shutil.copytree(tiny_setup[1], model)
+    msg = _refused(capsys, _job("audit", model, tiny_setup[2], tmp_path / "run"),
+                   [model, tiny_setup[2].parent], [tmp_path])
     assert "not UTF-8" in msg and "--model" in msg and "corrupt" not in msg
 
 
-def test_out_inside_the_model_folder_is_refused(tiny, tmp_path, capsys, no_model_load):
+def test_out_inside_the_model_folder_is_refused(tiny_setup, tmp_path, capsys, no_model_load):
     """As --save-model there already was; before, the run wrote into the input model's folder."""
-    model = _variant(tiny, tmp_path)
-    msg = _refused(capsys, _job("audit", model, tiny[2], model / "run"), [model, tiny[2].parent], [tmp_path])
+    model = _variant(tiny_setup, tmp_path)
+    msg = _refused(capsys, _job("audit", model, tiny_setup[2], model / "run"),
+                   [model, tiny_setup[2].parent], [tmp_path])
     assert "inside the input model folder" in msg and "--out" in msg
     assert not (model / "run").exists()
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not json", "wrong counts"])
-def test_corrupt_generation_cache_is_regenerated(tiny, tmp_path, capsys, caplog, damage):
+def test_corrupt_generation_cache_is_regenerated(tiny_setup, tmp_path, capsys, caplog, damage):
     """A damaged generations-*.jsonl in --out under --overwrite: before, a JSONDecodeError traceback."""
-    _, model, suite = tiny
+    _, model, suite = tiny_setup
     out = tmp_path / "run"
     assert main(_job("audit", model, suite, out)) == 0
     first = json.loads((out / "results.json").read_text())["baseline"]
@@ -437,7 +423,7 @@ def test_corrupt_generation_cache_is_regenerated(tiny, tmp_path, capsys, caplog,
     assert not _temps(tmp_path)
 
 
-def test_late_interrupt_says_the_run_was_kept(tiny, tmp_path, capsys, monkeypatch):
+def test_late_interrupt_says_the_run_was_kept(tiny_setup, tmp_path, capsys, monkeypatch):
     """Ctrl-C after the run was written: before, the message claimed 'no partial output was kept'."""
     from safety_prune.jobs import audit as audit_job
 
@@ -449,7 +435,7 @@ def test_late_interrupt_says_the_run_was_kept(tiny, tmp_path, capsys, monkeypatc
 
     monkeypatch.setattr(audit_job, "audit", audit_then_interrupt)
     out = tmp_path / "run"
-    assert main(_job("audit", tiny[1], tiny[2], out)) == 130
+    assert main(_job("audit", tiny_setup[1], tiny_setup[2], out)) == 130
     msg = _paragraph(capsys.readouterr().err)
     assert str(out) in msg and "complete and kept" in msg and "no partial output" not in msg
     assert (out / "results.json").is_file() and not _temps(tmp_path)
@@ -486,9 +472,9 @@ _STALL = ("import sys, time\n"
           "sys.exit(main(sys.argv[1:]))")
 
 
-def test_sigterm_cleans_up_like_sigint(tiny, tmp_path):
+def test_sigterm_cleans_up_like_sigint(tiny_setup, tmp_path):
     """Before: SIGTERM killed the process at once and left the staging folder beside --out."""
-    _, model, suite = tiny
+    _, model, suite = tiny_setup
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", _STALL, *_job("audit", model, suite, out)], env=env,
@@ -518,9 +504,9 @@ def _umask() -> int:
     return mask
 
 
-def test_saved_model_and_run_follow_the_umask(tiny, tmp_path, capsys):
+def test_saved_model_and_run_follow_the_umask(tiny_setup, tmp_path, capsys):
     """Before: --save-model folders kept mkdtemp's 0700."""
-    _, model, suite = tiny
+    _, model, suite = tiny_setup
     saved, out = tmp_path / "saved", tmp_path / "run"
     assert main(_job("compress", model, suite, out, "--save-model", str(saved))) == 0, capsys.readouterr().err
     want = 0o777 & ~_umask()
@@ -570,9 +556,10 @@ def test_proc_mounted_elsewhere_is_refused(tmp_path):
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
-def test_suite_naming_proc_environ_is_refused(tiny, tmp_path, capsys):
+def test_suite_naming_proc_environ_is_refused(tiny_setup, tmp_path, capsys):
     suite = Path(write_tiny_suite(tmp_path / "suite"))
     suite.write_text(suite.read_text().replace("{path: prompts.txt}", "{path: /proc/self/environ, format: txt}"))
-    msg = _refused(capsys, _job("audit", tiny[1], suite, tmp_path / "run"), [tiny[1], suite.parent], [tmp_path])
+    msg = _refused(capsys, _job("audit", tiny_setup[1], suite, tmp_path / "run"),
+                   [tiny_setup[1], suite.parent], [tmp_path])
     assert "/proc/self/environ" in msg
     assert not (tmp_path / "run").exists()

@@ -18,7 +18,6 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from tiny import save_tiny, write_tiny_suite
 
 from safety_prune import sources
 from safety_prune.cli import main
@@ -31,13 +30,6 @@ from safety_prune.preflight import check_attribution_memory, estimate_attributio
 from safety_prune.suite import load_suite
 
 PKG = Path(__file__).resolve().parent.parent / "safety_prune"
-
-
-@pytest.fixture(scope="module")
-def tiny_setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("reliability")
-    save_tiny("llama", root / "model")
-    return root, root / "model", Path(write_tiny_suite(root / "suite"))
 
 
 # ------------------------------------------------------------------------------------- atomic outputs

@@ -4,7 +4,6 @@ pickles nor a model's own Python code run by default. Report escaping lives in t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -14,26 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import save_tiny, tiny_model, tiny_tokenizer, write_tiny_suite
+from tiny import tiny_model, tiny_tokenizer, tree_hashes, write_tiny_suite
 
 from safety_prune.cli import main
 from safety_prune.errors import DataSourceError, ModelLoadError
 from safety_prune.evaluation.behaviour import truncate_prompts
 from safety_prune.models import load_model
 from safety_prune.suite import MAX_PROMPT_CHARS, load_suite
-
-
-@pytest.fixture(scope="module")
-def tiny_setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("security")
-    save_tiny("llama", root / "model")
-    return root, root / "model", Path(write_tiny_suite(root / "suite"))
-
-
-def _tree_hashes(*folders: Path) -> dict[str, str]:
-    """sha256 of every file below ``folders``, by path: a changed, added or removed file shows."""
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-            for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str]:
@@ -45,7 +31,7 @@ def _cli(capsys, *argv: str) -> tuple[int, str]:
 
 def test_inputs_never_modified(tiny_setup, tmp_path, capsys):
     _, model, suite = tiny_setup
-    before = _tree_hashes(model, suite.parent)
+    before = tree_hashes(model, suite.parent)
     common = ("--model", str(model), "--probe", str(suite), "--batch-size", "4")
     assert _cli(capsys, "audit", *common, "--out", str(tmp_path / "audit"))[0] == 0
     assert _cli(capsys, "correct", *common, "--out", str(tmp_path / "correct"), "--k", "2",
@@ -54,7 +40,7 @@ def test_inputs_never_modified(tiny_setup, tmp_path, capsys):
                 "--save-model", str(tmp_path / "compressed"))[0] == 0
     assert (tmp_path / "corrected" / "model.safetensors").is_file()
     assert (tmp_path / "compressed" / "model.safetensors").is_file()
-    assert _tree_hashes(model, suite.parent) == before
+    assert tree_hashes(model, suite.parent) == before
 
 
 # ---------------------------------------------------------------------------------- hostile model files

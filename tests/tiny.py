@@ -122,3 +122,18 @@ reference: {{samples_per_prompt: 4, undesired_min: 1, undesired_max: 6, target: 
             general_n: 8}}
 {extra}""")
     return str(path)
+
+
+def tree_hashes(*folders, mtimes: bool = False) -> dict[str, str]:
+    """sha256 of every file below ``folders`` (a changed, added or removed file shows); with ``mtimes`` also
+    each folder's modification time (a temp made and removed inside shows)."""
+    import hashlib
+    from pathlib import Path
+
+    folders = [Path(f) for f in folders]
+    files = {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+             for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}
+    if not mtimes:
+        return files
+    return files | {f"mtime {p}": str(p.stat().st_mtime_ns)
+                    for folder in folders for p in [folder, *sorted(folder.rglob("*"))] if p.is_dir()}

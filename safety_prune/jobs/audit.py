@@ -15,20 +15,9 @@ from ..io import write_json
 from ..render import render_report
 from ..results import circuit_info, flat_metrics, probe_info
 from ..run import staged
+from . import stages
 from .common import Finish, header, preflight_attribution, start_run
 from .options import AuditOptions
-from .stages import (
-    build_references,
-    contrast_info,
-    explain_units,
-    generation_cache,
-    measure_baseline,
-    rank,
-    scorer_info,
-    suite_scorer,
-    suite_secondary,
-    write_generations,
-)
 
 
 def audit(model: str, probe: str, out: str | Path, *, overwrite: bool = False, options: AuditOptions | None = None,
@@ -39,30 +28,30 @@ def audit(model: str, probe: str, out: str | Path, *, overwrite: bool = False, o
     finish = Finish(opt.seed, argv, suite.data_files(), lm.weights_sha256, started)
     preflight_attribution(lm, suite, opt, ("neuron", "head"))
     torch.manual_seed(opt.seed)
-    scorer, secondary = suite_scorer(suite), suite_secondary(suite)
+    scorer, secondary = stages.suite_scorer(suite), stages.suite_secondary(suite)
     with staged(out) as staging:
-        cache = generation_cache(out, staging)
-        base = measure_baseline(lm, suite, scorer, opt.limit, opt.seed, cache, secondary)
-        write_generations(staging, "samples.jsonl", (base.generations, "baseline"))
-        refs = build_references(lm, suite, scorer, opt, cache, out)
-        write_generations(staging, "reference_generations.jsonl", (refs.generations, "reference"))
+        cache = stages.generation_cache(out, staging)
+        base = stages.measure_baseline(lm, suite, scorer, opt.limit, opt.seed, cache, secondary)
+        stages.write_generations(staging, "samples.jsonl", (base.generations, "baseline"))
+        refs = stages.build_references(lm, suite, scorer, opt, cache, out)
+        stages.write_generations(staging, "reference_generations.jsonl", (refs.generations, "reference"))
         c = refs.contrast
-        ranked = rank(c, "lrp", "neuron", ("neuron", "head"), suite.contrast.guard)
+        ranked = stages.rank(c, "lrp", "neuron", ("neuron", "head"), suite.contrast.guard)
         rel, diff = ranked.relevance, ranked.scores
         circuit = circuit_summary(diff, opt.top_k)
         save_relevance(staging.path("relevance.safetensors"), rel, diff)
         write_json(staging.path("circuit.json"), circuit)
         results = header("audit", lm) | {
             "probe": probe_info(suite, len(base.prompts), len(refs.generations.prompts)),
-            "scorer": scorer_info(scorer, suite, secondary),
+            "scorer": stages.scorer_info(scorer, suite, secondary),
             "baseline": flat_metrics(base.metrics),
-            "contrast": contrast_info(suite, c, ranked),
+            "contrast": stages.contrast_info(suite, c, ranked),
             "circuit": circuit_info(circuit, "lrp", len(c.sets.undesired), len(c.sets.general),
                                     {k: r.info for k, r in rel.items()}),
             "circuit_heatmap": heatmap(diff["neuron"]),
-            "unit_examples": explain_units(lm, circuit.get("neuron", {}).get("top_units", [])[:20],
-                                           {"undesired": c.sets.undesired, "general": c.sets.general},
-                                           opt.batch_size),
+            "unit_examples": stages.explain_units(lm, circuit.get("neuron", {}).get("top_units", [])[:20],
+                                                  {"undesired": c.sets.undesired, "general": c.sets.general},
+                                                  opt.batch_size),
         }
         return finish.write(staging, results, lambda res, st: render_report(res, st.path("samples.jsonl"),
                                                                               st.path("report.html")), fail_on)
