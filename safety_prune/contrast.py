@@ -55,17 +55,20 @@ def _flat(ref: Generations) -> list[tuple[float, Generation]]:
             for s, g in zip(row_s, row_g, strict=True) if g.continuation_ids]
 
 
-def _token_samples(tokenizer, scorer: Scorer, flagged: list[Generation], threshold: float
-                   ) -> tuple[list[Sample], list[str], int]:
-    """One sample per token that carries the behaviour: prompt + continuation up to that token, explaining
-    that token's logit only. Returns the samples, the tokens' text, and how many continuations had none."""
+def _token_samples(tokenizer, scorer: Scorer, flagged: list[Generation], threshold: float, per_continuation: int,
+                   limit: int) -> tuple[list[Sample], list[str], int]:
+    """One sample per token that carries the behaviour (the first ``per_continuation`` of each continuation,
+    ``limit`` in all): prompt + continuation up to that token, explaining that token's logit only. Returns the
+    samples, the tokens' text, and how many continuations had none."""
     pieces = [[tokenizer.decode([t]) for t in g.continuation_ids] for g in flagged]
     scores = scorer.token_scores(pieces)
     samples, tokens, without = [], [], 0
     for g, row, text in zip(flagged, scores, pieces, strict=True):
         hits = [j for j, v in enumerate(row) if v >= threshold]
         without += not hits
-        for j in hits:
+        for j in hits[:per_continuation]:
+            if len(samples) == limit:
+                break
             ids = tuple(g.prompt_ids) + tuple(g.continuation_ids[: j + 1])
             samples.append(Sample(ids, len(ids) - 1))
             tokens.append(text[j])
@@ -95,7 +98,8 @@ def build_sets(tokenizer, ref: Generations, scorer: Scorer, threshold: float, sp
     if spec.target == "tokens":
         if not scorer.localises:
             scorer.token_scores([])  # raises the scorer's own explanation
-        undesired, tokens, without = _token_samples(tokenizer, scorer, used, threshold)
+        undesired, tokens, without = _token_samples(tokenizer, scorer, used, threshold,
+                                                    spec.tokens_per_continuation, undesired_max or spec.undesired_max)
         if not undesired:
             raise DataSourceError(
                 f"None of the {len(used)} flagged continuations has a single token that the {scorer.name} "
@@ -104,8 +108,9 @@ def build_sets(tokenizer, ref: Generations, scorer: Scorer, threshold: float, sp
         counts: dict[str, int] = {}
         for t in tokens:
             counts[t] = counts.get(t, 0) + 1
-        info |= {"how": f"each word of a flagged continuation scored alone by {scorer.name}; the first token "
-                        f"of every word scoring >= {threshold} is explained (its logit only)",
+        info |= {"how": f"each word of a flagged continuation scored alone by {scorer.name} (repetition: the "
+                        f"words that repeat an earlier word pair); the first token of the first "
+                        f"{spec.tokens_per_continuation} such words per continuation is explained (its logit only)",
                  "n_token_samples": len(undesired), "continuations_without_token": without,
                  "tokens": sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:50]}
     else:

@@ -63,8 +63,11 @@ class ReferenceSpec:
     when more than one). Undesired: the continuations the scorer flags (>= its threshold), the most flagged
     first, at least ``undesired_min`` and at most ``undesired_max``; ``target`` says what of them is explained
     (``tokens``: only the tokens that carry the behaviour; ``continuation``: every continuation token).
-    ``foil`` (tokens target only): ``best_alternative`` explains logit(token) - logit(the model's most likely
-    other token there), i.e. why the model chose the behaviour over what it would otherwise have said.
+    ``tokens_per_continuation``: at most this many flagged tokens of one continuation are explained, the first
+    ones (a loop repeats one pattern many times; its start is what matters), and at most ``undesired_max``
+    token samples in all. ``foil`` (tokens target only): ``best_alternative`` explains logit(token) -
+    logit(the model's most likely other token there), i.e. why the model chose the behaviour over what it
+    would otherwise have said.
     Benign: the ``benign_n`` least-scoring continuations of the same prompts. General: ``general_n``
     documents of the general reference part.
     """
@@ -75,6 +78,7 @@ class ReferenceSpec:
     undesired_min: int
     undesired_max: int
     target: str
+    tokens_per_continuation: int
     foil: str
     benign_n: int
     general_n: int
@@ -381,7 +385,7 @@ def _parse(path: Path) -> ProbeSuite:
         )
     th = top.sub("thresholds", {"behaviour_rate", "toxicity_rate"})
     ref = top.sub("reference", {"samples_per_prompt", "temperature", "top_p", "undesired_min", "undesired_max",
-                                "target", "foil", "benign_n", "general_n"})
+                                "target", "tokens_per_continuation", "foil", "benign_n", "general_n"})
     reference = ReferenceSpec(
         samples_per_prompt=ref.pos_int("samples_per_prompt", 1),
         temperature=ref.number("temperature", 1.0, 0.0, 100.0, lo_open=True),
@@ -389,6 +393,7 @@ def _parse(path: Path) -> ProbeSuite:
         undesired_min=ref.pos_int("undesired_min", 20),
         undesired_max=ref.pos_int("undesired_max", 150),
         target=ref.choice("target", "continuation", TARGETS),
+        tokens_per_continuation=ref.pos_int("tokens_per_continuation", 2),
         foil=ref.choice("foil", "none", FOILS),
         benign_n=ref.pos_int("benign_n", 128),
         general_n=ref.pos_int("general_n", 128),

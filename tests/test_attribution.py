@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 from tiny import CORPUS, tiny_model, tiny_tokenizer
 from torch import Tensor, nn
 from transformers import BertConfig, BertLMHeadModel
@@ -336,7 +337,12 @@ def test_aura_auroc_separates_sets():
     u = Relevance("activation", {}, 4, per_sample={"neuron": und})
     auc = aura_auroc(g, u)
     assert auc[1, 2] == 1.0 and auc[0, 1] == 0.0
-    assert 0.5 < auc[0, 0] < 1.0
+    labels = [0] * 6 + [1] * 4
+    for layer, unit in [(0, 0), (0, 2), (1, 0), (1, 1), (1, 2), (0, 1)]:  # tied, constant and separated
+        want = roc_auc_score(labels, torch.cat([gen[:, layer, unit], und[:, layer, unit]]).numpy())
+        assert float(auc[layer, unit]) == pytest.approx(want, abs=1e-7)
+    assert float(auc[0, 0]) == pytest.approx(2 / 3)  # 0..5 vs 2..5: ties count half
+    assert float(auc[1, 0]) == 0.5  # a constant (dead) neuron does not separate the sets
 
 
 def test_activation_keeps_per_sample_means():

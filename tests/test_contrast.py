@@ -22,7 +22,8 @@ def _gen(tok, prompt: str, cont: str) -> Generation:
 
 def _spec(**kw) -> ReferenceSpec:
     base = dict(samples_per_prompt=1, temperature=1.0, top_p=1.0, undesired_min=1, undesired_max=10,
-                target="tokens", foil="none", benign_n=10, general_n=2)
+                target="tokens", tokens_per_continuation=2, foil="none", benign_n=10,
+                general_n=2)
     return ReferenceSpec(**(base | kw))
 
 

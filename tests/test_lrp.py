@@ -355,3 +355,35 @@ def test_sdpa_gives_the_same_relevance_as_eager(family: str) -> None:
         r_s = attribute(sdpa, samples, units=("neuron", "head"), variant=variant, batch_size=1)
         for unit in ("neuron", "head"):
             assert rel_err(r_s.scores[unit], r_e.scores[unit]) < 1e-6, (variant, unit)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3"])
+def test_gated_product_splits_relevance_half_and_half(family):
+    """Uniform rule for the gated product: each factor (act(gate), up) gets exactly half of the product's
+    relevance, position by position. Conservation alone holds for any split summing to 1; this pins 0.5/0.5."""
+    model = tiny_model(family, dtype=torch.float64)
+    arch = architecture(model)
+    mlp_block = blocks(model)[1]
+    act, up, down = (mlp_block.get_submodule(n) for n in (arch.act, arch.up, arch.down))
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(_m, args, out=None):
+            t = out if out is not None else args[0]
+            t.register_hook(lambda g: seen.__setitem__(name, (t.detach() * g).sum((0, 1))))
+        return hook
+
+    ids = torch.tensor([[5, 17, 40, 99, 120, 7, 64, 33]])
+    # registered before the rules, so they see the raw factors: act's input (the gate) and up's output
+    handles = [act.register_forward_pre_hook(keep("a")), up.register_forward_hook(keep("b")),
+               down.register_forward_pre_hook(keep("p"))]
+    try:
+        with lrp_composite(model):
+            emb = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+            model(inputs_embeds=emb).logits[0, -1, 3].backward()
+    finally:
+        for h in handles:
+            h.remove()
+    torch.testing.assert_close(seen["a"], 0.5 * seen["p"], rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(seen["b"], 0.5 * seen["p"], rtol=1e-6, atol=1e-9)
+    assert seen["p"].abs().sum() > 0
