@@ -115,8 +115,8 @@ def build_references(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, opt: Be
     ref = generate_and_score(lm, suite, scorer, limited(suite.undesired_reference(), opt.limit), opt.seed,
                              "reference", cache, reference_generation(suite))
     spec = suite.reference
-    if opt.limit:  # a reduced run asks for as many flagged continuations as it can have
-        spec = replace(spec, undesired_min=min(spec.undesired_min, opt.limit))
+    if opt.limit:  # a reduced (smoke-test) run asks for proportionally fewer flagged continuations
+        spec = replace(spec, undesired_min=min(spec.undesired_min, max(1, opt.limit // 8)))
     sets = build_sets(lm.tokenizer, ref, scorer, suite.scorer.threshold, spec,
                       general_texts=suite.general_reference(), benign_texts=suite.benign_texts(),
                       general_n=limited_count(spec.general_n, opt.limit), max_tokens=opt.max_tokens)
