@@ -53,6 +53,7 @@ class ProbeInfo(TypedDict, total=False):
     generation: dict[str, Any]
     thresholds: dict[str, float]
     behaviour: dict[str, str]
+    limit: int | None  # ``--limit``: prompts per split were cut to this many (a reduced run); None: full run
 
 
 class ScorerInfo(TypedDict, total=False):
@@ -100,12 +101,15 @@ def model_info(spec: str, name: str, family: str, geo: Any) -> ModelInfo:
             "n_neurons_per_layer": geo.n_neurons, "n_heads": geo.n_heads, "n_kv_heads": geo.n_kv_heads}
 
 
-def probe_info(suite: Any, n_eval: int, n_reference: int) -> ProbeInfo:
-    """The ``probe`` section of a behaviour job (audit, correct): what was measured, on how many prompts."""
+def probe_info(suite: Any, n_eval: int, n_reference: int, limit: int | None = None) -> ProbeInfo:
+    """The ``probe`` section of a behaviour job (audit, correct): what was measured, on how many prompts.
+
+    ``limit``: the job's ``--limit`` (None for a full run); the report marks a reduced run as not a full
+    measurement."""
     return {"name": suite.name, "description": suite.description, "n_eval_prompts": n_eval,
             "n_reference_prompts": n_reference, "chat_template": suite.chat_template,
             "generation": asdict(suite.generation), "thresholds": asdict(suite.thresholds),
-            "behaviour": asdict(suite.behaviour)}
+            "behaviour": asdict(suite.behaviour), "limit": limit}
 
 
 def _flat(metrics: dict[str, Any]) -> dict[str, Any]:

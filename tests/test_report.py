@@ -17,6 +17,8 @@ import socket
 import struct
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from html import unescape
 from pathlib import Path
 from typing import Any
@@ -159,9 +161,11 @@ def test_secondary_scorer_beside_the_primary(tmp_path: Path) -> None:
     assert "Second opinion: profanity and toxblock on the same continuations" in text  # section 3
     assert ("metric profanity baseline profanity corrected toxblock baseline toxblock corrected agreement "
             "(baseline → corrected)") in text
-    assert "0.25 [0.125, 0.375]" in text and "0.125 [0.0625, 0.1875]" in text and "0.75 → 0.875" in text
+    # a rate shows the count it stands for (made-up rates of 12 prompts need not be whole counts: "≈")
+    assert "0.25 (3/12) [0.125, 0.375]" in text and "0.125 (≈1.5/12) [0.0625, 0.1875]" in text
+    assert "0.75 → 0.875" in text
     assert "toxblock 0.375" in text and "Only profanity decides the verdict" in text
-    assert "toxblock rate (agreement)" in text and text.count("0.5 (0.625)") == len(res["comparison"])
+    assert "toxblock rate (agreement)" in text and text.count("0.5 (6/12) (0.625)") == len(res["comparison"])
     # the gate reads the primary only: a secondary rate above the threshold changes nothing
     assert evaluate_gate(res, ["behaviour_rate>0.2"])["passed"]
     res["baseline"]["secondary"]["toxblock"]["agreement"] = "high"
@@ -561,9 +565,9 @@ def _screenshot(chrome: str, page: Path, tmp_path: Path) -> None:
     assert non_white > 0.05, f"screenshot is nearly blank ({non_white:.1%} non-white)"
 
 
-def _inspect(chrome: str, page: Path, tmp_path: Path) -> tuple[list[str], dict[str, Any], str, list[dict]]:
-    """Load ``page`` under DevTools; return requested URLs, DOM facts, visible text and console entries."""
-    profile = tmp_path / "profile-devtools"
+@contextmanager
+def _devtools(chrome: str, page: Path, profile: Path) -> Iterator[tuple[_DevTools, str]]:
+    """``page`` loaded in headless Chromium under DevTools (Network, Page and Log enabled): (client, session)."""
     proc = subprocess.Popen([*_chrome_args(chrome, profile), "--remote-debugging-port=0", "about:blank"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -582,6 +586,15 @@ def _inspect(chrome: str, page: Path, tmp_path: Path) -> tuple[list[str], dict[s
         dt.call("Page.navigate", {"url": page.as_uri()}, session=sid)
         dt.wait_for("Page.loadEventFired")
         dt.drain(1.0)
+        yield dt, sid
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def _inspect(chrome: str, page: Path, tmp_path: Path) -> tuple[list[str], dict[str, Any], str, list[dict]]:
+    """Load ``page`` under DevTools; return requested URLs, DOM facts, visible text and console entries."""
+    with _devtools(chrome, page, tmp_path / "profile-devtools") as (dt, sid):
         facts = json.loads(dt.call("Runtime.evaluate", {"returnByValue": True, "expression": """JSON.stringify({
             scripts: document.querySelectorAll('script').length,
             imgs: document.querySelectorAll('img').length,
@@ -598,9 +611,6 @@ def _inspect(chrome: str, page: Path, tmp_path: Path) -> tuple[list[str], dict[s
         logs = [e["params"]["entry"] for e in dt.events if e.get("method") == "Log.entryAdded"]
         assert not dialogs, dialogs
         return urls, facts, text, logs
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
 
 
 def test_browser_shows_payloads_as_text_and_fetches_nothing(tmp_path: Path) -> None:
@@ -620,3 +630,37 @@ def test_browser_shows_payloads_as_text_and_fetches_nothing(tmp_path: Path) -> N
     for payload in (SCRIPT, IMG, NAME, FILE):
         assert payload in text
     assert not [e for e in logs if "Content Security Policy" in e.get("text", "")], logs
+
+
+def test_browser_prints_on_a4_with_running_header_and_page_numbers(tmp_path: Path) -> None:
+    """Printed (as PDF) the page is A4 and several pages long; the page margin boxes carry the run id and
+    "page x of y" (Chromium reads them as @page margin rules); headings stay with what follows them."""
+    chrome = _chromium()
+    if chrome is None:
+        if os.environ.get("SAFETY_PRUNE_REQUIRE_BROWSER"):
+            pytest.fail("chromium not found, and SAFETY_PRUNE_REQUIRE_BROWSER is set: install it "
+                        "(apt-get install -y chromium); the print checks need it")
+        pytest.skip("chromium not found (CI installs it: apt-get install -y chromium)")
+    page = render_run(_write_run(tmp_path / "run", _rich(), _samples()))
+    pdf = tmp_path / "report.pdf"
+    subprocess.run([*_chrome_args(chrome, tmp_path / "profile-pdf"), "--no-pdf-header-footer",
+                    f"--print-to-pdf={pdf}", page.as_uri()], capture_output=True, timeout=120, check=False)
+    assert pdf.is_file(), "chromium wrote no PDF"
+    boxes = re.findall(rb"/MediaBox \[0 0 ([\d.]+) ([\d.]+)\]", pdf.read_bytes())
+    assert len(boxes) > 1, "the report should print on several pages"
+    for w, h in boxes:  # A4 is 595.3 x 841.9 pt (US letter would be 612 x 792)
+        assert abs(float(w) - 595.3) < 2 and abs(float(h) - 841.9) < 2, (w, h)
+    with _devtools(chrome, page, tmp_path / "profile-print") as (dt, sid):
+        dt.call("Emulation.setEmulatedMedia", {"media": "print"}, session=sid)
+        facts = json.loads(dt.call("Runtime.evaluate", {"returnByValue": True, "expression": """JSON.stringify({
+            margins: [...document.styleSheets].flatMap(s => [...s.cssRules]).filter(r => r instanceof CSSPageRule)
+                .flatMap(r => [...(r.cssRules || [])]).map(m => [m.name, m.style.content]),
+            h2: getComputedStyle(document.querySelector('h2')).breakAfter,
+            figure: getComputedStyle(document.querySelector('figure')).breakInside,
+            toc: document.querySelectorAll('nav#toc a').length,
+        })"""}, session=sid)["result"]["value"])
+    margins = dict(facts["margins"])
+    run_id = re.search(r'id="run-id">([^<]+)<', page.read_text(encoding="utf-8")).group(1)
+    assert margins.get("top-right") == f'"run {run_id}"', margins
+    assert margins.get("bottom-right") == '"page " counter(page) " of " counter(pages)', margins
+    assert facts["h2"] == "avoid" and facts["figure"] == "avoid" and facts["toc"] >= 9, facts

@@ -42,7 +42,7 @@ def audit(model: str, probe: str, out: str | Path, *, overwrite: bool = False, o
         save_relevance(staging.path("relevance.safetensors"), rel, diff)
         write_json(staging.path("circuit.json"), circuit)
         results = header("audit", lm) | {
-            "probe": probe_info(suite, len(base.prompts), len(refs.generations.prompts)),
+            "probe": probe_info(suite, len(base.prompts), len(refs.generations.prompts), limit=opt.limit),
             "scorer": stages.scorer_info(scorer, suite, secondary),
             "baseline": flat_metrics(base.metrics),
             "contrast": stages.contrast_info(suite, c, ranked),

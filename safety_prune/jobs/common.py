@@ -14,7 +14,7 @@ from ..distributed import is_main_process
 from ..errors import OutputError
 from ..families import geometry
 from ..gate import evaluate_gate
-from ..io import atomic_dir, write_json
+from ..io import atomic_dir, sha256_file, write_json
 from ..models import LoadedModel, check_chat_template, check_context, load_model
 from ..results import SCHEMA_VERSION, model_info
 from ..run import Staging, check_not_inside, check_out_dir, check_target_path, manifest
@@ -117,11 +117,14 @@ def check_save_target(target: str | None, lm_folder: Path | None) -> Path | None
     return path.resolve()
 
 
-def save_model_folder(lm: LoadedModel, model: torch.nn.Module, target: Path, card: str) -> None:
-    """A plain transformers folder (safetensors, tokenizer, model card), written atomically (rank 0 only)."""
+def save_model_folder(lm: LoadedModel, model: torch.nn.Module, target: Path, card: str) -> dict[str, str]:
+    """A plain transformers folder (safetensors, tokenizer, model card), written atomically (rank 0 only).
+
+    Returns the sha256 of each weight file written, for the report."""
     if not is_main_process():
-        return
+        return {}
     with atomic_dir(target, record=True) as tmp:
         model.save_pretrained(tmp)
         lm.tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(card, encoding="utf-8")
+    return {p.name: sha256_file(p) for p in sorted(target.glob("*.safetensors"))}

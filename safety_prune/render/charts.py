@@ -142,31 +142,58 @@ def heatmap_chart(fig: Any, grid: Any, n_units: Any) -> bool:
     return True
 
 
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h")
+
+
+def tradeoff_series(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """One series per method for the trade-off chart: its (perplexity, ``key``) points sorted by k, a joining line
+    only when it has two or more points (so the legend never shows a line the chart lacks), and a marker shape and
+    size of its own, larger for earlier methods, so methods with the same numbers stay visible on top of each other.
+    """
+    methods = list(dict.fromkeys(str(r.get("method")) for r in rows))
+    out = []
+    for i, method in enumerate(methods):
+        pts = sorted((r.get("k") or 0, r["perplexity"], r[key]) for r in rows
+                     if str(r.get("method")) == method and isinstance(r.get(key), int | float)
+                     and isinstance(r.get("perplexity"), int | float))
+        out.append({"method": method, "points": [(p[1], p[2]) for p in pts], "index": i,
+                    "colour": _METHOD_COLOURS[i % len(_METHOD_COLOURS)], "marker": _MARKERS[i % len(_MARKERS)],
+                    "size": max(4.0, 11.0 - 1.2 * i), "line": len(pts) > 1})
+    return out
+
+
 @_figure("tradeoff")
 def tradeoff_chart(fig: Any, rows: list[dict[str, Any]], base: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Each method's rows (one point per k; joined when there are several k) against general-text perplexity.
+
+    Hollow markers of different shapes and sizes, the first method largest and drawn lowest, keep points that
+    coincide (two methods with the same numbers) all visible. Element ids: ``tradeoff-legend`` for the legend and
+    ``tradeoff-series-<i>`` for method i's points (in the panel and the legend).
+    """
     ys = [k for k in ("behaviour_rate", "behaviour_mean") if any(isinstance(r.get(k), int | float) for r in rows)]
     if not ys or not any(isinstance(r.get("perplexity"), int | float) for r in rows):
         return False
-    methods = list(dict.fromkeys(str(r.get("method")) for r in rows))
     fig.set_size_inches(4.1 * len(ys) + 1.2, 2.8)
     axes = fig.subplots(1, len(ys), squeeze=False)
     for ax, key in zip(axes.flat, ys, strict=True):
-        for i, method in enumerate(methods):
-            pts = sorted((r.get("k") or 0, r["perplexity"], r[key]) for r in rows
-                         if str(r.get("method")) == method and isinstance(r.get(key), int | float)
-                         and isinstance(r.get("perplexity"), int | float))
-            colour = _METHOD_COLOURS[i % len(_METHOD_COLOURS)]
-            ax.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", ms=4, lw=1.2, color=colour,
-                    label=_plot_label(method), alpha=0.85)
+        for s in tradeoff_series(rows, key):
+            if not s["points"]:
+                continue
+            (line,) = ax.plot([p[0] for p in s["points"]], [p[1] for p in s["points"]], marker=s["marker"],
+                              ms=s["size"], mfc="none", mew=1.3, lw=1.2 if s["line"] else 0,
+                              ls="-" if s["line"] else "none", color=s["colour"], label=_plot_label(s["method"]),
+                              alpha=0.9, zorder=2 + 0.01 * s["index"])
+            line.set_gid(f"tradeoff-series-{s['index']}")
         if isinstance(base.get(key), int | float) and isinstance(base.get("perplexity"), int | float):
             ax.plot([base["perplexity"]], [base[key]], marker="*", ms=10, color="#24292f", ls="none",
-                    label="baseline (unpruned)")
+                    label="baseline (unpruned)", zorder=3)
         ax.set_xlabel("perplexity on general text (lower is better)")
         ax.set_ylabel(_plot_label(labels[key][:1].lower() + labels[key][1:], 36))
         if key == "behaviour_rate":
             ax.set_ylim(bottom=0)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    legend = fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    legend.set_gid("tradeoff-legend")
     fig.tight_layout()
     return True
 

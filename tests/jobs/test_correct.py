@@ -276,3 +276,16 @@ def test_correct_on_a_tiny_repetition_suite(tmp_path):
     assert res["probe"]["behaviour"] == {"name": "looping continuations", "metric": "repetition ratio"}
     assert {row["method"] for row in res["tradeoff"]} == {"random", "lrp"}
     assert "looping continuations" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_saved_model_hash_is_in_the_results(setup, tmp_path):
+    from safety_prune.io import sha256_file
+
+    _, model, suite = setup
+    res = correct(model, suite, tmp_path / "run", options=CorrectOptions(k=2, batch_size=4, force=True,
+                                                                         save_model=str(tmp_path / "saved")))
+    assert res["pruned"]["saved_model_sha256"] == {"model.safetensors": sha256_file(tmp_path / "saved" /
+                                                                                     "model.safetensors")}
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())["pruned"]["saved_model_sha256"]
+    assert saved == res["pruned"]["saved_model_sha256"]
+    assert res["pruned"]["saved_model_sha256"]["model.safetensors"] in (tmp_path / "run" / "report.html").read_text()
