@@ -1,0 +1,75 @@
+"""The correction front of finished `correct` runs: validation search and held-out result side by side.
+
+    python benchmarks/correction_front.py RUN_DIR [RUN_DIR ...] [--png docs/correction_front.png]
+
+Reads only each run's results.json (schema 1 `toxicity_*` or schema 2 `behaviour_*` names), prints one row
+per validation candidate and per held-out method, and writes benchmarks/results/correction_front.json.
+Changes are relative to each run's own unpruned model, so runs of one model and suite compare directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _get(row: dict, name: str) -> float:
+    return row.get(f"behaviour_{name}", row.get(f"toxicity_{name}"))
+
+
+def front(run: Path) -> dict:
+    res = json.loads((run / "results.json").read_text(encoding="utf-8"))
+    search = res["selection"].get("search", [])
+    base_val = search[0] if search else None
+    rows = [{"split": "validation", "k": s["k"], "mean_change": s["behaviour_mean"] / base_val["behaviour_mean"] - 1,
+             "ppl_change": s["perplexity"] / base_val["perplexity"] - 1, "violations": s["violations"]}
+            for s in search[1:]]
+    base = res["baseline"]
+    rows += [{"split": "eval", "method": r["method"], "k": r["k"],
+              "mean_change": _get(r, "mean") / _get(base, "mean") - 1,
+              "rate_change": _get(r, "rate") / _get(base, "rate") - 1,
+              "ppl_change": r["perplexity"] / base["perplexity"] - 1,
+              "paired_vs_baseline": r["paired_vs_baseline"]} for r in res.get("tradeoff", res["comparison"])]
+    return {"run": str(run), "probe": res["probe"]["name"], "target": res.get("contrast", {}).get("target"),
+            "foil": res.get("contrast", {}).get("foil"), "chosen_k": res["selection"]["k"], "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--png", type=Path, default=None)
+    args = parser.parse_args()
+    fronts = [front(run) for run in args.runs]
+    for f in fronts:
+        print(f"{f['run']} (chosen k={f['chosen_k']}, foil={f['foil']})")
+        for r in f["rows"]:
+            what = r.get("method", "search")
+            print(f"  {r['split']:>10} {what:>8} k={r['k']:>4}  mean {100 * r['mean_change']:+6.1f}%  "
+                  f"perplexity {100 * r['ppl_change']:+5.1f}%  {'; '.join(r.get('violations', []))}")
+    out = Path(__file__).parent / "results" / "correction_front.json"
+    out.write_text(json.dumps(fronts, indent=1) + "\n", encoding="utf-8")
+    if args.png:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(6, 3.6))
+        ax = fig.add_subplot()
+        for f, colour in zip(fronts, ("#0969da", "#cf222e", "#1a7f37", "#9a6700"), strict=False):
+            label = f"{Path(f['run']).name} ({'foil' if f['foil'] else 'no foil'})"
+            val = [r for r in f["rows"] if r["split"] == "validation"]
+            ax.plot([100 * r["ppl_change"] for r in val], [100 * r["mean_change"] for r in val], "o--", color=colour,
+                    label=f"{label}: validation search", mfc="none")
+            for r in (r for r in f["rows"] if r["split"] == "eval"):
+                ax.plot(100 * r["ppl_change"], 100 * r["mean_change"], "s" if r["method"] != "random" else "x",
+                        color=colour, label=f"{label}: held-out {r['method']} k={r['k']}")
+        ax.axvline(2, color="#8c959f", lw=0.8, ls=":")
+        ax.axhline(-40, color="#8c959f", lw=0.8, ls=":")
+        ax.set_xlabel("general-text perplexity change (%)")
+        ax.set_ylabel("mean score change (%)")
+        ax.legend(fontsize=6, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))
+        fig.savefig(args.png, dpi=150, bbox_inches="tight")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
