@@ -158,7 +158,8 @@ def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, scores: dict[str
             opt: CorrectOptions) -> tuple[tuple[int, float | None], dict[str, Any], dict[str, torch.Tensor]]:
     """The k rule: given, from a sparsity, or the search on validation prompts and validation text (after the
     optional damage screen, which reorders ``scores``: returned as the third item)."""
-    selection: dict[str, Any] = {"unit": opt.unit, "exclude_layers": list(opt.exclude_layers)}
+    selection: dict[str, Any] = {"unit": opt.unit, "exclude_layers": list(opt.exclude_layers),
+                                 "guard": {"share": suite.contrast.guard, "by": "|relevance on general text|"}}
     scale = opt.dampen[0] if opt.dampen else None
     total = count_units(lm.model, opt.unit)
     if opt.k is not None:

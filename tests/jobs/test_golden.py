@@ -9,6 +9,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 GOLDEN = Path(__file__).parent.parent / "fixtures" / "golden"
 VOLATILE = ("started_unix", "duration_s", "git_commit", "command", "versions", "platform")
 
@@ -18,6 +20,17 @@ def _normalised(path: Path, root: Path) -> str:
     for key in VOLATILE:
         res["manifest"][key] = "<volatile>"
     return json.dumps(res, indent=1, sort_keys=True) + "\n"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Float sums depend on how many threads split them: the fixtures are taken with one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _check(name: str, text: str) -> None:
