@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +177,7 @@ def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, scores: dict[str
     val_text = [validation_text(lm, text, opt.search_tokens)]
 
     def measure(model: torch.nn.Module) -> dict[str, Any]:
-        pruned = LoadedModel(model, lm.tokenizer, lm.arch, lm.spec, lm.name, lm.folder, lm.weights_sha256)
+        pruned = replace(lm, model=model)
         metrics, _ = evaluate(pruned, lm, suite, scorer, prompts, val_text, opt.seed)
         return {"behaviour_mean": metrics["behaviour_mean"]["value"],
                 "behaviour_rate": metrics["behaviour_rate"]["value"],
@@ -220,7 +220,7 @@ def _compare_all(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, base: Basel
         for kk in sorted({k, *opt.sweep}):
             units = select(r.scores, opt.unit, k=kk)
             model = pruned_copy(lm.model, units, scale)
-            pruned = LoadedModel(model, lm.tokenizer, lm.arch, lm.spec, lm.name, lm.folder, lm.weights_sha256)
+            pruned = replace(lm, model=model)
             metrics, res = evaluate(pruned, lm, suite, scorer, base.prompts, base.test_text, opt.seed,
                                     secondary=secondary)
             tox = res.per_prompt_mean()
