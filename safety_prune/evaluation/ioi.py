@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..attribution import Sample
 from ..errors import DataSourceError
 from ..resources import resource_dir
 
@@ -45,6 +46,15 @@ def ioi_prompts(tokenizer, n: int, seed: int) -> list[IOIPrompt]:
         io, s = (a, b) if i % 2 == 0 else (b, a)
         text = template.format(A=a, B=b, S=s, PLACE=rng.choice(spec["places"]), OBJECT=rng.choice(spec["objects"]))
         out.append(IOIPrompt(text, names[io], names[s]))
+    return out
+
+
+def ioi_samples(tokenizer, prompts: list[IOIPrompt], foil: bool = True) -> list[Sample]:
+    """Attribution samples that explain the answer: logit(IO) - logit(S) (``foil``), or logit(IO) alone."""
+    out = []
+    for p in prompts:
+        ids = tokenizer(p.text, add_special_tokens=True)["input_ids"]
+        out.append(Sample((*ids, p.io_id), len(ids), foil=p.s_id if foil else None))
     return out
 
 

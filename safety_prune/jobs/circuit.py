@@ -1,9 +1,12 @@
 """``circuit``: keep only what a task needs (the paper's circuit discovery, on IOI).
 
-Units are ranked by mean |R| on reference IOI prompts (explaining the task metric logit(IO) - logit(S), or
-with ``--target io`` the logit of the correct name) and pruned least relevant first, step by step. Accuracy
-is measured on *other* IOI prompts (a different seed, overlapping texts dropped). The circuit is what remains
-at the largest pruned share whose accuracy stays at or above ``threshold`` times the unpruned accuracy.
+Units are ranked by their mean relevance on reference IOI prompts (explaining the task metric
+logit(IO) - logit(S), or with ``--target io`` the logit of the correct name) and pruned least relevant first,
+step by step along ``GRID``. How the ranking is made is a set of options, so variants can be measured side by
+side: per-prompt |R| or signed relevance (``--relevance``), each prompt normalised by its total |R| or not
+(``--normalise``), and one ranking or a fresh one of the pruned model at every step (``--schedule``).
+Accuracy is measured on *other* IOI prompts (a different seed, overlapping texts dropped). The circuit is what
+remains at the largest pruned share whose accuracy stays at or above ``threshold`` times the unpruned accuracy.
 """
 
 from __future__ import annotations
@@ -13,10 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import Tensor, nn
+
 from ..attribution import Sample, attribute
-from ..evaluation.ioi import ioi_prompts, ioi_scores
+from ..evaluation.ioi import IOIPrompt, ioi_prompts, ioi_samples, ioi_scores
+from ..families import geometry
 from ..io import sha256_file
-from ..pruning import count_units, masked, select
+from ..pruning import MaskSet, count_units, masked, select
 from ..render import render_task_report
 from ..resources import resource_dir
 from ..run import check_not_inside, check_out_dir, staged
@@ -24,9 +31,61 @@ from .common import Finish, header, open_model
 from .options import CircuitOptions
 
 GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+SIGNED = ("lrp", "gradient")  # the methods whose relevance has a sign, so --relevance applies to them
+
+
+def unit_scores(model: nn.Module, samples: Sequence[Sample], method: str, opt: CircuitOptions,
+                pad_token_id: int) -> Tensor:
+    """[layers, units] ranking scores of ``method`` under ``opt``'s relevance and normalisation; lowest first.
+
+    ``normalise="sample"`` divides each prompt's relevance by its own total |R| over all units of the kind before
+    the mean (not by its explained logit difference, which is near 0 or negative on prompts the model gets
+    wrong). ``attribute`` returns per-prompt values for neurons only, so each prompt is attributed on its own (a
+    batch of one): one code path for heads, neurons and every method, at n_reference passes instead of
+    n_reference / batch_size.
+    """
+    absolute = method in SIGNED and opt.relevance == "abs"
+
+    def run(batch: Sequence[Sample], size: int) -> Tensor:
+        return attribute(model, batch, method=method, units=(opt.unit,), batch_size=size, absolute=absolute,
+                         pad_token_id=pad_token_id, seed=opt.seed, desc=f"{method} ioi").scores[opt.unit]
+
+    if opt.normalise == "none":
+        return run(samples, opt.batch_size)
+    per = torch.stack([run([s], 1) for s in samples])  # [samples, layers, units]
+    total = per.abs().sum((1, 2), keepdim=True).clamp_min(torch.finfo(per.dtype).tiny)
+    return (per / total).mean(0)
+
+
+def prune_curve(model: nn.Module, tokenizer, samples: Sequence[Sample], held_out: list[IOIPrompt], method: str,
+                opt: CircuitOptions) -> tuple[list[dict[str, float]], list[MaskSet]]:
+    """Accuracy at every ``GRID`` share pruned, and the units pruned there (each set contains the previous).
+
+    One-shot ranks once on the intact model. Iterative re-attributes with the units pruned so far masked and adds
+    the least relevant survivors, so a unit's rank reflects the model it will actually be removed from.
+    """
+    total = count_units(model, opt.unit)
+    pad = tokenizer.pad_token_id or 0
+    pruned, scores = MaskSet(), None
+    curve, masks = [], []
+    for frac in GRID:
+        k = round(frac * total)
+        if k > len(pruned):
+            if scores is None or opt.schedule == "iterative":
+                with masked(model, pruned):
+                    scores = unit_scores(model, samples, method, opt, pad)
+            pruned = MaskSet([*pruned, *select({opt.unit: scores}, opt.unit, k=k - len(pruned), exclude=pruned)])
+        with masked(model, pruned):
+            score = ioi_scores(model, tokenizer, held_out)
+        curve.append({"fraction_pruned": k / total, "k": k, **score})
+        masks.append(pruned)
+    return curve, masks
+
 
 def circuit(model: str, out: str | Path, *, overwrite: bool = False, options: CircuitOptions | None = None,
             argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the circuit job into ``out`` and return its results (``curves`` and ``comparison`` per method), so a
+    benchmark can call it once per variant of ``options`` in one process."""
     opt, started = options or CircuitOptions(), time.time()
     opt.validate()
     out = check_out_dir(out, overwrite)
@@ -38,34 +97,19 @@ def circuit(model: str, out: str | Path, *, overwrite: bool = False, options: Ci
     reference = ioi_prompts(tok, opt.n_reference, opt.seed)
     seen = {p.text for p in reference}
     held_out = [p for p in ioi_prompts(tok, opt.n_eval, opt.seed + 1) if p.text not in seen]
-    samples = []
-    for p in reference:
-        ids = tok(p.text, add_special_tokens=True)["input_ids"]
-        samples.append(Sample((*ids, p.io_id), len(ids), foil=p.s_id if opt.target == "logit_diff" else None))
+    samples = ioi_samples(tok, reference, foil=opt.target == "logit_diff")
     base = ioi_scores(lm.model, tok, held_out)
     total = count_units(lm.model, opt.unit)
-    curves: dict[str, list[dict[str, float]]] = {}
-    ranked: dict[str, dict] = {}
-    for method in opt.methods:
-        scores = ranked[method] = attribute(
-            lm.model, samples, method=method, units=(opt.unit,), batch_size=opt.batch_size,
-            absolute=method in ("lrp", "gradient"), pad_token_id=tok.pad_token_id or 0, seed=opt.seed,
-            desc=f"{method} ioi").scores
-        curve = []
-        for frac in GRID:
-            k = round(frac * total)
-            units = select(scores, opt.unit, k=k) if k else []
-            with masked(lm.model, units):
-                score = ioi_scores(lm.model, tok, held_out)
-            curve.append({"fraction_pruned": k / total, "k": k, **score})
-        curves[method] = curve
+    runs = {m: prune_curve(lm.model, tok, samples, held_out, m, opt) for m in opt.methods}
+    curves = {m: curve for m, (curve, _) in runs.items()}
     primary = opt.methods[0]
-    keep = [p for p in curves[primary] if p["accuracy"] >= opt.threshold * base["accuracy"]]
-    best = max(keep, key=lambda p: p["k"]) if keep else curves[primary][0]
-    scores = ranked[primary]
-    pruned = select(scores, opt.unit, k=best["k"]) if best["k"] else []
-    n_layers, per = scores[opt.unit].shape
-    gone = [0] * n_layers
+    curve, masks = runs[primary]
+    keep = [i for i, p in enumerate(curve) if p["accuracy"] >= opt.threshold * base["accuracy"]]
+    best = max(keep, key=lambda i: curve[i]["k"]) if keep else 0
+    point, pruned = curve[best], masks[best]
+    geo = geometry(lm.model)
+    per = geo.n_heads if opt.unit == "head" else geo.n_neurons
+    gone = [0] * geo.n_layers
     for u in pruned:
         gone[u.layer] += 1
     rows = [{"method": m, "max_fraction_at_threshold": max((p["fraction_pruned"] for p in c
@@ -76,13 +120,15 @@ def circuit(model: str, out: str | Path, *, overwrite: bool = False, options: Ci
     results = header("circuit", lm) | {
         "task": opt.task,
         "settings": {"task": opt.task, "unit": opt.unit, "threshold": opt.threshold, "target": opt.target,
+                     "relevance": opt.relevance, "normalise": opt.normalise, "schedule": opt.schedule,
                      "n_reference": len(reference), "n_eval": len(held_out), "total_units": total},
         "baseline": base,
         "chance": "accuracy 0.5 (two candidate names)",
         "curves": curves, "comparison": rows,
-        "circuit": {"method": primary, "unit": opt.unit, "threshold": opt.threshold, "kept": total - best["k"],
-                    "total": total, "accuracy": best["accuracy"], "fraction_pruned": best["fraction_pruned"],
-                    "per_layer": [{"layer": i, "kept": per - gone[i]} for i in range(n_layers)]},
+        "circuit": {"method": primary, "unit": opt.unit, "threshold": opt.threshold,
+                    "kept": total - point["k"], "total": total, "accuracy": point["accuracy"],
+                    "fraction_pruned": point["fraction_pruned"],
+                    "per_layer": [{"layer": i, "kept": per - gone[i]} for i in range(geo.n_layers)]},
     }
     with staged(out) as staging:
         return finish.write(staging, results, lambda res, st: render_task_report(res, st.path("report.html")))

@@ -201,6 +201,10 @@ class CorrectOptions(BehaviourOptions):
 
 
 GRANULARITIES = ("rowwise", "global")
+# Names as in safety_prune.attribution (EXPLAIN) and lrp.composite (VARIANTS); kept here so that --help needs no torch.
+COMPRESS_TARGETS = ("actual", "predicted", "logprob")
+AGGREGATIONS = ("sample_abs", "signed", "token_l1", "token_l2")
+LRP_VARIANTS = ("attnlrp", "cp")
 
 
 @dataclass
@@ -212,11 +216,35 @@ class CompressOptions(SuiteOptions):
     granularity: str = option("rowwise", "rank weights within each row (as Wanda) or over the whole model",
                               choices=GRANULARITIES)
     save_model: str | None = option(None, "write the first method's pruned model here")
+    window: int | None = option(
+        None, "calibrate on windows of this many tokens cut from the general text joined end to end (the paper "
+        "uses 2048); default: one sample per general reference document, cut to --max-tokens", metavar="TOKENS")
+    n_windows: int | None = option(
+        None, "how many calibration windows (needs --window; default: the suite's reference.general_n)")
+    target: str = option(
+        "actual", "what lrp and gradient explain at every position: the logit of the actual next token (actual), "
+        "of the model's top token (predicted), or the actual token's log-probability (logprob)",
+        choices=COMPRESS_TARGETS)
+    aggregation: str = option(
+        "sample_abs", "how lrp and gradient reduce a weight's relevance over tokens: |sum over a sample| summed "
+        "over samples (sample_abs), |sum over everything| (signed), or per token: sum of |R_t| (token_l1) or "
+        "sqrt of the sum of R_t^2 (token_l2)", choices=AGGREGATIONS)
+    variant: str = option("attnlrp", "LRP rules for attention: attnlrp, or cp (q and k detached: their weights "
+                          "get relevance 0 and are pruned in index order)", choices=LRP_VARIANTS)
 
     def validate(self) -> None:
         super().validate()
         if not 0 < self.sparsity < 1:
             raise ConfigError(f"--sparsity must lie strictly between 0 and 1, got {self.sparsity}.")
+        if self.window is not None and self.window < 8:
+            raise ConfigError(f"--window must be at least 8 tokens, got {self.window}.")
+        if self.n_windows is not None and (self.window is None or self.n_windows < 1):
+            raise ConfigError(f"--n-windows {self.n_windows} needs --window TOKENS and must be at least 1.")
+        for flag, value, names in (("--target", self.target, COMPRESS_TARGETS),
+                                   ("--aggregation", self.aggregation, AGGREGATIONS),
+                                   ("--variant", self.variant, LRP_VARIANTS)):
+            if value not in names:
+                raise ConfigError(f"{flag} {value} is unknown. Choose one of: {', '.join(names)}.")
         bad = [m for m in self.methods if m not in COMPRESS_METHODS]
         if bad or not self.methods:
             raise ConfigError(f"--method {','.join(bad) or '(none)'} is not a compression method. Choose from: "
@@ -227,6 +255,9 @@ class CompressOptions(SuiteOptions):
 
 
 TASKS = ("ioi",)
+RELEVANCE = ("abs", "signed")
+NORMALISE = ("none", "sample")
+SCHEDULES = ("oneshot", "iterative")
 
 
 @dataclass
@@ -242,11 +273,26 @@ class CircuitOptions(RunOptions):
                          "(logit_diff) or the logit of the correct name alone (io)", choices=("logit_diff", "io"))
     n_reference: int = option(64, "IOI prompts that attribution explains")
     n_eval: int = option(256, "held-out IOI prompts that accuracy is measured on")
+    relevance: str = option(
+        "abs", "how lrp and gradient rank units: the mean of each prompt's |R| (abs), or the signed mean "
+        "(signed: a unit that works against the task ranks lowest and is pruned first)", choices=RELEVANCE)
+    normalise: str = option(
+        "none", "sample: divide each reference prompt's unit relevance by that prompt's total |R| before "
+        "averaging, so prompts with large logit differences do not dominate (one attribution pass per prompt); "
+        "none: plain mean", choices=NORMALISE)
+    schedule: str = option(
+        "oneshot", "oneshot: rank once and prune along the grid; iterative: re-attribute the pruned model after "
+        "each grid step and prune the least relevant survivors (one attribution per step)", choices=SCHEDULES)
 
     def validate(self) -> None:
         super().validate()
         if self.task not in TASKS:
             raise ConfigError(f"--task {self.task} is unknown. Available tasks: {', '.join(TASKS)}.")
+        for flag, value, names in (("--relevance", self.relevance, RELEVANCE),
+                                   ("--normalise", self.normalise, NORMALISE),
+                                   ("--schedule", self.schedule, SCHEDULES)):
+            if value not in names:
+                raise ConfigError(f"{flag} {value} is unknown. Choose one of: {', '.join(names)}.")
         if self.unit not in ("neuron", "head"):
             raise ConfigError(f"--unit {self.unit}: circuits are found over neuron or head units.")
         bad = [m for m in self.methods if m not in CIRCUIT_METHODS]
