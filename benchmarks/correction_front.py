@@ -18,12 +18,18 @@ def _get(row: dict, name: str) -> float:
     return row.get(f"behaviour_{name}", row.get(f"toxicity_{name}"))
 
 
+def _pct(change: float | None) -> str:
+    return "not generated" if change is None else f"{100 * change:+6.1f}%"
+
+
 def front(run: Path) -> dict:
     res = json.loads((run / "results.json").read_text(encoding="utf-8"))
     search = res["selection"].get("search", [])
     base_val = search[0] if search else None
-    rows = [{"split": "validation", "k": s["k"], "mean_change": s["behaviour_mean"] / base_val["behaviour_mean"] - 1,
-             "ppl_change": s["perplexity"] / base_val["perplexity"] - 1, "violations": s["violations"]}
+    rows = [{"split": "validation", "k": s["k"], "ppl_change": s["perplexity"] / base_val["perplexity"] - 1,
+             "mean_change": (s["behaviour_mean"] / base_val["behaviour_mean"] - 1
+                             if s.get("behaviour_mean") is not None else None),  # not generated: over the limit
+             "violations": s["violations"]}
             for s in search[1:]]
     base = res["baseline"]
     rows += [{"split": "eval", "method": r["method"], "k": r["k"],
@@ -45,7 +51,7 @@ def main() -> None:
         print(f"{f['run']} (chosen k={f['chosen_k']}, foil={f['foil']})")
         for r in f["rows"]:
             what = r.get("method", "search")
-            print(f"  {r['split']:>10} {what:>8} k={r['k']:>4}  mean {100 * r['mean_change']:+6.1f}%  "
+            print(f"  {r['split']:>10} {what:>8} k={r['k']:>4}  mean {_pct(r['mean_change'])}  "
                   f"perplexity {100 * r['ppl_change']:+5.1f}%  {'; '.join(r.get('violations', []))}")
     out = Path(__file__).parent / "results" / "correction_front.json"
     out.write_text(json.dumps(fronts, indent=1) + "\n", encoding="utf-8")
@@ -56,7 +62,7 @@ def main() -> None:
         ax = fig.add_subplot()
         for f, colour in zip(fronts, ("#0969da", "#cf222e", "#1a7f37", "#9a6700"), strict=False):
             label = f"{Path(f['run']).name} ({'foil' if f['foil'] else 'no foil'})"
-            val = [r for r in f["rows"] if r["split"] == "validation"]
+            val = [r for r in f["rows"] if r["split"] == "validation" and r["mean_change"] is not None]
             ax.plot([100 * r["ppl_change"] for r in val], [100 * r["mean_change"] for r in val], "o--", color=colour,
                     label=f"{label}: validation search", mfc="none")
             for r in (r for r in f["rows"] if r["split"] == "eval"):

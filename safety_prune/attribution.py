@@ -7,8 +7,9 @@ from the layer's input and output gradient with excluded positions masked. Weigh
 parameters never get ``.grad``: memory stays at one batch's activations plus
 the accumulators, and nothing per sample is kept.
 
-The explained output is the sum of the logits of the tokens actually present,
-over each sample's target positions (continuation tokens, or every next token).
+The explained output is, by default, the sum of the logits of the tokens actually present,
+over each sample's target positions (continuation tokens, or every next token); ``explain`` picks the model's
+own top token or the log-probability instead (see ``EXPLAIN``).
 
 Scale: reduced-precision models (bf16/fp16) are summed in float32; layers may
 live on different devices (accelerate ``device_map``, offloaded weights
@@ -44,6 +45,12 @@ log = logging.getLogger(__name__)
 
 METHODS = ("lrp", "gradient", "wanda", "activation", "magnitude", "random")
 UNITS = ("neuron", "head", "weight")
+# What each target position explains: the actual next token's logit, the model's top token's logit, or the actual
+# token's log-probability (to first order, see ``_explained``).
+EXPLAIN = ("actual", "predicted", "logprob")
+# How weight relevance R_t = W * (g_t x_t^T) is reduced over tokens: per sample (sum over its tokens, then
+# ``absolute``), or per token, sum_t |R_t| (token_l1) or sqrt(sum_t R_t^2) (token_l2) over every counted token.
+WEIGHT_AGGREGATIONS = ("sample", "token_l1", "token_l2")
 
 
 @dataclass(frozen=True)
@@ -149,8 +156,9 @@ class _Recorder:
     """Forward/backward hooks that accumulate unit relevance for one model."""
 
     def __init__(self, model: nn.Module, method: str, units: Sequence[str], absolute: bool,
-                 per_sample: bool = False):
+                 per_sample: bool = False, aggregation: str = "sample"):
         self.model, self.method, self.units, self.absolute = model, method, tuple(units), absolute
+        self.aggregation = aggregation  # of weight relevance over tokens (WEIGHT_AGGREGATIONS)
         self.per_sample = per_sample  # keep each sample's neuron relevance (stability bootstrap)
         self.arch: Architecture = architecture(model)
         self.geo = geometry(model)
@@ -203,20 +211,31 @@ class _Recorder:
         self.sums["head"][layer] += self._reduce(per_head, f"head layer {layer}")
 
     def _weight_value(self, key: str, weight: Tensor, home: torch.device, x: Tensor, g: Tensor) -> None:
-        """Accumulate ``W * grad_W``, ``grad_W = sum_t g_t x_t^T`` over counted positions, as [out, in]."""
+        """Accumulate ``W * grad_W``, ``grad_W = sum_t g_t x_t^T`` over counted positions, as [out, in].
+
+        Per-token aggregations need no per-token outer product: token t's relevance is ``W * g_t x_t^T``, so
+        ``sum_t |R_t| = |W| * (|g|^T |x|)`` and ``sum_t R_t^2 = W^2 * ((g^2)^T x^2)``. Only the matmul is
+        accumulated here; ``finish`` applies ``|W|`` (after the square root) once.
+        """
         shape = (*self.mask.shape, -1)  # OPT flattens [B, T] to [B * T]
         x, g = _up(x.reshape(shape)), _up(g.reshape(shape))
+        if self.aggregation == "token_l1":
+            x, g = x.abs(), g.abs()
+        elif self.aggregation == "token_l2":
+            x, g = x.square(), g.square()
         m = self.mask[..., None].to(g.device, g.dtype)
         if x.shape[-1] <= g.shape[-1]:  # mask the smaller factor
             x = x * m
         else:
             g = g * m
-        w = _up(weight.T if self.arch.conv1d else weight)
+        w = _up(weight.T if self.arch.conv1d else weight) if self.aggregation == "sample" else None
         acc = self.sums.get(key)  # created by the first batch: no zero fill of every weight-sized sum
-        if acc is not None and not self.absolute and acc.device == w.device:
+        if w is not None and acc is not None and not self.absolute and acc.device == w.device:
             acc.addcmul_(w, g.flatten(0, 1).T @ x.flatten(0, 1))  # fused, no weight-sized temporary
         else:
-            if self.absolute:  # |.| per sample, so one sample's grad_W at a time
+            if w is None:  # per token: |W| or W^2 comes in finish
+                value = g.flatten(0, 1).T @ x.flatten(0, 1)
+            elif self.absolute:  # |.| per sample, so one sample's grad_W at a time
                 value = sum((w * (g[b].T @ x[b])).abs() for b in range(len(x)))
             else:
                 value = w * (g.flatten(0, 1).T @ x.flatten(0, 1))
@@ -286,12 +305,23 @@ class _Recorder:
             h.register_hook(record)
         return None
 
+    def _weight_module(self, key: str) -> nn.Module:
+        return self.model.get_submodule(key.replace("weight.", f"{self.arch.blocks}.", 1))
+
     def finish(self, n_samples: int) -> dict[str, Tensor]:
-        """Means over samples; divides the accumulators in place (no second copy of the weight sums)."""
+        """Means over samples; divides the accumulators in place (no second copy of the weight sums).
+
+        Per-token aggregations get their ``|W|`` factor (and, for token_l2, the square root) here, so that
+        batches, checkpoints and ranks only ever add matmuls; the result is divided by ``n_samples`` like every
+        other score (a common scale that leaves rankings alone)."""
         for key in self.weight_keys:  # a weight no gradient reached (CP-LRP's q/k) has relevance 0
             if key not in self.sums:
-                w = self.model.get_submodule(key.replace("weight.", f"{self.arch.blocks}.", 1)).weight
+                w = self._weight_module(key).weight
                 self.sums[key] = torch.zeros(w.shape[::-1] if self.arch.conv1d else w.shape)
+            elif self.aggregation != "sample":
+                acc, w = self.sums[key], _live(self._weight_module(key))
+                w = _up(w.T if self.arch.conv1d else w).to(acc.device, acc.dtype)
+                (acc.sqrt_() if self.aggregation == "token_l2" else acc).mul_(w.abs())
         keys = [k for k in ("neuron", "head") if k in self.sums] + self.weight_keys
         return {k: self.sums[k].div_(n_samples).cpu() for k in keys}
 
@@ -329,6 +359,8 @@ def attribute(
     checkpoint_every: int = 10,
     gradient_checkpointing: bool = False,
     per_sample: bool = False,
+    explain: str = "actual",
+    aggregation: str = "sample",
 ) -> Relevance:
     """Mean relevance per unit over ``samples`` (Eq. 1 of Hatefi et al. 2025).
 
@@ -338,7 +370,10 @@ def attribute(
     (``<checkpoint>.rank<k>``). ``gradient_checkpointing`` recomputes each block in the backward pass instead
     of keeping its intermediates (long sequences); relevance is unchanged. ``per_sample``: also return each
     sample's neuron relevance (``Relevance.per_sample["neuron"]``, [S, L, N]) for lrp and gradient; the
-    activation method always keeps each sample's mean activation (AurA).
+    activation method always keeps each sample's mean activation (AurA). ``explain`` (lrp, gradient): what each
+    target position explains, one of ``EXPLAIN``; a sample's foil needs ``actual``. ``aggregation`` (lrp,
+    gradient; weight units only, neurons and heads follow ``absolute``): how a weight's relevance is reduced
+    over tokens, one of ``WEIGHT_AGGREGATIONS``; ``sample`` is the per-sample sum with ``absolute`` applied.
     """
     if method not in METHODS:
         raise ConfigError(f"Unknown attribution method '{method}'. Choose one of: {', '.join(METHODS)}.")
@@ -349,6 +384,14 @@ def attribute(
         raise DataSourceError(f"No samples to attribute for '{desc}'. Check the prompt set is not empty.")
     if checkpoint_every < 1:
         raise ConfigError(f"checkpoint_every must be at least 1 batch, got {checkpoint_every}.")
+    if explain not in EXPLAIN:
+        raise ConfigError(f"Unknown explained target '{explain}'. Choose one of: {', '.join(EXPLAIN)}.")
+    if aggregation not in WEIGHT_AGGREGATIONS:
+        raise ConfigError(f"Unknown weight aggregation '{aggregation}'. Choose one of: "
+                          f"{', '.join(WEIGHT_AGGREGATIONS)}.")
+    if explain != "actual" and any(s.foil is not None for s in samples):
+        raise ConfigError(f"Samples with a foil token explain a logit difference, which needs explain='actual', "
+                          f"not '{explain}'.")
     if method in ("magnitude", "random"):
         return _data_free(model, method, units, seed, len(samples))
     bounds = distributed.shard_bounds(len(samples), desc)
@@ -356,13 +399,14 @@ def attribute(
         distributed.check_same_samples(data_digest(samples), desc)
     start, stop = bounds[distributed.rank()]
     todo = list(batches(samples[start:stop], batch_size))
-    rec = _Recorder(model, method, units, absolute, per_sample and "neuron" in units)
+    rec = _Recorder(model, method, units, absolute, per_sample and "neuron" in units, aggregation)
     wanda = _WandaNorms(model) if method == "wanda" else None
     ckpt = None
     if checkpoint is not None:
         settings = {"method": method, "units": list(units), "variant": variant, "sink_positions": sink_positions,
                     "absolute": absolute, "batch_size": batch_size, "pad_token_id": pad_token_id,
-                    "per_sample": per_sample, "world_size": distributed.world_size(), "rank": distributed.rank()}
+                    "per_sample": per_sample, "explain": explain, "aggregation": aggregation,
+                    "world_size": distributed.world_size(), "rank": distributed.rank()}
         path = Path(checkpoint)
         if distributed.world_size() > 1:
             path = path.with_name(f"{path.name}.rank{distributed.rank()}")
@@ -391,7 +435,7 @@ def attribute(
                     model(input_ids=b["ids"], attention_mask=b["attn"], use_cache=False)
             else:
                 logits = model(input_ids=b["ids"], attention_mask=b["attn"], use_cache=False).logits
-                picked = _explained(logits, b)
+                picked = _explained(logits, b, explain)
                 target = (picked * b["target"].to(picked.device, picked.dtype)).sum()
                 explained += float(target.detach())
                 target.backward()
@@ -414,6 +458,10 @@ def attribute(
     info: dict[str, float | str] = {"sink_positions": sink_positions, "absolute": str(absolute)}
     if method == "lrp":
         info["variant"] = variant
+    if backward and explain != "actual":  # recorded only when not the default: earlier results stay as they were
+        info["explain"] = explain
+    if backward and aggregation != "sample" and "weight" in units:
+        info["aggregation"] = aggregation
     if backward:
         info["explained_sum"] = explained
         info["input_relevance_sum"] = rec.input_relevance
@@ -421,9 +469,23 @@ def attribute(
     return Relevance(method=method, scores=scores, n_samples=n, info=info, per_sample=per_sample)
 
 
-def _explained(logits: Tensor, b: dict[str, Tensor]) -> Tensor:
-    """[B, T-1] logit of each actual next token, minus the sample's foil token's logit where it has one."""
-    picked = _up(logits[:, :-1].gather(-1, b["ids"][:, 1:, None].to(logits.device))[..., 0])
+def _explained(logits: Tensor, b: dict[str, Tensor], explain: str = "actual") -> Tensor:
+    """[B, T-1] what each position explains (``EXPLAIN``).
+
+    ``actual``: the logit of the actual next token, minus the sample's foil token's logit where it has one.
+    ``predicted``: the logit of the model's own top token there. ``logprob``: ``z_y - sum_k p_k z_k`` with the
+    softmax ``p`` held fixed. Its gradient is exactly that of ``log p_y``, so the gradient method explains the
+    log-probability; its value is ``log p_y + H(p)``, the part of ``log p_y`` that gradient x input at the logits
+    distributes (the entropy term has no gradient share), so LRP conservation is checked against it.
+    """
+    z = logits[:, :-1]
+    if explain == "logprob":
+        z = _up(z)
+        p = z.detach().softmax(-1)
+        actual = z.gather(-1, b["ids"][:, 1:, None].to(z.device))[..., 0]
+        return actual - torch.einsum("btv,btv->bt", p, z)
+    index = z.detach().argmax(-1, keepdim=True) if explain == "predicted" else b["ids"][:, 1:, None].to(z.device)
+    picked = _up(z.gather(-1, index)[..., 0])
     has = b["foil"].to(logits.device) >= 0
     if has.any():
         foil = b["foil"].to(logits.device).clamp_min(0)[:, None, None].expand(-1, picked.shape[1], 1)

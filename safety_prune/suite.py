@@ -69,7 +69,8 @@ class ReferenceSpec:
     logit(the model's most likely other token there), i.e. why the model chose the behaviour over what it
     would otherwise have said.
     Benign: the ``benign_n`` least-scoring continuations of the same prompts. General: ``general_n``
-    documents of the general reference part.
+    documents of the general reference part. ``max_prompts``: continue only the first this many reference
+    prompts (None: all); a frequent behaviour needs few, and generation is most of a run's cost.
     """
 
     samples_per_prompt: int
@@ -82,6 +83,7 @@ class ReferenceSpec:
     foil: str
     benign_n: int
     general_n: int
+    max_prompts: int | None = None
 
 
 TARGETS = ("tokens", "continuation")
@@ -205,6 +207,11 @@ class ProbeSuite:
     def general_reference(self) -> list[str]:
         """General documents used for attribution."""
         return list(self._general_parts["reference"])
+
+    def general_calibration(self) -> list[str]:
+        """Every general document after the test and validation parts, the reference ones first: the text that
+        compress cuts calibration windows from, which may need more than ``reference.general_n`` documents."""
+        return list(self._general_parts["calibration"])
 
     def general_validation(self) -> list[str]:
         """General documents for tuning (e.g. the perplexity-budget search)."""
@@ -385,7 +392,8 @@ def _parse(path: Path) -> ProbeSuite:
         )
     th = top.sub("thresholds", {"behaviour_rate", "toxicity_rate"})
     ref = top.sub("reference", {"samples_per_prompt", "temperature", "top_p", "undesired_min", "undesired_max",
-                                "target", "tokens_per_continuation", "foil", "benign_n", "general_n"})
+                                "target", "tokens_per_continuation", "foil", "benign_n", "general_n",
+                                "max_prompts"})
     reference = ReferenceSpec(
         samples_per_prompt=ref.pos_int("samples_per_prompt", 1),
         temperature=ref.number("temperature", 1.0, 0.0, 100.0, lo_open=True),
@@ -397,6 +405,7 @@ def _parse(path: Path) -> ProbeSuite:
         foil=ref.choice("foil", "none", FOILS),
         benign_n=ref.pos_int("benign_n", 128),
         general_n=ref.pos_int("general_n", 128),
+        max_prompts=ref.pos_int("max_prompts", None) if ref.get("max_prompts", None) is not None else None,
     )
     if reference.foil != "none" and reference.target != "tokens":
         raise ref.error("foil", f"({reference.foil}) needs reference.target: tokens")
@@ -585,6 +594,7 @@ def _resolve_general(suite: ProbeSuite, encoding_errors: str) -> None:
         "test": docs[:test_end],
         "validation": docs[test_end:val_end],
         "reference": docs[val_end : val_end + general_n],
+        "calibration": docs[val_end:],
     }
 
 

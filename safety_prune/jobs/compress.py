@@ -4,6 +4,22 @@ Every method ranks single weights of the transformer blocks on the same general 
 lowest-ranked ``sparsity`` share is zeroed (row-wise, as in Wanda, or globally) and perplexity is measured on
 the held-out general test split. LRP ranks by mean |R| per weight: with epsilon-style rules relevance can be
 negative, and a weight whose relevance is large of either sign matters.
+
+Options that decide LRP's (and gradient x input's) ranking, so that they can be measured side by side:
+
+- ``--window``/``--n-windows``: calibrate on fixed windows cut from the general documents joined end to end (the
+  paper: 128 x 2048 tokens) instead of one short sample per document; more context per explained token and a
+  calibration size set directly. Every data-driven method (Wanda too) gets the very same samples.
+- ``--target``: what is explained: the actual next token's logit (default), the model's own top token's logit
+  (what the model does, not what the text says), or the actual token's log-probability (the loss the pruned
+  model is measured on).
+- ``--aggregation``: how a weight's per-token relevance ``R_t = W * g_t x_t^T`` becomes one score: |per-sample
+  sum| (default; opposite-signed tokens cancel inside a sample), |overall sum| (signed), or per token as Wanda
+  does for activations, sum |R_t| (token_l1) or sqrt(sum R_t^2) (token_l2), where nothing cancels.
+- ``--variant``: AttnLRP's attention rules or CP-LRP's (q and k detached, so q/k weights get no relevance).
+
+``results.json`` records the calibration (window, number of samples, tokens, a digest of the samples) and
+each method's calibration time, so that LRP's cost against Wanda's can be read off.
 """
 
 from __future__ import annotations
@@ -17,8 +33,12 @@ from typing import Any
 import torch
 
 from ..attribution import Sample, attribute, require_samples, samples_from_texts
+from ..calibration import calibration_windows
+from ..checkpoint import data_digest
+from ..errors import ConfigError
 from ..evaluation import perplexity
 from ..models import LoadedModel
+from ..preflight import check_attribution_memory
 from ..pruning import count_units, fraction, pruned_copy, select
 from ..render import render_task_report
 from ..run import staged
@@ -36,16 +56,49 @@ from .options import CompressOptions
 
 log = logging.getLogger(__name__)
 
-def weight_scores(lm: LoadedModel, method: str, general: list[Sample], batch_size: int, seed: int
-                  ) -> dict[str, torch.Tensor]:
-    """Per-weight importance (higher = keep): mean |R| for LRP and gradient x input, the method's own score else."""
+def weight_scores(lm: LoadedModel, method: str, general: list[Sample], batch_size: int, seed: int, *,
+                  target: str = "actual", aggregation: str = "sample_abs", variant: str = "attnlrp",
+                  gradient_checkpointing: bool = False) -> dict[str, torch.Tensor]:
+    """Per-weight importance (higher = keep): LRP and gradient x input relevance reduced by ``aggregation``
+    (always non-negative: large relevance of either sign matters), the method's own score else."""
+    backward = method in ("lrp", "gradient")
+    per_token = aggregation in ("token_l1", "token_l2")
     rel = attribute(lm.model, general, method=method, units=("weight",), batch_size=batch_size,
-                    absolute=method in ("lrp", "gradient"), pad_token_id=lm.tokenizer.pad_token_id or 0,
+                    absolute=backward and aggregation == "sample_abs", variant=variant, explain=target,
+                    aggregation=aggregation if backward and per_token else "sample",
+                    gradient_checkpointing=gradient_checkpointing, pad_token_id=lm.tokenizer.pad_token_id or 0,
                     seed=seed, desc=f"{method} weights")
+    if backward and aggregation == "signed":
+        return {key: score.abs_() for key, score in rel.scores.items()}
     return rel.scores
 
 
-def _test_ppl(lm: LoadedModel, model: torch.nn.Module, suite: ProbeSuite, seed: int) -> dict[str, Any]:
+def calibration_samples(lm: LoadedModel, suite: ProbeSuite, opt: CompressOptions) -> list[Sample]:
+    """The samples every data-driven method calibrates on: windows of ``--window`` tokens, else one sample per
+    general reference document."""
+    if opt.window is None:
+        general_n = limited_count(suite.reference.general_n, opt.limit)
+        return require_samples(samples_from_texts(lm.tokenizer, suite.general_reference(),
+                                                  max_tokens=opt.max_tokens), general_n, "The general reference set")
+    n = limited_count(opt.n_windows or suite.reference.general_n, opt.limit)
+    return calibration_windows(lm.tokenizer, suite.general_calibration(), opt.window, n)
+
+
+def preflight_calibration(lm: LoadedModel, suite: ProbeSuite, opt: CompressOptions) -> None:
+    """Before any attribution: a window fits the model's positions (longer ones index past a learned position
+    table, or run where a rotary model was never trained), and one batch of windows fits in memory."""
+    if opt.window is None:
+        preflight_attribution(lm, suite, opt, ("weight",))
+        return
+    limit = getattr(lm.model.config, "max_position_embeddings", None)
+    if isinstance(limit, int) and opt.window > limit:
+        raise ConfigError(f"--window {opt.window} is longer than the {limit} positions of --model {lm.spec} "
+                          f"(max_position_embeddings in its config). Use --window {limit} or less.")
+    check_attribution_memory(lm.model, opt.batch_size, opt.window, ("weight",), opt.max_memory,
+                             gradient_checkpointing=opt.gradient_checkpointing)
+
+
+def heldout_perplexity(lm: LoadedModel, model: torch.nn.Module, suite: ProbeSuite, seed: int) -> dict[str, Any]:
     p = suite.perplexity
     res = perplexity(model, lm.tokenizer, suite.general_test(), max_length=p.max_length, stride=p.stride,
                      device=model.device)
@@ -59,30 +112,43 @@ def compress(model: str, probe: str, out: str | Path, *, overwrite: bool = False
     opt, started = options or CompressOptions(), time.time()
     out, suite, lm = start_run(model, probe, out, overwrite, opt)
     finish = Finish(opt.seed, argv, suite.data_files(), lm.weights_sha256, started)
-    preflight_attribution(lm, suite, opt, ("weight",))
+    preflight_calibration(lm, suite, opt)
     save_to = check_save_target(opt.save_model, lm.folder)
-    general_n = limited_count(suite.reference.general_n, opt.limit)
-    general = require_samples(samples_from_texts(lm.tokenizer, suite.general_reference(), max_tokens=opt.max_tokens),
-                              general_n, "The general reference set")
+    general = calibration_samples(lm, suite, opt)
     with staged(out) as staging:
-        baseline = _test_ppl(lm, lm.model, suite, opt.seed)
+        baseline = heldout_perplexity(lm, lm.model, suite, opt.seed)
         rows, first = [], None
         for method in opt.methods:
-            units = select(weight_scores(lm, method, general, opt.batch_size, opt.seed), "weight",
-                           sparsity=opt.sparsity, scope=opt.granularity, largest=False)
+            clock = time.perf_counter()
+            scores = weight_scores(lm, method, general, opt.batch_size, opt.seed, target=opt.target,
+                                   aggregation=opt.aggregation, variant=opt.variant,
+                                   gradient_checkpointing=opt.gradient_checkpointing)
+            seconds = time.perf_counter() - clock
+            units = select(scores, "weight", sparsity=opt.sparsity, scope=opt.granularity, largest=False)
+            del scores  # weight-sized: freed before the pruned copy is made
             pruned = pruned_copy(lm.model, units)
             row = {"method": method, "sparsity_requested": opt.sparsity, "sparsity": fraction(lm.model, units),
-                   "pruned_weights": len(units), **_test_ppl(lm, pruned, suite, opt.seed)}
-            log.info("compress %s: sparsity %.3f perplexity %.3f", method, row["sparsity"], row["perplexity"])
+                   "pruned_weights": len(units), "calibration_seconds": seconds,
+                   **heldout_perplexity(lm, pruned, suite, opt.seed)}
+            log.info("compress %s: sparsity %.3f perplexity %.3f, calibration %.1f s", method, row["sparsity"],
+                     row["perplexity"], seconds)
             rows.append(row)
             first = first if first is not None else pruned
-        wanda = next((r["perplexity"] for r in rows if r["method"] == "wanda"), None)
+        wanda = next((r for r in rows if r["method"] == "wanda"), None)
         for row in rows:
-            row["ratio_vs_wanda"] = row["perplexity"] / wanda if wanda else None
+            row["ratio_vs_wanda"] = row["perplexity"] / wanda["perplexity"] if wanda else None
+            row["time_vs_wanda"] = (row["calibration_seconds"] / wanda["calibration_seconds"]
+                                    if wanda and wanda["calibration_seconds"] > 0 else None)
         results = header("compress", lm) | {
             "probe": {"name": suite.name, "description": suite.description},
             "settings": {"sparsity": opt.sparsity, "granularity": opt.granularity, "n_general": len(general),
-                         "max_tokens": opt.max_tokens, "total_weights": count_units(lm.model, "weight"),
+                         "max_tokens": opt.max_tokens if opt.window is None else None,
+                         "calibration": "documents" if opt.window is None else "windows of joined documents",
+                         "window": opt.window, "n_windows": len(general) if opt.window is not None else None,
+                         "calibration_tokens": sum(len(s.input_ids) for s in general),
+                         "calibration_digest": data_digest(general), "target": opt.target,
+                         "aggregation": opt.aggregation, "variant": opt.variant,
+                         "total_weights": count_units(lm.model, "weight"),
                          "scope": "every Linear weight inside the transformer blocks"},
             "baseline": baseline, "comparison": rows,
         }

@@ -17,7 +17,7 @@ import torch
 
 from ..contrast import circuit_summary, save_relevance
 from ..errors import ConfigError, SaveRefused
-from ..evaluation import paired_bootstrap_diff
+from ..evaluation import paired_bootstrap_diff, perplexity
 from ..evaluation.behaviour import Generations, evaluate
 from ..explain import heatmap
 from ..io import write_json
@@ -183,9 +183,14 @@ def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, scores: dict[str
                 "behaviour_rate": metrics["behaviour_rate"]["value"],
                 **{key: metrics[key]["value"] for key in ("perplexity", "distinct2", "continuation_perplexity")}}
 
+    def perplexity_of(model: torch.nn.Module) -> float:
+        p = suite.perplexity
+        return perplexity(model, lm.tokenizer, val_text, max_length=p.max_length, stride=p.stride,
+                          device=model.device).perplexity
+
     ks = [k for k in (opt.search_k or SEARCH_K[opt.unit]) if k <= total // 2] or [1]
     limits = Constraints(opt.ppl_budget, opt.max_distinct2_drop, opt.max_continuation_ppl_rise)
-    best, trail = validation_search(lm, measure, scores, opt.unit, ks, [None, *opt.dampen], limits)
+    best, trail = validation_search(lm, measure, scores, opt.unit, ks, [None, *opt.dampen], limits, perplexity_of)
     feasible = best is not None
     k, scale = best if best is not None else (min(ks), None)
     selection |= {"rule": "validation", "k": k, "intervention": intervention(scale), "feasible": feasible,

@@ -112,9 +112,10 @@ def build_references(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, opt: Be
                      cache: GenerationCache, out: Path) -> References:
     """Continue the reference prompts, then build the general, benign and undesired sets that attribution
     explains (``contrast.build_sets``); only reference prompts and the general reference part are read."""
-    ref = generate_and_score(lm, suite, scorer, limited(suite.undesired_reference(), opt.limit), opt.seed,
-                             "reference", cache, reference_generation(suite))
     spec = suite.reference
+    prompts = suite.undesired_reference()[: spec.max_prompts]
+    ref = generate_and_score(lm, suite, scorer, limited(prompts, opt.limit), opt.seed, "reference", cache,
+                             reference_generation(suite))
     if opt.limit:  # a reduced (smoke-test) run asks for proportionally fewer flagged continuations
         spec = replace(spec, undesired_min=min(spec.undesired_min, max(1, opt.limit // 8)))
     sets = build_sets(lm.tokenizer, ref, scorer, suite.scorer.threshold, spec,

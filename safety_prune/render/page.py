@@ -118,7 +118,7 @@ _SHA = _Opt(_Map(_ANY))
 _LIMITS = ("ppl_rise", "distinct2_drop", "continuation_ppl_rise")
 _SEARCH_ROW = _Obj({**{k: (_ANY, True) for k in ("k", "scale", "behaviour_mean", "behaviour_rate", "perplexity",
                                                  "distinct2", "continuation_perplexity")},
-                    "violations": (_List(_ANY), True)})
+                    "violations": (_List(_ANY), True), "generated": (_BOOL, False)})
 _VALIDATION_SELECTION = ("intervention", "split", "limits", "feasible")  # what rule "validation" is shown with
 _RESULTS = _Obj({
     "job": (_TEXT, True),
@@ -147,7 +147,8 @@ _RESULTS = _Obj({
     "tradeoff": (_Opt(_List(_ROW)), False),
     "release": (_Opt(_Obj({"allowed": (_BOOL, True), "reasons": (_Opt(_List(_ANY)), False)})), False),
     "unit_examples": (_Opt(_List(_Obj({"undesired": (_Opt(_List(_ANY)), False),
-                                       "general": (_Opt(_List(_ANY)), False)}))), False),
+                                       "general": (_Opt(_List(_ANY)), False),
+                                       "specificity": (_Opt(_NUM), False)}))), False),
 })
 _SAMPLE = _Obj({"score": (_Opt(_NUM), False), "prompt_index": (_SCALAR, False), "sample": (_SCALAR, False)})
 
@@ -366,6 +367,27 @@ def _visible(text: Any) -> str:
     """Model text with control characters shown as Unicode control pictures instead of silently dropped."""
     return _CONTROL.sub(lambda m: chr(0x2400 + ord(m.group()) if ord(m.group()) < 0x20 else 0x2421),
                         "" if text is None else str(text))
+
+
+_MARKED = {"\n": ("⏎", "newline"), "\t": ("⇥", "tab"), "\r": ("␍", "carriage return")}
+
+
+def _pieces(text: Any, *, token: bool = False) -> list[dict[str, str | None]]:
+    """Model text as runs of plain text and marks (``name`` says what a mark stands for), so whitespace that
+    carries a unit's relevance is never an invisible sliver: newline, tab and carriage return always; in a
+    token also its leading spaces as "·" (all of it when it is only spaces) and an empty token as "∅"."""
+    raw = "" if text is None else str(text)
+    if token and not raw:
+        return [{"text": "∅", "name": "empty token"}]
+    lead = len(raw) - len(raw.lstrip(" ")) if token else 0
+    out: list[dict[str, str | None]] = []
+    for i, ch in enumerate(raw):
+        shown, name = ("·", "space") if i < lead else _MARKED.get(ch, (_visible(ch), None))
+        if name is None and out and out[-1]["name"] is None:
+            out[-1]["text"] = f"{out[-1]['text']}{shown}"
+        else:
+            out.append({"text": shown, "name": name})
+    return out
 
 
 def signal(ci_a: Sequence[float] | None, ci_b: Sequence[float] | None) -> str:
@@ -816,12 +838,17 @@ def _circuit(results: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _unit_examples(results: dict[str, Any]) -> list[dict[str, Any]]:
+    def token(c: dict[str, Any]) -> list[dict[str, str | None]]:
+        if c.get("special"):  # named, with the marker text it decodes to on hover
+            return [{"text": _visible(c["special"]), "name": f"special token {_visible(c.get('token'))}"}]
+        return _pieces(c.get("token"), token=True)
+
     def ctx(items: Any) -> list[dict[str, Any]]:
-        return [{"left": _visible(c.get("left")), "token": _visible(c.get("token")), "right": _visible(c.get("right")),
+        return [{"left": _pieces(c.get("left")), "token": token(c), "right": _pieces(c.get("right")),
                  "relevance": c.get("relevance")} for c in items or [] if isinstance(c, dict)]
 
-    return [{"unit": str(u.get("unit", "?")), "r_diff": u.get("r_diff"), "undesired": ctx(u.get("undesired")),
-             "general": ctx(u.get("general"))}
+    return [{"unit": str(u.get("unit", "?")), "r_diff": u.get("r_diff"), "specificity": u.get("specificity"),
+             "undesired": ctx(u.get("undesired")), "general": ctx(u.get("general"))}
             for u in results.get("unit_examples") or [] if isinstance(u, dict)]
 
 

@@ -61,3 +61,96 @@ def test_compress_prunes_the_least_important_weights(tmp_path):
                     assert score[row][zero[row]].max() <= score[row][~zero[row]].min() + 1e-12
                     checked += 1
     assert checked > 0
+
+
+def test_windows_are_the_same_calibration_for_every_method_and_recorded(tmp_path, monkeypatch):
+    """Every data-driven method attributes the very same windows; results.json names the window, their number,
+    the tokens, the digest of the samples, the ranking settings and each method's calibration time; the report
+    renders them."""
+    import json
+
+    import safety_prune.jobs.compress as job
+    from safety_prune.checkpoint import data_digest
+
+    seen: dict[str, list] = {}
+    real = job.attribute
+
+    def spy(model, samples, **kw):
+        seen[kw["method"]] = list(samples)
+        return real(model, samples, **kw)
+
+    monkeypatch.setattr(job, "attribute", spy)
+    save_tiny("llama", tmp_path / "m")
+    res = compress(str(tmp_path / "m"), write_tiny_suite(tmp_path / "suite"), tmp_path / "run", options=CompressOptions(
+        methods=("lrp", "wanda", "gradient", "magnitude"), batch_size=4, window=32, n_windows=6, target="logprob",
+        aggregation="token_l2"))
+    assert seen["lrp"] == seen["wanda"] == seen["gradient"]
+    assert [len(s.input_ids) for s in seen["lrp"]] == [32] * 6
+    settings = res["settings"]
+    expected = {"window": 32, "n_windows": 6, "n_general": 6, "calibration_tokens": 192, "max_tokens": None,
+                "calibration": "windows of joined documents", "target": "logprob", "aggregation": "token_l2",
+                "variant": "attnlrp"}
+    assert {k: settings[k] for k in expected} == expected
+    assert settings["calibration_digest"] == data_digest(seen["wanda"])
+    rows = {r["method"]: r for r in res["comparison"]}
+    assert all(r["calibration_seconds"] >= 0 for r in rows.values())
+    assert rows["wanda"]["time_vs_wanda"] == 1.0
+    assert rows["lrp"]["time_vs_wanda"] == rows["lrp"]["calibration_seconds"] / rows["wanda"]["calibration_seconds"]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["settings"]["window"] == 32
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "calibration tokens" in page and "time vs wanda" in page and "token_l2" in page
+
+
+def test_documents_stay_the_default_calibration(tmp_path):
+    save_tiny("llama", tmp_path / "m")
+    res = compress(str(tmp_path / "m"), write_tiny_suite(tmp_path / "suite"), tmp_path / "run",
+                   options=CompressOptions(methods=("wanda",), batch_size=4))
+    s = res["settings"]
+    assert (s["calibration"], s["window"], s["n_windows"], s["max_tokens"]) == ("documents", None, None, 128)
+    assert (s["n_general"], s["target"], s["aggregation"], s["variant"]) == (8, "actual", "sample_abs", "attnlrp")
+
+
+@pytest.mark.parametrize("opts, match", [(dict(aggregation="nope"), "--aggregation nope is unknown"),
+                                         (dict(target="nope"), "--target nope is unknown"),
+                                         (dict(variant="nope"), "--variant nope is unknown"),
+                                         (dict(window=4), "--window must be at least 8"),
+                                         (dict(n_windows=4), "--n-windows 4 needs --window")])
+def test_compress_bad_calibration_options(tmp_path, opts, match):
+    with pytest.raises(ConfigError, match=match):
+        compress(str(tmp_path / "never-loaded"), "toxicity", tmp_path / "run", options=CompressOptions(**opts))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flag", ["--aggregation", "--target", "--variant"])
+def test_cli_refuses_an_unknown_name_with_status_2(tmp_path, capsys, flag):
+    from safety_prune.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["compress", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "run"), flag, "nope"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: invalid choice: 'nope'" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_window_longer_than_the_model_positions_is_refused_before_attribution(tmp_path, monkeypatch):
+    import safety_prune.jobs.compress as job
+
+    monkeypatch.setattr(job, "attribute", lambda *a, **k: pytest.fail("attribution must not start"))
+    save_tiny("llama", tmp_path / "m")  # max_position_embeddings 256
+    with pytest.raises(ConfigError, match=r"--window 512 is longer than the 256 positions .*Use --window 256 or less"):
+        compress(str(tmp_path / "m"), write_tiny_suite(tmp_path / "suite"), tmp_path / "run",
+                 options=CompressOptions(methods=("lrp",), window=512))
+    assert not (tmp_path / "run").exists()
+
+
+def test_general_text_too_small_for_the_windows_says_how_many_tokens_there_are(tmp_path):
+    from safety_prune.errors import DataSourceError
+
+    save_tiny("llama", tmp_path / "m")
+    with pytest.raises(DataSourceError, match=r"asks for 64,000 calibration tokens, but the general calibration text "
+                                              r"has only [\d,]+ \(\d+ documents") as err:
+        compress(str(tmp_path / "m"), write_tiny_suite(tmp_path / "suite"), tmp_path / "run",
+                 options=CompressOptions(methods=("wanda",), window=64, n_windows=1000))
+    assert "Lower --n-windows or --window" in str(err.value)
+    assert not (tmp_path / "run").exists()

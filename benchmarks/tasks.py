@@ -1,0 +1,161 @@
+"""Compression and circuit discovery on one model, every variant side by side in one process (issue 12).
+
+    python benchmarks/tasks.py compress [--model default] [--quick]
+    python benchmarks/tasks.py circuit  [--model default] [--quick]
+
+**compress**: 50% row-wise sparsity of every block weight. Wanda and every LRP variant calibrate on the very
+same samples; each variant's held-out perplexity (the toxicity suite's general test split, as `safety-prune
+compress`) is printed with its ratio to Wanda's on those samples and its calibration time relative to Wanda's.
+Variants: calibration (one sample per document of <= 128 tokens, as `compress` by default, or windows cut from
+the documents joined end to end), what is explained (``--target``), how per-token relevance is aggregated
+(``--aggregation``) and the LRP rules (``--variant``).
+
+**circuit**: IOI heads pruned least relevant first; per variant, the accuracy at every pruned share, the largest
+share prunable at >= 90% of the unpruned accuracy, and the accuracy at 50%. Variants: signed or per-prompt |R|,
+per-prompt normalisation, one-shot or iterative re-attribution; gradient x activation, activation and random as
+baselines.
+
+Both use the library's own building blocks (``jobs.compress.weight_scores``, ``jobs.circuit.prune_curve``), so a
+number here is what the job computes with those options. JSON goes to ``benchmarks/results/tasks_<task>.json``.
+``--quick`` runs a few variants on fewer samples (a smoke test, not a measurement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from safety_prune.evaluation.ioi import ioi_prompts, ioi_samples, ioi_scores
+from safety_prune.jobs.circuit import prune_curve
+from safety_prune.jobs.compress import calibration_samples, heldout_perplexity, weight_scores
+from safety_prune.jobs.options import CircuitOptions, CompressOptions
+from safety_prune.models import load_model
+from safety_prune.pruning import pruned_copy, select
+from safety_prune.suite import load_suite
+
+RESULTS = Path(__file__).parent / "results"
+
+# (label, calibration options, lrp options); wanda is measured once per calibration.
+COMPRESS = [
+    ("docs 128x<=128, sample_abs (compress default)", {}, {}),
+    ("docs 128x<=128, token_l2", {}, {"aggregation": "token_l2"}),
+    ("windows 32x512, sample_abs", {"window": 512, "n_windows": 32}, {}),
+    ("windows 32x512, token_l1", {"window": 512, "n_windows": 32}, {"aggregation": "token_l1"}),
+    ("windows 32x512, token_l2", {"window": 512, "n_windows": 32}, {"aggregation": "token_l2"}),
+    ("windows 32x512, signed", {"window": 512, "n_windows": 32}, {"aggregation": "signed"}),
+    ("windows 32x512, token_l2, logprob", {"window": 512, "n_windows": 32},
+     {"aggregation": "token_l2", "target": "logprob"}),
+    ("windows 32x512, token_l2, predicted", {"window": 512, "n_windows": 32},
+     {"aggregation": "token_l2", "target": "predicted"}),
+    ("windows 32x512, token_l2, cp", {"window": 512, "n_windows": 32},
+     {"aggregation": "token_l2", "variant": "cp"}),
+]
+
+# (label, method, circuit options)
+CIRCUIT = [
+    ("lrp abs (default)", "lrp", {}),
+    ("lrp signed", "lrp", {"relevance": "signed"}),
+    ("lrp abs, per-prompt normalised", "lrp", {"normalise": "sample"}),
+    ("lrp signed, per-prompt normalised", "lrp", {"relevance": "signed", "normalise": "sample"}),
+    ("lrp abs, iterative", "lrp", {"schedule": "iterative"}),
+    ("lrp signed, iterative", "lrp", {"relevance": "signed", "schedule": "iterative"}),
+    ("gradient x activation abs", "gradient", {}),
+    ("gradient x activation signed", "gradient", {"relevance": "signed"}),
+    ("activation", "activation", {}),
+    ("random", "random", {}),
+]
+
+
+def run_compress(model: str, quick: bool) -> dict[str, Any]:
+    lm = load_model(model)
+    suite = load_suite("toxicity")
+    variants = COMPRESS[:3] if quick else COMPRESS
+    dense = heldout_perplexity(lm, lm.model, suite, 0)
+    print(f"dense perplexity {dense['perplexity']:.3f} on {dense['n_tokens']} held-out tokens", flush=True)
+    rows: list[dict[str, Any]] = []
+    wanda: dict[str, dict[str, Any]] = {}
+
+    def prune(method: str, samples, key: str, **lrp: str) -> dict[str, Any]:
+        clock = time.perf_counter()
+        scores = weight_scores(lm, method, samples, 4 if "window" in key else 8, 0, **lrp)
+        seconds = time.perf_counter() - clock
+        units = select(scores, "weight", sparsity=0.5, scope="rowwise", largest=False)
+        del scores
+        ppl = heldout_perplexity(lm, pruned_copy(lm.model, units), suite, 0)
+        return {"perplexity": ppl["perplexity"], "perplexity_ci": ppl["perplexity_ci"], "seconds": seconds}
+
+    for label, calib, lrp in variants:
+        opt = CompressOptions(**calib, limit=8 if quick else None)
+        samples = calibration_samples(lm, suite, opt)
+        key = json.dumps(calib, sort_keys=True)
+        tokens = sum(len(s.ids) for s in samples)
+        if key not in wanda:
+            wanda[key] = prune("wanda", samples, key)
+            print(f"wanda on {len(samples)} samples, {tokens} tokens: perplexity {wanda[key]['perplexity']:.3f} "
+                  f"({wanda[key]['seconds']:.0f} s)", flush=True)
+        got = prune("lrp", samples, key, **lrp)
+        row = {"label": label, "calibration": calib, "lrp": lrp, "n_samples": len(samples), "tokens": tokens,
+               "lrp_perplexity": got["perplexity"], "lrp_perplexity_ci": got["perplexity_ci"],
+               "wanda_perplexity": wanda[key]["perplexity"],
+               "ratio_vs_wanda": got["perplexity"] / wanda[key]["perplexity"],
+               "lrp_seconds": got["seconds"], "wanda_seconds": wanda[key]["seconds"],
+               "time_vs_wanda": got["seconds"] / wanda[key]["seconds"]}
+        rows.append(row)
+        print(f"{label:<48} LRP {row['lrp_perplexity']:8.3f}  Wanda {row['wanda_perplexity']:8.3f}  "
+              f"ratio {row['ratio_vs_wanda']:.3f}  time x{row['time_vs_wanda']:.1f}", flush=True)
+    return {"task": "compress", "sparsity": 0.5, "granularity": "rowwise", "dense": dense, "rows": rows}
+
+
+def run_circuit(model: str, quick: bool) -> dict[str, Any]:
+    lm = load_model(model)
+    tok = lm.tokenizer
+    base_opt = CircuitOptions(n_reference=16 if quick else 64, n_eval=64 if quick else 256)
+    reference = ioi_prompts(tok, base_opt.n_reference, base_opt.seed)
+    seen = {p.text for p in reference}
+    held_out = [p for p in ioi_prompts(tok, base_opt.n_eval, base_opt.seed + 1) if p.text not in seen]
+    samples = ioi_samples(tok, reference, foil=True)
+    base = ioi_scores(lm.model, tok, held_out)
+    print(f"unpruned IOI accuracy {base['accuracy']:.3f} on {len(held_out)} held-out prompts", flush=True)
+    rows = []
+    for label, method, knobs in (CIRCUIT[:3] + CIRCUIT[-1:] if quick else CIRCUIT):
+        opt = CircuitOptions(**{**vars(base_opt), **knobs, "methods": (method,)})
+        clock = time.perf_counter()
+        curve, _ = prune_curve(lm.model, tok, samples, held_out, method, opt)
+        ok = [p["fraction_pruned"] for p in curve if p["accuracy"] >= 0.9 * base["accuracy"]]
+        row = {"label": label, "method": method, "knobs": knobs, "seconds": time.perf_counter() - clock,
+               "max_fraction_at_90pct": max(ok, default=0.0),
+               "accuracy_at_50pct": next(p["accuracy"] for p in curve if abs(p["fraction_pruned"] - 0.5) < 0.01),
+               "curve": [{"fraction_pruned": p["fraction_pruned"], "accuracy": p["accuracy"]} for p in curve]}
+        rows.append(row)
+        print(f"{label:<36} prunable {row['max_fraction_at_90pct']:.2f}  acc@50% {row['accuracy_at_50pct']:.3f}  "
+              + " ".join(f"{p['accuracy']:.2f}" for p in curve) + f"  ({row['seconds']:.0f} s)", flush=True)
+    return {"task": "circuit", "unit": "head", "target": "logit_diff", "baseline": base,
+            "n_reference": len(samples), "n_eval": len(held_out), "grid": [p["fraction_pruned"] for p in curve],
+            "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("task", choices=("compress", "circuit"))
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--quick", action="store_true", help="a few variants on few samples (smoke test)")
+    args = parser.parse_args()
+    started = time.time()
+    result = (run_compress if args.task == "compress" else run_circuit)(args.model, args.quick)
+    result |= {"model": args.model, "quick": args.quick, "wall_seconds": time.time() - started,
+               "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
+               "command": f"python benchmarks/tasks.py {args.task}" + (" --quick" if args.quick else "")}
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"tasks_{args.task}{'_quick' if args.quick else ''}.json"
+    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
