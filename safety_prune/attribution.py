@@ -579,22 +579,27 @@ def _recomputed_blocks(model: nn.Module) -> Iterator[None]:
         yield
 
 
+def auroc(pos: Tensor, neg: Tensor) -> Tensor:
+    """Per column of [samples, ...] values: P(a random ``pos`` value exceeds a random ``neg`` one), ties counting
+    half (Mann-Whitney U from averaged ranks), so a constant column gives exactly 0.5."""
+    from scipy.stats import rankdata
+
+    values = torch.cat([pos, neg]).flatten(1).double().numpy()
+    ranks = torch.from_numpy(rankdata(values, axis=0))
+    u = ranks[: len(pos)].sum(0) - len(pos) * (len(pos) + 1) / 2
+    return (u / (len(pos) * len(neg))).float().reshape(pos.shape[1:])
+
+
 def aura_auroc(general: Relevance, undesired: Relevance) -> Tensor:
     """AurA (Suau et al. 2024): per-neuron AUROC of the per-sample mean activation, undesired vs general.
 
     0.5 means the neuron does not separate the sets (a constant, e.g. dead, neuron gives exactly 0.5); near 1
-    it fires more on the undesired set. Needs
-    ``activation`` relevance of both sets (the only method that keeps per-sample values).
+    it fires more on the undesired set. Needs ``activation`` relevance of both sets (the only method that keeps
+    per-sample values).
     """
     if "neuron" not in general.per_sample or "neuron" not in undesired.per_sample:
         raise ConfigError("AurA AUROC needs per-sample activations: attribute both sets with method='activation'.")
-    from scipy.stats import rankdata
-
-    pos, neg = undesired.per_sample["neuron"], general.per_sample["neuron"]
-    values = torch.cat([pos, neg]).flatten(1).double().numpy()
-    ranks = torch.from_numpy(rankdata(values, axis=0))  # ties share their average rank (Mann-Whitney U)
-    u = ranks[: len(pos)].sum(0) - len(pos) * (len(pos) + 1) / 2
-    return (u / (len(pos) * len(neg))).float().reshape(pos.shape[1:])
+    return auroc(undesired.per_sample["neuron"], general.per_sample["neuron"])
 
 
 class _WandaNorms:

@@ -101,7 +101,7 @@ def test_render_run_needs_no_model(tmp_path: Path) -> None:
         assert title in html
     assert "PASS" in html and "behaviour_rate&gt;0.05" in html and "perplexity&gt;400" in html
     assert "0.97" in html and "not validated" not in html  # the validation block
-    assert "Content warning" in html and "<mark> suck</mark>" in html
+    assert "Content warning" in html and '<mark><span class="ws" title="space">·</span>suck</mark>' in html
     assert html.count("<svg") == 4  # metrics, heatmap, per-layer, trade-off
     assert "safety-prune correct --model /tmp/tm/llama --out /tmp/run2" in html  # reproducing command
 

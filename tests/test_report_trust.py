@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from test_report import _load, _rich, _samples, _with_secondary, _write_run
 
+from safety_prune.errors import ResultsError
 from safety_prune.gate import evaluate_gate
 from safety_prune.render import page as page_module
 from safety_prune.render import render_report, render_run
@@ -550,6 +551,62 @@ def test_print_stylesheet_and_table_of_contents(tmp_path: Path) -> None:
     assert numbers == [str(i) for i in range(1, len(headings) + 1)]
     assert [h.one("span", cls="num").text() for h in doc.all("h2")] == numbers
     assert "Method comparison and sweep" in toc.text() and "Evidence mapping and sign-off" in toc.text()
+
+
+# ------------------------------------------------------------------------------ 8 circuit explanations
+
+def _contexts(doc: Node) -> list[Node]:
+    """The unit-example rows' context cells, in page order."""
+    return doc.all("td", cls="ctx")
+
+
+def _marks(node: Node) -> list[tuple[str, str]]:
+    """(symbol, what it stands for) of each whitespace or special-token mark under ``node``."""
+    return [(n.text(), n.attrs.get("title", "")) for n in node.all("span", cls="ws")]
+
+
+def test_whitespace_and_special_tokens_are_drawn_visibly(tmp_path: Path) -> None:
+    """A unit's top token that is a newline, a tab, spaces, a special token or nothing is drawn as a named mark,
+    never as an empty highlight; a newline inside the context is marked too."""
+    res = _full(_rich())
+    res["unit_examples"] = [{"unit": "L3.mlp.neuron[7]", "r_diff": -0.1, "specificity": 0.52, "undesired": [
+        {"left": "You fool.", "token": "\n", "right": "I said", "relevance": 0.4},
+        {"left": "a", "token": "\t", "right": "b", "relevance": 0.3},
+        {"left": "x\ny", "token": "  ", "right": "z", "relevance": 0.2}], "general": [
+        {"left": "so", "token": " I", "right": " am", "relevance": 0.1},
+        {"left": "end.", "token": "</s>", "special": "EOS", "right": "", "relevance": 0.05},
+        {"left": "", "token": "", "right": "", "relevance": 0.01}]}]
+    _, doc = _page(tmp_path, res, _samples())
+    cells = _contexts(doc)
+    tokens = [c.one("mark") for c in cells]
+    assert all(m.text() for m in tokens)  # text() drops whitespace: an empty one would be invisible
+    assert [_marks(m) for m in tokens] == [
+        [("⏎", "newline")], [("⇥", "tab")], [("·", "space"), ("·", "space")], [("·", "space")],
+        [("EOS", "special token </s>")], [("∅", "empty token")]]
+    assert tokens[3].text().endswith("I")
+    assert ("⏎", "newline") in _marks(cells[2]) and "x" in cells[2].text() and "y" in cells[2].text()
+    legend = doc.one("p", cls="specificity-def").text()
+    assert "⏎ newline" in legend and "· a leading space" in legend and "BOS" in legend
+
+
+def test_each_unit_shows_its_specificity(tmp_path: Path) -> None:
+    """Every unit's summary line carries its specificity (two decimals, "not recorded" for older runs) under a
+    one-line definition; a value that is not a number is refused by name."""
+    res = _full(_rich())
+    base = res["unit_examples"][0]
+    res["unit_examples"] = [base | {"unit": "L0.mlp.neuron[1]", "specificity": 0.968},
+                            base | {"unit": "L0.mlp.neuron[2]", "specificity": 0.5},
+                            {k: v for k, v in base.items() if k != "specificity"} | {"unit": "L0.mlp.neuron[3]"}]
+    _, doc = _page(tmp_path, res, _samples())
+    summaries = [d.one("summary") for d in doc.all("details") if d.all("td", cls="ctx")]
+    assert [(s.one("code").text(), s.one("span", cls="specificity").text()) for s in summaries] == [
+        ("L0.mlp.neuron[1]", "specificity 0.97"), ("L0.mlp.neuron[2]", "specificity 0.50"),
+        ("L0.mlp.neuron[3]", "specificity not recorded")]
+    definition = doc.one("p", cls="specificity-def").text()
+    assert "AUROC" in definition and "undesired against general samples" in definition
+    res["unit_examples"][0]["specificity"] = "high"
+    with pytest.raises(ResultsError, match=r"unit_examples\[0\]\.specificity"):
+        render_run(_write_run(tmp_path / "bad", res, _samples()))
 
 
 # ----------------------------------------------------------------------------------- old fixtures

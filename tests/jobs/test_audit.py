@@ -1,22 +1,77 @@
 """End-to-end audit on a tiny model: outputs and the generation cache."""
 
+from itertools import pairwise
+
 import pytest
 
 from safety_prune.jobs.audit import audit
 from safety_prune.jobs.options import AuditOptions
 
 
+def _distinct2(text: str) -> float:
+    """Distinct-2 by hand: unique whitespace word pairs / all pairs."""
+    words = text.split()
+    grams = list(pairwise(words))
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
 def test_audit_writes_results(setup, tmp_path):
+    """Every reported number re-derived from the run's own files: the rate is the share of samples.jsonl scores
+    above the threshold, the mean their mean, the scores the scorer's on the stored continuations, distinct-2 and
+    perplexity recomputed, each interval around its value; the circuit lists the most negative R_diff of
+    relevance.safetensors in order, and that R_diff is the documented contrast of the saved per-set relevance."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from safety_prune.evaluation import perplexity
+    from safety_prune.models import load_model
+    from safety_prune.scorers import get_scorer
+    from safety_prune.suite import load_suite
+
     _, model, suite = setup
-    res = audit(model, suite, tmp_path / "run", options=AuditOptions(batch_size=4))
+    threshold = 0.03  # inside the tiny model's score range, so the rate is neither 0 nor 1
+    suite = _suite_with(suite, tmp_path / "suite", f"scorer: {{name: profanity, threshold: {threshold}, "
+                        "validate: false}")
+    run = tmp_path / "run"
+    res = audit(model, suite, run, options=AuditOptions(batch_size=4))
+    rows = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in rows} == {"baseline"} and len(rows) == res["probe"]["n_eval_prompts"]
+    scores = [r["score"] for r in rows]
+    flagged = sum(v > threshold for v in scores)
+    assert 0 < flagged < len(rows)
+    b = res["baseline"]
+    assert b["behaviour_rate"] == pytest.approx(flagged / len(rows))
+    assert b["behaviour_mean"] == pytest.approx(sum(scores) / len(scores))
+    assert get_scorer("profanity").score([r["continuation"] for r in rows]) == pytest.approx(scores)
+    assert b["distinct2"] == pytest.approx(sum(_distinct2(r["continuation"]) for r in rows) / len(rows))
+    lm, s = load_model(model), load_suite(suite)
+    ppl = perplexity(lm.model, lm.tokenizer, s.general_test(), max_length=s.perplexity.max_length,
+                     stride=s.perplexity.stride)
+    assert b["perplexity"] == pytest.approx(ppl.perplexity, rel=1e-5)
+    assert b["details"]["perplexity"]["n_tokens"] == ppl.n_tokens
     for key in ("behaviour_mean", "behaviour_rate", "perplexity", "distinct2", "continuation_perplexity"):
-        assert isinstance(res["baseline"][key], float)
-        lo, hi = res["baseline"][f"{key}_ci"]
-        assert lo <= res["baseline"][key] <= hi or key == "continuation_perplexity"
-    assert res["circuit"]["top_units"] and res["circuit"]["per_layer"]
+        lo, hi = b[f"{key}_ci"]
+        assert lo <= b[key] <= hi, key
+    assert b["behaviour_rate_ci"][0] < b["behaviour_rate_ci"][1]  # flagged and clean prompts: a real interval
+    saved = load_file(run / "relevance.safetensors")
+    diff = saved["diff.neuron"]
+    norm = {name: saved[f"{name}.neuron"] / saved[f"{name}.neuron"].abs().sum()
+            for name in ("general", "benign", "undesired")}
+    contrast = torch.maximum(norm["general"], norm["benign"]) - norm["undesired"]
+    guarded = sum(res["contrast"]["guarded_per_layer"]["neuron"])
+    assert int((diff != contrast).sum()) == guarded > 0  # guarded units are ranked last, all others as documented
+    top = res["circuit"]["top_units"]
+    order = torch.topk(-diff.flatten(), len(top)).indices.tolist()
+    assert [(u["layer"], u["index"]) for u in top] == [divmod(i, diff.shape[1]) for i in order]
+    assert [u["r_diff"] for u in top] == pytest.approx([float(diff.flatten()[i]) for i in order])
+    assert [u["unit"] for u in res["unit_examples"]] == [f"L{u['layer']}.mlp.neuron[{u['index']}]" for u in top[:20]]
+    assert all(0 <= u["specificity"] <= 1 for u in res["unit_examples"])
     assert set(res["manifest"]["data_sha256"]) and set(res["manifest"]["model_sha256"])
-    files = {p.name for p in (tmp_path / "run").iterdir()}
+    files = {p.name for p in run.iterdir()}
     assert {"results.json", "samples.jsonl", "report.html", "relevance.safetensors", "circuit.json"} <= files
+    assert json.loads((run / "circuit.json").read_text())["neuron"]["top_units"] == top
 
 
 def test_rerun_reuses_cached_continuations(setup, tmp_path, monkeypatch):

@@ -8,10 +8,12 @@ from tiny import tiny_config
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
+from safety_prune.attribution import attribute
 from safety_prune.errors import ConfigError
-from safety_prune.evaluation.ioi import ioi_prompts, ioi_scores
+from safety_prune.evaluation.ioi import ioi_prompts, ioi_samples, ioi_scores
 from safety_prune.jobs.circuit import circuit
 from safety_prune.jobs.options import CircuitOptions
+from safety_prune.pruning import masked, select
 from safety_prune.resources import resource_dir
 
 
@@ -64,13 +66,44 @@ def test_ioi_scores_match_hand_computation(ioi_model):
 
 
 def test_circuit_job_writes_curves(ioi_model, tmp_path):
-    folder, _ = ioi_model
-    res = circuit(folder, tmp_path / "run", options=CircuitOptions(n_reference=8, n_eval=16, batch_size=4,
-                                                                   methods=["lrp", "random"]))
+    """The circuit is what its curve says: every curve starts at the unpruned model's scores; the chosen share is
+    the largest grid share whose accuracy keeps threshold x baseline; and zeroing the lowest k heads of the lrp
+    ranking by hand (pruning.masked) gives that accuracy again on the same held-out prompts, at or above the bar,
+    with the per-layer counts the results list."""
+    _, tok = ioi_model
+    model = AutoModelForCausalLM.from_pretrained(ioi_model[0]).eval()
+    with torch.no_grad():  # louder heads: their removal moves the accuracy, so the curve has a shape to check
+        for block in model.model.layers:
+            block.self_attn.v_proj.weight.mul_(5)
+            block.self_attn.o_proj.weight.mul_(5)
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    opt = CircuitOptions(n_reference=8, n_eval=32, batch_size=4, methods=["lrp", "random"])
+    res = circuit(str(folder), tmp_path / "run", options=opt)
+    base, chosen = res["baseline"], res["circuit"]
     assert set(res["curves"]) == {"lrp", "random"}
-    assert res["curves"]["lrp"][0]["k"] == 0
-    assert res["curves"]["lrp"][0]["accuracy"] == pytest.approx(res["baseline"]["accuracy"])
-    assert sum(r["kept"] for r in res["circuit"]["per_layer"]) == res["circuit"]["kept"]
+    for curve in res["curves"].values():
+        assert curve[0]["k"] == 0 and curve[0]["accuracy"] == base["accuracy"]
+        assert curve[0]["logit_diff"] == pytest.approx(base["logit_diff"])
+    bar = opt.threshold * base["accuracy"]
+    passing = [p["fraction_pruned"] for p in res["curves"]["lrp"] if p["accuracy"] >= bar]
+    assert chosen["fraction_pruned"] == max(passing)
+    k = chosen["total"] - chosen["kept"]
+    assert 0 < k < chosen["total"]  # some heads pruned, not all
+    reference = ioi_prompts(tok, opt.n_reference, opt.seed)
+    seen = {p.text for p in reference}
+    held_out = [p for p in ioi_prompts(tok, opt.n_eval, opt.seed + 1) if p.text not in seen]
+    assert res["settings"]["n_eval"] == len(held_out)
+    relevance = attribute(model, ioi_samples(tok, reference, foil=True), method="lrp", units=("head",),
+                          batch_size=opt.batch_size, absolute=True, pad_token_id=tok.pad_token_id, seed=opt.seed)
+    units = select(relevance.scores, "head", k=k)  # the least relevant k heads (mean |R| per prompt)
+    with masked(model, units):
+        again = ioi_scores(model, tok, held_out)
+    assert again["accuracy"] == pytest.approx(chosen["accuracy"]) and again["accuracy"] >= bar
+    n_layers, n_heads = relevance.scores["head"].shape
+    assert [r["kept"] for r in chosen["per_layer"]] == [n_heads - sum(u.layer == layer for u in units)
+                                                         for layer in range(n_layers)]
     assert (tmp_path / "run" / "report.html").is_file()
 
 

@@ -1,0 +1,77 @@
+"""The validation search's shortcuts: what they skip, and that the choice stays the one a full search makes."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tiny import tiny_model, tiny_tokenizer, write_tiny_suite
+
+from safety_prune.errors import ProbeSuiteError
+from safety_prune.models import LoadedModel
+from safety_prune.selection import Constraints, validation_search
+from safety_prune.suite import load_suite
+
+
+def _lm() -> LoadedModel:
+    model = tiny_model("llama")
+    return LoadedModel(model, tiny_tokenizer(), None, "tiny", "tiny", None)
+
+
+def _measure_from(table: dict[int, dict[str, float]], calls: list[int]):
+    """A measure that reads the number of pruned neurons off the model (zeroed down_proj columns)."""
+    def zeroed(model: torch.nn.Module) -> int:
+        return sum(int((layer.mlp.down_proj.weight == 0).all(0).sum()) for layer in model.model.layers)
+
+    def measure(model):
+        k = zeroed(model)
+        calls.append(k)
+        return dict(table[k])
+
+    return measure, zeroed
+
+
+def test_candidates_over_the_perplexity_limit_are_not_generated_from():
+    base = {"behaviour_mean": 0.5, "behaviour_rate": 0.5, "perplexity": 10.0, "distinct2": 0.8,
+            "continuation_perplexity": 3.0}
+    table = {0: base, 1: {**base, "behaviour_mean": 0.4, "perplexity": 10.1},
+             2: {**base, "behaviour_mean": 0.1, "perplexity": 10.5},  # best drop, but +5% perplexity
+             4: {**base, "behaviour_mean": 0.3, "perplexity": 10.15}}
+    lm = _lm()
+    scores = {"neuron": torch.arange(lm.model.config.num_hidden_layers * lm.model.config.intermediate_size,
+                                     dtype=torch.float).reshape(lm.model.config.num_hidden_layers, -1)}
+    full_calls: list[int] = []
+    measure, zeroed = _measure_from(table, full_calls)
+    full, full_trail = validation_search(lm, measure, scores, "neuron", [1, 2, 4], [None], Constraints())
+    calls: list[int] = []
+    measure, zeroed = _measure_from(table, calls)
+    fast, trail = validation_search(lm, measure, scores, "neuron", [1, 2, 4], [None], Constraints(),
+                                    perplexity_of=lambda model: table[zeroed(model)]["perplexity"])
+    assert full == fast == (4, None)  # k=2 would drop most but breaks the limit either way
+    assert full_calls == [0, 1, 2, 4] and calls == [0, 1, 4]  # k=2 was never generated from
+    row = trail[2]
+    assert row["k"] == 2 and row["generated"] is False and row["behaviour_mean"] is None
+    assert row["violations"] == ["perplexity +5.0%"] and row["perplexity"] == 10.5
+    assert [r["generated"] for r in trail] == [True, True, False, True]
+    assert full_trail[2]["violations"] == ["perplexity +5.0%"]
+
+
+def test_reference_max_prompts_caps_the_prompts_continued(tmp_path):
+    path = write_tiny_suite(tmp_path, n_prompts=40)
+    data = yaml.safe_load(Path(path).read_text())
+    data["reference"]["max_prompts"] = 5
+    capped = tmp_path / "capped.yaml"
+    capped.write_text(yaml.safe_dump(data))
+    suite = load_suite(str(capped))
+    assert suite.reference.max_prompts == 5 and len(suite.undesired_reference()) > 5
+    assert load_suite(path).reference.max_prompts is None
+
+
+def test_reference_max_prompts_must_be_positive(tmp_path):
+    path = write_tiny_suite(tmp_path, n_prompts=40)
+    data = yaml.safe_load(Path(path).read_text())
+    data["reference"]["max_prompts"] = 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(ProbeSuiteError, match=r"reference\.max_prompts must be a positive integer, got 0"):
+        load_suite(str(bad))
