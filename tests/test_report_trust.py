@@ -203,6 +203,44 @@ def test_interval_straddling_the_threshold_is_not_settled(tmp_path: Path, value:
     assert "has the threshold 0.1 inside its interval" in decision.text()
 
 
+def test_the_paired_test_decides_the_mean_note(tmp_path: Path) -> None:
+    """Overlapping separate intervals but a paired interval below 0: the note follows the paired test."""
+    res = _full(_load("correct_results.json"))
+    res["baseline"]["behaviour_mean"], res["baseline"]["behaviour_mean_ci"] = 0.241, [0.209, 0.276]
+    res["corrected"]["behaviour_mean"], res["corrected"]["behaviour_mean_ci"] = 0.195, [0.166, 0.227]
+    res["corrected"]["paired_vs_baseline"] = {"delta": -0.046, "ci_low": -0.070, "ci_high": -0.022,
+                                              "p_value": 0.0005}
+    _, doc = _page(tmp_path, res)
+    cells = [td for td in doc.all("td") if td.attrs.get("data-signal-by")]
+    by = {td.attrs["data-signal-by"]: td for td in cells}
+    assert "likely different" in by["paired test"].text() and "(paired test)" in by["paired test"].text()
+    mean_row = by["paired test"].parent
+    assert "0.241" in mean_row.text() and "0.195" in mean_row.text()
+    assert all(td.attrs["data-signal-by"] == "intervals" for td in cells if td is not by["paired test"])
+    res["corrected"]["paired_vs_baseline"] |= {"ci_low": -0.02, "ci_high": 0.001}
+    _, doc = _page(tmp_path, res, name="straddling")
+    paired = next(td for td in doc.all("td") if td.attrs.get("data-signal-by") == "paired test")
+    assert "within noise" in paired.text()
+
+
+def test_a_correction_that_made_things_worse_says_so(tmp_path: Path) -> None:
+    res = _full(_load("correct_results.json"))
+    res["corrected"]["behaviour_rate"], res["corrected"]["behaviour_rate_ci"] = 0.256, [0.21, 0.30]
+    res["corrected"]["paired_vs_baseline"] = {"delta": 0.08, "ci_low": 0.05, "ci_high": 0.11, "p_value": 0.0005}
+    res["gate"] = evaluate_gate(res, [])
+    _, doc = _page(tmp_path, res)
+    banner = _verdict_banner(doc)
+    assert banner.attrs["data-state"] == "worse" and "WORSE THAN BEFORE" in banner.one(cls="big").text()
+    assert "is worse than before" in banner.text()
+    decision = doc.by_id("decision")
+    assert decision.one("strong").text() == "Do not deploy:" and "made the model worse" in decision.text()
+    assert "Keep the original model" in decision.text()
+    # a correction that merely did not help (paired interval straddles 0) keeps the plain FAIL
+    res["corrected"]["paired_vs_baseline"] = {"delta": 0.01, "ci_low": -0.01, "ci_high": 0.03, "p_value": 0.4}
+    _, doc = _page(tmp_path, res, name="no-help")
+    assert _verdict_banner(doc).attrs["data-state"] == "fail" and "WORSE" not in doc.text()
+
+
 def test_not_settled_says_what_the_fail_on_exit_status_was(tmp_path: Path) -> None:
     res = _straddling(0.11, [0.05, 0.17])
     _, doc = _page(tmp_path, res, fail_on=["behaviour_rate>0.1"])

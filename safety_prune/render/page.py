@@ -411,6 +411,15 @@ def _behaviour(results: dict[str, Any]) -> dict[str, Any]:
     return {"known": bool(name), "name": name or "the behaviour", "metric": metric or "behaviour score"}
 
 
+def _paired_signal(paired: Any) -> str | None:
+    """The paired test's note for the mean behaviour score: its 95% interval of the per-prompt change excludes 0
+    or not. Paired on the same prompts it is sharper than the overlap of two separate intervals, so where it
+    exists it decides (the two rules can disagree, and the page must not contradict its own test)."""
+    if not isinstance(paired, dict) or not all(isinstance(paired.get(k), int | float) for k in ("ci_low", "ci_high")):
+        return None
+    return "likely different" if paired["ci_low"] > 0 or paired["ci_high"] < 0 else "within noise"
+
+
 def _metric_rows(base: dict[str, Any], corr: dict[str, Any] | None, labels: dict[str, str]
                  ) -> list[dict[str, Any]]:
     rows = []
@@ -424,8 +433,11 @@ def _metric_rows(base: dict[str, Any], corr: dict[str, Any] | None, labels: dict
             delta = corr[key] - base[key]
             row |= {"corr": corr[key], "corr_ci": metric_ci(corr, key), "delta": delta,
                     "rel": delta / abs(base[key]) if base[key] else None,
-                    "signal": signal(metric_ci(base, key), metric_ci(corr, key)),
+                    "signal": signal(metric_ci(base, key), metric_ci(corr, key)), "signal_by": "intervals",
                     "good": None if delta == 0 else (delta < 0) == (better == "lower")}
+            paired = _paired_signal(corr.get("paired_vs_baseline")) if key == "behaviour_mean" else None
+            if paired:
+                row |= {"signal": paired, "signal_by": "paired test"}
         rows.append(row)
     return rows
 
@@ -453,15 +465,20 @@ def _verdict(results: dict[str, Any]) -> dict[str, Any]:
     after = None if corr is None else not any(r["corr"]["failed"] for r in rows)
     gated = [r for r in rows if r["from_gate"]]
     target = "corr_state" if corr is not None and gate.get("target") == "corrected" else "base_state"
+    paired = (corr or {}).get("paired_vs_baseline")
+    worse = _paired_signal(paired) == "likely different" and paired["ci_low"] > 0
+    after_state = _overall([r["corr_state"] for r in gated]) if corr is not None else None
+    after_state = "worse" if worse else after_state
     return {"rows": rows, "gate": gate, "passed": bool(gate.get("passed")), "before": before, "after": after,
             "unsettled": [r["expr"] for r in rows if (r["corr"] or r["base"])["settled"] is False],
-            "state": _overall([r[target] for r in gated]),
-            "before_state": _overall([r["base_state"] for r in gated]),
-            "after_state": _overall([r["corr_state"] for r in gated]) if corr is not None else None,
+            "state": "worse" if target == "corr_state" and worse else _overall([r[target] for r in gated]),
+            "before_state": _overall([r["base_state"] for r in gated]), "after_state": after_state,
+            "worse": paired if worse else None,
             "decisive": [r for r in gated if r[target] != "pass"] or gated, "target_key": target[:4]}
 
 
-_STATE_WORDS = {"pass": "PASS", "fail": "FAIL", "unsettled": "NOT SETTLED", "none": "NO THRESHOLD"}
+_STATE_WORDS = {"pass": "PASS", "fail": "FAIL", "unsettled": "NOT SETTLED", "none": "NO THRESHOLD",
+                "worse": "WORSE THAN BEFORE"}
 
 
 def _state(check: dict[str, Any] | None) -> str | None:
@@ -600,6 +617,12 @@ def _decision(results: dict[str, Any], v: dict[str, Any], limit: dict[str, Any] 
     refused = release is not None and release.get("allowed") is False
     reasons = "; ".join(str(r) for r in (release or {}).get("reasons") or []) or "no reason recorded"
     state = v["state"]
+    if state == "worse":
+        p = v["worse"]
+        return {"state": "fail", "lead": "Do not deploy",
+                "text": f"the correction made the model worse: the mean {_behaviour(results)['metric']} per prompt "
+                        f"rose by {p['delta']:+.4g} (paired 95% interval [{p['ci_low']:+.4g}, {p['ci_high']:+.4g}], "
+                        f"entirely above 0). Keep the original model." + reduced}
     if state == "none":
         return {"state": "unsettled", "lead": "Not settled",
                 "text": "no threshold was set (the probe suite names none and no --fail-on was given), so this "
