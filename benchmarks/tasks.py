@@ -44,15 +44,15 @@ RESULTS = Path(__file__).parent / "results"
 # (label, calibration options, lrp options); wanda is measured once per calibration.
 COMPRESS = [
     ("docs 128x<=128, sample_abs (compress default)", {}, {}),
-    ("docs 128x<=128, token_l2", {}, {"aggregation": "token_l2"}),
     ("windows 32x512, sample_abs", {"window": 512, "n_windows": 32}, {}),
-    ("windows 32x512, token_l1", {"window": 512, "n_windows": 32}, {"aggregation": "token_l1"}),
     ("windows 32x512, token_l2", {"window": 512, "n_windows": 32}, {"aggregation": "token_l2"}),
-    ("windows 32x512, signed", {"window": 512, "n_windows": 32}, {"aggregation": "signed"}),
+    ("windows 32x512, token_l1", {"window": 512, "n_windows": 32}, {"aggregation": "token_l1"}),
+    ("docs 128x<=128, token_l2", {}, {"aggregation": "token_l2"}),
     ("windows 32x512, token_l2, logprob", {"window": 512, "n_windows": 32},
      {"aggregation": "token_l2", "target": "logprob"}),
     ("windows 32x512, token_l2, predicted", {"window": 512, "n_windows": 32},
      {"aggregation": "token_l2", "target": "predicted"}),
+    ("windows 32x512, signed", {"window": 512, "n_windows": 32}, {"aggregation": "signed"}),
     ("windows 32x512, token_l2, cp", {"window": 512, "n_windows": 32},
      {"aggregation": "token_l2", "variant": "cp"}),
 ]
@@ -72,7 +72,7 @@ CIRCUIT = [
 ]
 
 
-def run_compress(model: str, quick: bool) -> dict[str, Any]:
+def run_compress(model: str, quick: bool, save) -> dict[str, Any]:
     lm = load_model(model)
     suite = load_suite("toxicity")
     variants = COMPRESS[:3] if quick else COMPRESS
@@ -107,12 +107,13 @@ def run_compress(model: str, quick: bool) -> dict[str, Any]:
                "lrp_seconds": got["seconds"], "wanda_seconds": wanda[key]["seconds"],
                "time_vs_wanda": got["seconds"] / wanda[key]["seconds"]}
         rows.append(row)
+        save({"task": "compress", "partial": True, "dense": dense, "rows": rows})
         print(f"{label:<48} LRP {row['lrp_perplexity']:8.3f}  Wanda {row['wanda_perplexity']:8.3f}  "
               f"ratio {row['ratio_vs_wanda']:.3f}  time x{row['time_vs_wanda']:.1f}", flush=True)
     return {"task": "compress", "sparsity": 0.5, "granularity": "rowwise", "dense": dense, "rows": rows}
 
 
-def run_circuit(model: str, quick: bool) -> dict[str, Any]:
+def run_circuit(model: str, quick: bool, save) -> dict[str, Any]:
     lm = load_model(model)
     tok = lm.tokenizer
     base_opt = CircuitOptions(n_reference=16 if quick else 64, n_eval=64 if quick else 256)
@@ -133,6 +134,7 @@ def run_circuit(model: str, quick: bool) -> dict[str, Any]:
                "accuracy_at_50pct": next(p["accuracy"] for p in curve if abs(p["fraction_pruned"] - 0.5) < 0.01),
                "curve": [{"fraction_pruned": p["fraction_pruned"], "accuracy": p["accuracy"]} for p in curve]}
         rows.append(row)
+        save({"task": "circuit", "partial": True, "baseline": base, "rows": rows})
         print(f"{label:<36} prunable {row['max_fraction_at_90pct']:.2f}  acc@50% {row['accuracy_at_50pct']:.3f}  "
               + " ".join(f"{p['accuracy']:.2f}" for p in curve) + f"  ({row['seconds']:.0f} s)", flush=True)
     return {"task": "circuit", "unit": "head", "target": "logit_diff", "baseline": base,
@@ -147,13 +149,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few variants on few samples (smoke test)")
     args = parser.parse_args()
     started = time.time()
-    result = (run_compress if args.task == "compress" else run_circuit)(args.model, args.quick)
-    result |= {"model": args.model, "quick": args.quick, "wall_seconds": time.time() - started,
-               "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
-               "command": f"python benchmarks/tasks.py {args.task}" + (" --quick" if args.quick else "")}
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"tasks_{args.task}{'_quick' if args.quick else ''}.json"
-    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    about = {"model": args.model, "quick": args.quick, "torch_threads": torch.get_num_threads(),
+             "machine": platform.machine(),
+             "command": f"python benchmarks/tasks.py {args.task}" + (" --quick" if args.quick else "")}
+
+    def save(result: dict[str, Any]) -> None:  # after every variant, so a stopped run keeps what it measured
+        out.write_text(json.dumps(result | about | {"wall_seconds": time.time() - started}, indent=1) + "\n",
+                       encoding="utf-8")
+
+    result = (run_compress if args.task == "compress" else run_circuit)(args.model, args.quick, save)
+    save(result)
     print(f"wrote {out}")
 
 
