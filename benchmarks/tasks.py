@@ -59,13 +59,13 @@ COMPRESS = [
 
 # (label, method, circuit options)
 CIRCUIT = [
-    ("lrp abs (default)", "lrp", {}),
-    ("lrp signed", "lrp", {"relevance": "signed"}),
-    ("lrp abs, per-prompt normalised", "lrp", {"normalise": "sample"}),
+    ("lrp abs", "lrp", {"relevance": "abs"}),
+    ("lrp signed (circuit default)", "lrp", {"relevance": "signed"}),
+    ("lrp abs, per-prompt normalised", "lrp", {"relevance": "abs", "normalise": "sample"}),
     ("lrp signed, per-prompt normalised", "lrp", {"relevance": "signed", "normalise": "sample"}),
-    ("lrp abs, iterative", "lrp", {"schedule": "iterative"}),
+    ("lrp abs, iterative", "lrp", {"relevance": "abs", "schedule": "iterative"}),
     ("lrp signed, iterative", "lrp", {"relevance": "signed", "schedule": "iterative"}),
-    ("gradient x activation abs", "gradient", {}),
+    ("gradient x activation abs", "gradient", {"relevance": "abs"}),
     ("gradient x activation signed", "gradient", {"relevance": "signed"}),
     ("activation", "activation", {}),
     ("random", "random", {}),
