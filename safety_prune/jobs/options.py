@@ -266,8 +266,8 @@ class CircuitOptions(RunOptions):
     unit: str = option("head", "unit kind the circuit is made of", choices=("neuron", "head"))
     methods: tuple[str, ...] = option(
         ("lrp", "gradient", "activation", "random"),
-        f"comma-separated: {', '.join(CIRCUIT_METHODS)}; the first defines the circuit", flag="--method",
-        parse=name_list)
+        f"comma-separated: {', '.join(CIRCUIT_METHODS)}, or all; the first defines the circuit", flag="--method",
+        parse=lambda text: CIRCUIT_METHODS if text.strip() == "all" else name_list(text))
     threshold: float = option(0.9, "keep accuracy >= this share of the original")
     target: str = option("logit_diff", "what attribution explains: the task metric logit(IO) - logit(S) "
                          "(logit_diff) or the logit of the correct name alone (io)", choices=("logit_diff", "io"))

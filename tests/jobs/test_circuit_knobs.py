@@ -182,3 +182,13 @@ def test_unknown_knob_names_the_flag(flag, capsys, tmp_path):
     assert exc.value.code == 2
     assert f"--{flag}: invalid choice: 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_method_all_runs_every_circuit_method_lrp_first():
+    from safety_prune.cli import build_parser
+    from safety_prune.methods import CIRCUIT_METHODS
+
+    args = build_parser().parse_args(["circuit", "--model", "m", "--out", "o", "--method", "all"])
+    assert args.methods == CIRCUIT_METHODS and CIRCUIT_METHODS[0] == "lrp"
+    args = build_parser().parse_args(["circuit", "--model", "m", "--out", "o", "--method", "gradient,lrp"])
+    assert args.methods == ("gradient", "lrp")
