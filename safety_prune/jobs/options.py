@@ -49,6 +49,14 @@ def _max_memory(text: str) -> int:
     return parse_size(text)
 
 
+def check_choices(*checks: tuple[str, str, Sequence[str]]) -> None:
+    """Each (flag, value, allowed names): an unknown name is a ConfigError that names the flag and the choices
+    (the Python API skips argparse's ``choices``)."""
+    for flag, value, names in checks:
+        if value not in names:
+            raise ConfigError(f"{flag} {value} is unknown. Choose one of: {', '.join(names)}.")
+
+
 def check_positive(value: float | None, flag: str, what: str = "a positive number") -> None:
     if value is not None and (not math.isfinite(value) or value <= 0):
         raise ConfigError(f"{flag} must be {what}, got {value}.")
@@ -240,11 +248,8 @@ class CompressOptions(SuiteOptions):
             raise ConfigError(f"--window must be at least 8 tokens, got {self.window}.")
         if self.n_windows is not None and (self.window is None or self.n_windows < 1):
             raise ConfigError(f"--n-windows {self.n_windows} needs --window TOKENS and must be at least 1.")
-        for flag, value, names in (("--target", self.target, COMPRESS_TARGETS),
-                                   ("--aggregation", self.aggregation, AGGREGATIONS),
-                                   ("--variant", self.variant, LRP_VARIANTS)):
-            if value not in names:
-                raise ConfigError(f"{flag} {value} is unknown. Choose one of: {', '.join(names)}.")
+        check_choices(("--target", self.target, COMPRESS_TARGETS), ("--aggregation", self.aggregation, AGGREGATIONS),
+                      ("--variant", self.variant, LRP_VARIANTS))
         bad = [m for m in self.methods if m not in COMPRESS_METHODS]
         if bad or not self.methods:
             raise ConfigError(f"--method {','.join(bad) or '(none)'} is not a compression method. Choose from: "
@@ -290,11 +295,8 @@ class CircuitOptions(RunOptions):
         super().validate()
         if self.task not in TASKS:
             raise ConfigError(f"--task {self.task} is unknown. Available tasks: {', '.join(TASKS)}.")
-        for flag, value, names in (("--relevance", self.relevance, RELEVANCE),
-                                   ("--normalise", self.normalise, NORMALISE),
-                                   ("--schedule", self.schedule, SCHEDULES)):
-            if value not in names:
-                raise ConfigError(f"{flag} {value} is unknown. Choose one of: {', '.join(names)}.")
+        check_choices(("--relevance", self.relevance, RELEVANCE), ("--normalise", self.normalise, NORMALISE),
+                      ("--schedule", self.schedule, SCHEDULES))
         if self.unit not in ("neuron", "head"):
             raise ConfigError(f"--unit {self.unit}: circuits are found over neuron or head units.")
         bad = [m for m in self.methods if m not in CIRCUIT_METHODS]
