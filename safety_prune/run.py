@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -215,14 +215,56 @@ def staged(out: Path) -> Iterator[Staging]:
             staging.discard()
 
 
-def _git_commit() -> str | None:
+def _git(*args: str) -> str | None:
+    """``git args`` in this package's checkout; None when it is not one (an installed wheel) or git is missing."""
     root = Path(__file__).resolve().parent.parent
     try:
-        res = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, check=False)
+        res = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=5,
+                             check=False)
     except (OSError, subprocess.SubprocessError):
         return None
-    return res.stdout.strip() or None if res.returncode == 0 else None
+    return res.stdout if res.returncode == 0 else None
+
+
+def _git_commit() -> str | None:
+    out = _git("rev-parse", "HEAD")
+    return out.strip() or None if out else None
+
+
+def _git_dirty() -> bool | None:
+    """Whether the checkout had uncommitted changes to tracked files: then the commit alone does not reproduce
+    the run."""
+    out = _git("status", "--porcelain", "--untracked-files=no")
+    return None if out is None else bool(out.strip())
+
+
+def _hardware() -> dict[str, Any]:
+    """What the run's speed and float results depend on: CPU, cores, memory, accelerator."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    hw: dict[str, Any] = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    with suppress(ValueError, OSError, AttributeError):
+        hw["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    if torch.cuda.is_available():
+        hw["accelerator"] = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+    return hw
+
+
+def _operator() -> str | None:
+    """Who ran it: ``SAFETY_PRUNE_OPERATOR`` if set (a name for the audit trail), else the login name."""
+    import getpass
+
+    try:
+        return os.environ.get("SAFETY_PRUNE_OPERATOR") or getpass.getuser()
+    except (KeyError, OSError):
+        return None
 
 
 def _versions() -> dict[str, str]:
@@ -244,8 +286,11 @@ def manifest(*, seed: int, argv: list[str] | None, data_files: dict[str, str],
         "command": argv if argv is not None else sys.argv,
         "seed": seed,
         "git_commit": _git_commit(),
+        "git_dirty": _git_dirty(),
+        "operator": _operator(),
         "versions": _versions(),
         "platform": platform.platform(),
+        "hardware": _hardware(),
         "data_sha256": data_files,
         "model_sha256": model_files,
         "started_unix": round(started, 3),

@@ -519,6 +519,10 @@ def test_run_id_git_state_platform_and_model_identity(tmp_path: Path) -> None:
     _, doc = _page(tmp_path, res, name="c")
     assert doc.by_id("run-id").text() != run_id  # another run, another id
     assert doc.by_id("git-dirty").text().startswith("yes") and "gpu NVIDIA H200" in doc.by_id("platform").text()
+    assert doc.by_id("operator").text().startswith("not recorded")
+    res["manifest"]["operator"] = "alice"
+    _, doc = _page(tmp_path, res, name="d")
+    assert doc.by_id("operator").text().startswith("alice")
     assert f'content: "run {doc.by_id("run-id").text()}"' in doc.all("style")[1].text()  # the running header
 
 
@@ -666,3 +670,18 @@ def test_compare_page_shows_not_settled(tmp_path: Path) -> None:
     doc = dom(render_compare(a, b, tmp_path / "cmp.html").read_text(encoding="utf-8"))
     badges = [n.text() for n in doc.one("div", cls="banner").all("span", cls="badge")]
     assert badges == ["NOT SETTLED", "FAIL"]
+
+
+def test_the_manifest_records_operator_git_state_and_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the page shows must be produced by the jobs: ``run.manifest`` records it."""
+    import os
+
+    from safety_prune.run import manifest
+
+    monkeypatch.setenv("SAFETY_PRUNE_OPERATOR", "reviewer-7")
+    got = manifest(seed=0, argv=["x"], data_files={}, model_files={}, started=0.0)
+    assert got["operator"] == "reviewer-7"
+    assert got["git_dirty"] in (True, False, None)  # None only outside a git checkout
+    hw = got["hardware"]
+    assert hw["cpu_count"] == os.cpu_count() and isinstance(hw["cpu"], str) and hw["cpu"]
+    assert hw["memory_gib"] > 0 and hw["torch_threads"] >= 1

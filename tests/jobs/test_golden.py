@@ -1,6 +1,7 @@
 """results.json is the contract with the report: a tiny audit and correction must reproduce it exactly.
 
-Volatile fields (times, git commit, command line, package versions, platform, temporary paths) are masked.
+Volatile fields (times, git commit and state, operator, command line, package versions, platform, hardware,
+temporary paths) are masked.
 After an intended change of the results, regenerate the fixtures with ``SAFETY_PRUNE_UPDATE_GOLDEN=1
 pytest tests/test_golden.py`` and review the diff.
 """
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 
 GOLDEN = Path(__file__).parent.parent / "fixtures" / "golden"
-VOLATILE = ("started_unix", "duration_s", "git_commit", "command", "versions", "platform")
+VOLATILE = ("started_unix", "duration_s", "git_commit", "git_dirty", "operator", "command", "versions", "platform",
+            "hardware")
 
 
 def _normalised(path: Path, root: Path) -> str:
