@@ -47,12 +47,10 @@ COMPRESS = [
     ("windows 32x512, sample_abs", {"window": 512, "n_windows": 32}, {}),
     ("windows 32x512, token_l2", {"window": 512, "n_windows": 32}, {"aggregation": "token_l2"}),
     ("windows 32x512, token_l1", {"window": 512, "n_windows": 32}, {"aggregation": "token_l1"}),
-    ("docs 128x<=128, token_l2", {}, {"aggregation": "token_l2"}),
     ("windows 32x512, token_l2, logprob", {"window": 512, "n_windows": 32},
      {"aggregation": "token_l2", "target": "logprob"}),
     ("windows 32x512, token_l2, predicted", {"window": 512, "n_windows": 32},
      {"aggregation": "token_l2", "target": "predicted"}),
-    ("windows 32x512, signed", {"window": 512, "n_windows": 32}, {"aggregation": "signed"}),
     ("windows 32x512, token_l2, cp", {"window": 512, "n_windows": 32},
      {"aggregation": "token_l2", "variant": "cp"}),
 ]
@@ -94,7 +92,7 @@ def run_compress(model: str, quick: bool, save) -> dict[str, Any]:
         opt = CompressOptions(**calib, limit=8 if quick else None)
         samples = calibration_samples(lm, suite, opt)
         key = json.dumps(calib, sort_keys=True)
-        tokens = sum(len(s.ids) for s in samples)
+        tokens = sum(len(s.input_ids) for s in samples)
         if key not in wanda:
             wanda[key] = prune("wanda", samples, key)
             print(f"wanda on {len(samples)} samples, {tokens} tokens: perplexity {wanda[key]['perplexity']:.3f} "
@@ -142,12 +140,31 @@ def run_circuit(model: str, quick: bool, save) -> dict[str, Any]:
             "rows": rows}
 
 
+def markdown(result: dict[str, Any]) -> str:
+    """The README's table, from a finished run's JSON (so the README is regenerated, not retyped)."""
+    if result["task"] == "compress":
+        lines = [f"dense perplexity {result['dense']['perplexity']:.2f}", "",
+                 "| LRP variant | calibration tokens | LRP perplexity | Wanda perplexity (same samples) "
+                 "| ratio vs Wanda | LRP time vs Wanda |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['label']} | {r['tokens']:,} | {r['lrp_perplexity']:.2f} | {r['wanda_perplexity']:.2f} | "
+                  f"{r['ratio_vs_wanda']:.3f} | {r['time_vs_wanda']:.1f}x |" for r in result["rows"]]
+    else:
+        lines = ["| ranking | largest share pruned at >= 90% accuracy | accuracy at 50% | curve |", "|---|---|---|---|"]
+        lines += [f"| {r['label']} | {r['max_fraction_at_90pct']:.2f} | {r['accuracy_at_50pct']:.3f} | "
+                  + " ".join(f"{p['accuracy']:.2f}" for p in r["curve"]) + " |" for r in result["rows"]]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("task", choices=("compress", "circuit"))
     parser.add_argument("--model", default="default")
     parser.add_argument("--quick", action="store_true", help="a few variants on few samples (smoke test)")
+    parser.add_argument("--table", action="store_true", help="print the README table of the last run's JSON")
     args = parser.parse_args()
+    if args.table:
+        print(markdown(json.loads((RESULTS / f"tasks_{args.task}.json").read_text(encoding="utf-8"))))
+        return
     started = time.time()
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"tasks_{args.task}{'_quick' if args.quick else ''}.json"
