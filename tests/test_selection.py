@@ -56,22 +56,24 @@ def test_candidates_over_the_perplexity_limit_are_not_generated_from():
     assert full_trail[2]["violations"] == ["perplexity +5.0%"]
 
 
-def test_reference_max_prompts_caps_the_prompts_continued(tmp_path):
+def _suite_with_max_prompts(tmp_path, value) -> tuple[str, Path]:
+    """The tiny suite (40 prompts) and a copy of it with ``reference.max_prompts: value``."""
     path = write_tiny_suite(tmp_path, n_prompts=40)
     data = yaml.safe_load(Path(path).read_text())
-    data["reference"]["max_prompts"] = 5
-    capped = tmp_path / "capped.yaml"
-    capped.write_text(yaml.safe_dump(data))
+    data["reference"]["max_prompts"] = value
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(data))
+    return path, changed
+
+
+def test_reference_max_prompts_caps_the_prompts_continued(tmp_path):
+    path, capped = _suite_with_max_prompts(tmp_path, 5)
     suite = load_suite(str(capped))
     assert suite.reference.max_prompts == 5 and len(suite.undesired_reference()) > 5
     assert load_suite(path).reference.max_prompts is None
 
 
 def test_reference_max_prompts_must_be_positive(tmp_path):
-    path = write_tiny_suite(tmp_path, n_prompts=40)
-    data = yaml.safe_load(Path(path).read_text())
-    data["reference"]["max_prompts"] = 0
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(data))
+    _, bad = _suite_with_max_prompts(tmp_path, 0)
     with pytest.raises(ProbeSuiteError, match=r"reference\.max_prompts must be a positive integer, got 0"):
         load_suite(str(bad))
