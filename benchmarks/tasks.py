@@ -17,7 +17,8 @@ baselines.
 
 Both use the library's own building blocks (``jobs.compress.weight_scores``, ``jobs.circuit.prune_curve``), so a
 number here is what the job computes with those options. JSON goes to ``benchmarks/results/tasks_<task>.json``.
-``--quick`` runs a few variants on fewer samples (a smoke test, not a measurement).
+``--quick`` runs a few variants on fewer samples (a smoke test, not a measurement). ``--resume`` keeps the rows of
+the last run's JSON and measures only the variants it lacks (a stopped run goes on where it stopped).
 """
 
 from __future__ import annotations
@@ -70,13 +71,13 @@ CIRCUIT = [
 ]
 
 
-def run_compress(model: str, quick: bool, save) -> dict[str, Any]:
+def run_compress(model: str, quick: bool, save, previous: list[dict[str, Any]]) -> dict[str, Any]:
     lm = load_model(model)
     suite = load_suite("toxicity")
     variants = COMPRESS[:3] if quick else COMPRESS
     dense = heldout_perplexity(lm, lm.model, suite, 0)
     print(f"dense perplexity {dense['perplexity']:.3f} on {dense['n_tokens']} held-out tokens", flush=True)
-    rows: list[dict[str, Any]] = []
+    rows = list(previous)
     wanda: dict[str, dict[str, Any]] = {}
 
     def prune(method: str, samples, key: str, **lrp: str) -> dict[str, Any]:
@@ -89,6 +90,8 @@ def run_compress(model: str, quick: bool, save) -> dict[str, Any]:
         return {"perplexity": ppl["perplexity"], "perplexity_ci": ppl["perplexity_ci"], "seconds": seconds}
 
     for label, calib, lrp in variants:
+        if any(r["calibration"] == calib and r["lrp"] == lrp for r in rows):
+            continue
         opt = CompressOptions(**calib, limit=8 if quick else None)
         samples = calibration_samples(lm, suite, opt)
         key = json.dumps(calib, sort_keys=True)
@@ -108,10 +111,12 @@ def run_compress(model: str, quick: bool, save) -> dict[str, Any]:
         save({"task": "compress", "partial": True, "dense": dense, "rows": rows})
         print(f"{label:<48} LRP {row['lrp_perplexity']:8.3f}  Wanda {row['wanda_perplexity']:8.3f}  "
               f"ratio {row['ratio_vs_wanda']:.3f}  time x{row['time_vs_wanda']:.1f}", flush=True)
+    order = [(calib, lrp) for _, calib, lrp in COMPRESS]
+    rows.sort(key=lambda r: order.index((r["calibration"], r["lrp"])))
     return {"task": "compress", "sparsity": 0.5, "granularity": "rowwise", "dense": dense, "rows": rows}
 
 
-def run_circuit(model: str, quick: bool, save) -> dict[str, Any]:
+def run_circuit(model: str, quick: bool, save, previous: list[dict[str, Any]]) -> dict[str, Any]:
     lm = load_model(model)
     tok = lm.tokenizer
     base_opt = CircuitOptions(n_reference=16 if quick else 64, n_eval=64 if quick else 256)
@@ -121,8 +126,10 @@ def run_circuit(model: str, quick: bool, save) -> dict[str, Any]:
     samples = ioi_samples(tok, reference, foil=True)
     base = ioi_scores(lm.model, tok, held_out)
     print(f"unpruned IOI accuracy {base['accuracy']:.3f} on {len(held_out)} held-out prompts", flush=True)
-    rows = []
+    rows = list(previous)
     for label, method, knobs in (CIRCUIT[:3] + CIRCUIT[-1:] if quick else CIRCUIT):
+        if any(r["method"] == method and r["knobs"] == knobs for r in rows):
+            continue
         opt = CircuitOptions(**{**vars(base_opt), **knobs, "methods": (method,)})
         clock = time.perf_counter()
         curve, _ = prune_curve(lm.model, tok, samples, held_out, method, opt)
@@ -135,6 +142,8 @@ def run_circuit(model: str, quick: bool, save) -> dict[str, Any]:
         save({"task": "circuit", "partial": True, "baseline": base, "rows": rows})
         print(f"{label:<36} prunable {row['max_fraction_at_90pct']:.2f}  acc@50% {row['accuracy_at_50pct']:.3f}  "
               + " ".join(f"{p['accuracy']:.2f}" for p in curve) + f"  ({row['seconds']:.0f} s)", flush=True)
+    order = [(method, knobs) for _, method, knobs in CIRCUIT]
+    rows.sort(key=lambda r: order.index((r["method"], r["knobs"])))
     return {"task": "circuit", "unit": "head", "target": "logit_diff", "baseline": base,
             "n_reference": len(samples), "n_eval": len(held_out), "grid": [p["fraction_pruned"] for p in curve],
             "rows": rows}
@@ -161,6 +170,7 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--quick", action="store_true", help="a few variants on few samples (smoke test)")
     parser.add_argument("--table", action="store_true", help="print the README table of the last run's JSON")
+    parser.add_argument("--resume", action="store_true", help="keep the last run's rows; measure only the rest")
     args = parser.parse_args()
     if args.table:
         print(markdown(json.loads((RESULTS / f"tasks_{args.task}.json").read_text(encoding="utf-8"))))
@@ -168,7 +178,9 @@ def main() -> None:
     started = time.time()
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"tasks_{args.task}{'_quick' if args.quick else ''}.json"
+    previous = json.loads(out.read_text(encoding="utf-8"))["rows"] if args.resume and out.exists() else []
     about = {"model": args.model, "quick": args.quick, "torch_threads": torch.get_num_threads(),
+             "resumed_from_rows": len(previous),
              "machine": platform.machine(),
              "command": f"python benchmarks/tasks.py {args.task}" + (" --quick" if args.quick else "")}
 
@@ -176,7 +188,7 @@ def main() -> None:
         out.write_text(json.dumps(result | about | {"wall_seconds": time.time() - started}, indent=1) + "\n",
                        encoding="utf-8")
 
-    result = (run_compress if args.task == "compress" else run_circuit)(args.model, args.quick, save)
+    result = (run_compress if args.task == "compress" else run_circuit)(args.model, args.quick, save, previous)
     save(result)
     print(f"wrote {out}")
 
