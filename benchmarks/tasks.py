@@ -42,18 +42,24 @@ from safety_prune.suite import load_suite
 
 RESULTS = Path(__file__).parent / "results"
 
-# (label, calibration options, lrp options); wanda is measured once per calibration.
+DOCS = {"calibration": "documents"}  # one sample per general reference document, <= 128 tokens
+WINDOWS = {"calibration": "windows", "window": 512, "n_windows": 32}
+
+
+def lrp(aggregation: str, target: str = "actual", variant: str = "attnlrp") -> dict[str, str]:
+    return {"target": target, "aggregation": aggregation, "variant": variant}
+
+
+# (label, calibration options, lrp options), every option spelled out so that a changed default cannot change a
+# row's meaning; wanda is measured once per calibration.
 COMPRESS = [
-    ("docs 128x<=128, sample_abs (compress default)", {}, {}),
-    ("windows 32x512, sample_abs", {"window": 512, "n_windows": 32}, {}),
-    ("windows 32x512, token_l2", {"window": 512, "n_windows": 32}, {"aggregation": "token_l2"}),
-    ("windows 32x512, token_l1", {"window": 512, "n_windows": 32}, {"aggregation": "token_l1"}),
-    ("windows 32x512, token_l2, logprob", {"window": 512, "n_windows": 32},
-     {"aggregation": "token_l2", "target": "logprob"}),
-    ("windows 32x512, token_l2, predicted", {"window": 512, "n_windows": 32},
-     {"aggregation": "token_l2", "target": "predicted"}),
-    ("windows 32x512, token_l2, cp", {"window": 512, "n_windows": 32},
-     {"aggregation": "token_l2", "variant": "cp"}),
+    ("docs 128x<=128, sample_abs (the old default)", DOCS, lrp("sample_abs")),
+    ("windows 32x512, sample_abs", WINDOWS, lrp("sample_abs")),
+    ("windows 32x512, token_l2 (compress default)", WINDOWS, lrp("token_l2")),
+    ("windows 32x512, token_l1", WINDOWS, lrp("token_l1")),
+    ("windows 32x512, token_l2, logprob", WINDOWS, lrp("token_l2", target="logprob")),
+    ("windows 32x512, token_l2, predicted", WINDOWS, lrp("token_l2", target="predicted")),
+    ("windows 32x512, token_l2, cp", WINDOWS, lrp("token_l2", variant="cp")),
 ]
 
 # (label, method, circuit options)
@@ -80,28 +86,29 @@ def run_compress(model: str, quick: bool, save, previous: list[dict[str, Any]]) 
     rows = list(previous)
     wanda: dict[str, dict[str, Any]] = {}
 
-    def prune(method: str, samples, key: str, **lrp: str) -> dict[str, Any]:
+    def prune(method: str, samples, opt: CompressOptions) -> dict[str, Any]:
         clock = time.perf_counter()
-        scores = weight_scores(lm, method, samples, 4 if "window" in key else 8, 0, **lrp)
+        scores = weight_scores(lm, method, samples, 4 if opt.calibration == "windows" else 8, 0, target=opt.target,
+                               aggregation=opt.aggregation, variant=opt.variant)
         seconds = time.perf_counter() - clock
         units = select(scores, "weight", sparsity=0.5, scope="rowwise", largest=False)
         del scores
         ppl = heldout_perplexity(lm, pruned_copy(lm.model, units), suite, 0)
         return {"perplexity": ppl["perplexity"], "perplexity_ci": ppl["perplexity_ci"], "seconds": seconds}
 
-    for label, calib, lrp in variants:
-        if any(r["calibration"] == calib and r["lrp"] == lrp for r in rows):
+    for label, calib, ranking in variants:
+        if any(r["calibration"] == calib and r["lrp"] == ranking for r in rows):
             continue
-        opt = CompressOptions(**calib, limit=8 if quick else None)
+        opt = CompressOptions(**calib, **ranking, limit=8 if quick else None)
         samples = calibration_samples(lm, suite, opt)
         key = json.dumps(calib, sort_keys=True)
         tokens = sum(len(s.input_ids) for s in samples)
         if key not in wanda:
-            wanda[key] = prune("wanda", samples, key)
+            wanda[key] = prune("wanda", samples, opt)
             print(f"wanda on {len(samples)} samples, {tokens} tokens: perplexity {wanda[key]['perplexity']:.3f} "
                   f"({wanda[key]['seconds']:.0f} s)", flush=True)
-        got = prune("lrp", samples, key, **lrp)
-        row = {"label": label, "calibration": calib, "lrp": lrp, "n_samples": len(samples), "tokens": tokens,
+        got = prune("lrp", samples, opt)
+        row = {"label": label, "calibration": calib, "lrp": ranking, "n_samples": len(samples), "tokens": tokens,
                "lrp_perplexity": got["perplexity"], "lrp_perplexity_ci": got["perplexity_ci"],
                "wanda_perplexity": wanda[key]["perplexity"],
                "ratio_vs_wanda": got["perplexity"] / wanda[key]["perplexity"],
@@ -111,7 +118,7 @@ def run_compress(model: str, quick: bool, save, previous: list[dict[str, Any]]) 
         save({"task": "compress", "partial": True, "dense": dense, "rows": rows})
         print(f"{label:<48} LRP {row['lrp_perplexity']:8.3f}  Wanda {row['wanda_perplexity']:8.3f}  "
               f"ratio {row['ratio_vs_wanda']:.3f}  time x{row['time_vs_wanda']:.1f}", flush=True)
-    order = [(calib, lrp) for _, calib, lrp in COMPRESS]
+    order = [(calib, ranking) for _, calib, ranking in COMPRESS]
     rows.sort(key=lambda r: order.index((r["calibration"], r["lrp"])))
     return {"task": "compress", "sparsity": 0.5, "granularity": "rowwise", "dense": dense, "rows": rows}
 

@@ -7,15 +7,16 @@ negative, and a weight whose relevance is large of either sign matters.
 
 Options that decide LRP's (and gradient x input's) ranking, so that they can be measured side by side:
 
-- ``--window``/``--n-windows``: calibrate on fixed windows cut from the general documents joined end to end (the
-  paper: 128 x 2048 tokens) instead of one short sample per document; more context per explained token and a
-  calibration size set directly. Every data-driven method (Wanda too) gets the very same samples.
+- ``--calibration``/``--window``/``--n-windows``: calibrate on fixed windows cut from the general documents joined
+  end to end (default 32 x 512 tokens; the paper: 128 x 2048) or on one short sample per document; windows give
+  more context per explained token and a calibration size set directly. Every data-driven method (Wanda too)
+  gets the very same samples.
 - ``--target``: what is explained: the actual next token's logit (default), the model's own top token's logit
   (what the model does, not what the text says), or the actual token's log-probability (the loss the pruned
   model is measured on).
 - ``--aggregation``: how a weight's per-token relevance ``R_t = W * g_t x_t^T`` becomes one score: |per-sample
   sum| (default; opposite-signed tokens cancel inside a sample), |overall sum| (signed), or per token as Wanda
-  does for activations, sum |R_t| (token_l1) or sqrt(sum R_t^2) (token_l2), where nothing cancels.
+  does for activations, sum |R_t| (token_l1) or sqrt(sum R_t^2) (token_l2, default), where nothing cancels.
 - ``--variant``: AttnLRP's attention rules or CP-LRP's (q and k detached, so q/k weights get no relevance).
 
 ``results.json`` records the calibration (window, number of samples, tokens, a digest of the samples) and
@@ -33,7 +34,7 @@ from typing import Any
 import torch
 
 from ..attribution import Sample, attribute, require_samples, samples_from_texts
-from ..calibration import calibration_windows
+from ..calibration import DEFAULT_N_WINDOWS, calibration_windows, default_window
 from ..checkpoint import data_digest
 from ..errors import ConfigError
 from ..evaluation import perplexity
@@ -57,7 +58,7 @@ from .options import CompressOptions
 log = logging.getLogger(__name__)
 
 def weight_scores(lm: LoadedModel, method: str, general: list[Sample], batch_size: int, seed: int, *,
-                  target: str = "actual", aggregation: str = "sample_abs", variant: str = "attnlrp",
+                  target: str, aggregation: str, variant: str,
                   gradient_checkpointing: bool = False) -> dict[str, torch.Tensor]:
     """Per-weight importance (higher = keep): LRP and gradient x input relevance reduced by ``aggregation``
     (always non-negative: large relevance of either sign matters), the method's own score else."""
@@ -74,28 +75,30 @@ def weight_scores(lm: LoadedModel, method: str, general: list[Sample], batch_siz
 
 
 def calibration_samples(lm: LoadedModel, suite: ProbeSuite, opt: CompressOptions) -> list[Sample]:
-    """The samples every data-driven method calibrates on: windows of ``--window`` tokens, else one sample per
-    general reference document."""
-    if opt.window is None:
+    """The samples every data-driven method calibrates on: windows (``--window`` tokens, ``--n-windows`` of them,
+    exactly when asked for, else up to the default as the text allows), or one sample per general reference
+    document."""
+    if opt.calibration == "documents":
         general_n = limited_count(suite.reference.general_n, opt.limit)
         return require_samples(samples_from_texts(lm.tokenizer, suite.general_reference(),
                                                   max_tokens=opt.max_tokens), general_n, "The general reference set")
-    n = limited_count(opt.n_windows or suite.reference.general_n, opt.limit)
-    return calibration_windows(lm.tokenizer, suite.general_calibration(), opt.window, n)
+    n = limited_count(opt.n_windows or DEFAULT_N_WINDOWS, opt.limit)
+    return calibration_windows(lm.tokenizer, suite.general_calibration(), opt.window or default_window(lm.model), n,
+                               up_to=opt.n_windows is None)
 
 
 def preflight_calibration(lm: LoadedModel, suite: ProbeSuite, opt: CompressOptions) -> None:
     """Before any attribution: a window fits the model's positions (longer ones index past a learned position
     table, or run where a rotary model was never trained), and one batch of windows fits in memory."""
-    if opt.window is None:
+    if opt.calibration == "documents":
         preflight_attribution(lm, suite, opt, ("weight",))
         return
     limit = getattr(lm.model.config, "max_position_embeddings", None)
-    if isinstance(limit, int) and opt.window > limit:
+    if opt.window is not None and isinstance(limit, int) and opt.window > limit:
         raise ConfigError(f"--window {opt.window} is longer than the {limit} positions of --model {lm.spec} "
                           f"(max_position_embeddings in its config). Use --window {limit} or less.")
-    check_attribution_memory(lm.model, opt.batch_size, opt.window, ("weight",), opt.max_memory,
-                             gradient_checkpointing=opt.gradient_checkpointing)
+    check_attribution_memory(lm.model, opt.batch_size, opt.window or default_window(lm.model), ("weight",),
+                             opt.max_memory, gradient_checkpointing=opt.gradient_checkpointing)
 
 
 def heldout_perplexity(lm: LoadedModel, model: torch.nn.Module, suite: ProbeSuite, seed: int) -> dict[str, Any]:
@@ -142,9 +145,7 @@ def compress(model: str, probe: str, out: str | Path, *, overwrite: bool = False
         results = header("compress", lm) | {
             "probe": {"name": suite.name, "description": suite.description},
             "settings": {"sparsity": opt.sparsity, "granularity": opt.granularity, "n_general": len(general),
-                         "max_tokens": opt.max_tokens if opt.window is None else None,
-                         "calibration": "documents" if opt.window is None else "windows of joined documents",
-                         "window": opt.window, "n_windows": len(general) if opt.window is not None else None,
+                         **calibration_settings(general, opt),
                          "calibration_tokens": sum(len(s.input_ids) for s in general),
                          "calibration_digest": data_digest(general), "target": opt.target,
                          "aggregation": opt.aggregation, "variant": opt.variant,
@@ -156,6 +157,14 @@ def compress(model: str, probe: str, out: str | Path, *, overwrite: bool = False
         if save_to is not None:
             save_model_folder(lm, first, save_to, compress_card(results))
     return results
+
+
+def calibration_settings(general: list[Sample], opt: CompressOptions) -> dict[str, Any]:
+    """What was calibrated on, for results.json: the window and count actually used (defaults resolved)."""
+    if opt.calibration == "documents":
+        return {"calibration": "documents", "max_tokens": opt.max_tokens, "window": None, "n_windows": None}
+    return {"calibration": "windows of joined documents", "max_tokens": None, "window": len(general[0].input_ids),
+            "n_windows": len(general)}
 
 
 def compress_card(results: dict[str, Any]) -> str:

@@ -213,6 +213,7 @@ GRANULARITIES = ("rowwise", "global")
 COMPRESS_TARGETS = ("actual", "predicted", "logprob")
 AGGREGATIONS = ("sample_abs", "signed", "token_l1", "token_l2")
 LRP_VARIANTS = ("attnlrp", "cp")
+CALIBRATIONS = ("windows", "documents")
 
 
 @dataclass
@@ -224,19 +225,23 @@ class CompressOptions(SuiteOptions):
     granularity: str = option("rowwise", "rank weights within each row (as Wanda) or over the whole model",
                               choices=GRANULARITIES)
     save_model: str | None = option(None, "write the first method's pruned model here")
+    calibration: str = option(
+        "windows", "what every data-driven method calibrates on: windows cut from the general text joined end to "
+        "end (windows, default), or one sample per general reference document, cut to --max-tokens (documents)",
+        choices=CALIBRATIONS)
     window: int | None = option(
-        None, "calibrate on windows of this many tokens cut from the general text joined end to end (the paper "
-        "uses 2048); default: one sample per general reference document, cut to --max-tokens", metavar="TOKENS")
+        None, "tokens per calibration window (default 512, or the model's max positions if fewer; the paper uses "
+        "2048)", metavar="TOKENS")
     n_windows: int | None = option(
-        None, "how many calibration windows (needs --window; default: the suite's reference.general_n)")
+        None, "how many calibration windows (default 32, or as many as the general calibration text holds)")
     target: str = option(
         "actual", "what lrp and gradient explain at every position: the logit of the actual next token (actual), "
         "of the model's top token (predicted), or the actual token's log-probability (logprob)",
         choices=COMPRESS_TARGETS)
     aggregation: str = option(
-        "sample_abs", "how lrp and gradient reduce a weight's relevance over tokens: |sum over a sample| summed "
-        "over samples (sample_abs), |sum over everything| (signed), or per token: sum of |R_t| (token_l1) or "
-        "sqrt of the sum of R_t^2 (token_l2)", choices=AGGREGATIONS)
+        "token_l2", "how lrp and gradient reduce a weight's relevance over tokens: per token, sqrt of the sum of "
+        "R_t^2 (token_l2, default) or sum of |R_t| (token_l1); |sum over a sample| summed over samples "
+        "(sample_abs), or |sum over everything| (signed)", choices=AGGREGATIONS)
     variant: str = option("attnlrp", "LRP rules for attention: attnlrp, or cp (q and k detached: their weights "
                           "get relevance 0 and are pruned in index order)", choices=LRP_VARIANTS)
 
@@ -246,9 +251,13 @@ class CompressOptions(SuiteOptions):
             raise ConfigError(f"--sparsity must lie strictly between 0 and 1, got {self.sparsity}.")
         if self.window is not None and self.window < 8:
             raise ConfigError(f"--window must be at least 8 tokens, got {self.window}.")
-        if self.n_windows is not None and (self.window is None or self.n_windows < 1):
-            raise ConfigError(f"--n-windows {self.n_windows} needs --window TOKENS and must be at least 1.")
-        check_choices(("--target", self.target, COMPRESS_TARGETS), ("--aggregation", self.aggregation, AGGREGATIONS),
+        if self.n_windows is not None and self.n_windows < 1:
+            raise ConfigError(f"--n-windows must be at least 1, got {self.n_windows}.")
+        if self.calibration == "documents" and (self.window, self.n_windows) != (None, None):
+            raise ConfigError("--window and --n-windows cut windows; they do not apply to --calibration documents "
+                              "(which uses --max-tokens). Drop them, or use --calibration windows.")
+        check_choices(("--calibration", self.calibration, CALIBRATIONS), ("--target", self.target, COMPRESS_TARGETS),
+                      ("--aggregation", self.aggregation, AGGREGATIONS),
                       ("--variant", self.variant, LRP_VARIANTS))
         bad = [m for m in self.methods if m not in COMPRESS_METHODS]
         if bad or not self.methods:

@@ -36,19 +36,18 @@ def test_compress_prunes_the_least_important_weights(tmp_path):
     weight ranks at or below every kept weight of its row, by LRP relevance recomputed here on the same samples."""
     from transformers import AutoModelForCausalLM
 
-    from safety_prune.attribution import samples_from_texts
     from safety_prune.families import architecture, blocks
-    from safety_prune.jobs.compress import weight_scores
+    from safety_prune.jobs.compress import calibration_samples, weight_scores
     from safety_prune.models import load_model
     from safety_prune.suite import load_suite
 
     save_tiny("llama", tmp_path / "m")
     suite = write_tiny_suite(tmp_path / "suite")
-    compress(str(tmp_path / "m"), suite, tmp_path / "run", options=CompressOptions(
-        methods=("lrp",), sparsity=0.3, batch_size=4, save_model=str(tmp_path / "saved")))
-    lm, s = load_model(str(tmp_path / "m")), load_suite(suite)
-    general = samples_from_texts(lm.tokenizer, s.general_reference(), max_tokens=128)[: s.reference.general_n]
-    scores = weight_scores(lm, "lrp", general, 4, 0)
+    opt = CompressOptions(methods=("lrp",), sparsity=0.3, batch_size=4, save_model=str(tmp_path / "saved"))
+    compress(str(tmp_path / "m"), suite, tmp_path / "run", options=opt)
+    lm = load_model(str(tmp_path / "m"))
+    scores = weight_scores(lm, "lrp", calibration_samples(lm, load_suite(suite), opt), 4, 0, target="actual",
+                           aggregation="token_l2", variant="attnlrp")
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
     arch = architecture(saved)
     checked = 0
@@ -101,27 +100,51 @@ def test_windows_are_the_same_calibration_for_every_method_and_recorded(tmp_path
     assert "calibration tokens" in page and "time vs wanda" in page and "token_l2" in page
 
 
-def test_documents_stay_the_default_calibration(tmp_path):
+def test_default_calibration_is_windows_up_to_the_model_positions_and_the_text(tmp_path):
+    """By default: windows of 512 tokens or the model's positions if fewer (the tiny Llama has 256), 32 of them or
+    as many as the general calibration text holds, ranked by token-wise L2 relevance."""
+    from safety_prune.calibration import calibration_windows
+    from safety_prune.models import load_model
+    from safety_prune.suite import load_suite
+
     save_tiny("llama", tmp_path / "m")
-    res = compress(str(tmp_path / "m"), write_tiny_suite(tmp_path / "suite"), tmp_path / "run",
+    suite = write_tiny_suite(tmp_path / "suite")
+    res = compress(str(tmp_path / "m"), suite, tmp_path / "run",
                    options=CompressOptions(methods=("wanda",), batch_size=4))
     s = res["settings"]
-    assert (s["calibration"], s["window"], s["n_windows"], s["max_tokens"]) == ("documents", None, None, 128)
-    assert (s["n_general"], s["target"], s["aggregation"], s["variant"]) == (8, "actual", "sample_abs", "attnlrp")
+    held = len(calibration_windows(load_model(str(tmp_path / "m")).tokenizer, load_suite(suite).general_calibration(),
+                                   256, 1000, up_to=True))
+    assert 1 <= held < 32  # the tiny text holds fewer than the default count: the run takes what there is
+    assert (s["calibration"], s["window"], s["n_windows"], s["max_tokens"]) == (
+        "windows of joined documents", 256, held, None)
+    assert (s["calibration_tokens"], s["target"], s["aggregation"], s["variant"]) == (
+        256 * held, "actual", "token_l2", "attnlrp")
+
+
+def test_documents_calibration_is_one_sample_per_reference_document(tmp_path):
+    save_tiny("llama", tmp_path / "m")
+    res = compress(str(tmp_path / "m"), write_tiny_suite(tmp_path / "suite"), tmp_path / "run",
+                   options=CompressOptions(methods=("wanda",), batch_size=4, calibration="documents"))
+    s = res["settings"]
+    assert (s["calibration"], s["window"], s["n_windows"], s["max_tokens"], s["n_general"]) == (
+        "documents", None, None, 128, 8)
 
 
 @pytest.mark.parametrize("opts, match", [(dict(aggregation="nope"), "--aggregation nope is unknown"),
                                          (dict(target="nope"), "--target nope is unknown"),
                                          (dict(variant="nope"), "--variant nope is unknown"),
+                                         (dict(calibration="nope"), "--calibration nope is unknown"),
                                          (dict(window=4), "--window must be at least 8"),
-                                         (dict(n_windows=4), "--n-windows 4 needs --window")])
+                                         (dict(n_windows=0), "--n-windows must be at least 1"),
+                                         (dict(calibration="documents", window=64), "do not apply to --calibration "
+                                                                                    "documents")])
 def test_compress_bad_calibration_options(tmp_path, opts, match):
     with pytest.raises(ConfigError, match=match):
         compress(str(tmp_path / "never-loaded"), "toxicity", tmp_path / "run", options=CompressOptions(**opts))
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("flag", ["--aggregation", "--target", "--variant"])
+@pytest.mark.parametrize("flag", ["--aggregation", "--target", "--variant", "--calibration"])
 def test_cli_refuses_an_unknown_name_with_status_2(tmp_path, capsys, flag):
     from safety_prune.cli import main
 
