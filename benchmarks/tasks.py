@@ -10,10 +10,10 @@ Variants: calibration (one sample per document of <= 128 tokens, as `compress` b
 the documents joined end to end), what is explained (``--target``), how per-token relevance is aggregated
 (``--aggregation``) and the LRP rules (``--variant``).
 
-**circuit**: IOI heads pruned least relevant first; per variant, the accuracy at every pruned share, the largest
-share prunable at >= 90% of the unpruned accuracy, and the accuracy at 50%. Variants: signed or per-prompt |R|,
-per-prompt normalisation, one-shot or iterative re-attribution; gradient x activation, activation and random as
-baselines.
+**circuit**: IOI heads (or neurons) pruned least relevant first; per variant, the accuracy at every pruned share,
+the largest share prunable at >= 90% of the unpruned accuracy, and the accuracy at 50%. Variants: signed
+relevance, per-prompt |R| or per-prompt positive part, per-prompt normalisation, one-shot or iterative
+re-attribution, heads or neurons; gradient x activation, activation and random as baselines.
 
 Both use the library's own building blocks (``jobs.compress.weight_scores``, ``jobs.circuit.prune_curve``), so a
 number here is what the job computes with those options. JSON goes to ``benchmarks/results/tasks_<task>.json``.
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from safety_prune.evaluation.ioi import ioi_prompts, ioi_samples, ioi_scores
-from safety_prune.jobs.circuit import prune_curve
+from safety_prune.jobs.circuit import GRID, prune_curve
 from safety_prune.jobs.compress import calibration_samples, heldout_perplexity, weight_scores
 from safety_prune.jobs.options import CircuitOptions, CompressOptions
 from safety_prune.models import load_model
@@ -70,8 +70,12 @@ CIRCUIT = [
     ("lrp signed, per-prompt normalised", "lrp", {"relevance": "signed", "normalise": "sample"}),
     ("lrp abs, iterative", "lrp", {"relevance": "abs", "schedule": "iterative"}),
     ("lrp signed, iterative", "lrp", {"relevance": "signed", "schedule": "iterative"}),
+    ("lrp positive part", "lrp", {"relevance": "positive"}),
+    ("lrp positive part, neurons", "lrp", {"relevance": "positive", "unit": "neuron"}),
     ("gradient x activation abs", "gradient", {"relevance": "abs"}),
     ("gradient x activation signed", "gradient", {"relevance": "signed"}),
+    ("gradient x activation positive part", "gradient", {"relevance": "positive"}),
+    ("gradient x activation positive part, neurons", "gradient", {"relevance": "positive", "unit": "neuron"}),
     ("activation", "activation", {}),
     ("random", "random", {}),
 ]
@@ -151,9 +155,8 @@ def run_circuit(model: str, quick: bool, save, previous: list[dict[str, Any]]) -
               + " ".join(f"{p['accuracy']:.2f}" for p in curve) + f"  ({row['seconds']:.0f} s)", flush=True)
     order = [(method, knobs) for _, method, knobs in CIRCUIT]
     rows.sort(key=lambda r: order.index((r["method"], r["knobs"])))
-    return {"task": "circuit", "unit": "head", "target": "logit_diff", "baseline": base,
-            "n_reference": len(samples), "n_eval": len(held_out), "grid": [p["fraction_pruned"] for p in curve],
-            "rows": rows}
+    return {"task": "circuit", "unit": "head, or neuron where a row's knobs say so", "target": "logit_diff",
+            "baseline": base, "n_reference": len(samples), "n_eval": len(held_out), "grid": list(GRID), "rows": rows}
 
 
 def markdown(result: dict[str, Any]) -> str:

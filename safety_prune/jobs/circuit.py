@@ -38,23 +38,27 @@ def unit_scores(model: nn.Module, samples: Sequence[Sample], method: str, opt: C
                 pad_token_id: int) -> Tensor:
     """[layers, units] ranking scores of ``method`` under ``opt``'s relevance and normalisation; lowest first.
 
-    ``normalise="sample"`` divides each prompt's relevance by its own total |R| over all units of the kind before
-    the mean (not by its explained logit difference, which is near 0 or negative on prompts the model gets
-    wrong). ``attribute`` returns per-prompt values for neurons only, so each prompt is attributed on its own (a
-    batch of one): one code path for heads, neurons and every method, at n_reference passes instead of
-    n_reference / batch_size.
+    ``relevance="positive"`` averages each prompt's positive part, max(R, 0): what removing the unit costs the
+    prompts it helps. Its harm on other prompts cannot cancel that cost (as in the signed mean, where a unit that
+    decides some prompts and hurts others can look idle), and units that only work against the task rank lowest
+    (the mean of |R| ranks them by size). ``normalise="sample"`` divides each prompt's relevance by its own total
+    |R| over all units of the kind before the mean (not by its explained logit difference, which is near 0 or
+    negative on prompts the model gets wrong). ``attribute`` returns per-prompt values for neurons only, so the
+    per-prompt options attribute each prompt on its own (a batch of one): one code path for heads, neurons and
+    every method, at n_reference passes instead of n_reference / batch_size.
     """
-    absolute = method in SIGNED and opt.relevance == "abs"
+    relevance = opt.relevance if method in SIGNED else "signed"  # other methods' scores are kept as they come
 
-    def run(batch: Sequence[Sample], size: int) -> Tensor:
+    def run(batch: Sequence[Sample], size: int, absolute: bool) -> Tensor:
         return attribute(model, batch, method=method, units=(opt.unit,), batch_size=size, absolute=absolute,
                          pad_token_id=pad_token_id, seed=opt.seed, desc=f"{method} ioi").scores[opt.unit]
 
-    if opt.normalise == "none":
-        return run(samples, opt.batch_size)
-    per = torch.stack([run([s], 1) for s in samples])  # [samples, layers, units]
-    total = per.abs().sum((1, 2), keepdim=True).clamp_min(torch.finfo(per.dtype).tiny)
-    return (per / total).mean(0)
+    if opt.normalise == "none" and relevance != "positive":  # a mean of per-prompt R or |R|: one batched pass
+        return run(samples, opt.batch_size, relevance == "abs")
+    per = torch.stack([run([s], 1, False) for s in samples])  # [samples, layers, units], signed
+    if opt.normalise == "sample":
+        per = per / per.abs().sum((1, 2), keepdim=True).clamp_min(torch.finfo(per.dtype).tiny)
+    return {"signed": per, "abs": per.abs(), "positive": per.clamp_min(0)}[relevance].mean(0)
 
 
 def prune_curve(model: nn.Module, tokenizer, samples: Sequence[Sample], held_out: list[IOIPrompt], method: str,

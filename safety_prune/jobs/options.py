@@ -269,7 +269,7 @@ class CompressOptions(SuiteOptions):
 
 
 TASKS = ("ioi",)
-RELEVANCE = ("abs", "signed")
+RELEVANCE = ("signed", "abs", "positive")
 NORMALISE = ("none", "sample")
 SCHEDULES = ("oneshot", "iterative")
 

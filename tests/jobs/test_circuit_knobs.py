@@ -21,6 +21,8 @@ from safety_prune.pruning import select
 # Per-sample head relevance of a 1-layer, 3-head model: the first prompt explains a large logit difference.
 TABLE = {(1, 2): [10.0, 2.0, 0.0], (3, 4): [0.0, 0.0, 1.0]}
 SIGNED = {(1, 2): [3.0, -6.0, 1.0], (3, 4): [3.0, 2.0, 1.0]}
+# Head 1 decides the second prompt and works against the first; head 0 helps the first only.
+MIXED = {(1, 2): [4.0, -6.0, 1.0], (3, 4): [0.0, 3.0, 1.0]}
 
 
 def _fake_attribute(table):
@@ -48,6 +50,18 @@ SAMPLES = [Sample((1, 2), 1), Sample((3, 4), 1)]
 def test_signed_and_abs_rankings(monkeypatch, relevance, expected, order):
     monkeypatch.setattr(job, "attribute", _fake_attribute(SIGNED))
     scores = job.unit_scores(None, SAMPLES, "lrp", CircuitOptions(unit="head", relevance=relevance), 0)
+    assert scores[0].tolist() == pytest.approx(expected)
+    assert _order(scores) == order
+
+
+@pytest.mark.parametrize(("relevance", "expected", "order"), [
+    ("signed", [2.0, -1.5, 1.0], [1, 2, 0]),  # head 1's harm on prompt 1 outweighs its decisive help on prompt 2
+    ("abs", [2.0, 4.5, 1.0], [2, 0, 1]),
+    ("positive", [2.0, 1.5, 1.0], [2, 1, 0]),  # mean of max(R, 0): what pruning costs the prompts a head helps
+])
+def test_positive_part_ranks_by_what_a_unit_gives(monkeypatch, relevance, expected, order):
+    monkeypatch.setattr(job, "attribute", _fake_attribute(MIXED))
+    scores = job.unit_scores(None, SAMPLES, "gradient", CircuitOptions(unit="head", relevance=relevance), 0)
     assert scores[0].tolist() == pytest.approx(expected)
     assert _order(scores) == order
 
@@ -92,15 +106,15 @@ def ioi(tmp_path_factory):
 
 
 @pytest.mark.parametrize("unit", ["head", "neuron"])
-@pytest.mark.parametrize("relevance", ["abs", "signed"])
+@pytest.mark.parametrize("relevance", ["abs", "signed", "positive"])
 def test_sample_normalisation_matches_per_sample_attribution(ioi, unit, relevance):
     _, model, tok, samples, _ = ioi
     opt = CircuitOptions(unit=unit, relevance=relevance, normalise="sample", batch_size=4)
     got = job.unit_scores(model, samples, "lrp", opt, tok.pad_token_id)
     signed = [attribute(model, [s], units=(unit,), batch_size=1, pad_token_id=tok.pad_token_id).scores[unit]
               for s in samples]
-    per = [r.abs() if relevance == "abs" else r for r in signed]
-    hand = sum(r / r.abs().sum() for r in per) / len(per)
+    per = [{"abs": r.abs(), "signed": r, "positive": r.clamp_min(0)}[relevance] for r in signed]
+    hand = sum(p / r.abs().sum() for p, r in zip(per, signed, strict=True)) / len(per)
     torch.testing.assert_close(got, hand)
     # the per-prompt values are those of one batched pass (neurons keep them: per_sample=True)
     plain = job.unit_scores(model, samples, "lrp", CircuitOptions(unit=unit, relevance=relevance, batch_size=4),
