@@ -218,6 +218,8 @@ CALIBRATIONS = ("windows", "documents")
 
 @dataclass
 class CompressOptions(SuiteOptions):
+    batch_size: int = option(4, "calibration samples per attribution pass (default 4: four 512-token windows "
+                             "were faster than eight and need about half the memory)")
     sparsity: float = option(0.5, "share of block weights to zero (default 0.5)")
     methods: tuple[str, ...] = option(
         ("lrp", "wanda", "magnitude"), f"comma-separated: {', '.join(COMPRESS_METHODS)} (compared side by side)",
@@ -290,7 +292,9 @@ class CircuitOptions(RunOptions):
     relevance: str = option(
         "signed", "how lrp and gradient rank units: the signed mean relevance (signed, default: a unit that works "
         "against the task, e.g. a negative name mover, ranks lowest and is pruned first; on IOI it kept 0.60 of "
-        "the heads prunable against 0.40 with abs, benchmarks/tasks.py) or the mean of each prompt's |R| (abs)",
+        "the heads prunable against 0.40 with abs, benchmarks/tasks.py), the mean of each prompt's |R| (abs), or "
+        "the mean of each prompt's positive part max(R, 0) (positive: what removing the unit costs the prompts it "
+        "helps; the best recipe for gradient)",
         choices=RELEVANCE)
     normalise: str = option(
         "none", "sample: divide each reference prompt's unit relevance by that prompt's total |R| before "
