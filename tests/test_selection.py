@@ -77,3 +77,23 @@ def test_reference_max_prompts_must_be_positive(tmp_path):
     _, bad = _suite_with_max_prompts(tmp_path, 0)
     with pytest.raises(ProbeSuiteError, match=r"reference\.max_prompts must be a positive integer, got 0"):
         load_suite(str(bad))
+
+
+def test_build_references_continues_only_max_prompts(tmp_path, monkeypatch):
+    """The job's reference stage, not just the suite, honours the cap: only the first max_prompts reference
+    prompts reach generation (removing the slice in ``build_references`` fails this)."""
+    from safety_prune.jobs import stages
+    from safety_prune.jobs.options import BehaviourOptions
+
+    class Seen(Exception):
+        pass
+
+    def spy(_lm, _suite, _scorer, prompts, *_args, **_kw):
+        raise Seen(list(prompts))
+
+    monkeypatch.setattr(stages, "generate_and_score", spy)
+    _, capped = _suite_with_max_prompts(tmp_path, 5)
+    suite = load_suite(str(capped))
+    with pytest.raises(Seen) as seen:
+        stages.build_references(None, suite, None, BehaviourOptions(), None, tmp_path)
+    assert seen.value.args[0] == suite.undesired_reference()[:5]
