@@ -29,15 +29,22 @@ def _word_tokenizer():
                                    unk_token="<unk>")
 
 
-@pytest.fixture(scope="module")
-def ioi_model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ioi_model")
+def tiny_ioi_llama(folder, seed: int):
+    """A random tiny Llama over the IOI word vocabulary, saved with its tokenizer in ``folder``."""
     tok = _word_tokenizer()
     cfg = tiny_config("llama")
     cfg.vocab_size = len(tok)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    model.save_pretrained(folder)
     tok.save_pretrained(folder)
+    return model, tok
+
+
+@pytest.fixture(scope="module")
+def ioi_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ioi_model")
+    _, tok = tiny_ioi_llama(folder, seed=0)
     return str(folder), tok
 
 

@@ -5,9 +5,7 @@ from itertools import pairwise
 
 import pytest
 import torch
-from test_circuit import _word_tokenizer
-from tiny import tiny_config
-from transformers import AutoModelForCausalLM
+from test_circuit import tiny_ioi_llama
 
 from safety_prune.attribution import Relevance, Sample, attribute
 from safety_prune.cli import main
@@ -95,13 +93,7 @@ def test_sample_normalisation_changes_the_documented_ranking(monkeypatch):
 def ioi(tmp_path_factory):
     """(model folder, model, tokenizer, reference samples, held-out prompts) of a tiny Llama on the IOI vocabulary."""
     folder = tmp_path_factory.mktemp("ioi_knobs")
-    tok = _word_tokenizer()
-    cfg = tiny_config("llama")
-    cfg.vocab_size = len(tok)
-    torch.manual_seed(1)
-    model = AutoModelForCausalLM.from_config(cfg).eval()
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
+    model, tok = tiny_ioi_llama(folder, seed=1)
     return str(folder), model, tok, ioi_samples(tok, ioi_prompts(tok, 6, seed=0)), ioi_prompts(tok, 12, seed=1)
 
 
