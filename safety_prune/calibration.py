@@ -34,10 +34,19 @@ def _separator(tokenizer) -> list[int]:
     return [] if sep is None else [sep]
 
 
-def default_window(model) -> int:
-    """``DEFAULT_WINDOW``, or the model's positions where it has fewer (a longer window would run past them)."""
+def window_for(model, window: int | None, spec: str) -> int:
+    """The calibration window for ``model``: ``window`` as asked (refused when longer than the model's positions:
+    it would index past a learned position table, or run where a rotary model was never trained), else
+    ``DEFAULT_WINDOW`` or the model's positions where it has fewer."""
     limit = getattr(model.config, "max_position_embeddings", None)
-    return min(DEFAULT_WINDOW, limit) if isinstance(limit, int) else DEFAULT_WINDOW
+    if not isinstance(limit, int):
+        return window or DEFAULT_WINDOW
+    if window is None:
+        return min(DEFAULT_WINDOW, limit)
+    if window > limit:
+        raise ConfigError(f"--window {window} is longer than the {limit} positions of --model {spec} "
+                          f"(max_position_embeddings in its config). Use --window {limit} or less.")
+    return window
 
 
 def calibration_windows(tokenizer, texts: Sequence[str], window: int, n_windows: int, *,

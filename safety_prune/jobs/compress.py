@@ -34,9 +34,8 @@ from typing import Any
 import torch
 
 from ..attribution import Sample, attribute, require_samples, samples_from_texts
-from ..calibration import DEFAULT_N_WINDOWS, calibration_windows, default_window
+from ..calibration import DEFAULT_N_WINDOWS, calibration_windows, window_for
 from ..checkpoint import data_digest
-from ..errors import ConfigError
 from ..evaluation import perplexity
 from ..models import LoadedModel
 from ..preflight import check_attribution_memory
@@ -83,21 +82,16 @@ def calibration_samples(lm: LoadedModel, suite: ProbeSuite, opt: CompressOptions
         return require_samples(samples_from_texts(lm.tokenizer, suite.general_reference(),
                                                   max_tokens=opt.max_tokens), general_n, "The general reference set")
     n = limited_count(opt.n_windows or DEFAULT_N_WINDOWS, opt.limit)
-    return calibration_windows(lm.tokenizer, suite.general_calibration(), opt.window or default_window(lm.model), n,
-                               up_to=opt.n_windows is None)
+    return calibration_windows(lm.tokenizer, suite.general_calibration(), window_for(lm.model, opt.window, lm.spec),
+                               n, up_to=opt.n_windows is None)
 
 
 def preflight_calibration(lm: LoadedModel, suite: ProbeSuite, opt: CompressOptions) -> None:
-    """Before any attribution: a window fits the model's positions (longer ones index past a learned position
-    table, or run where a rotary model was never trained), and one batch of windows fits in memory."""
+    """Before any attribution: a window fits the model's positions, and one batch of windows fits in memory."""
     if opt.calibration == "documents":
         preflight_attribution(lm, suite, opt, ("weight",))
         return
-    limit = getattr(lm.model.config, "max_position_embeddings", None)
-    if opt.window is not None and isinstance(limit, int) and opt.window > limit:
-        raise ConfigError(f"--window {opt.window} is longer than the {limit} positions of --model {lm.spec} "
-                          f"(max_position_embeddings in its config). Use --window {limit} or less.")
-    check_attribution_memory(lm.model, opt.batch_size, opt.window or default_window(lm.model), ("weight",),
+    check_attribution_memory(lm.model, opt.batch_size, window_for(lm.model, opt.window, lm.spec), ("weight",),
                              opt.max_memory, gradient_checkpointing=opt.gradient_checkpointing)
 
 
