@@ -18,7 +18,8 @@ re-attribution, heads or neurons; gradient x activation, activation and random a
 Both use the library's own building blocks (``jobs.compress.weight_scores``, ``jobs.circuit.prune_curve``), so a
 number here is what the job computes with those options. JSON goes to ``benchmarks/results/tasks_<task>.json``.
 ``--quick`` runs a few variants on fewer samples (a smoke test, not a measurement). ``--resume`` keeps the rows of
-the last run's JSON and measures only the variants it lacks (a stopped run goes on where it stopped).
+the last run's JSON and measures only the variants it lacks (a stopped run goes on where it stopped); ``runs`` in
+the JSON names each run's command, threads, time and the rows it measured.
 """
 
 from __future__ import annotations
@@ -174,6 +175,15 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def earlier_runs(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs behind a results file's rows, each with its command, threads, time and the labels it measured (a
+    file written before ``runs`` existed describes its single run at the top level)."""
+    if "runs" in doc:
+        return doc["runs"]
+    keys = ("command", "torch_threads", "machine", "wall_seconds", "note")
+    return [{k: doc[k] for k in keys if k in doc} | {"labels": [r["label"] for r in doc["rows"]]}]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("task", choices=("compress", "circuit"))
@@ -188,15 +198,18 @@ def main() -> None:
     started = time.time()
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"tasks_{args.task}{'_quick' if args.quick else ''}.json"
-    previous = json.loads(out.read_text(encoding="utf-8"))["rows"] if args.resume and out.exists() else []
-    about = {"model": args.model, "quick": args.quick, "torch_threads": torch.get_num_threads(),
-             "resumed_from_rows": len(previous),
-             "machine": platform.machine(),
-             "command": f"python benchmarks/tasks.py {args.task}" + (" --quick" if args.quick else "")}
+    earlier = json.loads(out.read_text(encoding="utf-8")) if args.resume and out.exists() else None
+    previous = earlier["rows"] if earlier else []
+    runs = earlier_runs(earlier) if earlier else []
+    about = {"model": args.model, "quick": args.quick}
+    this_run = {"command": f"python benchmarks/tasks.py {args.task}" + (" --quick" if args.quick else "")
+                + (" --resume" if earlier else ""), "torch_threads": torch.get_num_threads(),
+                "machine": platform.machine()}
 
     def save(result: dict[str, Any]) -> None:  # after every variant, so a stopped run keeps what it measured
-        out.write_text(json.dumps(result | about | {"wall_seconds": time.time() - started}, indent=1) + "\n",
-                       encoding="utf-8")
+        measured = [r["label"] for r in result["rows"] if r not in previous]
+        run = this_run | {"wall_seconds": time.time() - started, "labels": measured}
+        out.write_text(json.dumps(result | about | {"runs": [*runs, run]}, indent=1) + "\n", encoding="utf-8")
 
     result = (run_compress if args.task == "compress" else run_circuit)(args.model, args.quick, save, previous)
     save(result)
