@@ -176,14 +176,37 @@ class _Recorder:
         self.offset = 0  # index of the batch's first sample, for error messages
         self.bad: str | None = None
         self.input_relevance = 0.0
+        # Read once per batch by ``read_batch`` (a read syncs the device): each check's finiteness flag with
+        # what locates a failure, and the input relevance of the batch.
+        self.pending: list[tuple[Tensor, Callable[[], str]]] = []
+        self.batch_input: list[Tensor] = []
         self.batch_means: dict[int, Tensor] = {}
         self.sample_means: list[Tensor] = []
 
     # -- helpers ---------------------------------------------------------------
     def _check(self, what: str, per_sample: Tensor) -> None:
-        if self.bad is None and not torch.isfinite(per_sample).all():
+        """Queue a [B, U] check; its flag stays on the device until ``read_batch``."""
+        offset = self.offset
+
+        def locate() -> str:
             sample, unit = (~torch.isfinite(per_sample)).nonzero()[0].tolist()
-            self.bad = f"{what} unit {unit}, sample {self.offset + sample}"
+            return f"{what} unit {unit}, sample {offset + sample}"
+        self.pending.append((torch.isfinite(per_sample).all(), locate))
+
+    def read_batch(self, scalars: Sequence[Tensor] = ()) -> list[float]:
+        """The one device read of a batch: every queued finiteness flag plus ``scalars`` (and the batch's input
+        relevance, added to ``input_relevance``). Sets ``bad`` to the first failed check, in hook order."""
+        parts = [flag for flag, _ in self.pending] + list(scalars) + self.batch_input
+        wide = torch.float32 if self.device.type == "mps" else torch.float64  # exact for float32 values
+        values = torch.stack([t.to(self.device, wide) for t in parts]).tolist() if parts else []
+        flags, rest = values[:len(self.pending)], values[len(self.pending):]
+        for value in rest[len(scalars):]:
+            self.input_relevance += value
+        failed = next((i for i, ok in enumerate(flags) if not ok), None)
+        if failed is not None and self.bad is None:
+            self.bad = self.pending[failed][1]()
+        self.pending, self.batch_input = [], []
+        return rest[:len(scalars)]
 
     def _reduce(self, x: Tensor, what: str, keep: int | None = None) -> Tensor:
         """[B, T, U] -> [U]: sum over counted positions, per-sample |.| if asked, sum over samples.
@@ -193,14 +216,14 @@ class _Recorder:
         per_sample = torch.einsum("btu,bt->bu", x, self.mask.to(x.device, x.dtype))
         self._check(what, per_sample)
         if keep is not None:
-            self.batch_means[keep] = per_sample.float().cpu()
+            self.batch_means[keep] = per_sample.float()
         return (per_sample.abs() if self.absolute else per_sample).sum(0).float().to(self.device)
 
     def _neuron_value(self, a: Tensor, layer: int, grad: Tensor | None) -> None:
         if grad is None:  # activation baseline: also keep each sample's mean activation, for AurA's AUROC
             x = a.reshape(*self.mask.shape, -1).float()
             m = self.mask.to(x.device, x.dtype)
-            self.batch_means[layer] = (torch.einsum("btu,bt->bu", x, m) / m.sum(1, keepdim=True).clamp_min(1)).cpu()
+            self.batch_means[layer] = torch.einsum("btu,bt->bu", x, m) / m.sum(1, keepdim=True).clamp_min(1)
         value = _up(a) * _up(grad) if grad is not None else _up(a).abs()
         keep = layer if grad is not None and self.per_sample else None
         self.sums["neuron"][layer] += self._reduce(value, f"neuron layer {layer}", keep)
@@ -243,12 +266,17 @@ class _Recorder:
                 acc = self.sums[key] = value.float().to(home)
             else:
                 acc += value.to(home)
-        if self.bad is None and not torch.isfinite(acc.sum()):
+        # Per sample, whether its factors are finite (a sum is not finite when an element is not), to name the
+        # sample if the sum turns out not finite; both are read at the end of the batch.
+        sample_ok = torch.isfinite(x.flatten(1).sum(1) + g.flatten(1).sum(1))
+        offset, n = self.offset, len(x)
+
+        def locate(acc: Tensor = acc) -> str:
             out, inp = (~torch.isfinite(acc)).nonzero()[0].tolist()
-            bad = (~(torch.isfinite(x).flatten(1).all(1) & torch.isfinite(g).flatten(1).all(1))).nonzero()
-            where = f"sample {self.offset + int(bad[0])}" if len(bad) else \
-                f"samples {self.offset}-{self.offset + len(x) - 1}"
-            self.bad = f"{key} (layer {key.split('.')[1]}) entry [{out}, {inp}], {where}"
+            bad = (~sample_ok).nonzero()
+            where = f"sample {offset + int(bad[0])}" if len(bad) else f"samples {offset}-{offset + n - 1}"
+            return f"{key} (layer {key.split('.')[1]}) entry [{out}, {inp}], {where}"
+        self.pending.append((torch.isfinite(acc.sum()), locate))
 
     # -- hooks -----------------------------------------------------------------
     @contextmanager
@@ -301,7 +329,7 @@ class _Recorder:
 
             def record(g: Tensor) -> None:
                 pad = self.pad_mask[..., None].to(g.device, g.dtype)
-                self.input_relevance += float((_up(value) * _up(g) * pad).sum())
+                self.batch_input.append((_up(value) * _up(g) * pad).sum())
             h.register_hook(record)
         return None
 
@@ -311,19 +339,23 @@ class _Recorder:
     def finish(self, n_samples: int) -> dict[str, Tensor]:
         """Means over samples; divides the accumulators in place (no second copy of the weight sums).
 
+        Weight scores stay where they were summed (the device): selection and masks work there, and a host copy
+        of every weight-sized score would cost more than the attribution. Neuron and head tables are small and
+        come to the CPU.
+
         Per-token aggregations get their ``|W|`` factor (and, for token_l2, the square root) here, so that
         batches, checkpoints and ranks only ever add matmuls; the result is divided by ``n_samples`` like every
         other score (a common scale that leaves rankings alone)."""
         for key in self.weight_keys:  # a weight no gradient reached (CP-LRP's q/k) has relevance 0
             if key not in self.sums:
                 w = self._weight_module(key).weight
-                self.sums[key] = torch.zeros(w.shape[::-1] if self.arch.conv1d else w.shape)
+                self.sums[key] = torch.zeros(w.shape[::-1] if self.arch.conv1d else w.shape, device=_home(w))
             elif self.aggregation != "sample":
                 acc, w = self.sums[key], _live(self._weight_module(key))
                 w = _up(w.T if self.arch.conv1d else w).to(acc.device, acc.dtype)
                 (acc.sqrt_() if self.aggregation == "token_l2" else acc).mul_(w.abs())
-        keys = [k for k in ("neuron", "head") if k in self.sums] + self.weight_keys
-        return {k: self.sums[k].div_(n_samples).cpu() for k in keys}
+        out = {k: self.sums[k].div_(n_samples).cpu() for k in ("neuron", "head") if k in self.sums}
+        return out | {k: self.sums[k].div_(n_samples) for k in self.weight_keys}
 
 
 @contextmanager
@@ -437,16 +469,16 @@ def attribute(
                 logits = model(input_ids=b["ids"], attention_mask=b["attn"], use_cache=False).logits
                 picked = _explained(logits, b, explain)
                 target = (picked * b["target"].to(picked.device, picked.dtype)).sum()
-                explained += float(target.detach())
                 target.backward()
+            explained += sum(rec.read_batch([target.detach()] if backward else []))
             if rec.bad:
                 raise AttributionError(
                     f"Non-finite relevance in {rec.bad} ({desc}). Check the model weights and the sample's "
                     "text; try --dtype float32 if running in reduced precision."
                 )
             rec.offset += len(batch)
-            if rec.batch_means:
-                rec.sample_means.append(torch.stack([rec.batch_means[k] for k in sorted(rec.batch_means)], 1))
+            if rec.batch_means:  # one copy per batch, to the CPU where the per-sample rows are kept
+                rec.sample_means.append(torch.stack([rec.batch_means[k] for k in sorted(rec.batch_means)], 1).cpu())
             if ckpt and (i + 1) % checkpoint_every == 0 and i + 1 < len(todo):
                 ckpt.save(_state(i + 1, explained, rec, wanda))
     explained = _all_reduce(rec, wanda, explained)
@@ -628,24 +660,32 @@ class _WandaNorms:
             yield
 
     def scores(self, rec: _Recorder, n: int) -> dict[str, Tensor]:
+        """Weight scores stay beside their weight (see ``_Recorder.finish``); neuron and head tables go to the
+        CPU. Finiteness is read once for all weights, and located only when it fails."""
         geo = rec.geo
         out: dict[str, Tensor] = {}
-        neuron, head = [], []
-        for layer, block in enumerate(blocks(self.model)):
+        neuron, head, checks = [], [], []
+
+        def score(layer: int, name: str) -> Tensor:
+            w = _live(blocks(self.model)[layer].get_submodule(name)).float()
+            w = w.T if self.arch.conv1d else w
+            return w.abs() * self.sq[f"{layer}.{name}"].to(w.device).sqrt()[None]
+
+        for layer in range(geo.n_layers):
             for name in self.arch.linear_names:
-                w = _live(block.get_submodule(name)).float()
-                w = w.T if self.arch.conv1d else w
-                s = w.abs() * self.sq[f"{layer}.{name}"].to(w.device).sqrt()[None]
-                if not torch.isfinite(s).all():
-                    out, inp = (~torch.isfinite(s)).nonzero()[0].tolist()
-                    raise AttributionError(f"Non-finite Wanda score of weight.{layer}.{name} entry [{out}, {inp}]: "
-                                           "the weight is not finite. Check the model's weights.")
+                s = score(layer, name)
+                checks.append((layer, name, torch.isfinite(s.sum()).to(rec.device)))
                 if "weight" in rec.units:
-                    out[f"weight.{layer}.{name}"] = s.cpu()
+                    out[f"weight.{layer}.{name}"] = s
                 if name == self.arch.down:
-                    neuron.append(s.sum(0).cpu())
+                    neuron.append(s.sum(0).to(rec.device))
                 if name == f"{self.arch.attn}.{self.arch.o}":
-                    head.append(s.sum(0).reshape(geo.n_heads, -1).sum(-1).cpu())
+                    head.append(s.sum(0).reshape(geo.n_heads, -1).sum(-1).to(rec.device))
+        if not bool(torch.stack([ok for _, _, ok in checks]).all()):
+            layer, name = next((layer, name) for layer, name, ok in checks if not ok)  # ok: a 1-element read
+            row, col = (~torch.isfinite(score(layer, name))).nonzero()[0].tolist()
+            raise AttributionError(f"Non-finite Wanda score of weight.{layer}.{name} entry [{row}, {col}]: "
+                                   "the weight is not finite. Check the model's weights.")
         if "neuron" in rec.units:
             out["neuron"] = torch.stack(neuron).cpu()
         if "head" in rec.units:
@@ -661,15 +701,17 @@ def _data_free(model: nn.Module, method: str, units: Sequence[str], seed: int, n
     neuron, head = [], []
     for layer, block in enumerate(blocks(model)):
         for name in arch.linear_names:
-            w = _live(block.get_submodule(name)).float().cpu()
+            w = _live(block.get_submodule(name)).float()
             w = w.T if arch.conv1d else w
+            # |W| stays beside W (no weight-sized host copy); random draws come from the seeded CPU generator,
+            # so they are the same on every device
             s = torch.rand(w.shape, generator=gen) if method == "random" else w.abs()
             if "weight" in units:
                 out[f"weight.{layer}.{name}"] = s
             if name == arch.down:
-                neuron.append(s.sum(0))
+                neuron.append(s.sum(0).cpu())
             if name == f"{arch.attn}.{arch.o}":
-                head.append(s.sum(0).reshape(geo.n_heads, -1).sum(-1))
+                head.append(s.sum(0).reshape(geo.n_heads, -1).sum(-1).cpu())
     if "neuron" in units:
         out["neuron"] = torch.rand(geo.n_layers, geo.n_neurons, generator=gen) if method == "random" \
             else torch.stack(neuron)
