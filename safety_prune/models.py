@@ -7,6 +7,7 @@ safetensors folder in the cache; later loads take well under a second.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -42,6 +43,23 @@ class LoadedModel:
     name: str
     folder: Path | None  # where weights came from, so outputs can refuse to land inside it
     weights_sha256: dict[str, str] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """A digest of everything that shapes this model's outputs: weights, config, tokenizer (vocabulary,
+        merges, special tokens, chat template), dtype and device kind. Caches of model outputs key on it."""
+        tok = self.tokenizer
+        backend = getattr(tok, "backend_tokenizer", None)
+        parts = {
+            "weights": self.weights_sha256,
+            "config": self.model.config.to_json_string(use_diff=False),
+            "tokenizer": backend.to_str() if backend is not None else json.dumps(tok.get_vocab(), sort_keys=True),
+            "tokenizer_class": type(tok).__name__,
+            "special_tokens": json.dumps(tok.special_tokens_map, sort_keys=True, default=str),
+            "chat_template": str(getattr(tok, "chat_template", None)),
+            "dtype": str(next(self.model.parameters()).dtype),
+            "device": self.model.device.type,
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def resolve_device(device: str | None) -> torch.device:

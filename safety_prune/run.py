@@ -7,6 +7,8 @@ failed run leaves no partial output. Whether ``--out`` can take the run is check
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
 import platform
 import shutil
@@ -16,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from importlib import metadata
 from pathlib import Path
@@ -34,6 +36,15 @@ from .io import (
     temp_prefix,
 )
 from .results import SCHEMA_VERSION  # one number for results.json and its manifest
+
+RUN_FILES = ("results.json", "samples.jsonl", "report.html", "reference_generations.jsonl", "circuit.json",
+             "relevance.safetensors", "masks.json", "masks.safetensors")
+"""The files a job writes into its run directory."""
+
+COMPARE_NAME = "compare.html"
+"""The file name ``report --compare`` writes inside a directory given as its output (run B's by default)."""
+
+_GENERATIONS = "generations-*.jsonl"  # the unpruned model's cached continuations (evaluation.behaviour)
 
 _PACKAGES = ("safety-prune", "torch", "transformers", "tokenizers", "safetensors", "numpy", "datasets",
              "alt-profanity-check", "scikit-learn", "detoxify", "accelerate", "gguf", "jinja2", "matplotlib")
@@ -93,17 +104,66 @@ def check_not_inside(target: Path, folder: Path | None, flag: str) -> None:
                           "modified: choose a folder outside it.")
 
 
-def check_out_dir(out: str | os.PathLike[str], overwrite: bool) -> Path:
-    """Refuse, before any work, an --out the run cannot write, or a non-empty one unless ``overwrite``.
+def check_not_over_inputs(target: Path, inputs: Iterable[str | os.PathLike[str]], flag: str) -> None:
+    """Refuse an output folder that is, or holds, an input file the run reads (the suite, its data files, model
+    files): a run directory is replaced whole by ``--overwrite``, and inputs are never modified."""
+    path = target.expanduser().resolve()
+    for name in inputs:
+        src = Path(name).expanduser()
+        if not src.exists():
+            continue  # keys such as "asset:..." or "hub:..." name no local file
+        src = src.resolve()
+        if src == path or path in src.parents:
+            raise OutputError(f"{flag} {target} holds {src}, an input of this run. Inputs are never modified or "
+                              f"replaced: choose an output folder that holds no input, e.g. a new folder.")
 
-    Leaves nothing behind (the writability probe is removed at once).
+
+def is_run_entry(path: Path) -> bool:
+    """Whether ``path`` is a file a safety_prune run (or ``report --compare``) writes into a run directory."""
+    return path.is_file() and not path.is_symlink() and (
+        path.name in RUN_FILES or path.name == COMPARE_NAME or fnmatch.fnmatch(path.name, _GENERATIONS))
+
+
+def run_job(folder: Path) -> str | None:
+    """The ``job`` recorded in ``folder/results.json``, or None when there is no readable one."""
+    try:
+        data = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    job = data.get("job") if isinstance(data, dict) else None
+    return job if isinstance(job, str) else None
+
+
+def check_out_dir(out: str | os.PathLike[str], overwrite: bool, job: str) -> Path:
+    """Refuse, before any work, an --out the run cannot write, or one it could only write by losing files.
+
+    ``--out`` must be new, empty, or (with ``overwrite``) a previous ``job`` run holding nothing but run files:
+    the new run then replaces it whole. A folder with any other file (a user's data, a model, a suite) is
+    refused even with ``overwrite``, so no file the tool did not write is ever replaced. Leaves nothing behind
+    (the writability probe is removed at once).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} exists and is not a directory. Choose another path.")
-    if out.is_dir() and _entries(out) and not overwrite:
+    entries = _entries(out) if out.is_dir() else []
+    if entries and not overwrite:
         raise OutputError(f"--out {out} is not empty. Choose an empty or new directory, or pass "
-                          "--overwrite to replace the run files in it.")
+                          "--overwrite to replace the previous run in it.")
+    if entries:
+        foreign = sorted(p.name for p in entries if not is_run_entry(p))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise OutputError(f"--out {out} holds files no safety_prune run wrote ({shown}). --overwrite replaces "
+                              "only a previous run, whole, so these would be lost: choose a new or empty folder, "
+                              "or move them out first.")
+        previous = run_job(out)
+        if previous is None:
+            raise OutputError(f"--out {out} has run files but no readable results.json, so it is not a finished "
+                              "run that --overwrite may replace. Choose a new or empty folder, or remove the "
+                              "folder yourself.")
+        if previous != job:
+            raise OutputError(f"--out {out} holds a `{previous}` run; --overwrite replaces only a previous `{job}` "
+                              f"run. Choose another folder for this {job} run.")
     check_target_path(out, "--out")
     return out
 
@@ -167,10 +227,14 @@ class Staging:
             existed = self.out.exists()
             try:
                 if self.inside:
+                    stale = [p for p in _entries(self.out) if p != self.dir and is_run_entry(p)
+                             and not (self.dir / p.name).exists()]
                     for item in sorted(self.dir.iterdir()):
                         move_into(item, self.out / item.name)
                         moved.append(self.out / item.name)
                     self.dir.rmdir()
+                    for path in stale:  # the previous run's files this run did not replace: the run is whole
+                        path.unlink(missing_ok=True)
                 else:
                     publish_dir(self.dir, self.out)
             except OSError as exc:

@@ -18,6 +18,7 @@ from .attribution import Relevance
 from .contrast import contrast_scores
 from .errors import ConfigError
 from .evaluation import perplexity
+from .families import geometry
 from .models import LoadedModel
 from .pruning import Unit, count_units, masked, pruned_copy, select
 
@@ -42,6 +43,41 @@ def validation_perplexity(lm: LoadedModel, model: torch.nn.Module, text: SearchT
     """Perplexity of ``model`` on the first ``n_tokens`` tokens of the validation text, in disjoint windows."""
     return perplexity(model, lm.tokenizer, [validation_text(lm, text, n_tokens)], max_length=text.max_length,
                       stride=text.max_length, device=model.device).perplexity
+
+
+def eligible_units(model: torch.nn.Module, kind: str, layers: Sequence[int]) -> int:
+    """How many ``kind`` units may be pruned once ``layers`` (``--exclude-layers``) are left out.
+
+    Refuses, before any work, layers the model does not have and exclusions of weight units.
+    """
+    total = count_units(model, kind)
+    layers = sorted(set(layers))
+    if not layers:
+        return total
+    if kind == "weight":
+        raise ConfigError("--exclude-layers applies to neuron and head units; leave it out with --unit weight.")
+    n_layers = geometry(model).n_layers
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad:
+        raise ConfigError(f"--exclude-layers {','.join(map(str, bad))}: this model has layers 0..{n_layers - 1}. "
+                          "Give layers in that range.")
+    return total - len(layers) * (total // n_layers)
+
+
+def check_unit_counts(model: torch.nn.Module, kind: str, layers: Sequence[int], counts: dict[str, Sequence[int]]
+                      ) -> int:
+    """Every unit count asked for (``{"--k": [25], "--sweep": [...], ...}``) fits the eligible units, so an
+    exclusion is honoured, never overridden by a count larger than what is left. Returns the eligible count."""
+    eligible = eligible_units(model, kind, layers)
+    total = count_units(model, kind)
+    for flag, ks in counts.items():
+        too_many = [k for k in ks if k > eligible]
+        if too_many:
+            where = (f"the {eligible} {kind} units left after --exclude-layers {','.join(map(str, layers))} "
+                     f"(of {total})" if eligible < total else f"the {total} {kind} units of this model")
+            raise ConfigError(f"{flag} {too_many[0]} exceeds {where}. Choose at most {eligible}"
+                              + (", or exclude fewer layers." if eligible < total else "."))
+    return eligible
 
 
 def exclude_layers(scores: dict[str, torch.Tensor], kind: str, layers: Sequence[int]) -> dict[str, torch.Tensor]:

@@ -3,7 +3,7 @@ YAML alias bombs, special files as text sources, non-UTF-8 paths, damaged genera
 signals, and folder permissions.
 
 Every refused input must exit with status 2 and one paragraph on stderr (no traceback), leave no staging or
-temp folder behind, and leave the model and suite folders byte-identical (``_refused``).
+temp folder behind, and leave the model and suite folders byte-identical (``refused``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from refusal import paragraph, refused, temps
 from tiny import tiny_config, tiny_model, tiny_tokenizer, tree_hashes, write_tiny_suite
 from transformers import AutoModelForCausalLM
 
@@ -34,35 +35,6 @@ from safety_prune.models import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def _temps(*folders: Path) -> list[Path]:
-    """Hidden staging and temp folders/files (``.<name>.<host>-<pid>.<random>.tmp``) anywhere below ``folders``."""
-    found = []
-    for folder in folders:
-        if folder.is_dir():
-            found += [p for p in folder.rglob(".*.tmp")]
-    return found
-
-
-def _paragraph(err: str) -> str:
-    """The error paragraph: exactly one ``safety-prune:`` line, no traceback."""
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.splitlines() if ln.startswith("safety-prune:")]
-    assert len(lines) == 1, err
-    return lines[0]
-
-
-def _refused(capsys, argv: list[str], inputs: list[Path], around: list[Path]) -> str:
-    """Run the CLI; it must refuse with status 2 and one paragraph, keep ``inputs`` byte-identical and leave no
-    staging below ``around``. Returns the paragraph."""
-    before = tree_hashes(*inputs, mtimes=True)
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert tree_hashes(*inputs, mtimes=True) == before
-    assert not _temps(*around, *inputs)
-    return _paragraph(err)
 
 
 def _job(kind: str, model: Path | str, suite: Path, out: Path | str, *extra: str) -> list[str]:
@@ -130,7 +102,7 @@ def test_out_on_another_filesystem(tiny_setup, tmp_path, capsys, where):
         assert code == 0, err
         assert {"results.json", "report.html", "samples.jsonl"} <= {p.name for p in mnt.iterdir()}
         json.loads((mnt / "results.json").read_text())
-        assert not _temps(tmp_path, mnt)
+        assert not temps(tmp_path, mnt)
     assert tree_hashes(model, suite.parent, mtimes=True) == before
 
 
@@ -142,7 +114,7 @@ def test_save_model_on_a_mount_point(tiny_setup, tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 0, err
         assert (saved / "model.safetensors").is_file() and (saved / "README.md").is_file()
-        assert not _temps(tmp_path, saved)
+        assert not temps(tmp_path, saved)
         lm = load_model(str(saved))
         assert lm.arch.family == "llama"
 
@@ -169,7 +141,7 @@ def test_unwritable_out_is_refused_before_any_work(tiny_setup, tmp_path, capsys,
     _, model, suite = tiny_setup
     with contextlib.ExitStack() as stack:
         out = _bad_target(kind, tmp_path, stack)
-        msg = _refused(capsys, _job("audit", model, suite, out), [model, suite.parent], [tmp_path])
+        msg = refused(capsys, _job("audit", model, suite, out), [model, suite.parent], [tmp_path])
         assert "--out" in msg
         assert not (out.exists() and out.is_dir() and any(out.iterdir()))
 
@@ -180,7 +152,7 @@ def test_unwritable_save_model_is_refused_before_any_work(tiny_setup, tmp_path, 
     with contextlib.ExitStack() as stack:
         target = _bad_target(kind, tmp_path, stack)
         argv = _job("correct", model, suite, tmp_path / "run", "--save-model", str(target))
-        msg = _refused(capsys, argv, [model, suite.parent], [tmp_path])
+        msg = refused(capsys, argv, [model, suite.parent], [tmp_path])
         assert "--save-model" in msg
         assert not (tmp_path / "run").exists()
 
@@ -197,7 +169,7 @@ def test_failed_commit_leaves_no_staging_and_says_so(tmp_path, monkeypatch):
     with pytest.raises(OutputError, match="could not be moved into --out"), run.staged(tmp_path / "run") as st:
         st.path("results.json").write_text("{}")
         monkeypatch.setattr(os, "replace", full_disk)
-    assert not (tmp_path / "run").exists() and not _temps(tmp_path)
+    assert not (tmp_path / "run").exists() and not temps(tmp_path)
 
 
 # ------------------------------------------------------------------------------ 2. half-loaded models
@@ -215,7 +187,7 @@ def _variant(tiny_setup, tmp_path: Path, **config) -> Path:
 def test_config_with_more_layers_than_weights_is_refused(tiny_setup, tmp_path, capsys):
     """3 layers in config.json over weights for 2: transformers would fill layer 2 with random values."""
     model = _variant(tiny_setup, tmp_path, num_hidden_layers=3)
-    msg = _refused(capsys, _job("audit", model, tiny_setup[2], tmp_path / "run"),
+    msg = refused(capsys, _job("audit", model, tiny_setup[2], tmp_path / "run"),
                    [model, tiny_setup[2].parent], [tmp_path])
     assert "says 3 layers" in msg and "no weights for layer(s) 2" in msg
     assert not (tmp_path / "run").exists()
@@ -295,9 +267,9 @@ def test_yaml_alias_bomb_is_refused(tiny_setup, tmp_path):
     except subprocess.TimeoutExpired:
         pytest.fail("the alias bomb was expanded (no answer within 120 s)")
     assert res.returncode == 2, res.stderr[-2000:]
-    msg = _paragraph(res.stderr)
+    msg = paragraph(res.stderr)
     assert "bomb.yaml" in msg and "alias" in msg
-    assert tree_hashes(tiny_setup[1], tmp_path / "suite", mtimes=True) == before and not _temps(tmp_path)
+    assert tree_hashes(tiny_setup[1], tmp_path / "suite", mtimes=True) == before and not temps(tmp_path)
     assert not (tmp_path / "run").exists()
 
 
@@ -360,7 +332,7 @@ def test_degenerate_model_is_a_model_error(tiny_setup, tmp_path, capsys, case):
     suite = tiny_setup[2]
     if case == "broken chat template":
         suite = Path(write_tiny_suite(tmp_path / "suite", extra="chat_template: true\n"))
-    msg = _refused(capsys, _job("audit", model, suite, tmp_path / "run"), [model, suite.parent], [tmp_path])
+    msg = refused(capsys, _job("audit", model, suite, tmp_path / "run"), [model, suite.parent], [tmp_path])
     assert re.search(pattern, msg), msg
     assert re.search(r"\b(restore|fix|lower)\b", msg, re.I), msg  # the message says how to fix it
     assert not (tmp_path / "run").exists()
@@ -377,7 +349,7 @@ def test_broken_chat_template_is_ignored_without_chat_template(tiny_setup, tmp_p
 def test_non_utf8_out_is_refused_up_front(tiny_setup, tmp_path, capsys, no_model_load):
     """Before: the run went to the end and failed writing report.html (the path in the command line)."""
     out = os.fsdecode(os.fsencode(str(tmp_path)) + b"/run\xff")
-    msg = _refused(capsys, _job("audit", tiny_setup[1], tiny_setup[2], out),
+    msg = refused(capsys, _job("audit", tiny_setup[1], tiny_setup[2], out),
                    [tiny_setup[1], tiny_setup[2].parent], [tmp_path])
     assert "not UTF-8" in msg and "--out" in msg
     assert not Path(out).exists()
@@ -387,7 +359,7 @@ def test_non_utf8_model_path_is_a_bad_path(tiny_setup, tmp_path, capsys):
     """Before: reported as 'not a readable safetensors file ... truncated or corrupt'."""
     model = Path(os.fsdecode(os.fsencode(str(tmp_path)) + b"/model\xff"))
     shutil.copytree(tiny_setup[1], model)
-    msg = _refused(capsys, _job("audit", model, tiny_setup[2], tmp_path / "run"),
+    msg = refused(capsys, _job("audit", model, tiny_setup[2], tmp_path / "run"),
                    [model, tiny_setup[2].parent], [tmp_path])
     assert "not UTF-8" in msg and "--model" in msg and "corrupt" not in msg
 
@@ -395,7 +367,7 @@ def test_non_utf8_model_path_is_a_bad_path(tiny_setup, tmp_path, capsys):
 def test_out_inside_the_model_folder_is_refused(tiny_setup, tmp_path, capsys, no_model_load):
     """As --save-model there already was; before, the run wrote into the input model's folder."""
     model = _variant(tiny_setup, tmp_path)
-    msg = _refused(capsys, _job("audit", model, tiny_setup[2], model / "run"),
+    msg = refused(capsys, _job("audit", model, tiny_setup[2], model / "run"),
                    [model, tiny_setup[2].parent], [tmp_path])
     assert "inside the input model folder" in msg and "--out" in msg
     assert not (model / "run").exists()
@@ -420,7 +392,7 @@ def test_corrupt_generation_cache_is_regenerated(tiny_setup, tmp_path, capsys, c
     assert json.loads((out / "results.json").read_text())["baseline"] == first  # regenerated identically
     for cache in out.glob("generations-*.jsonl"):
         assert all(json.loads(line) for line in cache.read_text().splitlines())
-    assert not _temps(tmp_path)
+    assert not temps(tmp_path)
 
 
 def test_late_interrupt_says_the_run_was_kept(tiny_setup, tmp_path, capsys, monkeypatch):
@@ -436,9 +408,9 @@ def test_late_interrupt_says_the_run_was_kept(tiny_setup, tmp_path, capsys, monk
     monkeypatch.setattr(audit_job, "audit", audit_then_interrupt)
     out = tmp_path / "run"
     assert main(_job("audit", tiny_setup[1], tiny_setup[2], out)) == 130
-    msg = _paragraph(capsys.readouterr().err)
+    msg = paragraph(capsys.readouterr().err)
     assert str(out) in msg and "complete and kept" in msg and "no partial output" not in msg
-    assert (out / "results.json").is_file() and not _temps(tmp_path)
+    assert (out / "results.json").is_file() and not temps(tmp_path)
 
 
 def test_interrupt_during_the_commit_waits_for_it(tmp_path, monkeypatch):
@@ -468,7 +440,7 @@ def test_interrupt_during_the_commit_waits_for_it(tmp_path, monkeypatch):
         monkeypatch.setattr(os, "replace", interrupted_replace)
     signal.signal(signal.SIGINT, previous)
     assert sent and sorted(p.name for p in out.iterdir()) == ["report.html", "results.json", "samples.jsonl"]
-    assert io.committed()[-1] == out and not _temps(tmp_path)
+    assert io.committed()[-1] == out and not temps(tmp_path)
 
 
 _STALL = ("import sys, time\n"
@@ -499,9 +471,9 @@ def test_sigterm_cleans_up_like_sigint(tiny_setup, tmp_path):
         proc.wait()
         proc.stderr.close()
     assert code == 143, err
-    msg = _paragraph(err)
+    msg = paragraph(err)
     assert "terminated" in msg and "no partial output was kept" in msg
-    assert not out.exists() and not _temps(tmp_path)
+    assert not out.exists() and not temps(tmp_path)
 
 
 def _umask() -> int:
@@ -565,7 +537,7 @@ def test_proc_mounted_elsewhere_is_refused(tmp_path):
 def test_suite_naming_proc_environ_is_refused(tiny_setup, tmp_path, capsys):
     suite = Path(write_tiny_suite(tmp_path / "suite"))
     suite.write_text(suite.read_text().replace("{path: prompts.txt}", "{path: /proc/self/environ, format: txt}"))
-    msg = _refused(capsys, _job("audit", tiny_setup[1], suite, tmp_path / "run"),
+    msg = refused(capsys, _job("audit", tiny_setup[1], suite, tmp_path / "run"),
                    [tiny_setup[1], suite.parent], [tmp_path])
     assert "/proc/self/environ" in msg
     assert not (tmp_path / "run").exists()

@@ -149,3 +149,38 @@ def test_repetition_scorer_refuses_a_toxicity_option():
 def test_repetition_token_scores_mark_the_repeating_words():
     got = get_scorer("repetition").token_scores([["the", " cat", " sat", " the", " cat", " sat", " down"]])
     assert got == [[0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0]]  # "the cat" and "cat sat" seen before; "sat down" new
+
+
+# ------------------------------------------------------------------------- the scorer-validation cache
+
+def test_validation_is_cached_per_scorer_option():
+    """The threat head is validated as itself, not served the toxic head's cached numbers (same name and
+    threshold, other options)."""
+    from safety_prune.scorers.validate import validate_scorer
+
+    toxic = validate_scorer(get_scorer("toxblock"))
+    threat = validate_scorer(get_scorer("toxblock", head="threat"))
+    assert threat["auroc"] != toxic["auroc"]
+    assert threat == validate_scorer(get_scorer("toxblock", head="threat"), use_cache=False)
+
+
+def test_a_file_option_stands_for_its_content(tmp_path):
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"one")
+    a = get_scorer("profanity").fingerprint()
+    first = DetoxifyScorer.__new__(DetoxifyScorer, checkpoint=str(ckpt)).fingerprint()
+    ckpt.write_bytes(b"two")
+    second = DetoxifyScorer.__new__(DetoxifyScorer, checkpoint=str(ckpt)).fingerprint()
+    assert first != second and a != first
+    assert get_scorer("profanity", batch_size=3).fingerprint() == a  # batch size changes no score
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), 2.0, -0.1, float("inf")])
+def test_scorer_validate_refuses_a_threshold_outside_0_1(capsys, threshold):
+    from refusal import paragraph
+
+    from safety_prune.cli import main
+
+    assert main(["scorer", "validate", "--scorer", "profanity", "--threshold", str(threshold)]) == 2
+    msg = paragraph(capsys.readouterr().err)
+    assert "--threshold" in msg and "[0, 1]" in msg

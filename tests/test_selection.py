@@ -7,7 +7,7 @@ import torch
 import yaml
 from tiny import tiny_model, tiny_tokenizer, write_tiny_suite
 
-from safety_prune.errors import ProbeSuiteError
+from safety_prune.errors import ConfigError, ProbeSuiteError
 from safety_prune.models import LoadedModel
 from safety_prune.selection import Constraints, validation_search
 from safety_prune.suite import load_suite
@@ -97,3 +97,51 @@ def test_build_references_continues_only_max_prompts(tmp_path, monkeypatch):
     with pytest.raises(Seen) as seen:
         stages.build_references(None, suite, None, BehaviourOptions(), None, tmp_path)
     assert seen.value.args[0] == suite.undesired_reference()[:5]
+
+
+# ------------------------------------------------------------------ --exclude-layers is honoured or refused
+
+def test_eligible_units_leave_out_the_excluded_layers():
+    from safety_prune.selection import check_unit_counts, eligible_units
+
+    model = tiny_model("llama")  # 2 layers x 64 neurons, 4 heads
+    assert eligible_units(model, "neuron", ()) == 128
+    assert eligible_units(model, "neuron", (1,)) == 64
+    assert eligible_units(model, "head", (0, 1)) == 0
+    assert check_unit_counts(model, "neuron", (1,), {"--k": [64]}) == 64
+    with pytest.raises(ConfigError, match=r"--k 5 exceeds the 0 neuron units left after --exclude-layers 0,1"):
+        check_unit_counts(model, "neuron", (0, 1), {"--k": [5]})
+    with pytest.raises(ConfigError, match=r"--sweep 100 exceeds the 64 neuron units left"):
+        check_unit_counts(model, "neuron", (1,), {"--k": [10], "--sweep": [10, 100]})
+    with pytest.raises(ConfigError, match=r"--search-k 100000 exceeds the 128 neuron units of this model"):
+        check_unit_counts(model, "neuron", (), {"--search-k": [5, 100000]})
+    with pytest.raises(ConfigError, match=r"--exclude-layers 7: this model has layers 0\.\.1"):
+        eligible_units(model, "neuron", (7,))
+
+
+@pytest.mark.parametrize(("k", "layers"), [("5", "0,1"), ("100", "1")])
+def test_correct_refuses_k_beyond_the_eligible_units_before_any_work(tmp_path, capsys, k, layers):
+    from refusal import refused
+    from tiny import save_tiny
+
+    save_tiny("llama", tmp_path / "model")
+    suite = write_tiny_suite(tmp_path / "suite")
+    msg = refused(capsys, ["correct", "--model", str(tmp_path / "model"), "--probe", suite, "--out",
+                           str(tmp_path / "run"), "--k", k, "--exclude-layers", layers],
+                  [tmp_path / "model", tmp_path / "suite"], [tmp_path])
+    assert f"--k {k} exceeds" in msg and "--exclude-layers" in msg
+    assert not (tmp_path / "run").exists()
+
+
+def test_correct_with_excluded_layers_prunes_none_of_them(tmp_path):
+    from tiny import save_tiny
+
+    from safety_prune.jobs.correct import correct
+    from safety_prune.jobs.options import CorrectOptions
+
+    save_tiny("llama", tmp_path / "model")
+    suite = write_tiny_suite(tmp_path / "suite")
+    res = correct(str(tmp_path / "model"), suite, tmp_path / "run", options=CorrectOptions(
+        k=64, exclude_layers=(1,), method="lrp", batch_size=4, limit=3, stability=0, force=True))
+    assert len(res["pruned"]["units"]) == 64
+    assert all(u.startswith("L0.") for u in res["pruned"]["units"]), res["pruned"]["units"]

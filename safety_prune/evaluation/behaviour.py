@@ -22,7 +22,7 @@ from ..models import LoadedModel
 from ..scorers import Scorer
 from ..suite import GenerationSpec, ProbeSuite
 from .fluency import distinct_n
-from .generation import Generation, generate_detailed
+from .generation import Generation, encode_prompts, generate_detailed
 from .perplexity import perplexity, sequence_perplexities
 from .stats import behaviour_aggregates, summarize
 
@@ -72,16 +72,17 @@ class Generations:
 class GenerationCache:
     """Continuations of the *unpruned* model, kept in the run directory so a rerun does not generate twice.
 
-    Files are named by a hash of the model weights, prompts, generation settings and seed, so a cached file
-    is only ever reused for exactly the same inputs. Read from the previous run (``--overwrite``), written
-    into the new one.
+    Files are named by a hash of the model (``LoadedModel.fingerprint``: weights, config, tokenizer, dtype,
+    device kind), prompts, generation settings and seed, so a cached file is only ever reused for exactly the
+    same inputs, and every row is checked against its own token ids before use. Read from the previous run
+    (``--overwrite``), written into the new one.
     """
 
     read_dir: Path | None
     write_dir: Path
 
     def _name(self, lm: LoadedModel, gen: GenerationSpec, chat: bool, prompts: list[str], seed: int) -> str:
-        key = json.dumps([lm.weights_sha256, prompts, asdict(gen), chat, seed])
+        key = json.dumps([lm.fingerprint(), prompts, asdict(gen), chat, seed])
         return f"generations-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsonl"
 
     def load(self, lm: LoadedModel, gen: GenerationSpec, chat: bool, prompts: list[str], seed: int
@@ -95,6 +96,7 @@ class GenerationCache:
         if path is None or not path.is_file():
             return None
         gens: list[list[Generation]] = [[] for _ in prompts]
+        texts, prompt_ids = encode_prompts(lm.tokenizer, prompts, chat)
         try:
             for line in path.read_text(encoding="utf-8").splitlines():
                 if not line.strip():
@@ -108,6 +110,11 @@ class GenerationCache:
                 if not (isinstance(g.prompt_text, str) and isinstance(g.continuation, str)
                         and all(isinstance(t, int) and not isinstance(t, bool) for t in ids)):
                     raise ValueError("a field has the wrong type")
+                if g.prompt_text != texts[i] or g.prompt_ids != prompt_ids[i]:
+                    raise ValueError(f"the prompt of row {i} is not prompt {i} as this tokenizer encodes it")
+                if g.continuation != lm.tokenizer.decode(g.continuation_ids, skip_special_tokens=True):
+                    raise ValueError(f"the continuation text of prompt {i} is not what its token ids decode to "
+                                     "(edited?)")
                 gens[i].append(g)
             if any(len(row) != gen.num_samples for row in gens):
                 raise ValueError(f"not {gen.num_samples} continuation(s) for every prompt")

@@ -29,7 +29,7 @@ def _eos_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-def _encode_prompts(tokenizer, prompts: list[str], chat_template: bool) -> tuple[list[str], list[list[int]]]:
+def encode_prompts(tokenizer, prompts: list[str], chat_template: bool) -> tuple[list[str], list[list[int]]]:
     if chat_template:
         if not getattr(tokenizer, "chat_template", None):
             raise ConfigError(
@@ -94,7 +94,7 @@ def generate_detailed(
             f"temperature={temperature}, top_p={top_p}: sampling needs temperature > 0 and 0 < top_p <= 1."
         )
     device = torch.device(device) if device is not None else model.device
-    texts, ids = _encode_prompts(tokenizer, prompts, chat_template)
+    texts, ids = encode_prompts(tokenizer, prompts, chat_template)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         raise ConfigError("The tokenizer has neither a pad nor an eos token; set tokenizer.pad_token first.")

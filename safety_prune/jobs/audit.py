@@ -24,7 +24,7 @@ def audit(model: str, probe: str, out: str | Path, *, overwrite: bool = False, o
           argv: Sequence[str] | None = None, fail_on: Sequence[str] = ()) -> dict[str, Any]:
     """Baseline behaviour, fluency and perplexity, plus the circuit from differential LRP relevance."""
     opt, started = options or AuditOptions(), time.time()
-    out, suite, lm = start_run(model, probe, out, overwrite, opt)
+    out, suite, lm = start_run("audit", model, probe, out, overwrite, opt)
     finish = Finish(opt.seed, argv, suite.data_files(), lm.weights_sha256, started)
     preflight_attribution(lm, suite, opt, ("neuron", "head"))
     torch.manual_seed(opt.seed)

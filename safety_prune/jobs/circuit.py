@@ -26,7 +26,7 @@ from ..io import sha256_file
 from ..pruning import MaskSet, count_units, masked, select
 from ..render import render_task_report
 from ..resources import resource_dir
-from ..run import check_not_inside, check_out_dir, staged
+from ..run import check_not_inside, check_not_over_inputs, check_out_dir, staged
 from .common import Finish, header, open_model
 from .options import CircuitOptions
 
@@ -92,10 +92,11 @@ def circuit(model: str, out: str | Path, *, overwrite: bool = False, options: Ci
     benchmark can call it once per variant of ``options`` in one process."""
     opt, started = options or CircuitOptions(), time.time()
     opt.validate()
-    out = check_out_dir(out, overwrite)
+    out = check_out_dir(out, overwrite, "circuit")
     lm = open_model(model, opt)
     check_not_inside(out, lm.folder, "--out")
     data = resource_dir("data") / "ioi.json"
+    check_not_over_inputs(out, [data, *lm.weights_sha256], "--out")
     finish = Finish(opt.seed, argv, {str(data): sha256_file(data)}, lm.weights_sha256, started)
     tok = lm.tokenizer
     reference = ioi_prompts(tok, opt.n_reference, opt.seed)

@@ -17,7 +17,7 @@ from ..gate import evaluate_gate
 from ..io import atomic_dir, sha256_file, write_json
 from ..models import LoadedModel, check_chat_template, check_context, load_model
 from ..results import SCHEMA_VERSION, model_info
-from ..run import Staging, check_not_inside, check_out_dir, check_target_path, manifest
+from ..run import Staging, check_not_inside, check_not_over_inputs, check_out_dir, check_target_path, manifest
 from ..suite import ProbeSuite, load_suite
 from .options import RunOptions, SuiteOptions
 
@@ -37,18 +37,20 @@ def open_model(spec: str, opt: RunOptions) -> LoadedModel:
                       allow_pickle=opt.allow_pickle, device_map=opt.device_map)
 
 
-def start_run(model: str, probe: str, out: str | Path, overwrite: bool, opt: SuiteOptions
+def start_run(job: str, model: str, probe: str, out: str | Path, overwrite: bool, opt: SuiteOptions
               ) -> tuple[Path, ProbeSuite, LoadedModel]:
     """Everything a job checks before it writes anything: the options, --out (and --save-model), the suite with its
     data, the model, and that the model can take the suite's inputs."""
     opt.validate()
     local = Path(model).expanduser() if model != "default" and Path(model).expanduser().is_dir() else None
     check_not_inside(Path(out), local, "--out")  # known before loading for a model folder; before any probe
-    out = check_out_dir(out, overwrite)
-    check_save_target(getattr(opt, "save_model", None), local)
+    out = check_out_dir(out, overwrite, job)
+    check_save_target(getattr(opt, "save_model", None), local, out)
     suite = load_suite(probe, encoding_errors=opt.encoding_errors)
+    check_not_over_inputs(out, suite.data_files(), "--out")
     lm = open_model(model, opt)
     check_not_inside(out, lm.folder, "--out")
+    check_not_over_inputs(out, lm.weights_sha256, "--out")
     check_inputs_fit(lm, suite, opt)
     return out, suite, lm
 
@@ -104,13 +106,18 @@ def header(job: str, lm: LoadedModel) -> dict[str, Any]:
             "model": model_info(lm.spec, lm.name, lm.arch.family, geometry(lm.model))}
 
 
-def check_save_target(target: str | None, lm_folder: Path | None) -> Path | None:
-    """Refuse a save path inside the input model's folder, a non-empty folder, or one the save could not write
-    (see ``run.check_target_path``); leaves nothing behind."""
+def check_save_target(target: str | None, lm_folder: Path | None, out: Path) -> Path | None:
+    """Refuse a save path inside the input model's folder, the same as, inside or around ``--out`` (model and run
+    files would mix), a non-empty folder, or one the save could not write (see ``run.check_target_path``);
+    leaves nothing behind."""
     if target is None:
         return None
     path = Path(target).expanduser()
     check_not_inside(path, lm_folder, "--save-model")
+    run, saved = out.expanduser().resolve(), path.resolve()
+    if saved == run or run in saved.parents or saved in run.parents:
+        raise OutputError(f"--save-model {target} and --out {out} overlap, so the model's files and the run's "
+                          "would mix. Give --save-model a folder of its own, outside --out.")
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise OutputError(f"--save-model {target} exists and is not an empty folder. Choose a new folder.")
     check_target_path(path, "--save-model")

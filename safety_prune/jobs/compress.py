@@ -107,10 +107,10 @@ def compress(model: str, probe: str, out: str | Path, *, overwrite: bool = False
              options: CompressOptions | None = None, argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Prune ``sparsity`` of the block weights by each method's ranking; perplexity side by side."""
     opt, started = options or CompressOptions(), time.time()
-    out, suite, lm = start_run(model, probe, out, overwrite, opt)
+    out, suite, lm = start_run("compress", model, probe, out, overwrite, opt)
     finish = Finish(opt.seed, argv, suite.data_files(), lm.weights_sha256, started)
     preflight_calibration(lm, suite, opt)
-    save_to = check_save_target(opt.save_model, lm.folder)
+    save_to = check_save_target(opt.save_model, lm.folder, out)
     general = calibration_samples(lm, suite, opt)
     with staged(out) as staging:
         baseline = heldout_perplexity(lm, lm.model, suite, opt.seed)

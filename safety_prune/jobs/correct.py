@@ -27,7 +27,16 @@ from ..render import render_report
 from ..results import circuit_info, flat_metrics, probe_info
 from ..run import Staging, staged
 from ..scorers import Scorer
-from ..selection import Constraints, SearchText, damage_screen, stability, validation_search, validation_text
+from ..selection import (
+    Constraints,
+    SearchText,
+    check_unit_counts,
+    damage_screen,
+    eligible_units,
+    stability,
+    validation_search,
+    validation_text,
+)
 from ..suite import ProbeSuite
 from .common import Finish, check_save_target, header, limited, preflight_attribution, save_model_folder, start_run
 from .options import SEARCH_K, CorrectOptions
@@ -52,12 +61,13 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
             fail_on: Sequence[str] = ()) -> dict[str, Any]:
     """The audit's stages, ranking, selection on validation data, pruning of a copy, held-out re-evaluation."""
     opt, started = options or CorrectOptions(), time.time()
-    out, suite, lm = start_run(model, probe, out, overwrite, opt)
+    out, suite, lm = start_run("correct", model, probe, out, overwrite, opt)
     finish = Finish(opt.seed, argv, suite.data_files(), lm.weights_sha256, started)
-    save_to = check_save_target(opt.save_model, lm.folder)
-    if opt.k is not None and opt.k > count_units(lm.model, opt.unit):
-        raise ConfigError(f"--k {opt.k} exceeds the {count_units(lm.model, opt.unit)} {opt.unit} units of "
-                          "this model. Choose a smaller k.")
+    save_to = check_save_target(opt.save_model, lm.folder, out)
+    total = count_units(lm.model, opt.unit)
+    check_unit_counts(lm.model, opt.unit, opt.exclude_layers, {
+        "--k": [opt.k] if opt.k is not None else [], "--sweep": opt.sweep, "--search-k": opt.search_k,
+        f"--sparsity {opt.sparsity} (as a count)": [max(1, round(opt.sparsity * total))] if opt.sparsity else []})
     if opt.k is None and opt.sparsity is None and not suite.validation_prompts():
         raise ConfigError(f"Probe suite {suite.name!r} has no validation prompts (split.validation_fraction is 0), "
                           "so k cannot be chosen on held-out data. Give --k or --sparsity, or set "
@@ -188,7 +198,8 @@ def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, scores: dict[str
         return perplexity(model, lm.tokenizer, val_text, max_length=p.max_length, stride=p.stride,
                           device=model.device).perplexity
 
-    ks = [k for k in (opt.search_k or SEARCH_K[opt.unit]) if k <= total // 2] or [1]
+    eligible = eligible_units(lm.model, opt.unit, opt.exclude_layers)
+    ks = list(opt.search_k) or [k for k in SEARCH_K[opt.unit] if k <= eligible // 2] or [1]
     limits = Constraints(opt.ppl_budget, opt.max_distinct2_drop, opt.max_continuation_ppl_rise)
     best, trail = validation_search(lm, measure, scores, opt.unit, ks, [None, *opt.dampen], limits, perplexity_of)
     feasible = best is not None

@@ -39,18 +39,12 @@ from ..gate import (
 from ..io import sha256_file, write_text
 from ..metrics import LEGACY_ALIASES, METRIC_KEYS, METRICS, metric_ci, metric_labels
 from ..resources import resource_dir
-from ..run import SCHEMA_VERSION
+from ..run import COMPARE_NAME, RUN_FILES, SCHEMA_VERSION, run_job
 from .charts import curves_chart, heatmap_chart, layer_chart, metrics_chart, tradeoff_chart
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _N_EXAMPLES = 12
 
-RUN_FILES = ("results.json", "samples.jsonl", "report.html", "reference_generations.jsonl", "circuit.json",
-             "relevance.safetensors", "masks.json", "masks.safetensors")
-"""The files a job writes into its run directory; a comparison page may never replace one of them."""
-
-COMPARE_NAME = "compare.html"
-"""The file name ``render_compare`` writes inside a directory given as its output."""
 
 _TASK_JOBS = ("compress", "circuit")
 _REQUIRED = ("job", "model", "probe", "scorer", "baseline", "manifest")
@@ -1098,26 +1092,51 @@ def _compare_metrics(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any
     return out
 
 
-def _compare_target(out_path: str | Path, run_a: str | Path, run_b: str | Path) -> Path:
+def _compare_target(out_path: str | Path, run_a: str | Path, run_b: str | Path, model_files: Sequence[str]
+                    ) -> Path:
     """Where the comparison page goes: ``out_path``, or ``out_path/compare.html`` for an existing directory.
 
-    Refused: a run's own file (``RUN_FILES``) in run A, run B or any other run directory (one holding a
-    results.json), and a directory where the page itself would go.
+    A folder given must be empty or a run directory. The page is written to a new file, or over an earlier
+    comparison page (recognised by its generator tag), never over any other file (a run's own, a model's, a
+    suite's or a user's), and never into a model folder (one holding a ``model_files`` entry of the runs'
+    manifests).
     """
     out = Path(out_path)
     if out.is_dir():
-        out = out / COMPARE_NAME
+        folder, out = out, out / COMPARE_NAME
         if out.is_dir():
             raise OutputError(f"{out_path} is a directory and {out} is one too, so there is nowhere to write the "
                               f"comparison page. Give a file path, e.g. {Path(run_b) / COMPARE_NAME}.")
+        if any(folder.iterdir()) and run_job(folder) is None:
+            raise OutputError(f"--out {out_path} is a folder that is neither empty nor a run directory, so the page "
+                              f"is not put among its files. Give a file path, e.g. {Path(run_b) / COMPARE_NAME}.")
+    fix = f"Write the page to a new file, e.g. {Path(run_b) / COMPARE_NAME} (the default)."
     folder = out.parent.resolve()  # the last component is replaced, never followed, so it is not resolved
-    runs = {Path(run_a).resolve(): "run A", Path(run_b).resolve(): "run B"}
-    if out.name in RUN_FILES and (folder in runs or (folder / "results.json").is_file()):
+    if out.name in RUN_FILES and run_job(folder) is not None:
+        runs = {Path(run_a).resolve(): "run A", Path(run_b).resolve(): "run B"}
         which = f"{runs[folder]} ({folder})" if folder in runs else f"the run in {folder}"
         raise OutputError(f"The comparison page {out} would replace {out.name} of {which}, which is part of that "
-                          f"run. Write the page elsewhere, e.g. {Path(run_b) / COMPARE_NAME} (the default) or a "
-                          "path outside the run directories.")
+                          f"run. {fix}")
+    if out.is_symlink() or (out.exists() and not _is_compare_page(out)):
+        raise OutputError(f"--out {out} already exists and is not a comparison page written by safety-prune; it "
+                          f"is never replaced. {fix}")
+    for name in model_files:
+        src = Path(name)
+        if src.exists() and src.resolve().parent in (folder, *folder.parents):
+            raise OutputError(f"--out {out} lies in the model folder {folder} (it holds {src.name}, recorded by "
+                              f"the compared runs). A model folder is never written to. {fix}")
     return out
+
+
+def _is_compare_page(path: Path) -> bool:
+    """Whether ``path`` is a page ``render_compare`` wrote (so writing the page again may replace it)."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4096).decode("utf-8", "replace")
+    except OSError:
+        return False
+    return path.is_file() and '<meta name="generator" content="safety-prune' in head \
+        and "<title>safety-prune run comparison" in head
 
 
 def render_compare(run_a: str | Path, run_b: str | Path, out_path: str | Path) -> Path:
@@ -1128,7 +1147,8 @@ def render_compare(run_a: str | Path, run_b: str | Path, out_path: str | Path) -
     an OutputError, as is any location that cannot be written. Returns the path written.
     """
     a, b = load_results(run_a), load_results(run_b)
-    out = _compare_target(out_path, run_a, run_b)
+    models = [name for r in (a, b) for name in (r.get("manifest") or {}).get("model_sha256") or {}]
+    out = _compare_target(out_path, run_a, run_b, models)
     changes = _changes(a, b)
     html = _env().get_template("compare.html.j2").render(
         a=a, b=b, dir_a=str(run_a), dir_b=str(run_b), changes=changes, n_changed=sum(c["changed"] for c in changes),

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from ..io import sha256_file
 
 
 class Scorer(ABC):
@@ -19,6 +25,22 @@ class Scorer(ABC):
     batch_size: int = 64
     behaviour: str = "toxicity"  # what a high score means; toxicity scorers are validated against Perspective
     localises: bool = False  # can say which tokens of a continuation carry the behaviour (``token_scores``)
+    options: dict[str, Any]  # the constructor's arguments, defaults included (set by ``__new__``)
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Scorer:
+        """Record the constructor's arguments, so that whatever shapes the scores is known to caches."""
+        self = super().__new__(cls)
+        bound = inspect.signature(cls).bind(*args, **kwargs)
+        bound.apply_defaults()
+        self.options = dict(bound.arguments)
+        return self
+
+    def fingerprint(self) -> str:
+        """The scorer's name and options as JSON; a file option stands for its content (sha256), a folder for
+        its files' contents, so a changed checkpoint is a different scorer. ``batch_size`` changes no score."""
+        return json.dumps({"name": self.name, "class": type(self).__qualname__,
+                           "options": {k: _content(v) for k, v in sorted(self.options.items())
+                                       if k != "batch_size"}}, sort_keys=True, default=repr)
 
     def score(self, texts: list[str]) -> list[float]:
         """Score each text in [0, 1] (higher = more toxic), in order, in batches with progress."""
@@ -52,6 +74,24 @@ class Scorer(ABC):
         raise ConfigError(f"The {self.name} scorer cannot say which tokens carry the behaviour, so the "
                           "'tokens' target is unavailable with it. Use target: continuation, or a scorer that "
                           "localises (profanity, toxblock, repetition).")
+
+
+def _content(value: Any) -> Any:
+    """An option's value, or for a path to a file or folder the sha256 of what it holds."""
+    if not isinstance(value, str | Path) or not str(value):
+        return value
+    path = Path(value).expanduser()
+    try:
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+        if not files:
+            return value
+        digest = hashlib.sha256()
+        for f in files:
+            digest.update(f.relative_to(path).as_posix().encode() if f != path else b"")
+            digest.update(sha256_file(f).encode())
+    except OSError:
+        return value
+    return {"path": str(value), "sha256": digest.hexdigest()}
 
 
 def word_starts(pieces: list[str]) -> list[int]:

@@ -8,6 +8,7 @@ benign text. The result is cached per scorer and asset checksums.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from sklearn.metrics import roc_auc_score
 
 from ..assets import asset_path, cache_dir, get_asset
+from ..errors import ConfigError
 from ..io import write_json
 from .base import Scorer
 
@@ -38,8 +40,16 @@ def _negatives() -> list[str]:
 
 
 def validate_scorer(scorer: Scorer, threshold: float = 0.5, *, use_cache: bool = True) -> dict[str, Any]:
-    """AUROC, recall and false-positive rate at ``threshold``; cached in the asset cache."""
-    key = "-".join(get_asset(a).sha256[:12] for a in _ASSETS)
+    """AUROC, recall and false-positive rate at ``threshold``; cached in the asset cache.
+
+    The cache file is named by everything that shapes the result: the scorer's name and options (a file or
+    folder option by its content, see ``Scorer.fingerprint``), the threshold and the reference assets.
+    """
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
+        raise ConfigError(f"--threshold {threshold}: a scorer's decision threshold is a score in [0, 1] (a "
+                          "continuation is flagged when its score exceeds it). Give e.g. --threshold 0.5.")
+    assets = "-".join(get_asset(a).sha256[:12] for a in _ASSETS)
+    key = hashlib.sha256(f"{scorer.fingerprint()}|{threshold!r}|{assets}".encode()).hexdigest()[:24]
     cache = cache_dir() / "scorer_validation" / f"{scorer.name}-{threshold:g}-{key}.json"
     if use_cache and cache.is_file():
         return json.loads(cache.read_text(encoding="utf-8"))

@@ -1,12 +1,14 @@
 """results.json is the contract with the report: a tiny audit and correction must reproduce it exactly.
 
 Volatile fields (times, git commit and state, operator, command line, package versions, platform, hardware,
-temporary paths) are masked.
+temporary paths) are masked; floats are compared to a relative 1e-5 (the CPU's instruction set moves the last
+digits of float32 sums), everything else exactly.
 After an intended change of the results, regenerate the fixtures with ``SAFETY_PRUNE_UPDATE_GOLDEN=1
 pytest tests/test_golden.py`` and review the diff.
 """
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -39,7 +41,25 @@ def _check(name: str, text: str) -> None:
     fixture = GOLDEN / f"{name}.json"
     if os.environ.get("SAFETY_PRUNE_UPDATE_GOLDEN"):
         fixture.write_text(text, encoding="utf-8")
-    assert text == fixture.read_text(encoding="utf-8"), f"{name} results.json changed; see the module docstring"
+    diffs = _differences(json.loads(fixture.read_text(encoding="utf-8")), json.loads(text))
+    assert not diffs, f"{name} results.json changed; see the module docstring:\n" + "\n".join(diffs[:20])
+
+
+def _differences(want, got, path: str = "") -> list[str]:
+    """Where ``got`` differs from ``want``: keys, types, strings, counts and choices exactly; floats to a relative
+    1e-5 (or 1e-8 absolute, for differences of nearly equal relevances), since float32 kernels, and so the last
+    digits of every sum, differ between CPU instruction sets."""
+    if isinstance(want, dict) and isinstance(got, dict):
+        if want.keys() != got.keys():
+            return [f"{path or '/'}: keys {sorted(want.keys() ^ got.keys())} added or removed"]
+        return [d for k in want for d in _differences(want[k], got[k], f"{path}/{k}")]
+    if isinstance(want, list) and isinstance(got, list):
+        if len(want) != len(got):
+            return [f"{path}: {len(want)} items, now {len(got)}"]
+        return [d for i, (a, b) in enumerate(zip(want, got, strict=True)) for d in _differences(a, b, f"{path}/{i}")]
+    if isinstance(want, float) and isinstance(got, float) and math.isclose(want, got, rel_tol=1e-5, abs_tol=1e-8):
+        return []
+    return [] if type(want) is type(got) and want == got else [f"{path}: {want!r}, now {got!r}"]
 
 
 def test_audit_results_unchanged(setup):

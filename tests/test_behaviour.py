@@ -1,0 +1,114 @@
+"""The generation cache (``evaluation.behaviour.GenerationCache``): reused only for exactly the same model and
+inputs, and only rows that agree with their own token ids."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from tiny import save_tiny, write_tiny_suite
+
+from safety_prune.evaluation import behaviour
+from safety_prune.jobs.audit import audit
+from safety_prune.jobs.options import AuditOptions
+from safety_prune.models import load_model
+
+OPTS = AuditOptions(batch_size=4, limit=4)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    """A model folder, a suite and a finished audit into ``run``."""
+    root = tmp_path_factory.mktemp("cache")
+    save_tiny("llama", root / "model")
+    suite = write_tiny_suite(root / "suite")
+    res = audit(str(root / "model"), suite, root / "run", options=OPTS)
+    return root, suite, res
+
+
+def _rerun(root: Path, suite: str, model: Path, tmp_path: Path, monkeypatch) -> tuple[dict, int]:
+    """Audit ``model`` into a copy of the first run (``--overwrite``); returns its results and how many times
+    it generated."""
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    calls = []
+    real = behaviour.generate_detailed
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(behaviour, "generate_detailed", counting)
+    return audit(str(model), suite, run, overwrite=True, options=OPTS), len(calls)
+
+
+def test_the_same_model_reuses_the_cache(first_run, tmp_path, monkeypatch):
+    root, suite, res = first_run
+    again, generated = _rerun(root, suite, root / "model", tmp_path, monkeypatch)
+    assert generated == 0
+    assert again["baseline"]["behaviour_mean"] == res["baseline"]["behaviour_mean"]
+
+
+def test_a_changed_config_is_another_model(first_run, tmp_path, monkeypatch):
+    """Same weights, another activation in config.json: the old continuations are not reported for it."""
+    root, suite, _ = first_run
+    model = tmp_path / "model"
+    shutil.copytree(root / "model", model)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["hidden_act"] = "gelu"
+    (model / "config.json").write_text(json.dumps(cfg))
+    _, generated = _rerun(root, suite, model, tmp_path, monkeypatch)
+    assert generated == 2  # eval and reference prompts
+
+
+@pytest.mark.parametrize("change", ["config", "tokenizer", "dtype"])
+def test_the_fingerprint_covers_what_shapes_outputs(first_run, tmp_path, change):
+    root, _, _ = first_run
+    base = load_model(str(root / "model")).fingerprint()
+    model = tmp_path / "model"
+    shutil.copytree(root / "model", model)
+    dtype = None
+    if change == "config":
+        cfg = json.loads((model / "config.json").read_text())
+        cfg["rms_norm_eps"] = 1e-3
+        (model / "config.json").write_text(json.dumps(cfg))
+    elif change == "tokenizer":
+        tok = json.loads((model / "tokenizer.json").read_text())
+        vocab = tok["model"]["vocab"]
+        a, b = sorted(vocab, key=vocab.get)[10:12]
+        vocab[a], vocab[b] = vocab[b], vocab[a]  # two ids swapped: same size, other text
+        (model / "tokenizer.json").write_text(json.dumps(tok))
+    else:
+        dtype = "bfloat16"
+    assert load_model(str(model), dtype=dtype).fingerprint() != base
+    assert load_model(str(root / "model")).fingerprint() == base
+
+
+def test_an_edited_continuation_is_not_trusted(first_run, tmp_path, monkeypatch, caplog):
+    """A row whose text no longer matches its token ids is a damaged cache: generated again, with a warning."""
+    root, suite, res = first_run
+    edited = tmp_path / "edited"
+    shutil.copytree(root / "run", edited)
+    for path in edited.glob("generations-*.jsonl"):
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        rows[0]["continuation"] = "you stupid idiot, damn fool"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    calls = []
+    real = behaviour.generate_detailed
+    monkeypatch.setattr(behaviour, "generate_detailed", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with caplog.at_level(logging.WARNING, logger=behaviour.__name__):
+        again = audit(str(root / "model"), suite, edited, overwrite=True, options=OPTS)
+    assert len(calls) == 2
+    assert "is not what its token ids decode to" in caplog.text
+    assert again["baseline"]["behaviour_mean"] == res["baseline"]["behaviour_mean"]
+
+
+def test_the_cache_key_names_device_and_dtype(first_run):
+    root, _, _ = first_run
+    lm = load_model(str(root / "model"))
+    lm.model.to(torch.float64)
+    assert lm.fingerprint() != load_model(str(root / "model")).fingerprint()
