@@ -2,8 +2,8 @@
 
 A ranking scores every unit so that the *lowest* score is pruned first. The registry ``RANKINGS`` holds one
 entry per method (like zennit's composites): differential relevance for the attribution methods, AurA's
-AUROC, and the seeded random baseline. Relevance is computed once per method and reused by every ranking
-that needs it (AurA reads the activation pass).
+AUROC (``aura``, which also sets its own per-unit gains, and ``aura-topk``), and the seeded random baseline.
+Relevance is computed once per method and reused by every ranking that needs it.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import aura
 from .attribution import (
     Relevance,
     Sample,
     attribute,
-    aura_auroc,
     batches,
     collate,
     require_samples,
@@ -39,12 +39,19 @@ SETS = ("general", "benign", "undesired")
 
 @dataclass
 class ContrastSets:
-    """The samples each set explains, and how they were found (``info`` goes into results.json)."""
+    """The samples each set explains, and how they were found (``info`` goes into results.json).
+
+    ``flagged`` / ``unflagged``: every reference continuation the scorer flags / does not flag (the prompt and
+    the whole continuation, which is explained), AurA's labelled sets; when empty (a contrast built by hand)
+    AurA uses ``undesired`` / ``benign``.
+    """
 
     general: list[Sample]
     benign: list[Sample]
     undesired: list[Sample]
     info: dict[str, Any]
+    flagged: list[Sample] = field(default_factory=list)
+    unflagged: list[Sample] = field(default_factory=list)
 
     def named(self) -> dict[str, list[Sample]]:
         return {"general": self.general, "benign": self.benign, "undesired": self.undesired}
@@ -126,7 +133,9 @@ def build_sets(tokenizer, ref: Generations, scorer: Scorer, threshold: float, sp
     general = require_samples(samples_from_texts(tokenizer, general_texts, max_tokens=max_tokens), general_n,
                               "The general reference set")
     info |= {"n_general": len(general), "n_benign": len(benign), "n_undesired": len(undesired)}
-    return ContrastSets(general, benign, undesired, info)
+    whole = [(s, Sample(tuple(g.prompt_ids) + tuple(g.continuation_ids), len(g.prompt_ids))) for s, g in flat]
+    return ContrastSets(general, benign, undesired, info, flagged=[x for s, x in whole if s >= threshold],
+                        unflagged=[x for s, x in whole if s < threshold])
 
 
 def with_foils(model: nn.Module, samples: list[Sample], pad_token_id: int, batch_size: int) -> list[Sample]:
@@ -148,7 +157,8 @@ class Contrast:
     """The two reference sets of a run and the relevance computed over them, each method attributed once.
 
     ``checkpoint_dir``: the run directory; attribution checkpoints are kept beside it (hidden siblings), so
-    --out stays empty until the run succeeds and a rerun resumes.
+    --out stays empty until the run succeeds and a rerun resumes. ``pooling``: how AurA pools a neuron's
+    activations over a continuation (``methods.POOLINGS``).
     """
 
     model: nn.Module
@@ -159,7 +169,9 @@ class Contrast:
     seed: int = 0
     gradient_checkpointing: bool = False
     checkpoint_dir: Path | None = None
+    pooling: str = "max"
     _cache: dict[str, tuple[tuple[str, ...], dict[str, Relevance]]] = field(default_factory=dict, repr=False)
+    _auroc: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def _checkpoint(self, name: str, method: str) -> Path | None:
         d = self.checkpoint_dir
@@ -183,18 +195,30 @@ class Contrast:
         hit = self._cache.get(method)
         return hit[1] if hit else None
 
+    def auroc(self) -> Tensor:
+        """AurA's ``[layers, neurons]`` AUROC, flagged vs unflagged continuations (``aura``), computed once."""
+        if self.pooling not in self._auroc:
+            flagged, unflagged = self.sets.flagged or self.sets.undesired, self.sets.unflagged or self.sets.benign
+            act = {name: aura.pooled_activations(self.model, samples, self.pooling, pad_token_id=self.pad_token_id,
+                                                 batch_size=self.batch_size, desc=f"aura {name} ({self.pooling})")
+                   for name, samples in (("flagged", flagged), ("unflagged", unflagged))}
+            self._auroc[self.pooling] = aura.auroc(act["flagged"], act["unflagged"])
+        return self._auroc[self.pooling]
+
 
 @dataclass(frozen=True)
 class Ranking:
     """One method's way to rank units for removal (lowest first) from a ``Contrast``.
 
     ``relevance``: the attribution method whose per-set relevance backs the ranking (shown as the circuit);
-    None for the random baseline.
+    None for the random baseline. ``gains``: for a method that sets its own per-unit gains (AurA), the dense
+    ``{kind: [layers, units]}`` gains; such a method has no k or strength to choose.
     """
 
     name: str
     rank: Callable[[Contrast, tuple[str, ...]], dict[str, Tensor]]
     relevance: str | None
+    gains: Callable[[Contrast], dict[str, Tensor]] | None = None
 
 
 def normalised(r: Relevance) -> dict[str, Tensor]:
@@ -220,9 +244,13 @@ def _differential(method: str) -> Ranking:
 
 
 def _aura(c: Contrast, kinds: tuple[str, ...]) -> dict[str, Tensor]:
-    """Most behaviour-selective neurons (AUROC near 1, undesired vs benign activations) first."""
-    act = c.relevance("activation", ("neuron",))
-    return {"neuron": 0.5 - aura_auroc(act["benign"], act["undesired"])}
+    """Most behaviour-selective neurons (AUROC near 1, flagged vs unflagged continuations) first."""
+    c.relevance("activation", ("neuron",))  # backs the guard and the circuit, as for the other methods
+    return {"neuron": 0.5 - c.auroc()}
+
+
+def _aura_gains(c: Contrast) -> dict[str, Tensor]:
+    return {"neuron": aura.gains(c.auroc())}
 
 
 def _random(c: Contrast, kinds: tuple[str, ...]) -> dict[str, Tensor]:
@@ -232,7 +260,8 @@ def _random(c: Contrast, kinds: tuple[str, ...]) -> dict[str, Tensor]:
 
 RANKINGS: dict[str, Ranking] = {
     **{m: _differential(m) for m in ("lrp", "gradient", "wanda", "activation", "magnitude")},
-    "aura": Ranking("aura", _aura, "activation"),
+    "aura": Ranking("aura", _aura, "activation", _aura_gains),
+    "aura-topk": Ranking("aura-topk", _aura, "activation"),
     "random": Ranking("random", _random, None),
 }
 assert set(RANKINGS) == set(RANKING_KINDS), "methods.RANKING_KINDS and RANKINGS must name the same methods"

@@ -170,6 +170,11 @@ class MaskSet(Sequence[Unit]):
 
     def _groups(self) -> Iterator[tuple[int, str | None, Tensor]]:
         """(layer, module name, indices) for each distinct layer/module, in a fixed order."""
+        for layer, name, (chunk,) in self._split():
+            yield layer, name, chunk
+
+    def _split(self, *columns: Tensor) -> Iterator[tuple[int, str | None, list[Tensor]]]:
+        """Like ``_groups``, with the indices and each of ``columns`` (one value per unit) cut the same way."""
         if not len(self):
             return
         names = sorted({name or "" for name, _ in self._modules})
@@ -177,8 +182,9 @@ class MaskSet(Sequence[Unit]):
         key = self._layer.long() * len(names) + name_of[self._module.long()]
         order = torch.argsort(key, stable=True)
         keys, counts = torch.unique_consecutive(key[order], return_counts=True)
-        for k, chunk in zip(keys.tolist(), torch.split(self._index[order], counts.tolist()), strict=True):
-            yield k // len(names), names[k % len(names)] or None, chunk
+        parts = [torch.split(c[order], counts.tolist()) for c in (self._index, *columns)]
+        for i, k in enumerate(keys.tolist()):
+            yield k // len(names), names[k % len(names)] or None, [p[i] for p in parts]
 
 
 def _concat(sets: Sequence[MaskSet]) -> MaskSet:
@@ -400,19 +406,24 @@ def _weight_unit_masks(model: nn.Module, units: MaskSet) -> dict[tuple[int, str]
     return out
 
 
-def _entries(model: nn.Module, units: MaskSet, outputs_only: bool = False) -> dict[tuple[int, str, str], Tensor]:
+def _check_units(model: nn.Module, layer: int, idx: Tensor, kind: str) -> None:
+    geo = geometry(model)
+    size = geo.n_neurons if kind == "neuron" else geo.n_heads
+    if layer >= geo.n_layers or int(idx.max()) >= size:
+        raise ConfigError(f"Unit {Unit(kind, layer, int(idx.max()))} is outside this model "
+                          f"({geo.n_layers} layers, {size} {kind}s per layer). "
+                          "Were the masks made for another model?")
+
+
+def _entries(model: nn.Module, units: MaskSet) -> dict[tuple[int, str, str], Tensor]:
     """Boolean ``[out, in]`` (weight) / ``[out]`` (bias) masks of every entry the units zero.
 
-    Keyed by (layer, block-relative module, "weight" | "bias"). ``outputs_only``: just the entries through
-    which a unit writes (the down projection's column, the o projection's columns), which is what dampening
-    scales: scaling those by ``a`` scales the unit's contribution by exactly ``a``.
+    Keyed by (layer, block-relative module, "weight" | "bias").
     """
     arch, geo, layers = architecture(model), geometry(model), blocks(model)
     masks: dict[tuple[int, str, str], Tensor] = {}
 
     def mark(layer: int, module: str, rows: Tensor | None = None, cols: Tensor | None = None) -> None:
-        if outputs_only and rows is not None:
-            return
         mod = layers[layer].get_submodule(module)
         shape = _shape(mod, arch)
         w = masks.setdefault((layer, module, "weight"), torch.zeros(shape, dtype=torch.bool))
@@ -424,14 +435,8 @@ def _entries(model: nn.Module, units: MaskSet, outputs_only: bool = False) -> di
                 bias = masks.setdefault((layer, module, "bias"), torch.zeros(shape[0], dtype=torch.bool))
                 bias[rows] = True
 
-    def check(layer: int, idx: Tensor, size: int, kind: str) -> None:
-        if layer >= geo.n_layers or int(idx.max()) >= size:
-            raise ConfigError(f"Unit {Unit(kind, layer, int(idx.max()))} is outside this model "
-                              f"({geo.n_layers} layers, {size} {kind}s per layer). "
-                              "Were the masks made for another model?")
-
     for layer, _, idx in units.of_kind("neuron")._groups():
-        check(layer, idx, geo.n_neurons, "neuron")
+        _check_units(model, layer, idx, "neuron")
         for name in (arch.gate, arch.up):
             if name:
                 mark(layer, name, rows=idx)
@@ -440,7 +445,7 @@ def _entries(model: nn.Module, units: MaskSet, outputs_only: bool = False) -> di
     hd, group = geo.head_dim, geo.n_heads // geo.n_kv_heads
     o_name = f"{arch.attn}.{arch.o}"
     for layer, _, heads in units.of_kind("head")._groups():
-        check(layer, heads, geo.n_heads, "head")
+        _check_units(model, layer, heads, "head")
         heads = torch.unique(heads)
         span = (heads[:, None] * hd + torch.arange(hd)).flatten()
         kv_heads = [g for g in range(geo.n_kv_heads)
@@ -461,6 +466,44 @@ def _entries(model: nn.Module, units: MaskSet, outputs_only: bool = False) -> di
         key = (layer, module, "weight")
         masks[key] = masks[key] | mask if key in masks else mask
     return masks
+
+
+def _output_gains(model: nn.Module, units: MaskSet, gains: Tensor) -> dict[tuple[int, str], tuple[Tensor, Tensor]]:
+    """Per matrix a unit writes through, the ``[out, in]`` mask of those entries and their factors (1 elsewhere).
+
+    A neuron writes through its down-projection column, a head through its o-projection columns, a weight unit
+    is its own entry: multiplying those by ``g`` multiplies the unit's contribution by exactly ``g``. Keyed by
+    (layer, block-relative module).
+    """
+    arch, geo, layers = architecture(model), geometry(model), blocks(model)
+    out: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
+
+    def matrix(layer: int, module: str) -> tuple[Tensor, Tensor]:
+        if (layer, module) not in out:
+            shape = _shape(layers[layer].get_submodule(module), arch)
+            out[layer, module] = torch.zeros(shape, dtype=torch.bool), torch.ones(shape, dtype=torch.float64)
+        return out[layer, module]
+
+    def of(kind: str) -> tuple[MaskSet, Tensor]:
+        return units.of_kind(kind), gains[units._kind == KINDS.index(kind)]
+
+    neurons, g_neurons = of("neuron")
+    for layer, _, (idx, g) in neurons._split(g_neurons):
+        _check_units(model, layer, idx, "neuron")
+        mask, factor = matrix(layer, arch.down)
+        mask[:, idx], factor[:, idx] = True, g
+    heads, g_heads = of("head")
+    for layer, _, (idx, g) in heads._split(g_heads):
+        _check_units(model, layer, idx, "head")
+        span = (idx[:, None] * geo.head_dim + torch.arange(geo.head_dim)).flatten()
+        mask, factor = matrix(layer, f"{arch.attn}.{arch.o}")
+        mask[:, span], factor[:, span] = True, g.repeat_interleave(geo.head_dim)
+    weights, g_weights = of("weight")
+    _weight_unit_masks(model, weights)  # refuses weights outside this model
+    for layer, module, (idx, g) in weights._split(g_weights):
+        mask, factor = matrix(layer, module)
+        mask.view(-1)[idx], factor.view(-1)[idx] = True, g
+    return out
 
 
 class Undo:
@@ -487,20 +530,37 @@ class Undo:
         self.undo()
 
 
-def check_scale(scale: float | None) -> None:
-    """A dampening factor must lie in [0, 1] (1 changes nothing; more would amplify)."""
+Scale = float | Tensor | None  # None: remove; a number: one gain for every unit; a tensor: one gain per unit
+
+
+def check_scale(scale: Scale, n_units: int | None = None) -> None:
+    """A gain must lie in [0, 1] (1 changes nothing; more would amplify); per-unit gains need one per unit."""
+    if isinstance(scale, Tensor):
+        if scale.dim() != 1 or (n_units is not None and scale.numel() != n_units):
+            raise ConfigError(f"Per-unit gains must be one number per unit ({n_units} units), got shape "
+                              f"{tuple(scale.shape)}.")
+        bad = ~(torch.isfinite(scale) & (scale >= 0) & (scale <= 1))
+        if bad.any():
+            raise ConfigError(f"The dampening factor (gain) of unit {int(bad.nonzero()[0, 0])} must lie in [0, 1], "
+                              f"got {float(scale[bad][0])}. A gain keeps that share of the unit's output.")
+        return
     if scale is not None and not (isinstance(scale, int | float) and 0 <= scale <= 1):
         raise ConfigError(f"The dampening factor must lie in [0, 1], got {scale!r}. Use 0 to silence a unit's "
                           "output, 0.3 to keep 30% of it; to remove units entirely use the zero intervention.")
 
 
-def apply_masks(model: nn.Module, units: Iterable[Unit], scale: float | None = None) -> Undo:
-    """Zero the units' entries in ``model`` in place (or dampen them by ``scale``) and return how to undo it.
+def _gains(units: MaskSet, scale: float | Tensor) -> Tensor:
+    return scale.double() if isinstance(scale, Tensor) else torch.full((len(units),), float(scale), dtype=torch.float64)
 
-    ``scale`` None removes each unit (below); a factor in [0, 1] instead multiplies only the entries through
-    which each unit writes (down-projection column, o-projection columns, the weight itself), as AurA
-    dampens: the unit's contribution is multiplied by ``scale``, and ``scale=0`` gives the same outputs as
-    removing it.
+
+def apply_masks(model: nn.Module, units: Iterable[Unit], scale: Scale = None) -> Undo:
+    """Zero the units' entries in ``model`` in place (or scale them by gains) and return how to undo it.
+
+    ``scale`` None removes each unit (below). A gain in [0, 1], one for all units or a tensor with one per unit
+    (in the order of ``units``), instead multiplies only the entries through which each unit writes
+    (down-projection column, o-projection columns, the weight itself), as AurA dampens: the unit's
+    contribution is multiplied by its gain, gain 0 gives the same outputs as removing it and gain 1 changes
+    no bit.
 
     - neuron j: row j (and bias j) of the gate and up projections, column j of
       the down projection; the neuron's activation is then exactly 0 whatever
@@ -518,21 +578,32 @@ def apply_masks(model: nn.Module, units: Iterable[Unit], scale: float | None = N
     The biases of the down and o projections are left alone: they belong to no
     single neuron or head.
     """
-    check_scale(scale)
+    units = _as_maskset(units)
+    check_scale(scale, len(units))
     arch, layers = architecture(model), blocks(model)
     saved = []
     with torch.no_grad():
-        for (layer, module, kind), mask in _entries(model, _as_maskset(units), scale is not None).items():
-            param = getattr(layers[layer].get_submodule(module), kind)
-            mask = (mask.T if arch.conv1d and kind == "weight" else mask).contiguous().to(param.device)
+        if scale is None:
+            for (layer, module, kind), mask in _entries(model, units).items():
+                param = getattr(layers[layer].get_submodule(module), kind)
+                mask = (mask.T if arch.conv1d and kind == "weight" else mask).contiguous().to(param.device)
+                saved.append((param, mask, param[mask].clone()))
+                param[mask] = 0
+            return Undo(saved)
+        for (layer, module), (mask, factor) in _output_gains(model, units, _gains(units, scale)).items():
+            param = layers[layer].get_submodule(module).weight
+            if arch.conv1d:
+                mask, factor = mask.T, factor.T
+            mask = mask.contiguous().to(param.device)
             original = param[mask].clone()
             saved.append((param, mask, original))
-            param[mask] = 0 if scale is None else original * scale
+            work = torch.float64 if param.dtype == torch.float64 else torch.float32  # a gain is not rounded to bf16
+            param[mask] = (original.to(work) * factor.to(param.device)[mask].to(work)).to(param.dtype)
     return Undo(saved)
 
 
 @contextmanager
-def masked(model: nn.Module, units: Iterable[Unit], scale: float | None = None) -> Iterator[nn.Module]:
+def masked(model: nn.Module, units: Iterable[Unit], scale: Scale = None) -> Iterator[nn.Module]:
     """Temporarily mask ``model`` in place; restored bit-identically on exit, also after errors."""
     undo = apply_masks(model, units, scale)
     try:
@@ -541,8 +612,10 @@ def masked(model: nn.Module, units: Iterable[Unit], scale: float | None = None) 
         undo.undo()
 
 
-def pruned_copy(model: nn.Module, units: Iterable[Unit], scale: float | None = None) -> nn.Module:
-    """A deep copy of ``model`` with the units masked (or dampened); ``model`` itself is never modified."""
+def pruned_copy(model: nn.Module, units: Iterable[Unit], scale: Scale = None) -> nn.Module:
+    """A deep copy of ``model`` with the units masked (or scaled by their gains); ``model`` is never modified.
+
+    Gains live in the copy's weights, so ``save_pretrained`` of the copy writes them folded in."""
     pruned = copy.deepcopy(model)
     apply_masks(pruned, units, scale)
     return pruned
@@ -583,27 +656,46 @@ def _key(layer: int, module: str, param: str) -> str:
     return f"layers.{layer}.{module}.{param}"
 
 
-def _unit_json(u: Unit) -> dict[str, Any]:
-    return {"id": str(u), "kind": u.kind, "layer": u.layer, "module": u.module, "index": u.index}
+def _unit_json(u: Unit, gain: float | None = None) -> dict[str, Any]:
+    out = {"id": str(u), "kind": u.kind, "layer": u.layer, "module": u.module, "index": u.index}
+    return out if gain is None else out | {"gain": gain}
+
+
+def intervention_info(scale: Scale) -> dict[str, Any]:
+    """How the units were changed, for masks.json and results.json."""
+    if scale is None:
+        return {"kind": "zero"}
+    if not isinstance(scale, Tensor):
+        return {"kind": "dampen", "scale": scale}
+    return {"kind": "gains", "n_units": scale.numel(),
+            "min_gain": float(scale.min()) if scale.numel() else 1.0,
+            "mean_gain": float(scale.double().mean()) if scale.numel() else 1.0}
 
 
 def save_masks(units: Iterable[Unit], path_json: str | os.PathLike[str],
                path_safetensors: str | os.PathLike[str], meta: dict[str, Any], *, model: nn.Module,
-               scale: float | None = None) -> None:
-    """Write ``masks.json`` (readable unit ids and the intervention) and the per-matrix boolean masks.
+               scale: Scale = None) -> None:
+    """Write ``masks.json`` (readable unit ids and the intervention) and the per-matrix masks or gains.
 
     The safetensors file holds, per touched parameter, the ``[out, in]`` (or bias)
     mask of every entry the units zero (or, with a dampening ``scale``, multiply by it), keyed like
     ``layers.3.mlp.down_proj.weight``,
-    so the masks can be applied without this package. The JSON lists units
+    so the masks can be applied without this package. With per-unit gains (a tensor ``scale``) each such
+    tensor is instead the float32 factor to multiply the weight by (1 where untouched), and every unit in the
+    JSON carries its ``gain``. The JSON lists units
     sorted by (kind, layer, module, index) with sorted keys and no timestamps:
     the same inputs give byte-identical files. Past ``WEIGHT_LIST_LIMIT`` weight
     units the JSON gives per-matrix counts and the units go into the safetensors
     as ``units.<key>``. Both writes are atomic.
     """
-    check_scale(scale)
     units = _as_maskset(units)
-    entries = _entries(model, units, scale is not None)
+    check_scale(scale, len(units))
+    if scale is None:
+        entries = _entries(model, units)
+    else:
+        gains = _output_gains(model, units, _gains(units, scale))
+        entries = {(layer, module, "weight"): factor.float() if isinstance(scale, Tensor) else mask
+                   for (layer, module), (mask, factor) in gains.items()}
     weight_masks = _weight_unit_masks(model, units)
     n_weights = sum(int(m.sum()) for m in weight_masks.values())
     listed = n_weights <= WEIGHT_LIST_LIMIT
@@ -612,6 +704,10 @@ def save_masks(units: Iterable[Unit], path_json: str | os.PathLike[str],
         readable += [Unit("weight", layer, i, module, m.shape[1])
                      for (layer, module), m in sorted(weight_masks.items())
                      for i in m.flatten().nonzero()[:, 0].tolist()]
+    if isinstance(scale, Tensor) and not listed:
+        raise ConfigError(f"Per-unit gains of {n_weights} weight units are more than masks.json lists "
+                          f"({WEIGHT_LIST_LIMIT}); use neuron or head units for gains.")
+    gain_of = dict(zip(units, scale.tolist(), strict=True)) if isinstance(scale, Tensor) else {}
     counts = {kind: sum(u.kind == kind for u in readable) for kind in ("neuron", "head")}
     counts["weight"] = n_weights
     counts = {kind: n for kind, n in counts.items() if n}
@@ -620,7 +716,7 @@ def save_masks(units: Iterable[Unit], path_json: str | os.PathLike[str],
         "model_type": model.config.model_type,
         "layout": "[out, in] (nn.Linear), also for Conv1D weights",
         "meta": meta,
-        "intervention": {"kind": "zero"} if scale is None else {"kind": "dampen", "scale": scale},
+        "intervention": intervention_info(scale),
         "counts": counts,
         "fractions": {kind: n / count_units(model, kind) for kind, n in counts.items()},
         "tensors": os.path.relpath(os.path.abspath(path_safetensors),
@@ -629,7 +725,7 @@ def save_masks(units: Iterable[Unit], path_json: str | os.PathLike[str],
         "weight_matrices": [{"key": _key(layer, module, "weight"), "layer": layer, "module": module,
                              "shape": list(m.shape), "count": int(m.sum())}
                             for (layer, module), m in sorted(weight_masks.items())],
-        "units": [_unit_json(u) for u in readable],
+        "units": [_unit_json(u, gain_of.get(u)) for u in readable],
     }
     try:
         text = json.dumps(doc, indent=2, sort_keys=True, allow_nan=False)
@@ -676,6 +772,25 @@ def load_masks(path_json: str | os.PathLike[str]) -> MaskSet:
         raise ResultsError(f"Mask file {path} is corrupt: it lists {got} units but declares {counts}. "
                            "Re-run to regenerate it.")
     return found
+
+
+def load_intervention(path_json: str | os.PathLike[str]) -> tuple[MaskSet, Scale]:
+    """The units of ``masks.json`` and how they were changed: ``(units, scale)`` as :func:`apply_masks` takes them
+    (None: removed; a number: one dampening factor; a tensor: each unit's gain, in the order of the units)."""
+    units = load_masks(path_json)
+    doc = json.loads(Path(path_json).read_text(encoding="utf-8"))
+    how = doc.get("intervention") or {"kind": "zero"}
+    try:
+        if how["kind"] == "zero":
+            return units, None
+        if how["kind"] == "dampen":
+            return units, float(how["scale"])
+        gains = torch.tensor([float(u["gain"]) for u in doc["units"]], dtype=torch.float64)
+        check_scale(gains, len(units))
+        return units, gains
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:
+        raise ResultsError(f"Mask file {path_json} has a corrupt intervention ({type(exc).__name__}: {exc}). "
+                           "Re-run to regenerate it.") from None
 
 
 def _load_weight_units(tensors: Path, doc: dict[str, Any], path: Path) -> MaskSet:

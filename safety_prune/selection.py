@@ -146,38 +146,53 @@ def validation_search(lm: LoadedModel, measure: Measure, scores: dict[str, torch
                       ks: Sequence[int], scales: Sequence[float | None], limits: Constraints,
                       perplexity_of: Callable[[torch.nn.Module], float] | None = None
                       ) -> tuple[tuple[int, float | None] | None, list[dict[str, Any]]]:
-    """The (k, scale) with the largest drop of the mean behaviour score on validation prompts that keeps
-    every ``limits``; ``measure`` generates and measures on validation data only.
+    """The (k, scale) of the top-k units with the largest drop of the mean behaviour score on validation
+    prompts that keeps every ``limits`` (see ``search_settings``)."""
+    candidates = [({"k": k, "scale": scale},
+                   lambda k=k, scale=scale: pruned_copy(lm.model, select(scores, kind, k=k), scale))
+                  for scale in scales for k in ks]
+    best, trail = search_settings(lm, measure, candidates, limits, perplexity_of)
+    return (None if best is None else (best["k"], best["scale"])), trail
+
+
+Candidate = tuple[dict[str, Any], Callable[[], torch.nn.Module]]  # (its setting, e.g. {"k", "scale"}; the edited copy)
+
+
+def search_settings(lm: LoadedModel, measure: Measure, candidates: Sequence[Candidate], limits: Constraints,
+                    perplexity_of: Callable[[torch.nn.Module], float] | None = None
+                    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The candidate setting with the largest drop of the mean behaviour score on validation prompts that keeps
+    every ``limits``; ``measure`` generates and measures on validation data only. Each setting holds at least
+    ``k`` (units changed) and ``scale`` (the report's columns).
 
     ``perplexity_of`` (the same validation perplexity that ``measure`` reports, alone): checked first, so a
     candidate already over the perplexity limit is not generated from. Generation is most of a candidate's
     cost, and such a candidate can never be chosen; its trail row says so (``generated: False``).
-    Returns the choice (None when no candidate keeps the limits) and the trail of every candidate.
+    Returns the chosen setting (None when no candidate keeps the limits) and the trail of every candidate.
     """
     base = measure(lm.model)
     trail: list[dict[str, Any]] = [{"k": 0, "scale": None, **base, "violations": [], "reduction": 0.0,
                                     "generated": True}]
-    best: tuple[int, float | None] | None = None
+    best: dict[str, Any] | None = None
     best_gain = -math.inf
-    for scale in scales:
-        for k in ks:
-            model = pruned_copy(lm.model, select(scores, kind, k=k), scale)
-            ppl = perplexity_of(model) if perplexity_of else None
-            if ppl is not None and ppl > base["perplexity"] * (1 + limits.ppl_rise):
-                bad = [f"perplexity +{100 * (ppl / base['perplexity'] - 1):.1f}%"]
-                trail.append({"k": k, "scale": scale, "perplexity": ppl, **dict.fromkeys(_UNMEASURED),
-                              "violations": bad, "reduction": None, "generated": False})
-                log.info("validation search: k=%d scale=%s %s: not generated", k, scale, bad[0])
-                continue
-            got = measure(model)
-            del model
-            bad = limits.violations(base, got)
-            gain = 1 - got["behaviour_mean"] / base["behaviour_mean"] if base["behaviour_mean"] > 0 else 0.0
-            trail.append({"k": k, "scale": scale, **got, "violations": bad, "reduction": gain, "generated": True})
-            log.info("validation search: k=%d scale=%s mean %.4f (%+.1f%%) %s", k, scale, got["behaviour_mean"],
-                     -100 * gain, "; ".join(bad) or "within limits")
-            if not bad and gain > best_gain:
-                best, best_gain = (k, scale), gain
+    for setting, build in candidates:
+        model = build()
+        ppl = perplexity_of(model) if perplexity_of else None
+        if ppl is not None and ppl > base["perplexity"] * (1 + limits.ppl_rise):
+            bad = [f"perplexity +{100 * (ppl / base['perplexity'] - 1):.1f}%"]
+            trail.append({**setting, "perplexity": ppl, **dict.fromkeys(_UNMEASURED),
+                          "violations": bad, "reduction": None, "generated": False})
+            log.info("validation search: %s %s: not generated", setting, bad[0])
+            continue
+        got = measure(model)
+        del model
+        bad = limits.violations(base, got)
+        gain = 1 - got["behaviour_mean"] / base["behaviour_mean"] if base["behaviour_mean"] > 0 else 0.0
+        trail.append({**setting, **got, "violations": bad, "reduction": gain, "generated": True})
+        log.info("validation search: %s mean %.4f (%+.1f%%) %s", setting, got["behaviour_mean"],
+                 -100 * gain, "; ".join(bad) or "within limits")
+        if not bad and gain > best_gain:
+            best, best_gain = setting, gain
     return best, trail
 
 

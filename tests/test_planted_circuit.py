@@ -191,14 +191,17 @@ def _contrast(model: torch.nn.Module, tok: PreTrainedTokenizerFast) -> Contrast:
     return Contrast(model, ContrastSets(general, benign, undesired, {}), batch_size=4)
 
 
-@pytest.mark.parametrize("method", ["lrp", "aura"])
+@pytest.mark.parametrize("method", ["lrp", "aura", "aura-topk"])
 def test_rankings_put_the_planted_neuron_first(method: str) -> None:
     tok = word_tokenizer()
     model = planted_model(tok)
     scores = RANKINGS[method].rank(_contrast(model, tok), ("neuron", "head"))["neuron"]
     order = scores.flatten().argsort()
-    assert divmod(int(order[0]), scores.shape[1]) == (LAYER, NEURON)
-    assert scores.flatten()[order[0]] < scores.flatten()[order[1]]  # first alone, not tied
+    if method == "lrp":
+        assert divmod(int(order[0]), scores.shape[1]) == (LAYER, NEURON)
+        assert scores.flatten()[order[0]] < scores.flatten()[order[1]]  # first alone, not tied
+    else:  # AurA pools over the positions that produce the explained token (here the trigger alone), where
+        assert scores[LAYER, NEURON] == scores.min() == -0.5  # others can separate perfectly too: AUROC 1, tied
 
 
 def test_explanations_score_specificity_and_name_special_tokens() -> None:
@@ -236,9 +239,10 @@ def test_correct_removes_the_planted_neuron(planted: tuple[str, PreTrainedTokeni
     assert res["baseline"]["behaviour_rate"] == pytest.approx(0.5)  # every trigger prompt, no other
     rows = {row["method"]: row for row in res["comparison"]}
     assert rows["random"]["behaviour_rate"] == pytest.approx(0.5)
-    for method in ("lrp", "aura"):
+    for method in ("lrp", "aura-topk"):
         assert rows[method]["k"] == k and rows[method]["behaviour_rate"] == 0.0
         assert rows[method]["paired_vs_random"]["ci_high"] < 0
+    assert rows["aura"]["behaviour_rate"] == 0.0  # AurA's own gains: the planted neuron's AUROC is 1, its gain 0
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     trigger_prompts = [p for p in _prompts(2, 16) if p.endswith(TRIGGER)]
     before = _toxic_probability(model, tok, trigger_prompts)

@@ -473,3 +473,75 @@ def test_masks_json_records_the_intervention(tmp_path):
     doc = json.loads((tmp_path / "m.json").read_text())
     assert doc["intervention"] == {"kind": "dampen", "scale": 0.3}
     assert set(load_file(tmp_path / "m.safetensors")) == {f"layers.0.{architecture(model).down}.weight"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_per_unit_gains_zero_and_one_equal_zeroing_and_no_change(family):
+    """Per-unit gains: all 0 gives the removed units' logits bit for bit, all 1 changes no bit of anything."""
+    model = tiny_model(family)
+    units = MaskSet([Unit("neuron", 0, 3), Unit("neuron", 1, 10), Unit("head", 1, 0), Unit("head", 0, 2)])
+    before = bits(model)
+    with torch.no_grad():
+        plain = model(IDS).logits
+        with masked(model, units):
+            zeroed = model(IDS).logits
+        with masked(model, units, scale=torch.zeros(len(units))):
+            gain0 = model(IDS).logits
+        with masked(model, units, scale=torch.ones(len(units))):
+            assert same_bits(bits(model), before)
+            gain1 = model(IDS).logits
+    assert torch.equal(gain0, zeroed) and torch.equal(gain1, plain)
+    assert same_bits(bits(model), before)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_per_unit_gains_scale_each_unit_by_its_own_gain(family):
+    """Each unit's output entries are multiplied by its own gain: the same weights as dampening each unit alone
+    by its factor, and untouched entries keep their bits."""
+    model = tiny_model(family)
+    units = [Unit("neuron", 0, 3), Unit("head", 1, 2), Unit("neuron", 1, 5), Unit("weight", 0, 7, "mlp.down_proj"
+                                                                                  if family == "llama" else "mlp.c_fc")]
+    gains = torch.tensor([0.25, 0.5, 0.75, 0.1])
+    before = bits(model)
+    with masked(model, units, scale=gains):
+        together = bits(model)
+    one_by_one = [masked(model, [u], scale=float(g)) for u, g in zip(units, gains, strict=True)]
+    for ctx in one_by_one:
+        ctx.__enter__()
+    alone = bits(model)
+    for ctx in reversed(one_by_one):
+        ctx.__exit__(None, None, None)
+    assert same_bits(together, alone) and not same_bits(together, before)
+    assert same_bits(bits(model), before)
+
+
+def test_per_unit_gains_are_checked():
+    model = tiny_model("llama")
+    with pytest.raises(ConfigError, match="gain"):
+        apply_masks(model, [Unit("neuron", 0, 1), Unit("neuron", 0, 2)], scale=torch.tensor([0.5, 1.5]))
+    with pytest.raises(ConfigError, match="one number per unit"):
+        apply_masks(model, [Unit("neuron", 0, 1)], scale=torch.tensor([0.5, 0.5]))
+
+
+def test_masks_json_records_per_unit_gains_and_reloads(tmp_path):
+    """masks.json lists each unit's gain, the safetensors hold the factor to multiply each weight by, and
+    load_intervention gives back what apply_masks took (same weights, bit for bit)."""
+    from safety_prune.pruning import load_intervention
+
+    model = tiny_model("llama")
+    arch = architecture(model)
+    units = MaskSet([Unit("neuron", 1, 4), Unit("neuron", 0, 2), Unit("head", 0, 1)])
+    gains = torch.tensor([0.5, 0.25, 0.75], dtype=torch.float64)
+    save_masks(units, tmp_path / "m.json", tmp_path / "m.safetensors", {}, model=model, scale=gains)
+    doc = json.loads((tmp_path / "m.json").read_text())
+    assert doc["intervention"] == {"kind": "gains", "n_units": 3, "min_gain": 0.25, "mean_gain": 0.5}
+    assert {u["id"]: u["gain"] for u in doc["units"]} == {str(u): float(g) for u, g in zip(units, gains, strict=True)}
+    factors = load_file(tmp_path / "m.safetensors")
+    down = factors[f"layers.0.{arch.down}.weight"]
+    assert down.dtype == torch.float32 and torch.all(down[:, 2] == 0.25)
+    assert torch.all(down[:, :2] == 1) and torch.all(down[:, 3:] == 1)
+    loaded_units, loaded_gains = load_intervention(tmp_path / "m.json")
+    with masked(model, units, scale=gains):
+        direct = bits(model)
+    with masked(model, loaded_units, scale=loaded_gains):
+        assert same_bits(bits(model), direct)

@@ -20,9 +20,11 @@ from ..errors import ConfigError, SaveRefused
 from ..evaluation import paired_bootstrap_diff, perplexity
 from ..evaluation.behaviour import Generations, evaluate
 from ..explain import heatmap
+from ..interventions import STRENGTHS, THRESHOLDS, Edit, gains_edit, proportional, random_like
 from ..io import write_json
+from ..methods import FIXED_GAINS
 from ..models import LoadedModel
-from ..pruning import MaskSet, count_units, fraction, pruned_copy, save_masks, select
+from ..pruning import MaskSet, count_units, fraction, intervention_info, save_masks, select
 from ..render import render_report
 from ..results import circuit_info, flat_metrics, probe_info
 from ..run import Staging, staged
@@ -33,6 +35,7 @@ from ..selection import (
     check_unit_counts,
     damage_screen,
     eligible_units,
+    search_settings,
     stability,
     validation_search,
     validation_text,
@@ -68,9 +71,10 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
     check_unit_counts(lm.model, opt.unit, opt.exclude_layers, {
         "--k": [opt.k] if opt.k is not None else [], "--sweep": opt.sweep, "--search-k": opt.search_k,
         f"--sparsity {opt.sparsity} (as a count)": [max(1, round(opt.sparsity * total))] if opt.sparsity else []})
-    if opt.k is None and opt.sparsity is None and not suite.validation_prompts():
+    if _searches(opt) and not suite.validation_prompts():
         raise ConfigError(f"Probe suite {suite.name!r} has no validation prompts (split.validation_fraction is 0), "
-                          "so k cannot be chosen on held-out data. Give --k or --sparsity, or set "
+                          "so k (or the strength) cannot be chosen on held-out data. Give --k or --sparsity (one "
+                          "--strength and one --threshold with --intervention proportional), or set "
                           "split.validation_fraction in the suite.")
     kinds = (opt.unit,) if opt.unit == "weight" else ("neuron", "head")
     preflight_attribution(lm, suite, opt, kinds)
@@ -79,15 +83,15 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
     with staged(out) as staging:
         cache = generation_cache(out, staging)
         base = measure_baseline(lm, suite, scorer, opt.limit, opt.seed, cache, secondary)
-        refs = build_references(lm, suite, scorer, opt, cache, out)
+        refs = build_references(lm, suite, scorer, opt, cache, out, opt.pooling)
         c = refs.contrast
         methods = opt.methods()
         primary = methods[0]
         # random first: every other method is paired against it
         ranked = {m: rank(c, m, opt.unit, kinds, suite.contrast.guard, opt.exclude_layers)
                   for m in ["random", *[m for m in methods if m != "random"]]}
-        (k, scale), selection, ranked[primary].scores = _choose(lm, suite, scorer, ranked[primary].scores, opt)
-        rows, chosen = _compare_all(lm, suite, scorer, base, ranked, k, scale, primary, opt, secondary)
+        setting, selection, ranked[primary].scores = _choose(lm, suite, scorer, ranked[primary], opt)
+        rows, comparison, chosen = _compare_all(lm, suite, scorer, base, ranked, setting, primary, opt, secondary)
         selection["stability"] = stability(ranked[primary].relevance, chosen.units, opt.unit, suite.contrast.combine,
                                            suite.contrast.guard, opt.exclude_layers, opt.stability, opt.seed)
         write_generations(staging, "samples.jsonl", (base.generations, "baseline"),
@@ -99,7 +103,9 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
         if rel:
             save_relevance(staging.path("relevance.safetensors"), rel, diff)
         save_masks(chosen.units, staging.path("masks.json"), staging.path("masks.safetensors"),
-                   {"method": primary, "unit": opt.unit, "k": k, "seed": opt.seed}, model=lm.model, scale=scale)
+                   {"method": primary, "unit": opt.unit, "k": len(chosen.units), "seed": opt.seed,
+                    **({"setting": chosen.edit.setting} if chosen.edit.setting else {})},
+                   model=lm.model, scale=chosen.edit.scale)
         circuit = circuit_summary(diff, opt.top_k) if opt.unit != "weight" else {}
         write_json(staging.path("circuit.json"), circuit)
         removed = []
@@ -114,10 +120,10 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
             "baseline": flat_metrics(base.metrics),
             "corrected": corrected,
             "pruned": {"unit": opt.unit, "count": len(chosen.units), "fraction": fraction(lm.model, chosen.units),
-                       "intervention": intervention(scale), "units": [str(u) for u in chosen.units][:200]},
+                       "intervention": chosen.edit.info(), "units": [str(u) for u in chosen.units][:200]},
             "selection": selection,
             "contrast": contrast_info(suite, c, ranked[primary]),
-            "comparison": [r for r in rows if r["k"] == k],
+            "comparison": comparison,
             "tradeoff": rows,
             "release": release_verdict(base.metrics, corrected, selection, opt),
             "circuit": circuit_info(circuit, primary, len(c.sets.undesired), len(c.sets.general),
@@ -141,10 +147,6 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
     return results
 
 
-def intervention(scale: float | None) -> dict[str, Any]:
-    return {"kind": "zero"} if scale is None else {"kind": "dampen", "scale": scale}
-
-
 def release_verdict(base: dict[str, Any], corrected: dict[str, Any], selection: dict[str, Any],
                     opt: CorrectOptions) -> dict[str, Any]:
     """Whether the corrected model may be handed out: it keeps the limits on held-out data and lowers the
@@ -164,21 +166,43 @@ def release_verdict(base: dict[str, Any], corrected: dict[str, Any], selection: 
                        "continuation_ppl_rise": opt.max_continuation_ppl_rise}}
 
 
-def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, scores: dict[str, torch.Tensor],
-            opt: CorrectOptions) -> tuple[tuple[int, float | None], dict[str, Any], dict[str, torch.Tensor]]:
-    """The k rule: given, from a sparsity, or the search on validation prompts and validation text (after the
-    optional damage screen, which reorders ``scores``: returned as the third item)."""
+def _searches(opt: CorrectOptions) -> bool:
+    """Whether the setting is chosen on validation data (not given, and not fixed by the method)."""
+    if opt.method in FIXED_GAINS:
+        return False
+    if opt.intervention == "proportional":
+        return len(opt.strength or STRENGTHS) * len(opt.threshold or THRESHOLDS) > 1
+    return opt.k is None and opt.sparsity is None
+
+
+def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, ranked: Ranked, opt: CorrectOptions
+            ) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
+    """The primary method's setting: ``{"k", "scale"}`` (top k), ``{"strength", "threshold"}`` (proportional
+    gains) or ``{}`` (a method with its own gains); given, from a sparsity, or the search on validation prompts
+    and validation text (after the optional damage screen, which reorders the scores: returned as the third
+    item)."""
+    scores = ranked.scores
     selection: dict[str, Any] = {"unit": opt.unit, "exclude_layers": list(opt.exclude_layers),
                                  "guard": {"share": suite.contrast.guard, "by": "|relevance on general text|"}}
     scale = opt.dampen[0] if opt.dampen else None
     total = count_units(lm.model, opt.unit)
+    if ranked.gains is not None:
+        edit = _edit(ranked, {}, opt)
+        selection |= {"rule": "fixed", "k": len(edit.units), "intervention": edit.info(),
+                      "guard": {"share": 0.0, "by": "none: the method's own gains, as published"}}
+        return {}, selection, scores
+    grid = [{"strength": s, "threshold": t} for t in (opt.threshold or THRESHOLDS) for s in (opt.strength or STRENGTHS)]
+    if opt.intervention == "proportional" and not _searches(opt):
+        edit = _edit(ranked, grid[0], opt)
+        selection |= {"rule": "given", "k": len(edit.units), "intervention": edit.info()}
+        return grid[0], selection, scores
     if opt.k is not None:
-        selection |= {"rule": "k", "k": opt.k, "intervention": intervention(scale)}
-        return (opt.k, scale), selection, scores
+        selection |= {"rule": "k", "k": opt.k, "intervention": intervention_info(scale)}
+        return {"k": opt.k, "scale": scale}, selection, scores
     if opt.sparsity is not None:
         k = max(1, round(opt.sparsity * total))
-        selection |= {"rule": "sparsity", "k": k, "intervention": intervention(scale)}
-        return (k, scale), selection, scores
+        selection |= {"rule": "sparsity", "k": k, "intervention": intervention_info(scale)}
+        return {"k": k, "scale": scale}, selection, scores
     text = SearchText(suite.general_validation(), suite.perplexity.max_length)
     if opt.screen and opt.unit != "weight":
         scores, selection["screen"] = damage_screen(lm, text, scores, opt.unit, n=opt.screen,
@@ -198,61 +222,103 @@ def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, scores: dict[str
         return perplexity(model, lm.tokenizer, val_text, max_length=p.max_length, stride=p.stride,
                           device=model.device).perplexity
 
-    eligible = eligible_units(lm.model, opt.unit, opt.exclude_layers)
-    ks = list(opt.search_k) or [k for k in SEARCH_K[opt.unit] if k <= eligible // 2] or [1]
     limits = Constraints(opt.ppl_budget, opt.max_distinct2_drop, opt.max_continuation_ppl_rise)
-    best, trail = validation_search(lm, measure, scores, opt.unit, ks, [None, *opt.dampen], limits, perplexity_of)
+    if opt.intervention == "proportional":
+        ranked = replace(ranked, scores=scores)  # as screened
+        edits = [(g, _edit(ranked, g, opt)) for g in grid]
+        # the report's columns: k = units dampened, scale = the most dampened unit's gain
+        candidates = [({"k": len(e.units), "scale": 1 - g["strength"], **g}, lambda e=e: e.apply(lm.model))
+                      for g, e in edits]
+        best, trail = search_settings(lm, measure, candidates, limits, perplexity_of)
+        setting = ({"strength": best["strength"], "threshold": best["threshold"]} if best else
+                   min(grid, key=lambda g: (g["strength"], -g["threshold"])))  # the mildest, as k falls back to min(ks)
+        edit = _edit(ranked, setting, opt)
+        k, how = len(edit.units), edit.info()
+    else:
+        eligible = eligible_units(lm.model, opt.unit, opt.exclude_layers)
+        ks = list(opt.search_k) or [k for k in SEARCH_K[opt.unit] if k <= eligible // 2] or [1]
+        found, trail = validation_search(lm, measure, scores, opt.unit, ks, [None, *opt.dampen], limits,
+                                         perplexity_of)
+        best = None if found is None else {"k": found[0], "scale": found[1]}
+        setting = best or {"k": min(ks), "scale": None}
+        k, how = setting["k"], intervention_info(setting["scale"])
     feasible = best is not None
-    k, scale = best if best is not None else (min(ks), None)
-    selection |= {"rule": "validation", "k": k, "intervention": intervention(scale), "feasible": feasible,
+    selection |= {"rule": "validation", "k": k, "intervention": how, "feasible": feasible,
                   "search": trail, "split": {"prompts": "validation prompts", "n_prompts": len(prompts),
                                              "text": "general validation", "n_tokens": opt.search_tokens},
                   "limits": {"ppl_rise": limits.ppl_rise, "distinct2_drop": limits.distinct2_drop,
                              "continuation_ppl_rise": limits.continuation_ppl_rise},
                   "objective": "largest relative drop of the mean behaviour score on the validation prompts"}
-    return (k, scale), selection, scores
+    return setting, selection, scores
 
 
 @dataclass
 class Corrected:
-    """The primary method's pruned copy at the chosen k, with its held-out row and continuations."""
+    """The primary method's edited copy at the chosen setting, with its held-out row and continuations."""
 
-    units: MaskSet
+    edit: Edit
     row: dict[str, Any]
     model: torch.nn.Module
     generations: Generations
 
+    @property
+    def units(self) -> MaskSet:
+        return self.edit.units
+
+
+def _edit(r: Ranked, setting: dict[str, Any], opt: CorrectOptions) -> Edit:
+    """A method's change at ``setting``: its own gains (AurA), proportional gains, or its top k."""
+    if r.gains is not None:
+        return gains_edit(opt.unit, r.gains[opt.unit], {"kind": "aura", "pooling": opt.pooling})
+    if "strength" in setting:
+        return gains_edit(opt.unit, proportional(r.scores, opt.unit, setting["strength"], setting["threshold"]),
+                          {"kind": "proportional", "strength": setting["strength"], "threshold": setting["threshold"]})
+    return Edit(select(r.scores, opt.unit, k=setting["k"]), setting["scale"])
+
 
 def _compare_all(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, base: Baseline, ranked: dict[str, Ranked],
-                 k: int, scale: float | None, primary: str, opt: CorrectOptions,
-                 secondary: dict[str, Scorer] | None = None) -> tuple[list[dict[str, Any]], Corrected]:
-    """Every method at k (and the sweep), measured on the held-out eval prompts and test text (and by each
-    ``secondary`` scorer on the same continuations)."""
+                 setting: dict[str, Any], primary: str, opt: CorrectOptions,
+                 secondary: dict[str, Scorer] | None = None
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Corrected]:
+    """Every method at the chosen setting (top k: also at each --sweep k; a method with its own gains once),
+    measured on the held-out eval prompts and test text (and by each ``secondary`` scorer on the same
+    continuations). Returns every row, the rows at the chosen setting, and the primary's.
+
+    The random control gets the primary's change on randomly ranked units (top k: k random units; gains: the
+    same gains); a row is paired against it when the budgets match (as many units, the same gains)."""
     baseline_tox = base.generations.per_prompt_mean()
+    settings = [setting | {"k": kk} for kk in sorted({setting["k"], *opt.sweep})] if "k" in setting else [setting]
+    at = settings.index(setting)
+    controls = [random_like(_edit(ranked[primary], st, opt), ranked["random"].scores, opt.unit) for st in settings]
+    control_tox: dict[int, list[float]] = {}
     rows: list[dict[str, Any]] = []
-    random_tox: dict[int, list[float]] = {}
+    comparison: list[dict[str, Any]] = []
     chosen: Corrected | None = None
-    for method, r in ranked.items():
-        for kk in sorted({k, *opt.sweep}):
-            units = select(r.scores, opt.unit, k=kk)
-            model = pruned_copy(lm.model, units, scale)
+    for method, r in ranked.items():  # random first
+        for i, st in enumerate(settings):
+            if r.gains is not None and i:  # its own gains: one row
+                continue
+            edit = controls[i] if method == "random" else _edit(r, st, opt)
+            model = edit.apply(lm.model)
             pruned = replace(lm, model=model)
             metrics, res = evaluate(pruned, lm, suite, scorer, base.prompts, base.test_text, opt.seed,
                                     secondary=secondary)
             tox = res.per_prompt_mean()
-            row = {"method": method, "k": len(units), "intervention": intervention(scale),
+            row = {"method": method, "k": len(edit.units), "intervention": edit.info(),
                    **{key: v for key, v in flat_metrics(metrics).items() if key != "details"},
                    "paired_vs_baseline": paired_bootstrap_diff(baseline_tox, tox, seed=opt.seed)}
             if method == "random":
-                random_tox[kk] = tox
-            else:
-                row["paired_vs_random"] = paired_bootstrap_diff(random_tox[kk], tox, seed=opt.seed)
-            row["fraction"] = fraction(lm.model, units)
+                control_tox[i] = tox
+            elif edit.matches(controls[i]):
+                row["paired_vs_random"] = paired_bootstrap_diff(control_tox[i], tox, seed=opt.seed)
+            row["fraction"] = fraction(lm.model, edit.units)
             rows.append(row)
-            if method == primary and kk == k:
-                chosen = Corrected(units, row, model, res)
-    assert chosen is not None  # the primary method is always compared at k
-    return rows, chosen
+            if i == at or r.gains is not None:
+                comparison.append(row)
+            if method == primary and i == at:
+                chosen = Corrected(edit, row, model, res)
+    assert chosen is not None  # the primary method is always compared at its setting
+    return rows, comparison, chosen
 
 
 def model_card(results: dict[str, Any]) -> str:
@@ -317,7 +383,7 @@ def model_card(results: dict[str, Any]) -> str:
             f"`{facts['run_id']}`; the run directory's report.html has the full audit trail): "
             f"{p['count']} {p['unit']} units ({100 * p['fraction']:.3f}%) with the most negative differential "
             f"relevance (method `{results['method']}`, R_diff = R_general - R_undesired) were "
-            f"{'dampened' if (p.get('intervention') or {}).get('kind') == 'dampen' else 'set to zero'}. "
+            f"{'set to zero' if (p.get('intervention') or {}).get('kind') == 'zero' else 'dampened'}. "
             f"Selection rule: {results['selection']['rule']}.\n\n{sums_text}"
             f"Held-out measurements on {n_prompts} prompts (95% bootstrap CI; a rate also as the count of flagged "
             f"continuations), scorer `{results['scorer']['name']}`:\n\n"

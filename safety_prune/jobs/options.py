@@ -14,7 +14,20 @@ from dataclasses import MISSING, dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from ..methods import CIRCUIT_METHODS, COMPARED, COMPRESS_METHODS, RANKING_KINDS, UNIT_KINDS, check_ranking
+from ..methods import (
+    CIRCUIT_METHODS,
+    COMPARED,
+    COMPRESS_METHODS,
+    FIXED_GAINS,
+    INTERVENTIONS,
+    POOLINGS,
+    RANKING_KINDS,
+    SCORELESS,
+    UNIT_KINDS,
+    check_ranking,
+    check_strengths,
+    check_thresholds,
+)
 
 MAX_SEED = 2**32 - 1
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
@@ -70,6 +83,9 @@ class RunOptions:
     device: str = option("cpu", "cpu or cuda[:N]")
     dtype: str | None = option(None, "model dtype", choices=("float32", "bfloat16", "float16", "float64"))
     batch_size: int = option(8, "attribution batch size")
+    generation_batch: str = option(
+        "auto", "rows per generation and perplexity batch: a number, or auto (the probe suite's batch on CPU; on "
+        "a GPU as many as half its free memory holds)", metavar="N|auto")
     trust_remote_code: bool = option(False, "allow a model's own Python code to run")
     allow_pickle: bool = option(False, "allow .bin/.pt weights (loaded with torch.load(weights_only=True))")
     device_map: str | None = option(
@@ -85,6 +101,10 @@ class RunOptions:
             raise ConfigError(f"--device {self.device!r} is not supported. Use cpu, cuda or cuda:N.")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}.")
+        if str(self.generation_batch) != "auto" and not (str(self.generation_batch).isdigit()
+                                                         and int(self.generation_batch) >= 1):
+            raise ConfigError(f"--generation-batch {self.generation_batch!r} must be auto or a whole number of "
+                              "rows >= 1, e.g. 64.")
 
 
 @dataclass
@@ -169,6 +189,18 @@ class CorrectOptions(BehaviourOptions):
     screen_tokens: int = option(1024, "validation tokens per damage-screen probe")
     exclude_layers: tuple[int, ...] = option((), "comma-separated layers whose units are never pruned",
                                              parse=int_list)
+    intervention: str = option(
+        "zero", "zero: remove the top k units (or --dampen them); proportional: dampen every unit past --threshold "
+        "by its own gain 1 - s * (its score / the top score), the strength s chosen on validation data",
+        choices=INTERVENTIONS)
+    strength: tuple[float, ...] = option(
+        (), "--intervention proportional: strengths s in [0, 1] to try (default 0.25,0.5,0.75,1; one strength "
+        "and one --threshold skip the validation search)", parse=float_list)
+    threshold: tuple[float, ...] = option(
+        (), "--intervention proportional: thresholds in [0, 1) on the normalised score to try (default 0,0.1)",
+        parse=float_list)
+    pooling: str = option("max", "how aura and aura-topk pool a neuron's activations over a continuation: max (as "
+                          "published) or mean", choices=POOLINGS)
 
     def validate(self) -> None:
         super().validate()
@@ -194,12 +226,40 @@ class CorrectOptions(BehaviourOptions):
                               "output (0 silences it; 1 or more would change nothing or amplify).")
         if self.stability < 0:
             raise ConfigError(f"--stability must be 0 (off) or a number of resamples, got {self.stability}.")
+        self._validate_intervention()
         for flag, value in (("--search-tokens", self.search_tokens), ("--screen-tokens", self.screen_tokens)):
             check_positive(value, flag, "a positive integer")
         if self.screen < 0:
             raise ConfigError(f"--screen must be 0 (off) or a positive number of candidates, got {self.screen}.")
         if not (math.isfinite(self.screen_max) and self.screen_max >= 0):
             raise ConfigError(f"--screen-max must be a finite relative perplexity rise >= 0, got {self.screen_max}.")
+
+    def _validate_intervention(self) -> None:
+        """--intervention, --strength, --threshold and --pooling, and which rule options go with them."""
+        check_choices(("--intervention", self.intervention, INTERVENTIONS), ("--pooling", self.pooling, POOLINGS))
+        check_strengths(self.strength)
+        check_thresholds(self.threshold)
+        top_k = [flag for flag, given in (("--k", self.k is not None), ("--sparsity", self.sparsity is not None),
+                                          ("--search-k", bool(self.search_k)), ("--dampen", bool(self.dampen)),
+                                          ("--sweep", bool(self.sweep))) if given]
+        if self.method in FIXED_GAINS and (top_k or self.intervention != "zero"):
+            raise ConfigError(f"--method {self.method} sets its own gain for every neuron (1 - 2 (AUROC - 0.5)), so "
+                              f"there is nothing to choose: drop {(top_k or ['--intervention'])[0]}, or use "
+                              f"--method {self.method}-topk for the top-k form.")
+        if self.intervention == "proportional":
+            if self.method in SCORELESS:
+                raise ConfigError(f"--intervention proportional needs a method with scores, and --method "
+                                  f"{self.method} has none (it is the control). Use --method lrp (or another "
+                                  "ranking method), or --intervention zero.")
+            if self.unit == "weight":
+                raise ConfigError("--intervention proportional applies to neuron and head units; use --unit neuron "
+                                  "or --unit head, or --intervention zero for weights.")
+            if top_k:
+                raise ConfigError(f"{top_k[0]} chooses the top-k units of --intervention zero; with --intervention "
+                                  "proportional give --strength and --threshold instead.")
+        elif self.strength or self.threshold:
+            raise ConfigError(f"{'--strength' if self.strength else '--threshold'} applies to --intervention "
+                              "proportional; add --intervention proportional, or drop it.")
 
     def methods(self) -> list[str]:
         """The compared methods, the primary first; "all" leaves out those that cannot rank this unit kind."""

@@ -109,9 +109,10 @@ def reference_generation(suite: ProbeSuite) -> GenerationSpec:
 
 
 def build_references(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, opt: BehaviourOptions,
-                     cache: GenerationCache, out: Path) -> References:
+                     cache: GenerationCache, out: Path, pooling: str = "max") -> References:
     """Continue the reference prompts, then build the general, benign and undesired sets that attribution
-    explains (``contrast.build_sets``); only reference prompts and the general reference part are read."""
+    explains (``contrast.build_sets``); only reference prompts and the general reference part are read.
+    ``pooling``: how AurA pools activations over a continuation."""
     spec = suite.reference
     prompts = suite.undesired_reference()[: spec.max_prompts]
     ref = generate_and_score(lm, suite, scorer, limited(prompts, opt.limit), opt.seed, "reference", cache,
@@ -126,7 +127,7 @@ def build_references(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, opt: Be
         sets.info["foil"] = "logit(flagged token) - logit(the model's most likely other token at that position)"
     contrast = Contrast(lm.model, sets, suite.contrast.combine, pad_token_id=lm.tokenizer.pad_token_id or 0,
                         batch_size=opt.batch_size, seed=opt.seed,
-                        gradient_checkpointing=opt.gradient_checkpointing, checkpoint_dir=out)
+                        gradient_checkpointing=opt.gradient_checkpointing, checkpoint_dir=out, pooling=pooling)
     return References(ref, contrast)
 
 
@@ -146,22 +147,29 @@ def explain_units(lm: LoadedModel, top_units: list[dict[str, Any]], sets: dict[s
 
 @dataclass
 class Ranked:
-    """One method's guarded ranking (lowest first) and what backs it."""
+    """One method's guarded ranking (lowest first) and what backs it; ``gains``: the dense per-unit gains of a
+    method that sets its own (AurA), 1 in excluded layers."""
 
     scores: dict[str, Tensor]
     relevance: dict[str, Relevance] | None
     guarded_per_layer: dict[str, list[int]]
+    gains: dict[str, Tensor] | None = None
 
 
 def rank(c: Contrast, method: str, kind: str, kinds: tuple[str, ...], guard_share: float,
          exclude: Sequence[int] = ()) -> Ranked:
     """``method``'s contrast ranking with the general-relevance guard (from its own relevance; the random
-    baseline has none) and the excluded layers ranked last."""
+    baseline has none) and the excluded layers ranked last. A method's own gains are not guarded (AurA as
+    published dampens every neuron above AUROC 0.5), but excluded layers keep gain 1."""
     r = ranking(method, kind)
     raw = r.rank(c, kinds)
     rel = c.computed(r.relevance) if r.relevance else None
     scores, per_layer = guard(raw, rel["general"].scores if rel else None, guard_share)
-    return Ranked(exclude_layers(scores, kind, exclude), rel, per_layer)
+    gains = None
+    if r.gains is not None:
+        gains = {key: g.clone() for key, g in r.gains(c).items()}
+        gains[kind][list(exclude)] = 1.0
+    return Ranked(exclude_layers(scores, kind, exclude), rel, per_layer, gains)
 
 
 def contrast_info(suite: ProbeSuite, c: Contrast, ranked: Ranked) -> dict[str, Any]:

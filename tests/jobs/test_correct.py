@@ -19,9 +19,12 @@ def test_correct_all_methods_and_reload(setup, tmp_path):
     opts = CorrectOptions(method="all", k=4, batch_size=4, save_model=str(tmp_path / "saved"), force=True)
     res = correct(model, suite, tmp_path / "run", options=opts)
     methods = [row["method"] for row in res["comparison"]]
-    assert methods == ["random", "lrp", "gradient", "wanda", "activation", "aura"]
-    assert all(row["k"] == 4 for row in res["comparison"])
-    assert all("paired_vs_random" in row for row in res["comparison"] if row["method"] != "random")
+    assert methods == ["random", "lrp", "gradient", "wanda", "activation", "aura", "aura-topk"]
+    top_k = [row for row in res["comparison"] if row["method"] != "aura"]
+    assert all(row["k"] == 4 and row["intervention"] == {"kind": "zero"} for row in top_k)
+    assert all("paired_vs_random" in row for row in top_k if row["method"] != "random")
+    aura = res["comparison"][methods.index("aura")]  # its own gains: no random control at its budget
+    assert aura["intervention"]["kind"] == "aura" and "paired_vs_random" not in aura
     assert res["pruned"] == res["pruned"] | {"unit": "neuron", "count": 4}
     # the saved model reloads with plain transformers and reproduces the corrected perplexity
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved").eval()
@@ -289,3 +292,90 @@ def test_saved_model_hash_is_in_the_results(setup, tmp_path):
     saved = json.loads((tmp_path / "run" / "results.json").read_text())["pruned"]["saved_model_sha256"]
     assert saved == res["pruned"]["saved_model_sha256"]
     assert res["pruned"]["saved_model_sha256"]["model.safetensors"] in (tmp_path / "run" / "report.html").read_text()
+
+
+def _logits(model, ids):
+    import torch
+
+    with torch.no_grad():
+        return model(ids).logits
+
+
+@pytest.mark.parametrize("opts", [dict(intervention="proportional", strength=(0.5,), threshold=(0.0,)),
+                                  dict(method="aura", pooling="mean")])
+def test_saved_model_is_the_gains_applied(setup, tmp_path, opts):
+    """Per-unit gains (proportional, AurA): masks.json records each unit's gain, and the saved plain HF folder
+    gives the same logits, bit for bit, as the input model with those gains applied."""
+    import torch
+
+    from safety_prune.pruning import load_intervention, masked
+
+    _, model, suite = setup
+    res = correct(model, suite, tmp_path / "run", options=CorrectOptions(
+        batch_size=4, stability=0, save_model=str(tmp_path / "saved"), force=True, **opts))
+    units, gains = load_intervention(tmp_path / "run" / "masks.json")
+    assert isinstance(gains, torch.Tensor) and len(units) == len(gains) == res["pruned"]["count"] > 0
+    assert float(gains.min()) < 1 and float(gains.max()) < 1
+    kind = opts.get("intervention", "aura")
+    assert res["pruned"]["intervention"]["kind"] == kind == res["selection"]["intervention"]["kind"]
+    assert res["selection"]["rule"] == ("given" if kind == "proportional" else "fixed")
+    if kind == "proportional":
+        assert float(gains.min()) == 0.5  # the most undesired unit gets 1 - strength
+    original = AutoModelForCausalLM.from_pretrained(model).eval()
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "saved").eval()
+    ids = torch.tensor([[1, 5, 17, 40, 99, 120, 7, 64]])
+    with masked(original, units, scale=gains):
+        expected = _logits(original, ids)
+    assert torch.equal(_logits(saved, ids), expected) and not torch.equal(_logits(original, ids), expected)
+    rows = {row["method"]: row for row in res["comparison"]}
+    assert rows["random"]["k"] == len(units) and "paired_vs_random" in rows[opts.get("method", "lrp")]
+    assert "dampened" in (tmp_path / "saved" / "README.md").read_text()
+
+
+def test_proportional_strength_is_chosen_on_validation(setup, tmp_path):
+    """--intervention proportional searches the strengths (and thresholds) on validation data like k; every
+    method in --method all gets proportional gains, except AurA (its own) and random (the primary's gains on
+    random units)."""
+    _, model, suite = setup
+    opts = CorrectOptions(method="all", intervention="proportional", strength=(0.25, 1.0), threshold=(0.0,),
+                          batch_size=4, stability=0, ppl_budget=100.0, max_distinct2_drop=100.0,
+                          max_continuation_ppl_rise=100.0)
+    res = correct(model, suite, tmp_path / "run", options=opts)
+    sel = res["selection"]
+    assert sel["rule"] == "validation" and [row.get("strength") for row in sel["search"]] == [None, 0.25, 1.0]
+    assert all(row["k"] > 0 and row["scale"] == 1 - row["strength"] for row in sel["search"][1:])
+    chosen = max(sel["search"][1:], key=lambda row: row["reduction"])
+    assert res["pruned"]["intervention"]["strength"] == chosen["strength"]
+    kinds = {row["method"]: row["intervention"]["kind"] for row in res["comparison"]}
+    assert kinds == {"random": "proportional", "lrp": "proportional", "gradient": "proportional",
+                     "wanda": "proportional", "activation": "proportional", "aura": "aura",
+                     "aura-topk": "proportional"}
+
+
+@pytest.mark.parametrize(("argv", "match"), [
+    (["--intervention", "proportional", "--strength", "1.5"], r"--strength 1\.5 lies outside \[0, 1\]"),
+    (["--intervention", "proportional", "--threshold", "1"], r"--threshold 1\.0 lies outside \[0, 1\)"),
+    (["--intervention", "proportional", "--method", "random"], "--method random has none"),
+    (["--intervention", "proportional", "--k", "3"], "--k chooses the top-k units"),
+    (["--strength", "0.5"], "--strength applies to --intervention proportional"),
+    (["--method", "aura", "--k", "3"], "nothing to choose: drop --k"),
+    (["--pooling", "median"], "invalid choice: 'median'"),
+])
+def test_cli_bad_intervention_options_write_nothing(setup, tmp_path, capsys, argv, match):
+    import re
+
+    _, model, suite = setup
+    try:
+        code = main(["correct", "--model", model, "--probe", suite, "--out", str(tmp_path / "run"), *argv])
+    except SystemExit as exc:  # argparse refuses a value outside its choices itself
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and re.search(match, err) and "Traceback" not in err
+    assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run*"))
+
+
+def test_api_bad_pooling_is_a_config_error(setup, tmp_path):
+    _, model, suite = setup
+    with pytest.raises(ConfigError, match=r"--pooling median is unknown\. Choose one of: max, mean"):
+        correct(model, suite, tmp_path / "run", options=CorrectOptions(method="aura", pooling="median"))
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,93 @@
+"""Soft interventions: a gain per unit instead of removing the top k.
+
+The behaviour is spread over many units, so zeroing a few has a low ceiling; published methods (AurA, AcT)
+dampen many units a little. Gains are held two ways: a dense tensor per unit kind (``[layers, units]``, 1 =
+untouched) while they are computed, and ``(units, gains)`` (the units whose gain is below 1, most dampened
+first, and their gains) for :func:`~safety_prune.pruning.apply_masks`, masks.json and the saved model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError
+from .methods import check_strengths, check_thresholds
+from .pruning import MaskSet, Scale, intervention_info, pruned_copy, select
+
+STRENGTHS = (0.25, 0.5, 0.75, 1.0)  # searched on validation data when --strength is not given
+THRESHOLDS = (0.0, 0.1)  # likewise for --threshold
+
+
+def as_units(kind: str, dense: Tensor) -> tuple[MaskSet, Tensor]:
+    """The units of a dense ``[layers, units]`` gain tensor whose gain is below 1, most dampened first (ties by
+    position), with their gains."""
+    flat = dense.double().flatten()
+    chosen = (flat < 1).nonzero()[:, 0]
+    chosen = chosen[torch.sort(flat[chosen], stable=True).indices]
+    cols = dense.shape[1]
+    return MaskSet._of(kind, chosen // cols, chosen % cols), flat[chosen]
+
+
+def proportional(scores: dict[str, Tensor], kind: str, strength: float, threshold: float) -> Tensor:
+    """Dense gains ``1 - strength * n`` for every unit whose normalised score ``n`` exceeds ``threshold``.
+
+    ``n = max(0, -score) / max(-score)``: a ranking puts the most undesired unit lowest, so it gets ``n = 1`` and
+    gain ``1 - strength``; units with a score >= 0 (the contrast sets need them as much, or they are guarded or
+    excluded: ranked last) keep gain 1.
+    """
+    if kind not in ("neuron", "head"):
+        raise ConfigError(f"Proportional gains apply to neuron and head units, not {kind} units; use --unit neuron "
+                          "or --unit head, or --intervention zero.")
+    if kind not in scores:
+        raise ConfigError(f"The scores have no {kind} entries; attribute with {kind} units included.")
+    check_strengths([strength])
+    check_thresholds([threshold])
+    undesired = (-scores[kind].double()).clamp_min(0)
+    top = float(undesired.max())
+    if top == 0 or not math.isfinite(top):
+        return torch.ones_like(undesired)
+    n = undesired / top
+    return torch.where(n > threshold, 1 - strength * n, torch.ones_like(n))
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One method's change to the model: its units and how they change (``pruning.Scale``: removed, one
+    dampening factor, or a gain per unit), with the setting that produced it (k, strength, ...)."""
+
+    units: MaskSet
+    scale: Scale
+    setting: dict[str, Any] = field(default_factory=dict)
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """An edited copy; ``model`` is not touched."""
+        return pruned_copy(model, self.units, self.scale)
+
+    def info(self) -> dict[str, Any]:
+        """The intervention for results.json: the kind, the setting, and the gains' summary."""
+        return intervention_info(self.scale) | self.setting
+
+    def matches(self, other: Edit) -> bool:
+        """The same budget: as many units with the same gains (the random control's condition)."""
+        if len(self.units) != len(other.units):
+            return False
+        if isinstance(self.scale, Tensor) and isinstance(other.scale, Tensor):
+            return torch.equal(self.scale.sort().values, other.scale.sort().values)
+        return not isinstance(self.scale, Tensor) and not isinstance(other.scale, Tensor) \
+            and self.scale == other.scale
+
+
+def gains_edit(kind: str, dense: Tensor, setting: dict[str, Any]) -> Edit:
+    units, gains = as_units(kind, dense)
+    return Edit(units, gains, setting)
+
+
+def random_like(edit: Edit, random_scores: dict[str, Tensor], kind: str) -> Edit:
+    """The random control of ``edit``: its gains (or removal) given to as many randomly ranked units."""
+    units = select(random_scores, kind, k=len(edit.units)) if len(edit.units) else MaskSet()
+    return Edit(units, edit.scale, edit.setting)
