@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -30,39 +29,36 @@ def first_run(tmp_path_factory):
     return root, suite, res
 
 
-def _rerun(root: Path, suite: str, model: Path, tmp_path: Path, monkeypatch) -> tuple[dict, int]:
-    """Audit ``model`` into a copy of the first run (``--overwrite``); returns its results and how many times
-    it generated."""
-    run = tmp_path / "run"
-    shutil.copytree(root / "run", run)
-    calls = []
+def _counting(monkeypatch) -> list[int]:
+    """Count the calls to generation (one per prompt set generated) from now on."""
+    calls: list[int] = []
     real = behaviour.generate_detailed
-
-    def counting(*a, **k):
-        calls.append(1)
-        return real(*a, **k)
-
-    monkeypatch.setattr(behaviour, "generate_detailed", counting)
-    return audit(str(model), suite, run, overwrite=True, options=OPTS), len(calls)
+    monkeypatch.setattr(behaviour, "generate_detailed", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
 
 
 def test_the_same_model_reuses_the_cache(first_run, tmp_path, monkeypatch):
     root, suite, res = first_run
-    again, generated = _rerun(root, suite, root / "model", tmp_path, monkeypatch)
-    assert generated == 0
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    calls = _counting(monkeypatch)
+    again = audit(str(root / "model"), suite, run, overwrite=True, options=OPTS)
+    assert not calls
     assert again["baseline"]["behaviour_mean"] == res["baseline"]["behaviour_mean"]
 
 
 def test_a_changed_config_is_another_model(first_run, tmp_path, monkeypatch):
     """Same weights, another activation in config.json: the old continuations are not reported for it."""
     root, suite, _ = first_run
-    model = tmp_path / "model"
+    model, run = tmp_path / "model", tmp_path / "run"
     shutil.copytree(root / "model", model)
+    audit(str(model), suite, run, options=OPTS)
     cfg = json.loads((model / "config.json").read_text())
     cfg["hidden_act"] = "gelu"
     (model / "config.json").write_text(json.dumps(cfg))
-    _, generated = _rerun(root, suite, model, tmp_path, monkeypatch)
-    assert generated == 2  # eval and reference prompts
+    calls = _counting(monkeypatch)
+    audit(str(model), suite, run, overwrite=True, options=OPTS)
+    assert len(calls) == 2  # eval and reference prompts
 
 
 @pytest.mark.parametrize("change", ["config", "tokenizer", "dtype"])
@@ -97,9 +93,7 @@ def test_an_edited_continuation_is_not_trusted(first_run, tmp_path, monkeypatch,
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         rows[0]["continuation"] = "you stupid idiot, damn fool"
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    calls = []
-    real = behaviour.generate_detailed
-    monkeypatch.setattr(behaviour, "generate_detailed", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = _counting(monkeypatch)
     with caplog.at_level(logging.WARNING, logger=behaviour.__name__):
         again = audit(str(root / "model"), suite, edited, overwrite=True, options=OPTS)
     assert len(calls) == 2

@@ -14,7 +14,6 @@ from tiny import save_tiny, tree_hashes, write_tiny_suite
 
 from safety_prune.cli import main
 from safety_prune.errors import OutputError
-from safety_prune.run import check_not_over_inputs, check_out_dir
 
 
 def _audit(model: Path, suite: Path, out: Path, *extra: str) -> list[str]:
@@ -42,6 +41,8 @@ def _inputs(root: Path) -> list[Path]:
 # --------------------------------------------------------------------------------------------- unit level
 
 def test_a_folder_with_foreign_files_is_refused_even_with_overwrite(tmp_path):
+    from safety_prune.run import check_out_dir
+
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "data.csv").write_text("a,b\n")
     with pytest.raises(OutputError, match=r"no safety_prune run wrote.*data.csv"):
@@ -50,6 +51,8 @@ def test_a_folder_with_foreign_files_is_refused_even_with_overwrite(tmp_path):
 
 
 def test_run_files_without_results_are_not_a_run(tmp_path):
+    from safety_prune.run import check_out_dir
+
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "samples.jsonl").write_text("{}\n")
     with pytest.raises(OutputError, match=r"no readable results.json"):
@@ -57,6 +60,8 @@ def test_run_files_without_results_are_not_a_run(tmp_path):
 
 
 def test_overwrite_replaces_only_a_run_of_the_same_job(tmp_path):
+    from safety_prune.run import check_out_dir
+
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "results.json").write_text('{"job": "correct"}')
     with pytest.raises(OutputError, match=r"holds a `correct` run.*only a previous `audit` run"):
@@ -65,6 +70,8 @@ def test_overwrite_replaces_only_a_run_of_the_same_job(tmp_path):
 
 
 def test_an_output_folder_holding_an_input_is_refused(tmp_path):
+    from safety_prune.run import check_not_over_inputs
+
     data = tmp_path / "d" / "prompts.jsonl"
     data.parent.mkdir()
     data.write_text("{}\n")
