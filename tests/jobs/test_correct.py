@@ -72,11 +72,15 @@ def _poisoned_suite(root, tag: str, base_suite: str) -> str:
     return str(folder / "suite.yaml")
 
 
-def test_held_out_by_data_flow(setup, tmp_path, monkeypatch):
+@pytest.mark.parametrize("variant", [
+    dict(search_k=(2, 4)),
+    dict(method="all", intervention="proportional", strength=(0.5, 1.0), threshold=(0.0,))])
+def test_held_out_by_data_flow(setup, tmp_path, monkeypatch, variant):
     """Selection sees only reference and validation data: runs that differ only in (sentinel-poisoned) eval
     prompts and test documents select the same units by the same trail, and no selection-time generation,
-    perplexity or attribution ever receives a sentinel."""
-    from safety_prune import contrast, selection
+    perplexity, attribution or AurA activation pass ever receives a sentinel; for the top-k search and for the
+    strength search of proportional gains (with every method, AurA's own gains included)."""
+    from safety_prune import aura, contrast, selection
     from safety_prune.evaluation import behaviour
 
     _, model, suite = setup
@@ -112,13 +116,17 @@ def test_held_out_by_data_flow(setup, tmp_path, monkeypatch):
     monkeypatch.setattr(selection, "perplexity", checked(selection.perplexity, "perplexity", lambda m, t, x, **k: x))
     monkeypatch.setattr(contrast, "attribute", checked(contrast.attribute, "attribution", lambda m, samples, **k: [
         tok.decode(s.input_ids) for s in samples]))
+    monkeypatch.setattr(aura, "pooled_activations", checked(aura.pooled_activations, "aura activations",
+                                                            lambda m, samples, *a, **k: [
+                                                                tok.decode(s.input_ids) for s in samples]))
     for name, fn in (("build_references", build_references), ("rank", correct_job.rank),
                      ("validation_search", correct_job.validation_search),
+                     ("search_settings", correct_job.search_settings),
                      ("damage_screen", correct_job.damage_screen)):
         monkeypatch.setattr(correct_job, name, selecting(fn))
     runs = {}
     for tag in ("SENTINELA", "SENTINELB"):
-        opts = CorrectOptions(batch_size=4, search_k=(2, 4), screen=3, screen_max=0.0, stability=5)
+        opts = CorrectOptions(batch_size=4, screen=3, screen_max=0.0, stability=5, **variant)
         runs[tag] = correct(model, _poisoned_suite(tmp_path, tag, suite), tmp_path / f"run{tag}", options=opts)
         assert tag in (tmp_path / f"run{tag}" / "samples.jsonl").read_text()  # the eval really was poisoned
     a, b = runs["SENTINELA"], runs["SENTINELB"]
