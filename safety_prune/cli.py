@@ -210,8 +210,10 @@ def _session(args: argparse.Namespace):
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command in JOBS:
+        from .evaluation.generation import generation_batch
+
         opts = options_from(args, JOBS[args.command][0])
-        with _session(args):
+        with _session(args), generation_batch(opts.generation_batch):
             return _run_job(args, opts, argv)
     if args.command == "scorer":
         from .scorers import get_scorer

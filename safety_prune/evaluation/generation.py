@@ -1,13 +1,80 @@
-"""Batched, deterministic continuation sampling; keeps token ids because attribution needs them."""
+"""Batched, deterministic continuation sampling; keeps token ids because attribution needs them.
+
+Also the batch policy shared with perplexity: on a GPU the rows per batch come from its free memory (a fixed 16
+left an H200 idle), or from an explicit ``--generation-batch``; on CPU the caller's own batch is kept.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataSourceError
+
+# Rows per generation/perplexity batch: "auto" (sized by the device) or a number the user gave.
+_BATCH: ContextVar[int | str] = ContextVar("generation_batch", default="auto")
+MAX_AUTO_BATCH = 1024  # beyond this a batch only adds padding, and rows of one length are few
+FREE_SHARE = 0.5  # of the device's free memory that an automatic batch may plan to use
+
+
+def check_batch(value: int | str) -> int | str:
+    """``auto`` or a whole number of rows >= 1 (a string from the command line is converted)."""
+    if value == "auto":
+        return value
+    try:
+        rows = int(value)
+    except (TypeError, ValueError):
+        rows = 0
+    if rows < 1 or str(rows) != str(value).strip():
+        raise ConfigError(f"--generation-batch {value!r} must be auto or a whole number of rows >= 1, e.g. 64.")
+    return rows
+
+
+@contextmanager
+def generation_batch(value: int | str) -> Iterator[None]:
+    """Within the block, generation and perplexity batches follow ``value`` (``auto`` or a row count)."""
+    token = _BATCH.set(check_batch(value))
+    try:
+        yield
+    finally:
+        _BATCH.reset(token)
+
+
+def bytes_per_row(model, tokens: int, logit_positions: int) -> int:
+    """A generous estimate of one row's memory at inference: key/value cache and one layer's activations per
+    token, eager attention scores, and float32 logits (three copies: logits, their float cast, log-softmax)."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 0)
+    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 1)
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
+    inner = getattr(cfg, "intermediate_size", None) or getattr(cfg, "ffn_dim", None) or 4 * hidden
+    layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", 1)
+    vocab = getattr(cfg, "vocab_size", 0)
+    elem = next(model.parameters()).element_size()
+    per_token = 2 * layers * kv_heads * head_dim * elem + 2 * (4 * hidden + 3 * inner) * elem
+    return tokens * per_token + heads * tokens * tokens * elem + 3 * 4 * vocab * logit_positions
+
+
+def rows_per_batch(model, device: torch.device, requested: int, rows: int, tokens: int, logit_positions: int,
+                   free_bytes: int | None = None) -> int:
+    """The batch to run: the explicit ``generation_batch`` if one is set; on CUDA, as many of the ``rows`` as
+    ``FREE_SHARE`` of the free memory holds (never fewer than ``requested``, at most ``MAX_AUTO_BATCH``);
+    elsewhere ``requested``. ``free_bytes`` stands in for the device's free memory (tests)."""
+    policy = _BATCH.get()
+    if policy != "auto":
+        return int(policy)
+    if free_bytes is None:
+        if device.type != "cuda":
+            return requested
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    fit = int(FREE_SHARE * free_bytes) // max(1, bytes_per_row(model, tokens, logit_positions))
+    return max(requested, min(fit, rows, MAX_AUTO_BATCH))
 
 
 @dataclass
@@ -78,6 +145,8 @@ def generate_detailed(
     Prompts are sorted by length into batches (less padding) and left-padded by hand, so the
     caller's tokenizer is never modified. Each batch seeds its own RNG with ``seed + batch_index``
     inside ``fork_rng``: results depend only on the inputs and the seed, and the global RNG is untouched.
+    ``batch_size`` is the batch on CPU; on a GPU ``rows_per_batch`` sizes it (greedy continuations are the same
+    at any batch size; sampled ones depend on it through the per-batch seed).
     """
     if max_new_tokens < 1 or batch_size < 1 or num_samples < 1:
         raise ConfigError(
@@ -102,6 +171,9 @@ def generate_detailed(
     sampling = {"temperature": temperature, "top_p": top_p, "top_k": 0} if do_sample else {}
 
     order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
+    longest = max(map(len, ids), default=0) + max_new_tokens
+    rows = rows_per_batch(model, device, batch_size * num_samples, len(prompts) * num_samples, longest, longest)
+    batch_size = max(1, rows // num_samples)  # each prompt is num_samples rows
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     out: list[list[Generation]] = [[] for _ in prompts]
     fork_devices = [device] if device.type == "cuda" else []

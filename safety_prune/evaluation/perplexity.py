@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataSourceError
+from .generation import rows_per_batch
 
 
 @dataclass
@@ -100,6 +101,7 @@ def perplexity(
             break
     device = torch.device(device) if device is not None else model.device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batch_size = rows_per_batch(model, device, batch_size, len(windows), max_length, max_length)
     results: list[tuple[float, int]] = []
     for i in tqdm(range(0, len(windows), batch_size), desc="perplexity", unit="batch",
                   disable=len(windows) <= batch_size):
@@ -151,6 +153,8 @@ def sequence_perplexities(
     todo.sort(key=lambda t: len(t[1]))
     device = torch.device(device) if device is not None else model.device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    longest = max((len(row) for _, row, _ in todo), default=0)
+    batch_size = rows_per_batch(model, device, batch_size, len(todo), longest, longest)
     for j in tqdm(range(0, len(todo), batch_size), desc="continuation ppl", unit="batch",
                   disable=len(todo) <= batch_size):
         chunk = todo[j:j + batch_size]
