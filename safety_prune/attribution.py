@@ -115,6 +115,26 @@ def _up(t: Tensor) -> Tensor:
     return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
+def _half_matmul(t: Tensor) -> bool:
+    """Whether ``t`` (a bf16/fp16 factor of ``grad_W``) is multiplied in half precision with float32 output.
+
+    Only on CUDA, where tensor cores do it at many times the float32 rate. The product of two half-precision
+    numbers is exact in float32 and the output accumulates in float32, so this equals the float32 matmul of the
+    upcast factors up to summation order. Elsewhere (CPU) the factors are upcast, as before.
+    """
+    return t.dtype in (torch.bfloat16, torch.float16) and t.device.type == "cuda"
+
+
+def _mm(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` in float32: half-precision CUDA factors through ``out_dtype`` (see ``_half_matmul``)."""
+    if _half_matmul(a):
+        try:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        except (TypeError, RuntimeError, NotImplementedError):  # a torch without out_dtype for this pair
+            return a.float() @ b.float()
+    return a @ b
+
+
 def _live(module: nn.Module, name: str = "weight") -> Tensor:
     """A parameter's value, also when accelerate offloaded it (the module then holds a meta tensor)."""
     t = getattr(module, name)
@@ -241,7 +261,9 @@ class _Recorder:
         accumulated here; ``finish`` applies ``|W|`` (after the square root) once.
         """
         shape = (*self.mask.shape, -1)  # OPT flattens [B, T] to [B * T]
-        x, g = _up(x.reshape(shape)), _up(g.reshape(shape))
+        x, g = x.reshape(shape), g.reshape(shape)
+        if not (_half_matmul(x) and self.aggregation != "token_l2"):  # squares of half values would round
+            x, g = _up(x), _up(g)
         if self.aggregation == "token_l1":
             x, g = x.abs(), g.abs()
         elif self.aggregation == "token_l2":
@@ -254,21 +276,21 @@ class _Recorder:
         w = _up(weight.T if self.arch.conv1d else weight) if self.aggregation == "sample" else None
         acc = self.sums.get(key)  # created by the first batch: no zero fill of every weight-sized sum
         if w is not None and acc is not None and not self.absolute and acc.device == w.device:
-            acc.addcmul_(w, g.flatten(0, 1).T @ x.flatten(0, 1))  # fused, no weight-sized temporary
+            acc.addcmul_(w, _mm(g.flatten(0, 1).T, x.flatten(0, 1)))  # fused, no weight-sized temporary
         else:
             if w is None:  # per token: |W| or W^2 comes in finish
-                value = g.flatten(0, 1).T @ x.flatten(0, 1)
+                value = _mm(g.flatten(0, 1).T, x.flatten(0, 1))
             elif self.absolute:  # |.| per sample, so one sample's grad_W at a time
-                value = sum((w * (g[b].T @ x[b])).abs() for b in range(len(x)))
+                value = sum((w * _mm(g[b].T, x[b])).abs() for b in range(len(x)))
             else:
-                value = w * (g.flatten(0, 1).T @ x.flatten(0, 1))
+                value = w * _mm(g.flatten(0, 1).T, x.flatten(0, 1))
             if acc is None:
                 acc = self.sums[key] = value.float().to(home)
             else:
                 acc += value.to(home)
         # Per sample, whether its factors are finite (a sum is not finite when an element is not), to name the
         # sample if the sum turns out not finite; both are read at the end of the batch.
-        sample_ok = torch.isfinite(x.flatten(1).sum(1) + g.flatten(1).sum(1))
+        sample_ok = torch.isfinite(x.flatten(1).sum(1, dtype=torch.float32) + g.flatten(1).sum(1, dtype=torch.float32))
         offset, n = self.offset, len(x)
 
         def locate(acc: Tensor = acc) -> str:
