@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..contrast import circuit_summary, save_relevance
+from ..crossfit import check_folds, cross_fit
 from ..errors import ConfigError, SaveRefused
 from ..evaluation import paired_bootstrap_diff, perplexity
 from ..evaluation.behaviour import Generations, evaluate
@@ -76,6 +77,11 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
                           "so k (or the strength) cannot be chosen on held-out data. Give --k or --sparsity (one "
                           "--strength and one --threshold with --intervention proportional), or set "
                           "split.validation_fraction in the suite.")
+    if opt.folds is not None and not _searches(opt):
+        raise ConfigError(f"--folds {opt.folds} cross-fits the validation search, and this run searches nothing "
+                          "(--k, --sparsity, one --strength and --threshold, or a method with its own gains): drop "
+                          "--folds, or let the search run.")
+    check_folds(opt.folds, len(limited(suite.validation_prompts(), opt.limit)))
     kinds = (opt.unit,) if opt.unit == "weight" else ("neuron", "head")
     preflight_attribution(lm, suite, opt, kinds)
     torch.manual_seed(opt.seed)
@@ -212,10 +218,11 @@ def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, ranked: Ranked, 
 
     def measure(model: torch.nn.Module) -> dict[str, Any]:
         pruned = replace(lm, model=model)
-        metrics, _ = evaluate(pruned, lm, suite, scorer, prompts, val_text, opt.seed)
+        metrics, res = evaluate(pruned, lm, suite, scorer, prompts, val_text, opt.seed)
         return {"behaviour_mean": metrics["behaviour_mean"]["value"],
                 "behaviour_rate": metrics["behaviour_rate"]["value"],
-                **{key: metrics[key]["value"] for key in ("perplexity", "distinct2", "continuation_perplexity")}}
+                **{key: metrics[key]["value"] for key in ("perplexity", "distinct2", "continuation_perplexity")},
+                "per_prompt": res.per_prompt_mean()}  # for cross-fitting; taken out of the trail below
 
     def perplexity_of(model: torch.nn.Module) -> float:
         p = suite.perplexity
@@ -230,17 +237,27 @@ def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, ranked: Ranked, 
         candidates = [({"k": len(e.units), "scale": 1 - g["strength"], **g}, lambda e=e: e.apply(lm.model))
                       for g, e in edits]
         best, trail = search_settings(lm, measure, candidates, limits, perplexity_of)
-        setting = ({"strength": best["strength"], "threshold": best["threshold"]} if best else
-                   min(grid, key=lambda g: (g["strength"], -g["threshold"])))  # the mildest, as k falls back to min(ks)
-        edit = _edit(ranked, setting, opt)
-        k, how = len(edit.units), edit.info()
+        keys, fallback = ("strength", "threshold"), min(grid, key=lambda g: (g["strength"], -g["threshold"]))
     else:
         eligible = eligible_units(lm.model, opt.unit, opt.exclude_layers)
         ks = list(opt.search_k) or [k for k in SEARCH_K[opt.unit] if k <= eligible // 2] or [1]
         found, trail = validation_search(lm, measure, scores, opt.unit, ks, [None, *opt.dampen], limits,
                                          perplexity_of)
         best = None if found is None else {"k": found[0], "scale": found[1]}
-        setting = best or {"k": min(ks), "scale": None}
+        keys, fallback = ("k", "scale"), {"k": min(ks), "scale": None}
+    per_prompt = {i: row.pop("per_prompt") for i, row in enumerate(trail) if "per_prompt" in row}
+    objective = "largest relative drop of the mean behaviour score on the validation prompts"
+    if opt.folds:
+        candidates_ok = {i: v for i, v in per_prompt.items() if i and not trail[i]["violations"]}
+        pick, selection["cross_fit"] = cross_fit(trail, candidates_ok, per_prompt[0], opt.folds, opt.seed)
+        best = None if pick is None else trail[pick]
+        objective = (f"the simplest setting within one standard error of the largest mean drop of the behaviour score "
+                     f"over {opt.folds} folds of the validation prompts")
+    setting = {key: best[key] for key in keys} if best else fallback  # no feasible one: the mildest
+    if opt.intervention == "proportional":
+        edit = _edit(ranked, setting, opt)
+        k, how = len(edit.units), edit.info()
+    else:
         k, how = setting["k"], intervention_info(setting["scale"])
     feasible = best is not None
     selection |= {"rule": "validation", "k": k, "intervention": how, "feasible": feasible,
@@ -248,7 +265,7 @@ def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, ranked: Ranked, 
                                              "text": "general validation", "n_tokens": opt.search_tokens},
                   "limits": {"ppl_rise": limits.ppl_rise, "distinct2_drop": limits.distinct2_drop,
                              "continuation_ppl_rise": limits.continuation_ppl_rise},
-                  "objective": "largest relative drop of the mean behaviour score on the validation prompts"}
+                  "objective": objective}
     return setting, selection, scores
 
 

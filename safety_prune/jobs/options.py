@@ -201,6 +201,10 @@ class CorrectOptions(BehaviourOptions):
         parse=float_list)
     pooling: str = option("max", "how aura and aura-topk pool a neuron's activations over a continuation: max (as "
                           "published) or mean", choices=POOLINGS)
+    folds: int | None = option(
+        None, "choose k (or the strength) by K-fold cross-fitting over the validation prompts: the simplest setting "
+        "within one standard error of the best, with the cross-fitted estimate of its effect (e.g. 5; default: the "
+        "best on all validation prompts)")
 
     def validate(self) -> None:
         super().validate()
@@ -227,6 +231,9 @@ class CorrectOptions(BehaviourOptions):
         if self.stability < 0:
             raise ConfigError(f"--stability must be 0 (off) or a number of resamples, got {self.stability}.")
         self._validate_intervention()
+        if self.folds is not None and self.folds < 2:
+            raise ConfigError(f"--folds {self.folds}: cross-fitting needs at least 2 folds (5 is usual); leave --folds "
+                              "out to choose on all validation prompts at once.")
         for flag, value in (("--search-tokens", self.search_tokens), ("--screen-tokens", self.screen_tokens)):
             check_positive(value, flag, "a positive integer")
         if self.screen < 0:

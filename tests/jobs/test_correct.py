@@ -74,7 +74,8 @@ def _poisoned_suite(root, tag: str, base_suite: str) -> str:
 
 @pytest.mark.parametrize("variant", [
     dict(search_k=(2, 4)),
-    dict(method="all", intervention="proportional", strength=(0.5, 1.0), threshold=(0.0,))])
+    dict(search_k=(2, 4), folds=3),
+    dict(method="all", intervention="proportional", strength=(0.5, 1.0), threshold=(0.0,), folds=2)])
 def test_held_out_by_data_flow(setup, tmp_path, monkeypatch, variant):
     """Selection sees only reference and validation data: runs that differ only in (sentinel-poisoned) eval
     prompts and test documents select the same units by the same trail, and no selection-time generation,
@@ -131,6 +132,9 @@ def test_held_out_by_data_flow(setup, tmp_path, monkeypatch, variant):
         assert tag in (tmp_path / f"run{tag}" / "samples.jsonl").read_text()  # the eval really was poisoned
     a, b = runs["SENTINELA"], runs["SENTINELB"]
     assert a["selection"] == b["selection"] and a["selection"]["screen"] and len(a["selection"]["search"]) == 3
+    if "folds" in variant:  # the cross-fitted estimate, from validation prompts only
+        assert a["selection"]["cross_fit"]["folds"] == variant["folds"]
+        assert len(a["selection"]["cross_fit"]["choice_per_fold"]) == variant["folds"]
     assert (tmp_path / "runSENTINELA" / "masks.json").read_bytes() == \
         (tmp_path / "runSENTINELB" / "masks.json").read_bytes()
     assert a["baseline"]["perplexity"] != b["baseline"]["perplexity"]  # and the test text really differed
@@ -368,6 +372,9 @@ def test_proportional_strength_is_chosen_on_validation(setup, tmp_path):
     (["--strength", "0.5"], "--strength applies to --intervention proportional"),
     (["--method", "aura", "--k", "3"], "nothing to choose: drop --k"),
     (["--pooling", "median"], "invalid choice: 'median'"),
+    (["--folds", "1"], "--folds 1: cross-fitting needs at least 2 folds"),
+    (["--folds", "999"], "--folds 999 exceeds the 5 validation prompts available"),
+    (["--folds", "3", "--k", "2"], "--folds 3 cross-fits the validation search"),
 ])
 def test_cli_bad_intervention_options_write_nothing(setup, tmp_path, capsys, argv, match):
     import re

@@ -1,0 +1,46 @@
+"""K-fold cross-fitting of the validation choice, by hand on a few prompts."""
+
+import pytest
+
+from safety_prune.crossfit import check_folds, cross_fit, one_se_choice, split
+from safety_prune.errors import ConfigError
+
+
+def test_split_is_a_seeded_partition():
+    parts = split(7, 3, seed=0)
+    assert sorted(i for p in parts for i in p) == list(range(7)) and [len(p) for p in parts] == [3, 2, 2]
+    assert parts == split(7, 3, seed=0) and parts != split(7, 3, seed=1)
+
+
+def test_cross_fit_by_hand():
+    """Row 2 is perfect on fold 0 and useless on fold 1; row 1 halves every prompt. On both folds their means tie
+    at 0.5 and row 2's standard error is 0.5, so the simpler row 1 is chosen. Cross-fitted, fold 0 is scored with
+    the choice made on fold 1 alone (row 1: 0.5 each) and fold 1 with the choice made on fold 0 alone (row 2:
+    1.0 each), so the estimate is 1 - 0.75 = 0.25, not the 0.5 that choosing and scoring on the same prompts
+    shows."""
+    f0, _ = split(4, 2, seed=3)
+    base = [1.0] * 4
+    rows = [{"k": 0, "scale": None}, {"k": 10, "scale": None}, {"k": 20, "scale": None}]
+    per_prompt = {1: [0.5] * 4, 2: [0.0 if i in f0 else 1.0 for i in range(4)]}
+    chosen, est = cross_fit(rows, per_prompt, base, folds=2, seed=3)
+    assert chosen == 1
+    assert est["choice_per_fold"] == [{"k": 10, "scale": None}, {"k": 20, "scale": None}]
+    assert est["reduction"] == pytest.approx(0.25) and est["fold_reductions"] == pytest.approx([0.5, 0.0])
+    assert est["paired_vs_baseline"]["delta"] == pytest.approx(-0.25)
+
+
+def test_one_se_rule_takes_the_best_when_the_others_are_clearly_worse():
+    base = [1.0] * 6
+    rows = [{"k": 0, "scale": None}, {"k": 10, "scale": None}, {"k": 50, "scale": 0.5}, {"k": 50, "scale": None}]
+    per_prompt = {1: [0.9] * 6, 2: [0.4] * 6, 3: [0.41] * 6}
+    assert one_se_choice(rows, per_prompt, base, split(6, 3, 0)) == 2  # no spread: only the best qualifies
+    per_prompt[3] = [0.4] * 6
+    assert one_se_choice(rows, per_prompt, base, split(6, 3, 0)) == 2  # same mean: the milder change (gain 0.5)
+    assert one_se_choice(rows, {}, base, split(6, 3, 0)) is None
+
+
+def test_more_folds_than_prompts_is_refused():
+    check_folds(None, 3)
+    check_folds(3, 3)
+    with pytest.raises(ConfigError, match=r"--folds 4 exceeds the 3 validation prompts"):
+        check_folds(4, 3)
