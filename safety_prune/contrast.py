@@ -29,7 +29,7 @@ from .attribution import (
 from .errors import DataSourceError
 from .evaluation.behaviour import Generations
 from .evaluation.generation import Generation
-from .io import atomic_path
+from .io import atomic_path, short_name
 from .methods import RANKING_KINDS, check_ranking
 from .scorers import Scorer
 from .suite import ReferenceSpec
@@ -175,7 +175,7 @@ class Contrast:
 
     def _checkpoint(self, name: str, method: str) -> Path | None:
         d = self.checkpoint_dir
-        return None if d is None else d.parent / f".{d.name}.attribution-{name}-{method}.ckpt"
+        return None if d is None else d.parent / f".{short_name(d)}.attribution-{name}-{method}.ckpt"
 
     def relevance(self, method: str, units: Sequence[str]) -> dict[str, Relevance]:
         """``{"general": R, "benign": R, "undesired": R}`` for ``method``; reuses an earlier pass that

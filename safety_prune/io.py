@@ -25,9 +25,19 @@ os.umask(_UMASK)
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
+def short_name(target: Path) -> str:
+    """``target``'s name as its hidden siblings (temps, checkpoints) carry it: a long name is cut and tagged with
+    a digest, so that a sibling's name (this, host, pid, random part) stays within the 255 bytes allowed."""
+    name = target.name
+    if len(name.encode()) <= 120:
+        return name
+    cut = name.encode()[:100].decode("utf-8", "ignore")
+    return f"{cut}~{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+
+
 def temp_prefix(target: Path) -> str:
     """Hidden temp-sibling prefix that names its host and process, so a later run can tell it is stale."""
-    return f".{target.name}.{_HOST}-{os.getpid()}."
+    return f".{short_name(target)}.{_HOST}-{os.getpid()}."
 
 
 def _alive(pid: int) -> bool:
@@ -42,7 +52,7 @@ def _alive(pid: int) -> bool:
 
 def is_stale_temp(path: Path, target: Path) -> bool:
     """Whether ``path`` is a temp of ``target`` left by a process of this host that no longer runs."""
-    head = f".{target.name}.{_HOST}-"
+    head = f".{short_name(target)}.{_HOST}-"
     if not (path.name.startswith(head) and path.name.endswith(".tmp")):
         return False
     pid = path.name[len(head):].split(".", 1)[0]
@@ -55,7 +65,7 @@ def sweep_stale_temps(target: Path) -> None:
     A SIGKILL cannot run cleanup, so the temp sibling of an interrupted write survives; the next write to
     the same target removes it. Temps of live processes and of other hosts are left alone.
     """
-    pattern = f".{glob.escape(target.name)}.{_HOST}-*.tmp"
+    pattern = f".{glob.escape(short_name(target))}.{_HOST}-*.tmp"
     inside = list(target.glob(pattern)) if target.is_dir() else []  # temps built inside an existing folder
     for sib in [*target.parent.glob(pattern), *inside]:
         if is_stale_temp(sib, target):

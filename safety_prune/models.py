@@ -14,6 +14,7 @@ import logging
 import os
 import pickle
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -475,10 +476,29 @@ def load_model(
     return LoadedModel(model, tok, arch, spec, name, folder if spec != "default" else None, hashes)
 
 
+def _check_hub_reachable(hub_id: str) -> None:
+    """Fail at once, not after a minute of retries, when the hub is unreachable and the model is not in the
+    local hub cache (``HF_HUB_OFFLINE=1`` reads that cache without asking the hub)."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE or isinstance(try_to_load_from_cache(hub_id, "config.json"), str):
+        return
+    url = urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
+    except OSError as exc:
+        raise ModelLoadError(f"--model {hub_id}: not a local path, and the hub ({constants.ENDPOINT}) cannot be "
+                             f"reached ({exc.strerror or exc}). On an offline machine, download the model elsewhere "
+                             "and pass its folder, or use 'default'.") from None
+
+
 def _from_hub(hub_id: str, dev, dt, trust_remote_code: bool, allow_pickle: bool, attn_implementation: str,
               device_map: str | None = None) -> LoadedModel:
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    _check_hub_reachable(hub_id)
     try:
         cfg = AutoConfig.from_pretrained(hub_id, trust_remote_code=trust_remote_code)
     except Exception as exc:

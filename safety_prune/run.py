@@ -7,6 +7,7 @@ failed run leaves no partial output. Whether ``--out`` can take the run is check
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
 import os
@@ -44,6 +45,7 @@ RUN_FILES = ("results.json", "samples.jsonl", "report.html", "reference_generati
 COMPARE_NAME = "compare.html"
 """The file name ``report --compare`` writes inside a directory given as its output (run B's by default)."""
 
+_STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)  # a full or failing disk
 _GENERATIONS = "generations-*.jsonl"  # the unpruned model's cached continuations (evaluation.behaviour)
 
 _PACKAGES = ("safety-prune", "torch", "transformers", "tokenizers", "safetensors", "numpy", "datasets",
@@ -145,12 +147,12 @@ def check_out_dir(out: str | os.PathLike[str], overwrite: bool, job: str) -> Pat
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} exists and is not a directory. Choose another path.")
-    entries = _entries(out) if out.is_dir() else []
-    if entries and not overwrite:
+    found = entries(out) if out.is_dir() else []
+    if found and not overwrite:
         raise OutputError(f"--out {out} is not empty. Choose an empty or new directory, or pass "
                           "--overwrite to replace the previous run in it.")
-    if entries:
-        foreign = sorted(p.name for p in entries if not is_run_entry(p))
+    if found:
+        foreign = sorted(p.name for p in found if not is_run_entry(p))
         if foreign:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
             raise OutputError(f"--out {out} holds files no safety_prune run wrote ({shown}). --overwrite replaces "
@@ -168,7 +170,7 @@ def check_out_dir(out: str | os.PathLike[str], overwrite: bool, job: str) -> Pat
     return out
 
 
-def _entries(folder: Path) -> list[Path]:
+def entries(folder: Path) -> list[Path]:
     """The entries of ``folder`` apart from staging left inside it by a killed run (swept by the next run)."""
     return [p for p in folder.iterdir() if not is_stale_temp(p, folder)]
 
@@ -209,7 +211,7 @@ class Staging:
         if not self.inside:
             out.parent.mkdir(parents=True, exist_ok=True)
         sweep_stale_temps(out)  # staging left by a killed run (SIGKILL cannot clean up)
-        self.was_empty = not self.inside or not _entries(out)
+        self.was_empty = not self.inside or not entries(out)
         self.dir = Path(tempfile.mkdtemp(prefix=temp_prefix(out), suffix=".tmp",
                                          dir=out if self.inside else out.parent))
 
@@ -227,7 +229,7 @@ class Staging:
             existed = self.out.exists()
             try:
                 if self.inside:
-                    stale = [p for p in _entries(self.out) if p != self.dir and is_run_entry(p)
+                    stale = [p for p in entries(self.out) if p != self.dir and is_run_entry(p)
                              and not (self.dir / p.name).exists()]
                     for item in sorted(self.dir.iterdir()):
                         move_into(item, self.out / item.name)
@@ -272,6 +274,12 @@ def staged(out: Path) -> Iterator[Staging]:
     try:
         yield staging
         finished = True
+    except OSError as exc:
+        if exc.errno not in _STORAGE_ERRORS:
+            raise
+        raise OutputError(f"Writing the run to --out {out} failed: {exc.strerror} ({exc.filename or out}). "
+                          "Nothing of it was kept. Free space on that filesystem (or choose another --out) and "
+                          "run again.") from exc
     finally:
         if finished and is_main_process():
             staging.commit()

@@ -1,12 +1,21 @@
-"""How a refused command must look: exit 2, one ``safety-prune:`` paragraph, inputs untouched, no temps left."""
+"""How a refused command must look (exit 2, one ``safety-prune:`` paragraph, inputs untouched, no temps left),
+and a small separate filesystem to write to."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from tiny import tree_hashes
 
 from safety_prune.cli import main
+
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 def temps(*folders: Path) -> list[Path]:
@@ -36,3 +45,22 @@ def refused(capsys, argv: list[str], inputs: list[Path], around: list[Path]) -> 
     assert tree_hashes(*inputs, mtimes=True) == before
     assert not temps(*around, *inputs)
     return paragraph(err)
+
+
+@contextlib.contextmanager
+def mounted(path: Path, *, read_only: bool = False, size: str = "64m") -> Iterator[Path]:
+    """A tmpfs mounted at ``path`` (a separate filesystem), unmounted afterwards; skips when mounting is not
+    possible (not root, or no mount permission in this sandbox)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if not IS_ROOT or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root and mount(8); this checks --out on another filesystem")
+    opts = f"size={size}" + (",ro" if read_only else "")
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip()}); this checks --out on another filesystem")
+    try:
+        assert os.stat(path).st_dev != os.stat(path.parent).st_dev
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)

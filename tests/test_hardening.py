@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from refusal import paragraph, refused, temps
+from refusal import IS_ROOT, mounted, paragraph, refused, temps
 from tiny import tiny_config, tiny_model, tiny_tokenizer, tree_hashes, write_tiny_suite
 from transformers import AutoModelForCausalLM
 
@@ -34,7 +34,6 @@ from safety_prune.errors import DataSourceError, ModelLoadError
 from safety_prune.models import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
-IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 def _job(kind: str, model: Path | str, suite: Path, out: Path | str, *extra: str) -> list[str]:
@@ -51,29 +50,10 @@ def no_model_load(monkeypatch):
 
 
 @contextlib.contextmanager
-def _mounted(path: Path, *, read_only: bool = False):
-    """A tmpfs mounted at ``path`` (a separate filesystem), unmounted afterwards; skips when mounting is not
-    possible (not root, or no mount permission in this sandbox)."""
-    path.mkdir(parents=True, exist_ok=True)
-    if not IS_ROOT or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root and mount(8); this checks --out on another filesystem")
-    opts = "size=64m" + (",ro" if read_only else "")
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip()}); this checks --out on another filesystem")
-    try:
-        assert os.stat(path).st_dev != os.stat(path.parent).st_dev
-        yield path
-    finally:
-        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
-@contextlib.contextmanager
 def _read_only_folder(path: Path):
     """An empty folder nobody can write to: a read-only tmpfs as root (root ignores modes), else mode 0555."""
     if IS_ROOT:
-        with _mounted(path, read_only=True):
+        with mounted(path, read_only=True):
             yield path
         return
     path.mkdir(parents=True)
@@ -92,7 +72,7 @@ def test_out_on_another_filesystem(tiny_setup, tmp_path, capsys, where):
     staging folder beside --out failed with EXDEV after the whole run and left the staging folder behind."""
     _, model, suite = tiny_setup
     before = tree_hashes(model, suite.parent, mtimes=True)
-    with _mounted(tmp_path / "mnt") as mnt:
+    with mounted(tmp_path / "mnt") as mnt:
         out = mnt
         if where != "mount point":
             out = tmp_path / "link"
@@ -109,7 +89,7 @@ def test_out_on_another_filesystem(tiny_setup, tmp_path, capsys, where):
 def test_save_model_on_a_mount_point(tiny_setup, tmp_path, capsys):
     """--save-model at a mount point: before, atomic_dir's rmdir of the target failed with EBUSY at the very end."""
     _, model, suite = tiny_setup
-    with _mounted(tmp_path / "saved") as saved:
+    with mounted(tmp_path / "saved") as saved:
         code = main(_job("compress", model, suite, tmp_path / "run", "--save-model", str(saved)))
         err = capsys.readouterr().err
         assert code == 0, err

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from refusal import refused
+from refusal import mounted, paragraph, refused, temps
 from tiny import save_tiny, tree_hashes, write_tiny_suite
 
 from safety_prune.cli import main
@@ -193,3 +193,69 @@ def test_no_input_or_user_file_ever_changes(world, tmp_path, capsys):
     allowed = {("--out", "previous run"), ("report --out", "previous run")}
     assert {key for key, code in outcomes.items() if code == 0} == allowed, outcomes
     assert all(code == 2 for key, code in outcomes.items() if key not in allowed), outcomes
+
+
+# ------------------------------------------------------------------- M1/M2: a full disk is a clear error
+
+def test_a_full_out_disk_is_one_paragraph_and_nothing_is_kept(world, tmp_path, capsys):
+    root, suite = world
+    with mounted(tmp_path / "full", size="48k") as full:
+        code = main(_audit(root / "model", suite, full))
+        msg = paragraph(capsys.readouterr().err)
+        assert code == 2
+        assert "No space left on device" in msg and "Nothing of it was kept" in msg
+        assert not any(full.iterdir())
+
+
+def test_a_full_save_model_disk_is_one_paragraph_and_nothing_is_kept(world, tmp_path, capsys):
+    root, suite = world
+    with mounted(tmp_path / "full", size="48k") as full:
+        code = main(["correct", "--model", str(root / "model"), "--probe", str(suite), "--out", str(tmp_path / "c"),
+                     "--k", "1", "--force", "--batch-size", "4", "--limit", "3", "--stability", "0",
+                     "--save-model", str(full / "m")])
+        msg = paragraph(capsys.readouterr().err)
+        assert code == 2
+        assert "--save-model" in msg and "Nothing of it was kept" in msg
+        assert not any(full.iterdir())
+    assert not (tmp_path / "c").exists() and not temps(tmp_path)
+
+
+# ---------------------------------------------------------------- L1, L8: killed saves and long names
+
+def test_a_killed_save_leaves_nothing_that_blocks_the_rerun(tmp_path):
+    """SIGKILL cannot clean up: the hidden temp of a dead process inside an empty --save-model does not make
+    the folder "not empty"."""
+    import os
+    import subprocess
+    import sys
+
+    from safety_prune.io import temp_prefix
+    from safety_prune.jobs.common import check_save_target
+
+    target = tmp_path / "saved"
+    target.mkdir()
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    (target / (temp_prefix(target).replace(f"-{os.getpid()}.", f"-{dead}.") + "abc.tmp")).mkdir()
+    assert check_save_target(str(target), None, tmp_path / "out") == target.resolve()
+
+
+def test_a_long_out_name_is_accepted(world, tmp_path):
+    root, suite = world
+    out = tmp_path / ("r" * 240)
+    assert main(_audit(root / "model", suite, out)) == 0
+    assert (out / "results.json").is_file() and not temps(tmp_path)
+
+
+# --------------------------------------------------------------------------- L9: an unreachable hub
+
+def test_an_unreachable_hub_fails_at_once_naming_it(monkeypatch):
+    from huggingface_hub import constants
+
+    from safety_prune.errors import ModelLoadError
+    from safety_prune.models import load_model
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    with pytest.raises(ModelLoadError, match=r"hub \(http://127.0.0.1:9\) cannot be reached.*pass its folder"):
+        load_model("no-such-org/no-such-model")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from ..distributed import is_main_process
 from ..errors import OutputError
@@ -17,7 +18,7 @@ from ..gate import evaluate_gate
 from ..io import atomic_dir, sha256_file, write_json
 from ..models import LoadedModel, check_chat_template, check_context, load_model
 from ..results import SCHEMA_VERSION, model_info
-from ..run import Staging, check_not_inside, check_not_over_inputs, check_out_dir, check_target_path, manifest
+from ..run import Staging, check_not_inside, check_not_over_inputs, check_out_dir, check_target_path, entries, manifest
 from ..suite import ProbeSuite, load_suite
 from .options import RunOptions, SuiteOptions
 
@@ -118,7 +119,7 @@ def check_save_target(target: str | None, lm_folder: Path | None, out: Path) -> 
     if saved == run or run in saved.parents or saved in run.parents:
         raise OutputError(f"--save-model {target} and --out {out} overlap, so the model's files and the run's "
                           "would mix. Give --save-model a folder of its own, outside --out.")
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    if path.exists() and (not path.is_dir() or entries(path)):
         raise OutputError(f"--save-model {target} exists and is not an empty folder. Choose a new folder.")
     check_target_path(path, "--save-model")
     return path.resolve()
@@ -130,8 +131,12 @@ def save_model_folder(lm: LoadedModel, model: torch.nn.Module, target: Path, car
     Returns the sha256 of each weight file written, for the report."""
     if not is_main_process():
         return {}
-    with atomic_dir(target, record=True) as tmp:
-        model.save_pretrained(tmp)
-        lm.tokenizer.save_pretrained(tmp)
-        (tmp / "README.md").write_text(card, encoding="utf-8")
+    try:
+        with atomic_dir(target, record=True) as tmp:
+            model.save_pretrained(tmp)
+            lm.tokenizer.save_pretrained(tmp)
+            (tmp / "README.md").write_text(card, encoding="utf-8")
+    except (OSError, SafetensorError) as exc:  # a full disk shows as either
+        raise OutputError(f"--save-model {target}: the model could not be written ({exc}). Nothing of it was "
+                          "kept. Free space on that filesystem (or choose another folder) and run again.") from exc
     return {p.name: sha256_file(p) for p in sorted(target.glob("*.safetensors"))}
