@@ -98,7 +98,9 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
                   for m in ["random", *[m for m in methods if m != "random"]]}
         setting, selection, ranked[primary].scores = _choose(lm, suite, scorer, ranked[primary], opt)
         rows, comparison, chosen = _compare_all(lm, suite, scorer, base, ranked, setting, primary, opt, secondary)
-        selection["stability"] = stability(ranked[primary].relevance, chosen.units, opt.unit, suite.contrast.combine,
+        # a method with its own gains is not a relevance ranking: the bootstrap of R_diff would not describe it
+        backs = ranked[primary].relevance if ranked[primary].gains is None else None
+        selection["stability"] = stability(backs, chosen.units, opt.unit, suite.contrast.combine,
                                            suite.contrast.guard, opt.exclude_layers, opt.stability, opt.seed)
         write_generations(staging, "samples.jsonl", (base.generations, "baseline"),
                           (chosen.generations, f"corrected:{primary}"))
@@ -338,6 +340,24 @@ def _compare_all(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, base: Basel
     return rows, comparison, chosen
 
 
+def _card_how(method: str, pruned: dict[str, Any]) -> str:
+    """Which units the model card says were changed, and how."""
+    how = pruned.get("intervention") or {}
+    kind = how.get("kind")
+    if kind == "aura":
+        return (f"with AUROC > 0.5 (AurA: each neuron's {how.get('pooling')}-pooled activation, flagged vs unflagged "
+                f"reference continuations) were dampened by the gain 1 - 2 (AUROC - 0.5), down to "
+                f"{how.get('min_gain', 0):.3g}")
+    units = (f"with the most negative differential relevance (method `{method}`, R_diff = R_general - "
+             "R_undesired) were ")
+    if kind == "proportional":
+        return (units + f"dampened by per-unit gains 1 - {how.get('strength')} * (score / top score), down to "
+                f"{how.get('min_gain', 0):.3g} (threshold {how.get('threshold')})")
+    if kind == "dampen":
+        return units + f"dampened to {how.get('scale')} of their output"
+    return units + "set to zero"
+
+
 def model_card(results: dict[str, Any]) -> str:
     """The saved copy's README.md: what was done to the model, the release verdict (allowed, or refused and saved
     only with --force), the deployment gate, and the held-out numbers with their counts and intervals."""
@@ -398,9 +418,7 @@ def model_card(results: dict[str, Any]) -> str:
             f"Base model: `{results['model']['spec']}`, {facts['model_words']}.\n\n"
             f"Produced by safety_prune `correct` (probe suite `{results['probe']['name']}`, run id "
             f"`{facts['run_id']}`; the run directory's report.html has the full audit trail): "
-            f"{p['count']} {p['unit']} units ({100 * p['fraction']:.3f}%) with the most negative differential "
-            f"relevance (method `{results['method']}`, R_diff = R_general - R_undesired) were "
-            f"{'set to zero' if (p.get('intervention') or {}).get('kind') == 'zero' else 'dampened'}. "
+            f"{p['count']} {p['unit']} units ({100 * p['fraction']:.3f}%) {_card_how(results['method'], p)}. "
             f"Selection rule: {results['selection']['rule']}.\n\n{sums_text}"
             f"Held-out measurements on {n_prompts} prompts (95% bootstrap CI; a rate also as the count of flagged "
             f"continuations), scorer `{results['scorer']['name']}`:\n\n"
