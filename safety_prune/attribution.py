@@ -216,9 +216,13 @@ class _Recorder:
     def read_batch(self, scalars: Sequence[Tensor] = ()) -> list[float]:
         """The one device read of a batch: every queued finiteness flag plus ``scalars`` (and the batch's input
         relevance, added to ``input_relevance``). Sets ``bad`` to the first failed check, in hook order."""
-        parts = [flag for flag, _ in self.pending] + list(scalars) + self.batch_input
         wide = torch.float32 if self.device.type == "mps" else torch.float64  # exact for float32 values
-        values = torch.stack([t.to(self.device, wide) for t in parts]).tolist() if parts else []
+        numbers, parts = [*scalars, *self.batch_input], []
+        if self.pending:  # stacked as bools first: one conversion, not one per flag
+            parts.append(torch.stack([flag.to(self.device) for flag, _ in self.pending]).to(wide))
+        if numbers:
+            parts.append(torch.stack([t.to(self.device, wide) for t in numbers]))
+        values = torch.cat(parts).tolist() if parts else []
         flags, rest = values[:len(self.pending)], values[len(self.pending):]
         for value in rest[len(scalars):]:
             self.input_relevance += value

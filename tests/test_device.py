@@ -120,3 +120,34 @@ def test_cli_refuses_a_generation_batch_below_one_and_writes_nothing(tmp_path, c
     err = capsys.readouterr().err
     assert code == 2 and "--generation-batch '0'" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def _gpu_check():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--device", "gpu"], "--device 'gpu' is not supported"),
+    (["--device", "cpu", "--memory", "0.001"], "8B-shape scale row needs about"),
+])
+def test_gpu_check_refuses_bad_input_before_writing(tmp_path, capsys, args: list[str], message: str) -> None:
+    out = tmp_path / "gpu_check.json"
+    assert _gpu_check().main([*args, "--smoke", "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_scale_row_plan_for_llama3_8b() -> None:
+    """Llama-3-8B has 8.03 B parameters; neuron and head units fit in 80 GiB at 2048 tokens, not in 16."""
+    gc = _gpu_check()
+    assert gc._n_params(gc.LLAMA3_8B)[0] == pytest.approx(8.03e9, rel=0.001)
+    assert gc.check_scale_fits(gc.LLAMA3_8B, 2048, torch.device("cuda"), 139.0) is True
+    with pytest.raises(ConfigError, match="lower --tokens"):
+        gc.check_scale_fits(gc.LLAMA3_8B, 2048, torch.device("cuda"), 16.0)
