@@ -212,7 +212,8 @@ def _half_matmul_agreement(device: torch.device, smoke: bool) -> dict:
     tokens, out, inp = (64, 64, 128) if smoke else (2048, 2048, 5632)
     g = torch.randn(tokens, out, generator=gen).to(device, torch.bfloat16)
     x = torch.randn(tokens, inp, generator=gen).to(device, torch.bfloat16)
-    fast, ref = attribution._mm(g.T, x), g.float().T @ x.float()
+    ref = g.float().T @ x.float()
+    fast = attribution._mm(g.T, x) if attribution._half_matmul(g) else attribution._mm(g.float().T, x.float())
     return {"path": "bf16 out_dtype=float32" if attribution._half_matmul(g) else "float32 (not CUDA)",
             "max_rel_err": rel_err(fast, ref), "spearman": spearman(fast.flatten()[::97], ref.flatten()[::97])}
 
@@ -449,18 +450,24 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     report = {"device": device.type, "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
               else platform.processor() or platform.machine(), "smoke": args.smoke, "torch": torch.__version__,
-              "checks": correctness(device), "precision": precision(device, args.smoke),
-              "timing": timing(device, args.smoke, tokens, before),
-              "profile": profile_calls(device, args.smoke, tokens, before)}
-    if args.scale:
-        report["scale"] = scale(device, args.smoke, tokens, weight_units)
-    report["duration_s"] = round(time.time() - started, 1)
+              "complete": False}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
     profile_out = out.with_name("gpu_profile.json" if out.name == "gpu_check.json" else f"{out.stem}_profile.json")
-    profile_out.write_text(json.dumps({k: report[k] for k in ("device", "device_name", "torch", "profile")},
-                                      indent=2) + "\n")
+    sections: dict[str, Callable[[], object]] = {
+        "checks": lambda: correctness(device), "precision": lambda: precision(device, args.smoke),
+        "timing": lambda: timing(device, args.smoke, tokens, before),
+        "profile": lambda: profile_calls(device, args.smoke, tokens, before)}
+    if args.scale:
+        sections["scale"] = lambda: scale(device, args.smoke, tokens, weight_units)
+    for name, run in sections.items():  # written after each section: a run cut short keeps what it measured
+        report[name] = run()
+        report["duration_s"] = round(time.time() - started, 1)
+        report["complete"] = name == list(sections)[-1]
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        if name == "profile":
+            profile_out.write_text(json.dumps({k: report[k] for k in ("device", "device_name", "torch", "profile")},
+                                              indent=2) + "\n")
     failed = [c["name"] for c in report["checks"] if not c["passed"]]
     print(f"{len(report['checks']) - len(failed)}/{len(report['checks'])} checks passed; "
           f"bf16 vs fp32 Spearman (neuron) {report['precision']['spearman_neuron']:.4f}; wrote {out}")

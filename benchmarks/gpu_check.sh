@@ -6,8 +6,9 @@
 #
 #   bash benchmarks/gpu_check.sh                    # CUDA
 #   bash benchmarks/gpu_check.sh --device cpu --smoke  # tiny config, any machine
+#   GPU_CHECK_TIMEOUT=300 bash benchmarks/gpu_check.sh --before old_attribution.py  # shorter limit; before/after rows
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 export PYTHONPATH=".:tests${PYTHONPATH:+:$PYTHONPATH}"
-exec timeout 480 "$PY" benchmarks/gpu_check.py "$@"
+exec timeout "${GPU_CHECK_TIMEOUT:-480}" "$PY" benchmarks/gpu_check.py "$@"
