@@ -301,7 +301,8 @@ def _compare_all(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, base: Basel
                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Corrected]:
     """Every method at the chosen setting (top k: also at each --sweep k; a method with its own gains once),
     measured on the held-out eval prompts and test text (and by each ``secondary`` scorer on the same
-    continuations). Returns every row, the rows at the chosen setting, and the primary's.
+    continuations). Returns the rows along the k sweep (every row when there is none), the rows at the chosen
+    setting (a method with its own gains among them), and the primary's.
 
     The random control gets the primary's change on randomly ranked units (top k: k random units; gains: the
     same gains); a row is paired against it when the budgets match (as many units, the same gains)."""
@@ -331,7 +332,8 @@ def _compare_all(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, base: Basel
             elif edit.matches(controls[i]):
                 row["paired_vs_random"] = paired_bootstrap_diff(control_tox[i], tox, seed=opt.seed)
             row["fraction"] = fraction(lm.model, edit.units)
-            rows.append(row)
+            if r.gains is None or len(settings) == 1:  # the sweep is over k, which a method's own gains lack
+                rows.append(row)
             if i == at or r.gains is not None:
                 comparison.append(row)
             if method == primary and i == at:
