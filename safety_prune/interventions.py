@@ -8,7 +8,6 @@ first, and their gains) for :func:`~safety_prune.pruning.apply_masks`, masks.jso
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +16,7 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 from .methods import check_strengths, check_thresholds
-from .pruning import MaskSet, Scale, intervention_info, pruned_copy, select
+from .pruning import MaskSet, Scale, _finite, intervention_info, pruned_copy, select
 
 STRENGTHS = (0.25, 0.5, 0.75, 1.0)  # searched on validation data when --strength is not given
 THRESHOLDS = (0.0, 0.1)  # likewise for --threshold
@@ -47,9 +46,9 @@ def proportional(scores: dict[str, Tensor], kind: str, strength: float, threshol
         raise ConfigError(f"The scores have no {kind} entries; attribute with {kind} units included.")
     check_strengths([strength])
     check_thresholds([threshold])
-    undesired = (-scores[kind].double()).clamp_min(0)
+    undesired = (-_finite(scores[kind], kind).double()).clamp_min(0)
     top = float(undesired.max())
-    if top == 0 or not math.isfinite(top):
+    if top == 0:  # no unit on the undesired side: nothing to dampen
         return torch.ones_like(undesired)
     n = undesired / top
     return torch.where(n > threshold, 1 - strength * n, torch.ones_like(n))

@@ -35,6 +35,13 @@ def test_proportional_refuses_out_of_range_settings(strength, threshold, match):
         proportional({"neuron": -torch.ones(2, 3)}, "neuron", strength, threshold)
 
 
+def test_proportional_refuses_non_finite_scores():
+    from safety_prune.errors import AttributionError
+
+    with pytest.raises(AttributionError, match="NaN or infinite"):
+        proportional({"neuron": torch.tensor([[-1.0, float("nan")]])}, "neuron", 0.5, 0.0)
+
+
 def test_proportional_refuses_weight_units():
     with pytest.raises(ConfigError, match="neuron and head units"):
         proportional({"weight.0.mlp.up_proj": -torch.ones(2, 3)}, "weight", 0.5, 0.0)
