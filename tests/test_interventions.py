@@ -109,3 +109,25 @@ def test_aura_gains_by_hand(pooling):
                 expected[layer, j] = 1 - 2 * (auc - 0.5)
     torch.testing.assert_close(gains, expected, rtol=0, atol=1e-6)
     assert (gains < 1).any() and (gains == 1).any()  # the hand computation covers both branches
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gains_and_aura_pass_on_cuda():
+    """On a GPU: per-unit gains land on the device's weights exactly as on the CPU, and AurA's pooled activations
+    in bfloat16 agree with float32 ones to bf16 precision."""
+    from safety_prune.pruning import masked
+
+    cpu = tiny_model("llama")
+    gpu = tiny_model("llama").to("cuda")
+    units = [Unit("neuron", 0, 3), Unit("head", 1, 2)]
+    gains = torch.tensor([0.25, 0.5])
+    with masked(cpu, units, scale=gains), masked(gpu, units, scale=gains):
+        for (name, a), b in zip(cpu.named_parameters(), gpu.parameters(), strict=True):
+            assert torch.equal(a, b.cpu()), name
+    tok = tiny_tokenizer()
+    samples = [Sample(tuple(tok("The river flows past the mill")["input_ids"]), 3),
+               Sample(tuple(tok("You stupid idiot")["input_ids"]), 2)]
+    ref = pooled_activations(cpu, samples, "max", batch_size=2)
+    half = pooled_activations(tiny_model("llama", dtype=torch.bfloat16).to("cuda"), samples, "max", batch_size=2)
+    assert half.dtype == torch.float32 and half.device.type == "cpu"
+    torch.testing.assert_close(half, ref, rtol=0.05, atol=0.05)
