@@ -157,8 +157,10 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
 
 def release_verdict(base: dict[str, Any], corrected: dict[str, Any], selection: dict[str, Any],
                     opt: CorrectOptions) -> dict[str, Any]:
-    """Whether the corrected model may be handed out: it keeps the limits on held-out data and lowers the
-    behaviour (the paired interval of the mean change lies below 0)."""
+    """Whether the corrected model may be handed out: it keeps the limits on held-out data, lowers the
+    behaviour (the paired interval of the mean change lies below 0), and lowers it more than the same change
+    on random units (the paired interval against the random control lies below 0 too: a correction that
+    random units match is not a targeted one)."""
     limits = Constraints(opt.ppl_budget, opt.max_distinct2_drop, opt.max_continuation_ppl_rise)
     flat = {key: corrected[key] for key in ("perplexity", "distinct2", "continuation_perplexity")}
     reasons = limits.violations({key: base[key]["value"] for key in flat}, flat)
@@ -166,6 +168,14 @@ def release_verdict(base: dict[str, Any], corrected: dict[str, Any], selection: 
     if paired["ci_high"] >= 0:
         reasons.append(f"the mean behaviour score did not fall for certain (paired change {paired['delta']:+.4f}, "
                        f"95% CI [{paired['ci_low']:+.4f}, {paired['ci_high']:+.4f}])")
+    vs_random = corrected.get("paired_vs_random")
+    if vs_random is None:
+        reasons.append("it has no random control at the same budget to be compared with")
+    elif vs_random["ci_high"] >= 0:
+        reasons.append(f"it did not lower the behaviour more than the same change on random units for certain "
+                       f"(paired change against random {vs_random['delta']:+.4f}, 95% CI "
+                       f"[{vs_random['ci_low']:+.4f}, {vs_random['ci_high']:+.4f}]), so it is not a targeted "
+                       "correction")
     if selection.get("feasible") is False:
         reasons.append("no candidate kept the limits on validation data")
     return {"allowed": not reasons, "reasons": reasons,
