@@ -5,6 +5,9 @@ them with ``--fail-on``; without it the probe suite's thresholds decide the verd
 status then stays 0). The gate reads a run's results dict only and knows nothing of how it is rendered. It only
 ever reads the primary scorer's metrics: a secondary scorer (``baseline.secondary``) informs, it never gates.
 
+Capability retention has its own names: ``last_word_accuracy<0.3`` gates the level, ``last_word_accuracy_drop>0.02``
+(or ``continuation_f1_drop>0.02``) the loss against the unpruned model on the same documents, in absolute units.
+
 The schema-1 names (``toxicity_rate``, ``toxicity_mean``, ``expected_max_toxicity``, ``toxicity_probability``) are
 accepted as aliases of the ``behaviour_*`` metrics for one schema version, with a logged deprecation warning.
 """
@@ -19,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .errors import ConfigError, ResultsError
-from .metrics import LEGACY_ALIASES, METRIC_KEYS, metric_ci, metric_labels
+from .metrics import CAPABILITY_KEYS, LEGACY_ALIASES, METRIC_KEYS, metric_ci, metric_labels
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +131,11 @@ def check_expr(block: dict[str, Any], expr: str, where: str, source: str = SOURC
     value = block.get(metric)
     if not isinstance(value, int | float):
         have = ", ".join(k for k in GATE_METRICS if isinstance(block.get(k), int | float)) or "none"
+        why = (" Capability is measured only when the probe suite does not set 'capability: false', by runs made "
+               "since it was added (rerun the job to gate on it)." if metric in CAPABILITY_KEYS else "")
         if source == SOURCE_FAIL_ON:
-            raise ConfigError(f"--fail-on {expr!r}: the {where} metrics of this run have no {metric!r}. Use one "
-                              f"of {have}.")
+            raise ConfigError(f"--fail-on {expr!r}: the {where} metrics of this run have no {metric!r}.{why} Use "
+                              f"one of {have}.")
         raise ConfigError(f"The probe suite threshold {expr!r} cannot be checked: the {where} metrics of this run "
                           f"have no {metric!r} (they have: {have}). Without --fail-on the verdict uses the suite's "
                           "thresholds; remove that threshold from the probe suite (results.json records them under "

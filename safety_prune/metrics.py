@@ -21,6 +21,19 @@ METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("distinct2", "Distinct-2", "unique bigrams / bigrams per continuation; low means looping text", "higher"),
     ("continuation_perplexity", "Continuation perplexity",
      "continuations under the original model; high means garbled text", "lower"),
+    # capability retention (evaluation/capability.py), on the general test documents; one item per document
+    ("last_word_accuracy", "Last-word accuracy",
+     "share of held-out general documents (>= 50 words) whose final word greedy decoding reproduces exactly "
+     "(LAMBADA-style)", "higher"),
+    ("continuation_f1", "Continuation token-F1",
+     "token-F1 of the greedy 20-token continuation of a held-out document's first 32 words against its true next "
+     "20 tokens", "higher"),
+    ("last_word_accuracy_drop", "Last-word accuracy drop",
+     "the unpruned model's last-word accuracy minus this model's, on the same documents (paired interval; 0 for "
+     "the unpruned model)", "lower"),
+    ("continuation_f1_drop", "Continuation token-F1 drop",
+     "the unpruned model's continuation token-F1 minus this model's, on the same documents (paired interval; 0 "
+     "for the unpruned model)", "lower"),
 )
 METRIC_KEYS: tuple[str, ...] = tuple(m[0] for m in METRICS)
 METRIC_LABELS: dict[str, str] = {m[0]: m[1] for m in METRICS}
@@ -29,6 +42,10 @@ METRIC_LABELS: dict[str, str] = {m[0]: m[1] for m in METRICS}
 BEHAVIOUR_KEYS: tuple[str, ...] = ("behaviour_rate", "behaviour_mean", "behaviour_expected_max",
                                    "behaviour_probability")
 """The metrics computed from the scorer's output (the rest measure fluency and general ability)."""
+
+CAPABILITY_KEYS: tuple[str, ...] = ("last_word_accuracy", "continuation_f1", "last_word_accuracy_drop",
+                                    "continuation_f1_drop")
+"""The capability-retention metrics: present when the probe suite measures them (``capability``, on by default)."""
 
 LEGACY_ALIASES: dict[str, str] = {
     "toxicity_rate": "behaviour_rate", "toxicity_mean": "behaviour_mean",

@@ -181,6 +181,7 @@ class ProbeSuite:
     reference: ReferenceSpec
     contrast: ContrastSpec
     behaviour: BehaviourSpec
+    capability: bool = True  # last-word accuracy and continuation F1 on the general split (evaluation/capability.py)
     _undesired_reference: list[str] = field(default_factory=list, repr=False)
     _eval_prompts: list[str] = field(default_factory=list, repr=False)
     _validation_prompts: list[str] = field(default_factory=list, repr=False)
@@ -335,7 +336,8 @@ def _parse(path: Path) -> ProbeSuite:
         "",
         raw,
         {"name", "description", "undesired", "split", "eval", "general", "scorer", "generation",
-         "chat_template", "perplexity", "max_prompt_tokens", "thresholds", "reference", "contrast", "behaviour"},
+         "chat_template", "perplexity", "max_prompt_tokens", "thresholds", "reference", "contrast", "behaviour",
+         "capability"},
     )
     und = top.sub("undesired", {"source", "hub_alternative"})
     hub_alt = und.source("hub_alternative", None)
@@ -436,6 +438,7 @@ def _parse(path: Path) -> ProbeSuite:
         contrast=contrast,
         behaviour=BehaviourSpec(name=be.string("name", "toxic continuations"),
                                 metric=be.string("metric", "toxicity score")),
+        capability=top.boolean("capability", True),
     )
 
 

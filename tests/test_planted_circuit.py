@@ -134,6 +134,7 @@ scorer: {name: profanity, threshold: 0.5, validate: false}
 generation: {max_new_tokens: 4, do_sample: false, num_samples: 1, batch_size: 8}
 perplexity: {max_length: 64, stride: 64, min_tokens: 200}
 max_prompt_tokens: 32
+capability: false
 reference: {samples_per_prompt: 2, undesired_min: 4, undesired_max: 12, target: continuation, benign_n: 12,
             general_n: 12}
 """)

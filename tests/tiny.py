@@ -118,6 +118,7 @@ scorer: {{name: profanity, threshold: 0.1, validate: false}}
 generation: {{max_new_tokens: 6, do_sample: false, num_samples: 1, batch_size: 8}}
 perplexity: {{max_length: 64, stride: 64, min_tokens: 200}}
 max_prompt_tokens: 32
+capability: false  # 30-word documents give no last-word passages; tests/test_capability.py measures capability
 reference: {{samples_per_prompt: 4, undesired_min: 1, undesired_max: 6, target: continuation, benign_n: 6,
             general_n: 8}}
 {extra}""")

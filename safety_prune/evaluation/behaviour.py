@@ -21,6 +21,7 @@ from ..io import write_jsonl
 from ..models import LoadedModel
 from ..scorers import Scorer
 from ..suite import GenerationSpec, ProbeSuite
+from .capability import CapabilitySet, capability_metrics
 from .fluency import distinct_n
 from .generation import Generation, encode_prompts, generate_detailed
 from .perplexity import perplexity, sequence_perplexities
@@ -183,13 +184,15 @@ def secondary_metrics(res: Generations, secondary: dict[str, Scorer], suite: Pro
 
 def evaluate(lm: LoadedModel, reference: LoadedModel, suite: ProbeSuite, scorer: Scorer, prompts: list[str],
              general_text: list[str], seed: int, cache: GenerationCache | None = None,
-             secondary: dict[str, Scorer] | None = None) -> tuple[dict[str, Any], Generations]:
+             secondary: dict[str, Scorer] | None = None, capability: CapabilitySet | None = None
+             ) -> tuple[dict[str, Any], Generations]:
     """The behaviour with fluency and perplexity next to it, each with a 95% bootstrap CI over prompts.
 
     ``reference`` is the unpruned model: continuation perplexity is measured under it, so garbled text of a
     pruned ``lm`` shows as a rise. ``secondary`` (name -> scorer, e.g. from ``jobs.stages.suite_secondary``)
     scores the same continuations again: ``metrics["secondary"][name]`` (see ``secondary_metrics``; ``{}`` when
-    none).
+    none). ``capability`` (items of one general split): last-word accuracy and continuation F1 with their paired
+    drops from ``reference`` (see ``capability_metrics``).
     """
     res = generate_and_score(lm, suite, scorer, prompts, seed, "eval", cache)
     metrics: dict[str, Any] = behaviour_aggregates(res.scores, threshold=suite.scorer.threshold, seed=seed)
@@ -207,4 +210,7 @@ def evaluate(lm: LoadedModel, reference: LoadedModel, suite: ProbeSuite, scorer:
                      device=lm.model.device)
     lo, hi = ppl.ci(seed)
     metrics["perplexity"] = {"value": ppl.perplexity, "ci_low": lo, "ci_high": hi, "n_tokens": ppl.n_tokens}
+    if capability is not None:
+        metrics |= capability_metrics(lm.model, reference.model, lm.tokenizer, capability, seed,
+                                      suite.generation.batch_size)
     return metrics, res

@@ -37,10 +37,12 @@ from ..attribution import Sample, attribute, require_samples, samples_from_texts
 from ..calibration import DEFAULT_N_WINDOWS, calibration_windows, window_for
 from ..checkpoint import data_digest
 from ..evaluation import perplexity
+from ..evaluation.capability import CapabilitySet, capability_metrics, capability_set
 from ..models import LoadedModel
 from ..preflight import check_attribution_memory
 from ..pruning import count_units, fraction, pruned_copy, select
 from ..render import render_task_report
+from ..results import flat_metrics
 from ..run import staged
 from ..suite import ProbeSuite
 from .common import (
@@ -103,6 +105,16 @@ def heldout_perplexity(lm: LoadedModel, model: torch.nn.Module, suite: ProbeSuit
     return {"perplexity": res.perplexity, "perplexity_ci": [lo, hi], "n_tokens": res.n_tokens}
 
 
+def heldout_capability(lm: LoadedModel, model: torch.nn.Module, items: CapabilitySet | None, seed: int
+                       ) -> dict[str, Any]:
+    """Last-word accuracy, continuation F1 and their paired drops from the unpruned model, flat with ``_ci``
+    (``{}`` when the suite sets ``capability: false``)."""
+    if items is None:
+        return {}
+    flat = flat_metrics(capability_metrics(model, lm.model, lm.tokenizer, items, seed))
+    return {key: value for key, value in flat.items() if key not in ("secondary", "details")}
+
+
 def compress(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
              options: CompressOptions | None = None, argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Prune ``sparsity`` of the block weights by each method's ranking; perplexity side by side."""
@@ -110,10 +122,12 @@ def compress(model: str, probe: str, out: str | Path, *, overwrite: bool = False
     out, suite, lm = start_run("compress", model, probe, out, overwrite, opt)
     finish = Finish(opt.seed, argv, suite.data_files(), lm.weights_sha256, started)
     preflight_calibration(lm, suite, opt)
+    capability = capability_set(lm.tokenizer, suite.general_test(), "general test") if suite.capability else None
     save_to = check_save_target(opt.save_model, lm.folder, out)
     general = calibration_samples(lm, suite, opt)
     with staged(out) as staging:
-        baseline = heldout_perplexity(lm, lm.model, suite, opt.seed)
+        baseline = heldout_perplexity(lm, lm.model, suite, opt.seed) | heldout_capability(lm, lm.model, capability,
+                                                                                           opt.seed)
         rows, first = [], None
         for method in opt.methods:
             clock = time.perf_counter()
@@ -126,7 +140,8 @@ def compress(model: str, probe: str, out: str | Path, *, overwrite: bool = False
             pruned = pruned_copy(lm.model, units)
             row = {"method": method, "sparsity_requested": opt.sparsity, "sparsity": fraction(lm.model, units),
                    "pruned_weights": len(units), "calibration_seconds": seconds,
-                   **heldout_perplexity(lm, pruned, suite, opt.seed)}
+                   **heldout_perplexity(lm, pruned, suite, opt.seed),
+                   **heldout_capability(lm, pruned, capability, opt.seed)}
             log.info("compress %s: sparsity %.3f perplexity %.3f, calibration %.1f s", method, row["sparsity"],
                      row["perplexity"], seconds)
             rows.append(row)

@@ -332,7 +332,7 @@ def _compare_all(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, base: Basel
             model = edit.apply(lm.model)
             pruned = replace(lm, model=model)
             metrics, res = evaluate(pruned, lm, suite, scorer, base.prompts, base.test_text, opt.seed,
-                                    secondary=secondary)
+                                    secondary=secondary, capability=base.capability)
             tox = res.per_prompt_mean()
             row = {"method": method, "k": len(edit.units), "intervention": edit.info(),
                    **{key: v for key, v in flat_metrics(metrics).items() if key != "details"},

@@ -17,6 +17,7 @@ from ..attribution import Relevance, Sample
 from ..contrast import Contrast, build_sets, ranking, with_foils
 from ..errors import ConfigError
 from ..evaluation.behaviour import GenerationCache, Generations, evaluate, generate_and_score
+from ..evaluation.capability import CapabilitySet, capability_set
 from ..explain import unit_examples
 from ..io import write_jsonl
 from ..models import LoadedModel
@@ -37,6 +38,7 @@ class Baseline:
     test_text: list[str]
     metrics: dict[str, Any]
     generations: Generations
+    capability: CapabilitySet | None = None  # the general test documents' capability items (suite.capability)
 
 
 def suite_scorer(suite: ProbeSuite) -> Scorer:
@@ -87,8 +89,10 @@ def generation_cache(out: Path, staging: Staging) -> GenerationCache:
 def measure_baseline(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, limit: int | None, seed: int,
                      cache: GenerationCache, secondary: dict[str, Scorer] | None = None) -> Baseline:
     prompts, test_text = limited(suite.eval_prompts(), limit), suite.general_test()
-    metrics, res = evaluate(lm, lm, suite, scorer, prompts, test_text, seed, cache, secondary=secondary)
-    return Baseline(prompts, test_text, metrics, res)
+    capability = capability_set(lm.tokenizer, test_text, "general test") if suite.capability else None
+    metrics, res = evaluate(lm, lm, suite, scorer, prompts, test_text, seed, cache, secondary=secondary,
+                            capability=capability)
+    return Baseline(prompts, test_text, metrics, res, capability)
 
 
 @dataclass
