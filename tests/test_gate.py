@@ -205,3 +205,46 @@ def test_gate_failure_message_uses_the_suite_labels(tmp_path: Path, capsys: pyte
     assert "Rate of looping continuations" in html and "Toxicity rate" not in html
     del res["probe"]["behaviour"]  # an older suite without labels: generic wording
     assert "behaviour rate 0 " in failure_message(evaluate_gate(res, ["behaviour_rate>=0"]))
+
+
+def _with_capability(res: dict[str, Any], drop: float, ci: list[float]) -> dict[str, Any]:
+    """``res`` with capability metrics as a capability-measuring run records them (the baseline's drop is 0)."""
+    res["baseline"] |= {"last_word_accuracy": 0.36, "last_word_accuracy_ci": [0.28, 0.44],
+                        "continuation_f1": 0.21, "continuation_f1_ci": [0.18, 0.24],
+                        "last_word_accuracy_drop": 0.0, "last_word_accuracy_drop_ci": [0.0, 0.0],
+                        "continuation_f1_drop": 0.0, "continuation_f1_drop_ci": [0.0, 0.0]}
+    res["corrected"] |= {"last_word_accuracy": 0.36 - drop, "last_word_accuracy_ci": [0.2, 0.4],
+                         "continuation_f1": 0.2, "continuation_f1_ci": [0.17, 0.23],
+                         "last_word_accuracy_drop": drop, "last_word_accuracy_drop_ci": ci,
+                         "continuation_f1_drop": 0.01, "continuation_f1_drop_ci": [-0.004, 0.018]}
+    return res
+
+
+def test_capability_gates_on_the_paired_drop_and_the_level(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                           ) -> None:
+    assert {"last_word_accuracy_drop", "continuation_f1_drop", "last_word_accuracy", "continuation_f1"} <= set(
+        GATE_METRICS)
+    gate = evaluate_gate(_with_capability(_load("correct_results.json"), 0.05, [0.03, 0.08]),
+                         ["last_word_accuracy_drop>0.02", "continuation_f1_drop>0.02", "continuation_f1<0.15"])
+    assert gate["target"] == "corrected" and not gate["passed"]
+    assert [(c["failed"], c["settled"]) for c in gate["checks"]] == [(True, True), (False, True), (False, True)]
+    assert [c["label"] for c in gate["checks"]] == ["Last-word accuracy drop", "Continuation token-F1 drop",
+                                                    "Continuation token-F1"]
+    assert ("last-word accuracy drop 0.05 (95% CI [0.03, 0.08]) fails last_word_accuracy_drop>0.02"
+            in failure_message(gate))
+    small = evaluate_gate(_with_capability(_load("correct_results.json"), 0.01, [-0.01, 0.03]),
+                          ["last_word_accuracy_drop>0.02"])
+    assert small["passed"] and small["checks"][0]["settled"] is False  # the interval reaches past 0.02
+    run = _write_run(tmp_path / "run", _with_capability(_load("correct_results.json"), 0.05, [0.03, 0.08]))
+    assert main(["report", str(run), "--fail-on", "last_word_accuracy_drop>0.02"]) == GATE_EXIT_CODE
+    assert "last-word accuracy drop 0.05" in capsys.readouterr().err
+    html = (run / "report.html").read_text(encoding="utf-8")
+    assert "Last-word accuracy drop" in html and "Continuation token-F1" in html
+
+
+def test_capability_gate_on_a_run_without_it_says_why() -> None:
+    with pytest.raises(ConfigError) as info:
+        evaluate_gate(_load("audit_results.json"), ["last_word_accuracy_drop>0.02"])
+    msg = " ".join(str(info.value).split())
+    assert "baseline metrics of this run have no 'last_word_accuracy_drop'" in msg
+    assert "'capability: false'" in msg and "Use one of behaviour_rate" in msg
