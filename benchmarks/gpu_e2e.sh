@@ -17,7 +17,7 @@ DEVICE=${DEVICE:-cuda}
 PY=${PYTHON:-python3}
 DEST=${OUT:-benchmarks/results}
 WORK=${WORK:-/tmp/gpu_e2e}
-JOBS=${JOBS:-audit correct}
+JOBS=${JOBS:-audit correct}  # EXTRA: more options for every job, e.g. EXTRA="--batch-size 32"
 rm -rf "$WORK" && mkdir -p "$WORK" "$DEST"
 export TQDM_DISABLE=1 PYTHONUNBUFFERED=1
 
@@ -29,7 +29,7 @@ for line in sys.stdin:
 }
 
 for job in $JOBS; do
-  args=(-v "$job" --model "$MODEL" --probe "$PROBE" --device "$DEVICE" --out "$WORK/$job")
+  args=(-v "$job" --model "$MODEL" --probe "$PROBE" --device "$DEVICE" --out "$WORK/$job" ${EXTRA:-})
   [ "$job" = correct ] && args+=(--method all)
   start=$(date +%s.%N)
   $RUNNER "${args[@]}" 2>&1 | stamp | tee "$WORK/$job.log"
@@ -40,6 +40,7 @@ done
 "$PY" - "$WORK" "$DEST/gpu_e2e.json" "$MODEL" "$DEVICE" <<'PY'
 """gpu_e2e.json: per job the exit status, wall and in-job time, the stage timeline and the headline numbers."""
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -47,7 +48,8 @@ from pathlib import Path
 work, dest, model, device = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
 CPU = {"behaviour_rate": 52 / 312, "behaviour_mean": 0.2409, "perplexity": 26.67576320740257}
 summary = dict(re.findall(r"^(\w+) (rc=\S+ wall=\S+)$", (work / "summary.txt").read_text(), re.M))
-report = {"model": model, "device": device, "cpu_reference": CPU, "jobs": {}}
+report = {"model": model, "device": device, "extra_options": os.environ.get("EXTRA", ""), "cpu_reference": CPU,
+          "jobs": {}}
 try:
     import torch
 

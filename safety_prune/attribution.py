@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -457,6 +458,7 @@ def attribute(
         distributed.check_same_samples(data_digest(samples), desc)
     start, stop = bounds[distributed.rank()]
     todo = list(batches(samples[start:stop], batch_size))
+    started = time.perf_counter()
     rec = _Recorder(model, method, units, absolute, per_sample and "neuron" in units, aggregation)
     wanda = _WandaNorms(model) if method == "wanda" else None
     ckpt = None
@@ -524,6 +526,8 @@ def attribute(
         info["explained_sum"] = explained
         info["input_relevance_sum"] = rec.input_relevance
         info["conservation_ratio"] = rec.input_relevance / explained if explained else float("nan")
+    log.info("%s: %s of %d samples (%s) in %d batches of up to %d: %.2f s", desc, method, n, "+".join(units),
+             len(todo), batch_size, time.perf_counter() - started)  # the stage timeline of a -v run
     return Relevance(method=method, scores=scores, n_samples=n, info=info, per_sample=per_sample)
 
 
@@ -668,21 +672,36 @@ class _WandaNorms:
         self.arch = architecture(model)
         self.sq: dict[str, Tensor] = {}
 
+    def names(self, units: Sequence[str]) -> list[str]:
+        """The layers whose scores are asked for: every linear layer with weight units, else only those that
+        neuron (down projection) and head (output projection) scores sum."""
+        if "weight" in units:
+            return list(self.arch.linear_names)
+        wanted = {self.arch.down} if "neuron" in units else set()
+        wanted |= {f"{self.arch.attn}.{self.arch.o}"} if "head" in units else set()
+        return [name for name in self.arch.linear_names if name in wanted]
+
     @contextmanager
     def hooks(self, rec: _Recorder) -> Iterator[None]:
+        # The last input reduced and its norms: q/k/v (and gate/up) are called one after another on the same
+        # tensor, which is then reduced once. Only one input is held, so no activation outlives its layer.
+        last: list = [None, None]
         with ExitStack() as stack:
             for layer, block in enumerate(blocks(self.model)):
-                for name in self.arch.linear_names:
+                for name in self.names(rec.units):
                     key = f"{layer}.{name}"
 
                     def pre(_m, args, key=key):
-                        x = args[0].detach().float().reshape(*rec.mask.shape, -1)
-                        x = x * rec.mask[..., None].to(x.device)
-                        per_sample = x.pow(2).sum(1)
-                        rec._check(f"input of weight {key}", per_sample)
-                        self.sq[key] = self.sq.get(key, 0) + per_sample.sum(0).to(rec.device)
+                        if args[0] is not last[0]:
+                            x = args[0].detach().float().reshape(*rec.mask.shape, -1)
+                            x = x * rec.mask[..., None].to(x.device)
+                            per_sample = x.pow(2).sum(1)
+                            rec._check(f"input of weight {key}", per_sample)
+                            last[:] = [args[0], per_sample.sum(0).to(rec.device)]
+                        self.sq[key] = self.sq.get(key, 0) + last[1]
 
                     stack.callback(block.get_submodule(name).register_forward_pre_hook(pre).remove)
+            stack.callback(last.clear)
             yield
 
     def scores(self, rec: _Recorder, n: int) -> dict[str, Tensor]:
@@ -693,12 +712,12 @@ class _WandaNorms:
         neuron, head, checks = [], [], []
 
         def score(layer: int, name: str) -> Tensor:
-            w = _live(blocks(self.model)[layer].get_submodule(name)).float()
+            w = _live(blocks(self.model)[layer].get_submodule(name))
             w = w.T if self.arch.conv1d else w
-            return w.abs() * self.sq[f"{layer}.{name}"].to(w.device).sqrt()[None]
+            return w.abs().float() * self.sq[f"{layer}.{name}"].to(w.device).sqrt()[None]  # |.| is exact in bf16
 
         for layer in range(geo.n_layers):
-            for name in self.arch.linear_names:
+            for name in self.names(rec.units):
                 s = score(layer, name)
                 checks.append((layer, name, torch.isfinite(s.sum()).to(rec.device)))
                 if "weight" in rec.units:
