@@ -59,7 +59,7 @@ except ImportError:
 for job, status in summary.items():
     rc, wall = re.match(r"rc=(\S+) wall=(\S+)", status).groups()
     row = {"rc": int(rc), "wall_s": float(wall)}
-    log = (work / f"{job}.log").read_text(errors="replace").splitlines()
+    log = (work / f"{job}.log").read_bytes().decode(errors="replace").split("\n")  # keeps \r: bars end in it
     row["stages"] = []  # INFO lines, and each finished progress bar (its last state: desc, count, elapsed)
     for line in log:
         t, _, text = line.strip().partition(" ")
