@@ -251,6 +251,8 @@ def test_correct_reports_capability_from_the_test_documents(capability_run, tmp_
     assert res["gate"]["passed"] == (corr["last_word_accuracy_drop"] <= 0.02)
     html = (tmp_path / "run" / "report.html").read_text()
     assert "Last-word accuracy" in html and "Continuation token-F1 drop" in html
+    assert '<th class="num">last word</th><th class="num">cont. F1</th>' in html  # the method comparison
+    assert f'<td class="num">{res["comparison"][0]["last_word_accuracy"]:.3g}</td>' in html
 
 
 def test_compress_reports_capability(capability_run, tmp_path: Path) -> None:

@@ -912,7 +912,8 @@ def _command(manifest: dict[str, Any]) -> str:
 
 
 _ROW_KEYS = ("method", "k", "fraction", "behaviour_rate", "behaviour_mean", "perplexity", "distinct2",
-             "continuation_perplexity", "paired_vs_baseline", "paired_vs_random", "secondary")
+             "continuation_perplexity", "last_word_accuracy", "continuation_f1", "paired_vs_baseline",
+             "paired_vs_random", "secondary")
 _MANIFEST_KEYS = ("seed", "git_commit", "operator", "platform", "duration_s", "model_sha256", "data_sha256", "versions")
 
 
