@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny import CORPUS, tiny_model, tiny_tokenizer, write_tiny_suite
+from tiny import CORPUS, FAMILIES, tiny_model, tiny_tokenizer, write_tiny_suite
 
 from safety_prune.errors import DataSourceError, ProbeSuiteError
 from safety_prune.evaluation.capability import (
@@ -24,6 +24,7 @@ from safety_prune.evaluation.capability import (
     MIN_ITEMS,
     MIN_PASSAGE_WORDS,
     PROMPT_WORDS,
+    Passage,
     capability_metrics,
     capability_set,
     continuation_f1s,
@@ -156,6 +157,23 @@ def test_metrics_match_the_hand_computation(trained: torch.nn.Module) -> None:
     for key in ("last_word_accuracy_drop", "continuation_f1_drop"):  # the unpruned model against itself
         assert metrics[key] | {"p_value": 0} == {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_value": 0,
                                                   "n": len(docs), "split": "general test"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_teacher_forced_check_equals_greedy_decoding_in_every_family(family: str) -> None:
+    """A passage whose target is the model's own greedy token counts as hit exactly when the greedy token after it
+    does not continue the word; a wrong target never does. Rows of different lengths share one batch, so the logits
+    kept per row (``logits_to_keep``) must be that row's positions."""
+    tok, model = tiny_tokenizer(), tiny_model(family)
+    passages, expected = [], []
+    for n, doc in enumerate(_documents(6, seed=4, sentences=2)):
+        ctx = tok(" ".join(doc.split()[:8 + 3 * n]))["input_ids"]
+        first, after = _greedy(model, ctx, 2)
+        passages += [Passage((*ctx, first), len(ctx), "own"), Passage((*ctx, (first + 1) % 300), len(ctx), "wrong")]
+        text = tok.decode([after])
+        expected += [float(after in tok.all_special_ids or not text[:1].isalnum()), 0.0]
+    assert last_word_hits(model, tok, passages, batch_size=4) == expected
+    assert 1.0 in expected  # some own tokens end the word, so a wrong position would show
 
 
 def test_paired_drop_against_the_unpruned_model(trained: torch.nn.Module) -> None:

@@ -189,19 +189,26 @@ def last_word_hits(model: torch.nn.Module, tokenizer: Any, passages: Sequence[Pa
         passages = [_keep_last(p, limit) for p in passages]
     longest = max(len(p.ids) for p in passages)
     rows = rows_per_batch(model, device, batch_size, len(passages), longest, longest)
-    hits: list[float] = []
-    for i in tqdm(range(0, len(passages), rows), desc="last word", unit="batch", disable=len(passages) <= rows):
-        chunk = passages[i:i + rows]
-        width = max(len(p.ids) for p in chunk)
-        ids = torch.tensor([[*p.ids, *[pad] * (width - len(p.ids))] for p in chunk], device=device)
-        mask = torch.tensor([[1] * len(p.ids) + [0] * (width - len(p.ids)) for p in chunk], device=device)
+    order = sorted(range(len(passages)), key=lambda i: len(passages[i].ids))  # batches of like lengths: less padding
+    hits = [0.0] * len(passages)
+    for i in tqdm(range(0, len(order), rows), desc="last word", unit="batch", disable=len(order) <= rows):
+        chunk = order[i:i + rows]
+        width = max(len(passages[j].ids) for j in chunk)
+        ids = torch.tensor([[*passages[j].ids, *[pad] * (width - len(passages[j].ids))] for j in chunk],
+                           device=device)
+        mask = torch.tensor([[1] * len(passages[j].ids) + [0] * (width - len(passages[j].ids)) for j in chunk],
+                            device=device)
+        # position t predicts token t + 1: the target's tokens, then the one after it (at the row's last position);
+        # only those positions get logits (a vocabulary-wide row at every context position would cost most memory)
+        keep = sorted({t for j in chunk for t in range(passages[j].start - 1, len(passages[j].ids))})
+        column = {t: c for c, t in enumerate(keep)}
         with torch.inference_mode():
-            greedy = model(input_ids=ids, attention_mask=mask).logits.argmax(-1).tolist()
-        for p, row in zip(chunk, greedy, strict=True):
-            target = list(p.ids[p.start:])
-            # position j predicts token j + 1: the target, then the token after it (at the row's last real position)
-            predicted = row[p.start - 1:len(p.ids)]
-            hits.append(float(predicted[:-1] == target and not _continues_word(tokenizer, predicted[-1])))
+            greedy = model(input_ids=ids, attention_mask=mask,
+                           logits_to_keep=torch.tensor(keep, device=device)).logits.argmax(-1).tolist()
+        for j, row in zip(chunk, greedy, strict=True):
+            p = passages[j]
+            predicted = [row[column[t]] for t in range(p.start - 1, len(p.ids))]
+            hits[j] = float(predicted[:-1] == list(p.ids[p.start:]) and not _continues_word(tokenizer, predicted[-1]))
     return hits
 
 
