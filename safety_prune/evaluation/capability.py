@@ -11,18 +11,23 @@ Definitions (one item per document, so the bootstrap resamples independent docum
 - **Last-word accuracy.** A document (whitespace collapsed to single spaces) qualifies when it has at least
   ``MIN_PASSAGE_WORDS`` words and its final word, stripped of the punctuation around it, is made of letters (with
   internal ``'`` or ``-``). The context is every character before that word (left-truncated to
-  ``MAX_CONTEXT_TOKENS`` tokens); the target is the word with its leading space, as the tokenizer encodes it after
-  the context. A passage counts as correct when greedy decoding from the context produces exactly the target's
-  tokens and then a token that does not continue the word (a special token, or one whose text does not start with
-  a letter or digit): "play" is not matched by "playing". Case and spelling must match exactly. Greedy decoding
-  produces the target iff every target token is the argmax given the previous ones, so one teacher-forced forward
-  pass decides it (the "is greedy" rule of lm-eval's LAMBADA, plus the word-end check).
+  ``MAX_CONTEXT_TOKENS`` tokens); the target is the word with its leading space (none after an opening quote or
+  bracket, which stays in the context), as the tokenizer encodes it after the context. A passage counts as correct
+  when greedy decoding from the context produces exactly the target's tokens and then a token that does not
+  continue the word (a special token, or one whose text does not start with a letter or digit): "play" is not
+  matched by "playing". Case and spelling must match exactly. Greedy decoding produces the target iff every target
+  token is the argmax given the previous ones, so one teacher-forced forward pass decides it (the "is greedy" rule
+  of lm-eval's LAMBADA, plus the word-end check).
 - **Continuation token-F1.** A document qualifies when it has more than ``PROMPT_WORDS`` words and at least
   ``CONTINUATION_TOKENS`` tokens after them. The prompt is its first ``PROMPT_WORDS`` words; the reference is the
   next ``CONTINUATION_TOKENS`` tokens of the document; the model continues the prompt greedily for as many tokens
   (stopping at end of sequence). F1 is computed on the multisets of token ids: overlap = sum over ids of
   min(count in continuation, count in reference), precision = overlap / continuation length, recall = overlap /
-  reference length, F1 = 2PR / (P + R), and 0 when nothing overlaps or the continuation is empty.
+  reference length, F1 = 2PR / (P + R), and 0 when nothing overlaps or the continuation is empty. This is Lee et
+  al.'s F1 (their code: 20 new tokens, token-id multisets) except that their prompt is 32 *tokens*; 32 words end
+  the prompt at a word boundary, so the reference tokens are the document's own, not a re-split word.
+
+Prompts and contexts are plain text, never wrapped in a chat template: general prose is not a chat turn.
 
 Both are reported with 95% bootstrap intervals over documents and, against the unpruned model on the same
 documents, as a paired drop (``*_drop`` = unpruned minus pruned, in absolute units; the gate's
@@ -47,13 +52,14 @@ from .perplexity import _max_positions
 from .stats import paired_bootstrap_diff, summarize
 
 MIN_PASSAGE_WORDS = 50
-"""A last-word passage has at least this many words (LAMBADA's passages average about 80)."""
+"""A last-word passage has at least this many words (issue 23; enough context for the final word to be
+predictable from the passage, as in LAMBADA)."""
 MAX_CONTEXT_TOKENS = 256
 """Context kept before the final word (the end of the document); bounds the cost of long news articles."""
 PROMPT_WORDS = 32
 """Words of a document's beginning that prompt the continuation."""
 CONTINUATION_TOKENS = 20
-"""Reference and generated continuation length (Lee et al.'s 20 tokens)."""
+"""Reference and generated continuation length (Lee et al.'s 20 new tokens)."""
 MIN_ITEMS = 100
 """Fewest qualifying documents per metric. With n items the 95% interval of an accuracy is about
 +-1.96 sqrt(p (1 - p) / n): at n = 100 at most +-0.098, already wider than the accuracy losses the gate is meant to
