@@ -36,6 +36,7 @@ documents, as a paired drop (``*_drop`` = unpruned minus pruned, in absolute uni
 
 from __future__ import annotations
 
+import logging
 import re
 import weakref
 from collections import Counter
@@ -50,6 +51,8 @@ from ..errors import DataSourceError
 from .generation import generate_detailed, rows_per_batch
 from .perplexity import _max_positions
 from .stats import paired_bootstrap_diff, summarize
+
+log = logging.getLogger(__name__)
 
 MIN_PASSAGE_WORDS = 50
 """A last-word passage has at least this many words (issue 23; enough context for the final word to be
@@ -168,6 +171,8 @@ def capability_set(tokenizer: Any, documents: Sequence[str], split: str) -> Capa
             f"with >= {CONTINUATION_TOKENS} tokens after them. Give the suite more general text (general.source, "
             "general.test_words and general.validation_words), or set 'capability: false' in the probe suite to "
             "leave these metrics out.")
+    log.info("Capability items from %d %s documents: %d last-word passages, %d continuation prompts",
+             len(documents), split, len(passages), len(continuations))
     return CapabilitySet(split, len(documents), passages, continuations)
 
 
