@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The GPU check of issue 6 (Scale), sized for under 8 minutes on one H200: correctness checks on the
-# device (conservation, transparency, batching, sdpa, gradient checkpointing), bf16 against fp32
-# relevance on a TinyLlama-sized model, and attribution cost at 2048 tokens against a plain
-# forward+backward and Wanda. Writes benchmarks/results/gpu_check.json; see benchmarks/gpu_check.py.
+# The GPU check of issues 6 and 25, about 70 s on one H200: correctness checks on the device (conservation,
+# transparency, batching, sdpa, gradient checkpointing), bf16 against fp32 relevance on a TinyLlama-sized model,
+# attribution cost at 2048 tokens (neuron+head, all units, Wanda, checkpointing) against a plain forward+backward,
+# a torch.profiler breakdown, and an 8B-shape row. Writes benchmarks/results/gpu_check.json and gpu_profile.json;
+# see benchmarks/gpu_check.py.
 #
 #   bash benchmarks/gpu_check.sh                    # CUDA
 #   bash benchmarks/gpu_check.sh --device cpu --smoke  # tiny config, any machine
