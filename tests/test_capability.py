@@ -156,7 +156,7 @@ def test_metrics_match_the_hand_computation(trained: torch.nn.Module) -> None:
     assert metrics["last_word_accuracy"]["ci_low"] < np.mean(hits) < metrics["last_word_accuracy"]["ci_high"]
     for key in ("last_word_accuracy_drop", "continuation_f1_drop"):  # the unpruned model against itself
         assert metrics[key] | {"p_value": 0} == {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_value": 0,
-                                                  "n": len(docs), "split": "general test"}
+                                                  "n": len(docs), "split": "general test", "documents": len(docs)}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -259,6 +259,7 @@ def test_correct_reports_capability_from_the_test_documents(capability_run, tmp_
     assert base["last_word_accuracy"] == pytest.approx(hand) and 0 < hand < 1
     assert base["details"]["last_word_accuracy"]["n"] == len(test_items.passages)
     assert base["details"]["continuation_f1"]["split"] == "general test"
+    assert base["details"]["continuation_f1"]["documents"] == len(s.general_test())
     assert base["last_word_accuracy_drop"] == base["continuation_f1_drop"] == 0.0
     for row in (corr, *res["comparison"]):
         for key in ("last_word_accuracy", "continuation_f1"):

@@ -257,12 +257,13 @@ def capability_metrics(model: torch.nn.Module, reference: torch.nn.Module, token
                        seed: int, batch_size: int = 16) -> dict[str, dict[str, Any]]:
     """``last_word_accuracy`` and ``continuation_f1`` of ``model`` (each ``{value, ci_low, ci_high, n}``) and their
     paired drops from ``reference`` (the unpruned model; 0 with interval [0, 0] when ``model`` is it), each
-    with ``split`` naming the documents measured."""
+    with ``split`` naming the documents measured and ``documents`` counting them (``n`` of them qualified)."""
     ref = items.reference_scores(reference, tokenizer, batch_size)
     got = ref if model is reference else measure(model, tokenizer, items, batch_size)
     out: dict[str, dict[str, Any]] = {}
+    where = {"split": items.split, "documents": items.n_documents}
     for key, mine, theirs in (("last_word_accuracy", got.last_word, ref.last_word),
                               ("continuation_f1", got.f1, ref.f1)):
-        out[key] = summarize(mine, seed=seed) | {"split": items.split}
-        out[f"{key}_drop"] = _drop(theirs, mine, seed) | {"split": items.split}
+        out[key] = summarize(mine, seed=seed) | where
+        out[f"{key}_drop"] = _drop(theirs, mine, seed) | where
     return out
