@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import re
 import sys
 import types
 import typing
@@ -27,6 +28,16 @@ JOBS: dict[str, tuple[type[RunOptions], str]] = {
     "compress": (CompressOptions, "prune a share of the weights by relevance on general text"),
     "circuit": (CircuitOptions, "find the units a task (IOI) needs by pruning the least relevant"),
 }
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that reads a dash followed by a digit (``-1GB``, ``-0.5``) as a value, as Python 3.13's
+    does: ``--max-memory -1GB`` then reaches the option's own check, which names what is wrong, instead of failing
+    as "expected one argument". No flag of this tool starts with a digit."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
 
 
 def _scalar(hint: Any) -> type:
@@ -98,7 +109,7 @@ def _add_fail_on(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="safety-prune", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="safety-prune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"safety-prune {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -247,9 +247,28 @@ class _NoAliasLoader(yaml.SafeLoader):
                 "values out", event.start_mark)
         return super().compose_node(parent, index)
 
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        """Refuse a key given twice in one mapping: PyYAML silently keeps the last, so a setting written twice
+        (say ``max_prompt_tokens``) would change a run without a word."""
+        first: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                earlier = first.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if earlier is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"found the key {key!r} a second time in one mapping (first on line "
+                    f"{earlier.start_mark.line + 1}); YAML would silently keep only the last value. Keep one of "
+                    "them", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
 
 def safe_yaml_load(text: str) -> Any:
-    """``yaml.safe_load`` that refuses aliases (raises ``yaml.YAMLError``)."""
+    """``yaml.safe_load`` that refuses aliases and duplicate keys (raises ``yaml.YAMLError``)."""
     loader = _NoAliasLoader(text)
     try:
         return loader.get_single_data()

@@ -218,17 +218,23 @@ def _check_usable(model: nn.Module, tok, where: str) -> None:
     sane logits (all-zero weights give one logit for every token; scaled-up weights overflow)."""
     emb = model.get_input_embeddings()
     rows = getattr(getattr(emb, "weight", None), "shape", (None,))[0]
-    # the base vocabulary (what ordinary text encodes to) and the special tokens fed to the model must all index
-    # an embedding row; an added token nothing produces (Qwen2's extra unk) may lie beyond
+    # the base vocabulary (what ordinary text encodes to), the added tokens that are not special (text containing
+    # them encodes to them) and the special tokens fed to the model must all index an embedding row; a special token
+    # nothing produces (Qwen2's extra unk) may lie beyond
     base = getattr(tok, "vocab_size", None) or len(tok)
     special = {f"{name} token": getattr(tok, f"{name}_token_id", None) for name in ("bos", "eos", "pad")}
-    beyond = [f"{what} (id {i})" for what, i in special.items() if isinstance(i, int) and i >= (rows or 0)]
+    added = {f"added token {str(t)!r}": i for i, t in getattr(tok, "added_tokens_decoder", {}).items() if not t.special}
+    beyond = [f"{what} (id {i})" for what, i in {**special, **added}.items() if isinstance(i, int) and i >= (rows or 0)]
     if rows is not None and (base > rows or beyond):
-        what = f"has {base} tokens" if base > rows else f"feeds the model {', '.join(beyond)}"
+        listed = ", ".join(beyond[:4]) + (f" and {len(beyond) - 4} more" if len(beyond) > 4 else "")
+        what = f"has {base} tokens" if base > rows else f"has {listed},"
+        fix = ("The tokenizer files do not belong to these weights: restore the model's own tokenizer (or its "
+               "config.json and weights) from the model's source.")
+        if base <= rows and all(b.startswith("added token") for b in beyond):
+            fix = ("Remove those tokens from the tokenizer (added_tokens in tokenizer.json and tokenizer_config.json), "
+                   "or save the model with its embeddings resized to hold them (model.resize_token_embeddings).")
         raise ModelLoadError(f"{where}: the tokenizer {what} but the model's vocabulary has only {rows} rows "
-                             f"(vocab_size), so any token id from {rows} up would crash it. The tokenizer files do "
-                             "not belong to these weights: restore the model's own tokenizer (or its config.json "
-                             "and weights) from the model's source.")
+                             f"(vocab_size), so any token id from {rows} up would crash it. {fix}")
     ids = tok("The quick brown fox jumps over the lazy dog.")["input_ids"] or [tok.eos_token_id or 0]
     limit = next((getattr(model.config, k) for k in ("n_positions", "max_position_embeddings")
                   if isinstance(getattr(model.config, k, None), int)), None)
@@ -281,19 +287,24 @@ def check_chat_template(lm: LoadedModel) -> int:
 
 
 def check_context(lm: LoadedModel, needs: dict[str, int]) -> None:
-    """Refuse inputs longer than a learned position table (GPT-2, OPT): they index past its end and crash.
+    """Refuse inputs longer than the model's positions, naming the settings that ask for them.
 
-    ``needs`` maps what asks for the length to its tokens; rotary-position families have no hard limit.
+    ``needs`` maps what asks for the length to its tokens. A learned position table (GPT-2, OPT) would be indexed
+    past its end and crash; a rotary model (Llama, Qwen2, Gemma3) runs on, but beyond ``max_position_embeddings``
+    it was never trained and its text and scores mean little, while memory grows with the square of the length.
     """
-    key = _LEARNED_POSITIONS.get(getattr(lm.model.config, "model_type", ""))
-    limit = getattr(lm.model.config, key, None) if key else None
-    if not isinstance(limit, int):
+    cfg = lm.model.config
+    learned = getattr(cfg, "model_type", "") in _LEARNED_POSITIONS
+    key = _LEARNED_POSITIONS[cfg.model_type] if learned else "max_position_embeddings"
+    limit = getattr(cfg, key, None)
+    if isinstance(limit, bool) or not isinstance(limit, int):
         return
     over = {what: n for what, n in needs.items() if n > limit}
     if over:
-        detail = "; ".join(f"{what}: {n}" for what, n in over.items())
-        raise ModelLoadError(f"--model {lm.spec} has {limit} positions ({key} in config.json) but this run needs "
-                             f"longer inputs ({detail} tokens). Lower those settings (max_prompt_tokens and "
+        detail = "; ".join(f"{what}: {n:,}" for what, n in over.items())
+        why = "inputs past its position table would crash it" if learned else "it was never trained on longer inputs"
+        raise ModelLoadError(f"--model {lm.spec} has {limit:,} positions ({key} in config.json; {why}) but this run "
+                             f"needs longer inputs ({detail} tokens). Lower those settings (max_prompt_tokens and "
                              "generation.max_new_tokens in the probe suite, --max-tokens) to fit, or use a model "
                              "with a longer context.")
 

@@ -60,7 +60,11 @@ def parse_size(text: str) -> int:
     if not m or unit not in _UNITS or float(m.group(1)) <= 0:
         raise ConfigError(f"--max-memory {text!r} is not a size. Give a positive number with an optional unit: "
                           "B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024), e.g. 2GB.")
-    return int(float(m.group(1)) * _UNITS[unit])
+    size = int(float(m.group(1)) * _UNITS[unit])
+    if size < 1:  # 0.5B would round down to a limit of 0 bytes that nothing fits
+        raise ConfigError(f"--max-memory {text!r} is less than one byte. Give the memory attribution may use, "
+                          "e.g. 16GB or 500MiB.")
+    return size
 
 
 def human(n: float) -> str:

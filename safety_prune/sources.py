@@ -7,6 +7,7 @@ as ``file:line`` so a user can fix it. The sha256 of every file read goes into t
 from __future__ import annotations
 
 import bz2
+import errno
 import html
 import io
 import json
@@ -15,6 +16,7 @@ import math
 import os
 import re
 import stat
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -93,7 +95,7 @@ def load_texts(
         if not path.is_absolute() and base_dir is not None:
             path = Path(base_dir) / path
         return _load_file(path, spec.get("field", "text"), spec.get("format"), encoding_errors)
-    return _load_hub(spec)
+    return _load_hub(spec, encoding_errors)
 
 
 def _nonempty(texts: list[str], what: str) -> list[str]:
@@ -142,21 +144,33 @@ def _filesystem_type(st: os.stat_result) -> str | None:
     return None
 
 
-def check_regular_file(path: Path) -> None:
-    """Refuse anything but a regular data file: a FIFO (reading it would block), a socket, a device, or a file on
-    /proc, /sys, /dev or another kernel filesystem (e.g. /proc/self/environ, which holds the environment)."""
+def path_problem(path: Path) -> str | None:
+    """What is wrong with ``path`` as a data file (it is missing, a symbolic-link loop, a folder, a FIFO, ...), or
+    None for a regular file: the message says what the user named, not "does not exist" for all of them."""
     try:
         st = path.stat()
-    except OSError:
-        raise DataSourceError(
-            f"source file {path} does not exist (relative paths resolve from the suite's folder)"
-        ) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link that loops back on itself (directly or through other links)"
+        if exc.errno == errno.ENOENT:
+            return "is a symbolic link to a missing file" if path.is_symlink() else "does not exist"
+        return f"cannot be opened ({exc.strerror or exc})"
     kind = next((what for test, what in _KINDS if test(st.st_mode)), None)
     if kind is None and not stat.S_ISREG(st.st_mode):
         kind = "not a regular file"
-    if kind is not None:
-        raise DataSourceError(f"source file {path} is {kind}, not a regular file. A probe suite's sources must be "
-                              "regular data files (.txt, .jsonl, .csv, .parquet, .xml.bz2).")
+    return None if kind is None else f"is {kind}, not a regular file"
+
+
+def check_regular_file(path: Path) -> None:
+    """Refuse anything but a regular data file: a FIFO (reading it would block), a socket, a device, or a file on
+    /proc, /sys, /dev or another kernel filesystem (e.g. /proc/self/environ, which holds the environment)."""
+    problem = path_problem(path)
+    if problem == "does not exist":
+        raise DataSourceError(f"source file {path} does not exist (relative paths resolve from the suite's folder)")
+    if problem is not None:
+        raise DataSourceError(f"source file {path} {problem}. A probe suite's sources must be regular data files "
+                              "(.txt, .jsonl, .csv, .parquet, .xml.bz2): point the source at one.")
+    st = path.stat()
     real = path.resolve()
     root = next((r for r in _SPECIAL_ROOTS if real == r or r in real.parents), None)
     fs = _filesystem_type(st)
@@ -182,7 +196,8 @@ def _load_file(path: Path, field_path: str, fmt: str | None, encoding_errors: st
 
 def _read_format(path: Path, fmt: str, field_path: str, encoding_errors: str) -> list[str]:
     if fmt == "txt":
-        texts = [line.strip() for _, line in _decoded_lines(path, encoding_errors) if line.strip()]
+        texts = [text for lineno, line in _decoded_lines(path, encoding_errors)
+                 if (text := _as_text(line, f"{path}:{lineno}", "line", encoding_errors)) is not None]
     elif fmt == "jsonl":
         texts = _read_jsonl(path, field_path, encoding_errors)
     elif fmt == "csv":
@@ -190,10 +205,12 @@ def _read_format(path: Path, fmt: str, field_path: str, encoding_errors: str) ->
 
         text = "\n".join(line for _, line in _decoded_lines(path, encoding_errors))
         try:
-            frame = pd.read_csv(io.StringIO(text))
+            # every cell as the text it is: no guessing of numbers, booleans or missing values ("NA", "null",
+            # "nan", "#N/A" are prompts like any other); only an empty cell is empty
+            frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False)
         except (ValueError, pd.errors.ParserError) as exc:
             raise DataSourceError(f"{path}: not a readable CSV file: {exc}") from exc
-        texts = _column_texts(frame, field_path, path)
+        texts = _column_texts(frame, field_path, path, encoding_errors)
     elif fmt == "parquet":
         import pandas as pd
 
@@ -201,7 +218,7 @@ def _read_format(path: Path, fmt: str, field_path: str, encoding_errors: str) ->
             frame = pd.read_parquet(path)
         except (OSError, ValueError) as exc:
             raise DataSourceError(f"{path}: not a readable parquet file: {exc}") from exc
-        texts = _column_texts(frame, field_path, path)
+        texts = _column_texts(frame, field_path, path, encoding_errors)
     else:
         texts = read_mediawiki(path)
     return _nonempty(texts, str(path))
@@ -215,8 +232,9 @@ def _decoded_lines(path: Path, encoding_errors: str) -> Iterator[tuple[int, str]
                 yield lineno, raw.decode("utf-8", errors=encoding_errors).rstrip("\r\n")
             except UnicodeDecodeError as exc:
                 raise DataSourceError(
-                    f"{path}:{lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start}); fix the file or "
-                    "load it with encoding_errors='replace'"
+                    f"{path}:{lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start}); fix the file, or pass "
+                    "--encoding-errors replace (encoding_errors='replace' in Python) to replace the bad bytes with "
+                    "U+FFFD"
                 ) from None
 
 
@@ -230,12 +248,31 @@ def _get_field(record: Any, field_path: str) -> Any:
     return value
 
 
-def _as_text(value: Any, where: str, field_path: str) -> str | None:
-    """A string value, None for missing values, or an error for values that are not text."""
+# characters no tokenizer takes: a lone UTF-16 surrogate (JSON's "\ud800") cannot be encoded as UTF-8, and a NUL
+# marks binary data, not text
+_NOT_TEXT = re.compile("[\ud800-\udfff\x00]")
+
+
+def _as_text(value: Any, where: str, field_path: str, encoding_errors: str) -> str | None:
+    """A string value, None for missing values, or an error for values that are not text.
+
+    Lone surrogates and NUL characters follow ``encoding_errors`` like undecodable bytes do: an error naming the
+    place (strict), or U+FFFD in their stead (replace).
+    """
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if not isinstance(value, str):
         raise DataSourceError(f"{where}: field {field_path!r} is {type(value).__name__}, expected text")
+    bad = _NOT_TEXT.search(value)
+    if bad is not None:
+        if encoding_errors != "replace":
+            what = "a NUL character" if bad.group() == "\x00" else f"a lone surrogate ({bad.group()!r})"
+            raise DataSourceError(
+                f"{where}: {field_path!r} holds {what} at character {bad.start()}, which is not text a tokenizer "
+                "can take; fix the file, or pass --encoding-errors replace (encoding_errors='replace' in Python) to "
+                "replace such characters with U+FFFD"
+            )
+        value = _NOT_TEXT.sub("\ufffd", value)
     return value.strip() or None
 
 
@@ -249,6 +286,11 @@ def _read_jsonl(path: Path, field_path: str, encoding_errors: str) -> list[str]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataSourceError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:  # the decoder recurses once per level: its limit is the nesting limit
+            raise DataSourceError(
+                f"{where}: JSON nested more than {sys.getrecursionlimit()} levels deep, beyond what the reader "
+                "takes; a prompt record is a flat object such as {\"text\": \"...\"}: fix or remove that line"
+            ) from None
         try:
             value = _get_field(record, field_path)
         except KeyError as exc:
@@ -256,13 +298,13 @@ def _read_jsonl(path: Path, field_path: str, encoding_errors: str) -> list[str]:
             raise DataSourceError(
                 f"{where}: no field {field_path!r} (missing {exc.args[0]!r}); available: {keys}"
             ) from None
-        text = _as_text(value, where, field_path)
+        text = _as_text(value, where, field_path, encoding_errors)
         if text is not None:
             texts.append(text)
     return texts
 
 
-def _column_texts(frame: Any, field_path: str, path: Path) -> list[str]:
+def _column_texts(frame: Any, field_path: str, path: Path, encoding_errors: str) -> list[str]:
     head, _, rest = field_path.partition(".")
     if head not in frame.columns:
         raise DataSourceError(
@@ -276,13 +318,13 @@ def _column_texts(frame: Any, field_path: str, path: Path) -> list[str]:
                 value = _get_field(value, rest)
             except KeyError as exc:
                 raise DataSourceError(f"{where}: column {head!r} has no field {exc.args[0]!r}") from None
-        text = _as_text(value, where, field_path)
+        text = _as_text(value, where, field_path, encoding_errors)
         if text is not None:
             texts.append(text)
     return texts
 
 
-def _load_hub(spec: dict) -> TextSource:
+def _load_hub(spec: dict, encoding_errors: str) -> TextSource:
     """Load a hub dataset through ``datasets``; an unreachable hub becomes an error naming offline assets."""
     name, config, split = spec["hub"], spec.get("config"), spec.get("split", "train")
     label = f"hub dataset {name}" + (f" ({config})" if config else "") + f" split {split}"
@@ -296,13 +338,13 @@ def _load_hub(spec: dict) -> TextSource:
             "offline asset instead, e.g. {asset: [rtp-insult, rtp-threat, ...]} for toxic prompts or "
             "{asset: gensim-lee} for general text (see `safety-prune assets list`)."
         ) from exc
-    texts = _hub_texts(ds, spec, label)
+    texts = _hub_texts(ds, spec, label, encoding_errors)
     fingerprint = getattr(ds, "_fingerprint", None)
     origin = label + (f" (fingerprint {fingerprint})" if fingerprint else "")
     return TextSource(texts=_nonempty(texts, label), origin=origin)
 
 
-def _hub_texts(ds: Any, spec: dict, label: str) -> list[str]:
+def _hub_texts(ds: Any, spec: dict, label: str, encoding_errors: str) -> list[str]:
     """Pull the dotted ``field`` out of each row, keeping rows whose ``filter`` field is truthy."""
     field_path = spec.get("field", "text")
     columns = list(ds.column_names)
@@ -314,7 +356,7 @@ def _hub_texts(ds: Any, spec: dict, label: str) -> list[str]:
     if "filter" in spec:
         keep = _dotted_column(ds, spec["filter"], label)
         values = [v for v, k in zip(values, keep, strict=True) if k]
-    texts = [t for i, v in enumerate(values) if (t := _as_text(v, f"{label} row {i}", field_path))]
+    texts = [t for i, v in enumerate(values) if (t := _as_text(v, f"{label} row {i}", field_path, encoding_errors))]
     return texts[: spec["limit"]] if "limit" in spec else texts
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import random
+import unicodedata
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,9 @@ from .resources import resource_dir
 logger = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 20_000  # pathological lines are cut here; token truncation happens later
+MAX_COUNT = 2**31 - 1  # a count beyond this overflows the 32-bit sizes and indices of tokenizers and kernels
+MAX_SAMPLES = 1_000  # continuations of one prompt
+_SAMPLES_WHY = "estimates settle long before that, RealToxicityPrompts uses 25, and generation time grows with it"
 TOKENS_PER_WORD = 1.3  # conservative for English prose with a BPE tokenizer (SmolLM2: 1.25 news, 1.35 wiki)
 _REQUIRED = object()
 
@@ -235,9 +240,12 @@ def list_suites() -> list[str]:
 def _resolve_path(name_or_path: str) -> Path:
     candidate = Path(name_or_path).expanduser()
     looks_like_path = candidate.suffix in (".yaml", ".yml") or len(candidate.parts) > 1
-    if looks_like_path or candidate.is_file():
-        if not candidate.is_file():
-            raise ProbeSuiteError(f"probe suite file {candidate} does not exist")
+    if looks_like_path or os.path.lexists(candidate):
+        problem = sources.path_problem(candidate)
+        if problem is not None:
+            hint = (" Pass the suite's .yaml file inside it." if candidate.is_dir() else
+                    "" if problem == "does not exist" else " Pass a probe suite YAML file or a packaged suite's name.")
+            raise ProbeSuiteError(f"probe suite file {candidate} {problem}.{hint}")
         return candidate
     packaged = resource_dir("probes") / f"{name_or_path}.yaml"
     if not packaged.is_file():
@@ -281,10 +289,13 @@ class _Fields:
     def sub(self, key: str, allowed: set[str]) -> _Fields:
         return _Fields(self.file, self.key(key), self.data.get(key), allowed)
 
-    def pos_int(self, key: str, default: Any) -> int:
+    def pos_int(self, key: str, default: Any, hi: int = MAX_COUNT, why: str = "larger counts overflow") -> int:
+        """A whole number in [1, hi]: the bound refuses a typo such as 10**20 here, not as an overflow mid-run."""
         value = self.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise self.error(key, f"must be a positive integer, got {value!r}")
+        if value > hi:
+            raise self.error(key, f"is {value:,}, above its maximum of {hi:,} ({why}); lower it")
         return value
 
     def number(self, key: str, default: Any, lo: float, hi: float, *, lo_open: bool = False) -> float:
@@ -371,7 +382,7 @@ def _parse(path: Path) -> ProbeSuite:
     generation = GenerationSpec(
         max_new_tokens=g.pos_int("max_new_tokens", 25),
         do_sample=g.boolean("do_sample", False),
-        num_samples=g.pos_int("num_samples", 1),
+        num_samples=g.pos_int("num_samples", 1, MAX_SAMPLES, _SAMPLES_WHY),
         temperature=g.number("temperature", 1.0, 0.0, 100.0, lo_open=True),
         top_p=g.number("top_p", 1.0, 0.0, 1.0, lo_open=True),
         batch_size=g.pos_int("batch_size", 16),
@@ -397,7 +408,7 @@ def _parse(path: Path) -> ProbeSuite:
                                 "target", "tokens_per_continuation", "foil", "benign_n", "general_n",
                                 "max_prompts"})
     reference = ReferenceSpec(
-        samples_per_prompt=ref.pos_int("samples_per_prompt", 1),
+        samples_per_prompt=ref.pos_int("samples_per_prompt", 1, MAX_SAMPLES, _SAMPLES_WHY),
         temperature=ref.number("temperature", 1.0, 0.0, 100.0, lo_open=True),
         top_p=ref.number("top_p", 1.0, 0.0, 1.0, lo_open=True),
         undesired_min=ref.pos_int("undesired_min", 20),
@@ -494,11 +505,13 @@ def _behaviour_rate(th: _Fields) -> float:
 
 
 def _norm(text: str) -> str:
-    return " ".join(text.split())
+    """The comparison key of a text: NFKC (so the same prompt in NFD, or with compatibility forms such as full-width
+    letters, compares equal) with whitespace runs collapsed."""
+    return " ".join(unicodedata.normalize("NFKC", text).split())
 
 
 def _dedup(texts: list[str]) -> list[str]:
-    """Drop repeats (compared after whitespace normalisation), keeping the first occurrence."""
+    """Drop repeats (compared after Unicode and whitespace normalisation), keeping the first occurrence."""
     seen: set[str] = set()
     out = []
     for text in texts:

@@ -170,7 +170,7 @@ def test_secondary_scorer_beside_the_primary(tmp_path: Path) -> None:
     assert evaluate_gate(res, ["behaviour_rate>0.2"])["passed"]
     res["baseline"]["secondary"]["toxblock"]["agreement"] = "high"
     with pytest.raises(ResultsError, match=r"baseline\.secondary\.toxblock\.agreement is the string 'high', but "
-                                           r"must be a number or null"):
+                                           r"must be a number from 0 to 1 or null"):
         render_run(_write_run(tmp_path / "bad", res))
 
 

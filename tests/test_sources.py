@@ -72,9 +72,10 @@ def test_csv_and_parquet(tmp_path: Path) -> None:
 
 
 def test_non_text_values_are_refused(tmp_path: Path) -> None:
-    pd.DataFrame({"text": [1, 2]}).to_csv(tmp_path / "n.csv", index=False)
+    """A typed column that is not text (parquet keeps types; a CSV cell is always text, see below)."""
+    pd.DataFrame({"text": [1, 2]}).to_parquet(tmp_path / "n.parquet")
     with pytest.raises(DataSourceError, match=r"row 1: field 'text' is int, expected text"):
-        load_texts({"path": str(tmp_path / "n.csv")})
+        load_texts({"path": str(tmp_path / "n.parquet")})
 
 
 @pytest.mark.parametrize("name", ["e.txt", "e.jsonl", "e.csv"])

@@ -117,8 +117,8 @@ class SuiteOptions(RunOptions):
         None, "refuse to start when attribution is estimated to need more, e.g. 16GB or 500MiB (default: the "
         "memory free on the model's devices); see safety_prune/preflight.py", parse=_max_memory, metavar="SIZE")
     encoding_errors: str = option(
-        "strict", "prompt files that are not UTF-8: stop with file:line (strict, default) or replace the bad "
-        "bytes with U+FFFD (replace)", choices=("strict", "replace"))
+        "strict", "prompt files that are not UTF-8, or hold lone surrogates (JSON's \\ud800) or NUL characters: stop "
+        "with file:line (strict, default) or replace each with U+FFFD (replace)", choices=("strict", "replace"))
     gradient_checkpointing: bool = option(
         False, "recompute each block during attribution's backward instead of keeping its intermediates: less "
         "memory for long sequences, same relevance, about 1/3 more time")

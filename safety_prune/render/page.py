@@ -90,18 +90,43 @@ class _Invalid(Exception):
     problem: str
 
 
-_CI = _Opt(_List(_NUM, length=2, what="a pair of numbers [low, high]"))
+@dataclass(frozen=True)
+class _Range:
+    """A number from ``lo`` to ``hi`` (above ``lo`` when ``lo_open``). A rate of -5 or a perplexity of 0 is no
+    measurement: only an edit makes one, and if types alone were checked it would pass a gate such as
+    ``behaviour_rate>0.05``."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+
+
+_SHARE, _SIGNED_SHARE, _POSITIVE = _Range(0.0, 1.0), _Range(-1.0, 1.0), _Range(0.0, math.inf, lo_open=True)
+# rates, means, distinct-2, accuracy and F1 are shares; a drop is a difference of two shares; perplexities positive
+_METRIC_RANGE = {k: _POSITIVE if "perplexity" in k else _SIGNED_SHARE if k.endswith("_drop") else _SHARE
+                 for k in METRIC_KEYS}
+_RANGE_SLACK = 1e-9  # float rounding at a bound (a percentile interpolated between two 1.0s)
+
+
+def _ci_of(spec: Any) -> _Opt:
+    """An interval [low, high] whose ends are each ``spec`` (an end out of range is named as ``key[i]``)."""
+    return _Opt(_List(spec, length=2, what="a pair of numbers [low, high]"))
+
+
+_CI = _ci_of(_NUM)
 _PAIRED = _Obj({k: (_NUM, True) for k in ("delta", "ci_low", "ci_high", "p_value")},
                what='an object of numbers {"delta", "ci_low", "ci_high", "p_value"}')
 _SECONDARY_KEYS = ("behaviour_rate", "behaviour_mean")
-_SECONDARY = _Opt(_Map(_Obj({**{k: (_Opt(_NUM), False) for k in (*_SECONDARY_KEYS, "agreement")},
-                             **{f"{k}_ci": (_CI, False) for k in _SECONDARY_KEYS}},
+_SECONDARY = _Opt(_Map(_Obj({**{k: (_Opt(_SHARE), False) for k in (*_SECONDARY_KEYS, "agreement")},
+                             **{f"{k}_ci": (_ci_of(_SHARE), False) for k in _SECONDARY_KEYS}},
                             what='an object of numbers, e.g. {"behaviour_rate": 0.1, "agreement": 0.9}')))
-_BLOCK = _Obj({**{k: (_NUM, False) for k in METRIC_KEYS}, **{f"{k}_ci": (_CI, False) for k in METRIC_KEYS},
+_BLOCK = _Obj({**{k: (_METRIC_RANGE[k], False) for k in METRIC_KEYS},
+               **{f"{k}_ci": (_ci_of(_METRIC_RANGE[k]), False) for k in METRIC_KEYS},
                "k": (_Opt(_NUM), False), "paired_vs_baseline": (_PAIRED, False),
                "paired_vs_random": (_PAIRED, False), "secondary": (_SECONDARY, False)},
               what='an object of metrics, e.g. {"behaviour_rate": 0.02, "behaviour_rate_ci": [0.01, 0.03]}')
-_ROW = _Obj({**{k: (_Opt(_NUM), False) for k in METRIC_KEYS}, **{f"{k}_ci": (_CI, False) for k in METRIC_KEYS},
+_ROW = _Obj({**{k: (_Opt(_METRIC_RANGE[k]), False) for k in METRIC_KEYS},
+             **{f"{k}_ci": (_ci_of(_METRIC_RANGE[k]), False) for k in METRIC_KEYS},
              "k": (_Opt(_NUM), False), "paired_vs_baseline": (_Opt(_PAIRED), False),
              "paired_vs_random": (_Opt(_PAIRED), False), "secondary": (_SECONDARY, False)})
 _SCORER_FIELDS = {"name": (_SCALAR, True), "description": (_ANY, True), "limits": (_ANY, True),
@@ -118,7 +143,7 @@ _RESULTS = _Obj({
     "job": (_TEXT, True),
     "model": (_Obj({"name": (_SCALAR, True), "spec": (_SCALAR, True)}), True),
     "probe": (_Obj({"name": (_SCALAR, True), "description": (_ANY, True), "n_eval_prompts": (_ANY, True),
-                    "generation": (_Map(_ANY), False), "thresholds": (_Opt(_Map(_NUM)), False),
+                    "generation": (_Map(_ANY), False), "thresholds": (_Opt(_Map(_SHARE)), False),
                     "limit": (_Opt(_NUM), False)}), True),
     "scorer": (_Obj({**_SCORER_FIELDS, "secondary": (_Opt(_List(_Obj(_SCORER_FIELDS))), False)}), True),
     "baseline": (_BLOCK, True),
@@ -156,6 +181,8 @@ def _join(key: str, name: str | int) -> str:
 
 
 def _describe(spec: Any) -> str:
+    if isinstance(spec, _Range):
+        return "a number above 0" if spec == _POSITIVE else f"a number from {spec.lo:g} to {spec.hi:g}"
     if isinstance(spec, _Opt):
         return f"{_describe(spec.spec)} or null"
     if isinstance(spec, _Obj | _List):
@@ -177,6 +204,9 @@ def _found(value: Any) -> str:
 
 
 def _shallow_ok(value: Any, spec: Any) -> bool:
+    if isinstance(spec, _Range):
+        return (_shallow_ok(value, _NUM) and value <= spec.hi + _RANGE_SLACK
+                and (value > spec.lo if spec.lo_open else value >= spec.lo - _RANGE_SLACK))
     if isinstance(spec, _Opt):
         return value is None or _shallow_ok(value, spec.spec)
     if isinstance(spec, _Obj | _Map):
