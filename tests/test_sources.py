@@ -224,3 +224,63 @@ def test_read_mediawiki_keeps_main_namespace_articles(tmp_path: Path) -> None:
     broken.write_bytes(bz2.compress(b"<mediawiki><page>"))
     with pytest.raises(DataSourceError, match=r"not a readable MediaWiki XML dump"):
         read_mediawiki(broken)
+
+
+# --------------------------------------------------------------- issue 27: input text stays text, or a clear error
+
+def test_lone_surrogate_and_nul_follow_encoding_errors(tmp_path: Path) -> None:
+    """Before: a lone surrogate (JSON's \\ud800) reached the tokenizer and crashed truncate_prompts with a traceback."""
+    from tiny import tiny_tokenizer
+
+    path = write_jsonl(tmp_path / "p.jsonl", [{"text": "fine"}, {"text": "bad \ud800 half"}, {"text": "nul \x00 x"}])
+    with pytest.raises(DataSourceError, match=rf"{path}:2: 'text' holds a lone surrogate .* --encoding-errors "
+                                              "replace"):
+        load_texts({"path": str(path)})
+    texts = load_texts({"path": str(path)}, encoding_errors="replace").texts
+    assert texts == ["fine", "bad \ufffd half", "nul \ufffd x"]
+    assert all(tiny_tokenizer()(t)["input_ids"] for t in texts)  # what the run does next now works
+    txt = tmp_path / "p.txt"
+    txt.write_bytes(b"fine\nnul \x00 byte\n")
+    with pytest.raises(DataSourceError, match=rf"{txt}:2: .*holds a NUL character.*--encoding-errors replace"):
+        load_texts({"path": str(txt)})
+
+
+def test_deeply_nested_jsonl_line_is_a_clear_error(tmp_path: Path) -> None:
+    """Before: a line nested 200,000 deep raised RecursionError out of the reader."""
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"text": "ok"}\n' + "[" * 200_000 + "]" * 200_000 + "\n", encoding="utf-8")
+    with pytest.raises(DataSourceError, match=rf"{path}:2: JSON nested more than \d+ levels deep.*fix or remove"):
+        load_texts({"path": str(path)})
+
+
+MISSING_LOOKING = ["NA", "None", "null", "nan", "N/A", "#N/A", "NaN", "n/a", "NULL", "-nan", "<NA>", "#NA"]
+
+
+def test_csv_cells_are_text_not_guessed_missing_values(tmp_path: Path) -> None:
+    """Before: pandas read these prompts as missing values and dropped them without a word."""
+    path = tmp_path / "p.csv"
+    path.write_text("text\n" + "\n".join(MISSING_LOOKING) + "\n\"\"\nreal prompt\n", encoding="utf-8")
+    assert load_texts({"path": str(path)}).texts == [*MISSING_LOOKING, "real prompt"]  # only the empty cell is empty
+
+
+def test_csv_numbers_and_booleans_stay_text(tmp_path: Path) -> None:
+    """Before: "field 'text' is int (bool), expected text" for a prompt such as 42 or True."""
+    for rows in (["42", "007", "1e5", "3.50"], ["True", "false"]):  # a column of numbers, one of booleans
+        path = tmp_path / "p.csv"
+        path.write_text("text,label\n" + "".join(f"{r},1\n" for r in rows), encoding="utf-8")
+        assert load_texts({"path": str(path)}).texts == rows
+
+
+def test_bad_source_paths_say_what_they_are(tmp_path: Path) -> None:
+    """Before: a symbolic-link loop (and any other unreadable path) was reported as "does not exist"."""
+    loop = tmp_path / "loop.txt"
+    loop.symlink_to(loop)
+    with pytest.raises(DataSourceError, match=r"loop.txt is a symbolic link that loops back on itself.*point the "
+                                              "source at one"):
+        load_texts({"path": str(loop)})
+    dangling = tmp_path / "gone.txt"
+    dangling.symlink_to(tmp_path / "missing.txt")
+    with pytest.raises(DataSourceError, match=r"gone.txt is a symbolic link to a missing file"):
+        load_texts({"path": str(dangling)})
+    with pytest.raises(DataSourceError, match=r"is a folder, not a regular file"):
+        load_texts({"path": str(tmp_path), "format": "txt"})

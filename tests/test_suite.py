@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -274,4 +276,55 @@ def test_secondary_scorers_by_name_or_mapping(suite_dir: Path) -> None:
 def test_secondary_scorer_errors_name_the_key(suite_dir: Path, secondary: object, message: str) -> None:
     cfg = base_config() | {"scorer": {"name": "profanity", "secondary": secondary}}
     with pytest.raises(ProbeSuiteError, match=message):
+        load_suite(str(write_suite(suite_dir, cfg)))
+
+
+# ------------------------------------------------------------------ issue 27: settings honoured or refused at load
+
+def test_absurd_counts_are_refused_naming_the_key(suite_dir: Path) -> None:
+    """Before: reference.samples_per_prompt 10**20 loaded, then overflowed inside generation with a traceback."""
+    cfg = base_config()
+    cfg["reference"]["samples_per_prompt"] = 10**20
+    with pytest.raises(ProbeSuiteError, match=r"suite.yaml: reference.samples_per_prompt is 100,000,000,000,000,000,"
+                                              r"000, above its maximum of 1,000 .*; lower it"):
+        load_suite(str(write_suite(suite_dir, cfg)))
+    cfg = base_config() | {"max_prompt_tokens": 3_000_000_000}
+    with pytest.raises(ProbeSuiteError, match=r"max_prompt_tokens is 3,000,000,000, above its maximum of "
+                                              r"2,147,483,647 .*; lower it"):
+        load_suite(str(write_suite(suite_dir, cfg)))
+
+
+def test_duplicate_key_is_an_error_naming_key_and_line(suite_dir: Path) -> None:
+    """Before: the second max_prompt_tokens silently won."""
+    text = write_suite(suite_dir, base_config()).read_text(encoding="utf-8")
+    path = suite_dir / "twice.yaml"
+    path.write_text(f"max_prompt_tokens: 64\n{text}max_prompt_tokens: 16\n", encoding="utf-8")
+    line = len(text.splitlines()) + 2
+    with pytest.raises(ProbeSuiteError, match=rf"(?s)twice.yaml: not valid YAML: found the key 'max_prompt_tokens' a "
+                                              rf"second time .*first on line 1.*Keep one of them.*line {line}"):
+        load_suite(str(path))
+
+
+def test_probe_that_is_a_folder_or_fifo_says_so(suite_dir: Path) -> None:
+    """Before: both were "probe suite file ... does not exist"."""
+    with pytest.raises(ProbeSuiteError, match=rf"{suite_dir} is a folder, not a regular file. Pass the suite's "
+                                              r"\.yaml file inside it"):
+        load_suite(str(suite_dir))
+    fifo = suite_dir / "suite.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ProbeSuiteError, match=r"suite.yaml is a named pipe \(FIFO\), not a regular file"):
+        load_suite(str(fifo))
+
+
+def test_eval_overlap_check_normalises_unicode(suite_dir: Path) -> None:
+    """Before: the reference prompts written in NFD (decomposed accents) passed as disjoint eval prompts."""
+    accented = [f"café número {i} says" for i in range(N_PROMPTS)]
+    (suite_dir / "prompts.txt").write_text("\n".join(unicodedata.normalize("NFC", p) for p in accented) + "\n",
+                                           encoding="utf-8")
+    (suite_dir / "eval.txt").write_text("\n".join(unicodedata.normalize("NFD", p) for p in accented[:3]) + "\n",
+                                        encoding="utf-8")
+    cfg = base_config()
+    del cfg["split"]["eval_fraction"]
+    cfg["eval"] = {"source": {"path": "eval.txt"}}
+    with pytest.raises(ProbeSuiteError, match=r"3 of 3 eval prompts also appear in the undesired reference"):
         load_suite(str(write_suite(suite_dir, cfg)))

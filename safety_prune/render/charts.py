@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import re
 import textwrap
 from collections.abc import Callable
@@ -20,6 +21,18 @@ from ..metrics import METRIC_KEYS, metric_ci
 
 _BASE_COLOUR, _CORR_COLOUR = "#8c959f", "#0969da"
 _METHOD_COLOURS = ("#0969da", "#cf222e", "#1a7f37", "#9a6700", "#8250df", "#bf3989", "#57606a")
+
+
+# matplotlib's tick locators and axis margins overflow near the largest float (a perplexity of 1e308 from a broken
+# model warns "overflow encountered" and draws nothing useful): a number beyond this is drawn at it, and the tables
+# beside the charts give the exact value
+_PLOT_LIMIT = 1e15
+
+
+def _plottable(value: Any) -> float:
+    """``value`` as a float within +-_PLOT_LIMIT (NaN stays NaN: matplotlib leaves it out)."""
+    value = float(value)
+    return value if math.isnan(value) else max(-_PLOT_LIMIT, min(_PLOT_LIMIT, value))
 
 
 _RC = {"svg.fonttype": "none", "font.size": 8, "axes.titlesize": 8.5, "axes.spines.top": False,
@@ -72,13 +85,13 @@ def metrics_chart(fig: Any, base: dict[str, Any], corr: dict[str, Any] | None, l
     series = [("baseline", base, _BASE_COLOUR)] + ([("corrected", corr, _CORR_COLOUR)] if corr else [])
     for ax, key in zip(axes.flat, keys, strict=False):
         for i, (name, block, colour) in enumerate(series):
-            val = float(block.get(key, float("nan")))
-            ci = block.get(f"{key}_ci")
+            val = _plottable(block.get(key, float("nan")))
+            ci = [_plottable(c) for c in block[f"{key}_ci"]] if block.get(f"{key}_ci") else None
             err = [[max(val - ci[0], 0.0)], [max(ci[1] - val, 0.0)]] if ci else None
             ax.bar(i, val, width=0.6, color=colour, yerr=err, capsize=3, ecolor="#24292f", label=name)
         ax.set_xticks(range(len(series)), [s[0] for s in series])
-        tops = [float(b.get(key, 0.0)) for _, b, _ in series] + [
-            c for _, b, _ in series for c in (metric_ci(b, key) or [])]
+        tops = [_plottable(b.get(key, 0.0)) for _, b, _ in series] + [
+            _plottable(c) for _, b, _ in series for c in (metric_ci(b, key) or [])]
         if min(tops) >= 0:
             ax.set_ylim(0, 1.15 * max(tops) or 1.0)
         ax.set_title(_plot_label(labels[key], 28))
@@ -101,7 +114,7 @@ def layer_chart(fig: Any, circuit: dict[str, Any]) -> bool:
     fig.set_size_inches(4.2 * len(panels), 2.2)
     axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (title, rows) in zip(axes.flat, panels, strict=True):
-        ax.bar([int(r["layer"]) for r in rows], [float(r["abs_share"]) for r in rows], color=_CORR_COLOUR)
+        ax.bar([int(r["layer"]) for r in rows], [_plottable(r["abs_share"]) for r in rows], color=_CORR_COLOUR)
         ax.set_title(f"{title}: share of |R_diff| per layer")
         ax.set_xlabel("layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -179,14 +192,15 @@ def tradeoff_chart(fig: Any, rows: list[dict[str, Any]], base: dict[str, Any], l
         for s in tradeoff_series(rows, key):
             if not s["points"]:
                 continue
-            (line,) = ax.plot([p[0] for p in s["points"]], [p[1] for p in s["points"]], marker=s["marker"],
+            (line,) = ax.plot([_plottable(p[0]) for p in s["points"]], [_plottable(p[1]) for p in s["points"]],
+                              marker=s["marker"],
                               ms=s["size"], mfc="none", mew=1.3, lw=1.2 if s["line"] else 0,
                               ls="-" if s["line"] else "none", color=s["colour"], label=_plot_label(s["method"]),
                               alpha=0.9, zorder=2 + 0.01 * s["index"])
             line.set_gid(f"tradeoff-series-{s['index']}")
         if isinstance(base.get(key), int | float) and isinstance(base.get("perplexity"), int | float):
-            ax.plot([base["perplexity"]], [base[key]], marker="*", ms=10, color="#24292f", ls="none",
-                    label="baseline (unpruned)", zorder=3)
+            ax.plot([_plottable(base["perplexity"])], [_plottable(base[key])], marker="*", ms=10, color="#24292f",
+                    ls="none", label="baseline (unpruned)", zorder=3)
         ax.set_xlabel("perplexity on general text (lower is better)")
         ax.set_ylabel(_plot_label(labels[key][:1].lower() + labels[key][1:], 36))
         if key == "behaviour_rate":

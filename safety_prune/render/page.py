@@ -111,9 +111,6 @@ _RANGE_SLACK = 1e-9  # float rounding at a bound (a percentile interpolated betw
 def _ci_of(spec: Any) -> _Opt:
     """An interval [low, high] whose ends are each ``spec`` (an end out of range is named as ``key[i]``)."""
     return _Opt(_List(spec, length=2, what="a pair of numbers [low, high]"))
-
-
-_CI = _ci_of(_NUM)
 _PAIRED = _Obj({k: (_NUM, True) for k in ("delta", "ci_low", "ci_high", "p_value")},
                what='an object of numbers {"delta", "ci_low", "ci_high", "p_value"}')
 _SECONDARY_KEYS = ("behaviour_rate", "behaviour_mean")
