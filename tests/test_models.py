@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,3 +70,41 @@ def test_loading_never_modifies_the_folder(tmp_path):
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     load_model(str(tmp_path))
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_added_token_beyond_the_vocabulary_is_refused_at_load(tmp_path):
+    """Issue 27 M5. Before: the model loaded, and a prompt holding the added token crashed generation (IndexError)."""
+    from transformers import AutoTokenizer
+
+    save_tiny("llama", tmp_path)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    tok.add_tokens(["<extra>"])  # id 300; the model's embedding has 300 rows (0-299)
+    tok.save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError, match=r"the tokenizer has added token '<extra>' \(id 300\), but the model's "
+                                             r"vocabulary has only 300 rows .*resize_token_embeddings"):
+        load_model(str(tmp_path))
+
+
+@pytest.mark.parametrize("setting", ["max_new_tokens: 100000", "max_new_tokens: 6", "max_prompt_tokens: 100000"])
+def test_inputs_beyond_the_context_name_the_setting_and_the_positions(tmp_path, capsys, setting):
+    """Issue 27 L5. Before: a rotary model (here Llama, 256 positions) was checked only by the memory estimate
+    ("about 6.2 TB"), which names neither the setting nor the context length."""
+    from tiny import write_tiny_suite
+
+    from safety_prune.cli import main
+
+    save_tiny("llama", tmp_path / "model")
+    suite = Path(write_tiny_suite(tmp_path / "suite"))
+    key, value = setting.split(": ")
+    text = suite.read_text()
+    suite.write_text(text.replace("max_new_tokens: 6", setting) if key == "max_new_tokens" else
+                     text.replace("max_prompt_tokens: 32", setting))
+    argv = ["audit", "--model", str(tmp_path / "model"), "--probe", str(suite), "--out", str(tmp_path / "run")]
+    if value == "6":  # the suite fits; --max-tokens does not
+        argv += ["--max-tokens", "300"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "has 256 positions (max_position_embeddings in config.json; it was never trained on longer inputs)" in err
+    named = "--max-tokens: 300" if value == "6" else "max_prompt_tokens + generation.max_new_tokens: 100,0"
+    assert named in err and "Lower those settings" in err, err
+    assert not (tmp_path / "run").exists()
