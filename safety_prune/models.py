@@ -278,11 +278,18 @@ def check_chat_template(lm: LoadedModel) -> int:
                                        add_generation_prompt=True)
         if not isinstance(text, str):
             raise TypeError(f"it rendered a {type(text).__name__}, not text")
-        added = len(tok(text, add_special_tokens=False)["input_ids"]) - len(tok("Hello", add_special_tokens=False)
-                                                                             ["input_ids"])
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        added = len(ids) - len(tok("Hello", add_special_tokens=False)["input_ids"])
     except Exception as exc:  # a template raises whatever jinja2 or its own code raises
         raise ModelLoadError(f"The chat template of --model {lm.spec} fails on a one-message chat "
                              f"({type(exc).__name__}: {' '.join(str(exc).split())}). {fix}") from exc
+    # the template's own tokens (e.g. a special <|im_start|> added to the tokenizer) must index an embedding row too
+    rows = lm.model.get_input_embeddings().weight.shape[0]
+    beyond = sorted({i for i in ids if i >= rows})
+    if beyond:
+        names = ", ".join(f"{tok.convert_ids_to_tokens(i)!r} (id {i})" for i in beyond[:4])
+        raise ModelLoadError(f"The chat template of --model {lm.spec} renders the token(s) {names}, but the model's "
+                             f"vocabulary has only {rows} rows, so every templated prompt would crash it. {fix}")
     return max(added, 0)
 
 

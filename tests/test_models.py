@@ -108,3 +108,21 @@ def test_inputs_beyond_the_context_name_the_setting_and_the_positions(tmp_path, 
     named = "--max-tokens: 300" if value == "6" else "max_prompt_tokens + generation.max_new_tokens: 100,0"
     assert named in err and "Lower those settings" in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_chat_template_token_beyond_the_vocabulary_is_refused(tmp_path):
+    """A special token the template emits (added to the tokenizer, not to the weights) would crash every templated
+    prompt; a special token is not matched by the load-time check, which lets unused specials (Qwen2's unk) be."""
+    from transformers import AutoTokenizer
+
+    from safety_prune.models import check_chat_template
+
+    save_tiny("llama", tmp_path)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})  # id 300
+    tok.chat_template = "{% for m in messages %}<|im_start|>{{ m['content'] }}{% endfor %}"
+    tok.save_pretrained(tmp_path)
+    lm = load_model(str(tmp_path))
+    with pytest.raises(ModelLoadError, match=r"renders the token\(s\) '<\|im_start\|>' \(id 300\), but the model's "
+                                             r"vocabulary has only 300 rows.*chat_template: false"):
+        check_chat_template(lm)
