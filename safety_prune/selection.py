@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,6 +219,25 @@ def damage_screen(lm: LoadedModel, text: SearchText, scores: dict[str, torch.Ten
     return screened, rows
 
 
+def _resampled(rel: dict[str, Relevance], kind: str, combine: str, share: float, exclude: Sequence[int],
+               resamples: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+    """The guarded contrast scores (excluded layers last) of ``resamples`` bootstrap resamples of each
+    reference set's samples: what the ranking would have been with another draw of the same size."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(resamples):
+        boot = {}
+        for name, r in rel.items():
+            per = r.per_sample[kind]
+            idx = torch.randint(len(per), (len(per),), generator=gen)
+            boot[name] = Relevance(r.method, {kind: per[idx].mean(0)}, len(per))
+        scores, _ = guard(contrast_scores(boot, combine), boot["general"].scores, share)
+        yield exclude_layers(scores, kind, exclude)
+
+
+def _has_per_sample(rel: dict[str, Relevance] | None, kind: str) -> bool:
+    return bool(rel) and all(kind in r.per_sample for r in rel.values())
+
+
 def stability(rel: dict[str, Relevance] | None, selected: Sequence[Unit], kind: str, combine: str, share: float,
               exclude: Sequence[int], resamples: int, seed: int) -> dict[str, Any]:
     """How reproducible the selection is: resample each reference set's samples with replacement, rank again
@@ -226,20 +245,12 @@ def stability(rel: dict[str, Relevance] | None, selected: Sequence[Unit], kind: 
 
     Needs per-sample neuron relevance (kept by ``Contrast`` for lrp and gradient)."""
     k = len(selected)
-    if not resamples or kind != "neuron" or not rel or not k \
-            or any("neuron" not in r.per_sample for r in rel.values()):
+    if not resamples or kind != "neuron" or not k or not _has_per_sample(rel, kind):
         return {"computed": False, "why": "needs neuron units, a relevance-backed method and --stability > 0"}
     chosen = {(u.layer, u.index) for u in selected}
-    gen = torch.Generator().manual_seed(seed)
     overlaps, counts = [], dict.fromkeys(chosen, 0)
-    for _ in range(resamples):
-        boot = {}
-        for name, r in rel.items():
-            per = r.per_sample["neuron"]
-            idx = torch.randint(len(per), (len(per),), generator=gen)
-            boot[name] = Relevance(r.method, {"neuron": per[idx].mean(0)}, len(per))
-        scores, _ = guard(contrast_scores(boot, combine), boot["general"].scores, share)
-        top = {(u.layer, u.index) for u in select(exclude_layers(scores, kind, exclude), kind, k=k)}
+    for scores in _resampled(rel, kind, combine, share, exclude, resamples, seed):
+        top = {(u.layer, u.index) for u in select(scores, kind, k=k)}
         overlaps.append(len(top & chosen) / len(top | chosen))
         for unit in top & chosen:
             counts[unit] += 1
@@ -249,3 +260,33 @@ def stability(rel: dict[str, Relevance] | None, selected: Sequence[Unit], kind: 
             "stable_share": sum(f >= 0.5 for f, _ in freq) / k,
             "selection_frequency": [{"unit": str(Unit(kind, layer, index)), "frequency": f}
                                     for f, (layer, index) in freq]}
+
+
+def stable_selection(scores: dict[str, torch.Tensor], rel: dict[str, Relevance] | None, kind: str, combine: str,
+                     share: float, exclude: Sequence[int], *, resamples: int, seed: int, pi: float, depth: int
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Stability selection (Meinshausen & Buehlmann 2010) on the contrast ranking: a unit stays a candidate
+    only when it ranks among the top ``depth`` (the most units the correction may change) in at least a share
+    ``pi`` of ``resamples`` bootstrap resamples of the reference sets; every other unit is ranked after all
+    candidates, so top-k never takes it before them and proportional gains leave it at 1. A unit that one
+    lucky draw puts on top is dropped: the chosen set depends less on which continuations were sampled.
+
+    Returns the scores and ``{"pi", "resamples", "depth", "candidates", "probability"}`` (per-unit selection
+    probability, the scores' shape)."""
+    if rel is None or not _has_per_sample(rel, kind):
+        raise ConfigError(f"--stable needs per-sample relevance of {kind} units, which only --method lrp and "
+                          "gradient keep (with --unit neuron). Drop --stable, or use one of those.")
+    width = scores[kind].shape[1]
+    hits = torch.zeros(scores[kind].numel())
+    for resampled in _resampled(rel, kind, combine, share, exclude, resamples, seed):
+        top = select(resampled, kind, k=depth)
+        hits[torch.tensor([u.layer * width + u.index for u in top], dtype=torch.long)] += 1
+    probability = (hits / resamples).reshape(scores[kind].shape)
+    out = {key: v.clone() for key, v in scores.items()}
+    unstable = probability < pi
+    out[kind][unstable] = float(scores[kind].max()) + 1.0
+    info = {"pi": pi, "resamples": resamples, "depth": depth, "candidates": int((~unstable).sum()),
+            "probability": probability}
+    log.info("stability selection: %d of %d units are in the top %d in >= %.0f%% of %d resamples",
+             info["candidates"], probability.numel(), depth, 100 * pi, resamples)
+    return out, info

@@ -145,3 +145,84 @@ def test_correct_with_excluded_layers_prunes_none_of_them(tmp_path):
         k=64, exclude_layers=(1,), method="lrp", batch_size=4, limit=3, stability=0, force=True))
     assert len(res["pruned"]["units"]) == 64
     assert all(u.startswith("L0.") for u in res["pruned"]["units"]), res["pruned"]["units"]
+
+
+# --------------------------------------------------------------------------------- stability selection
+
+def _sets(planted: tuple[int, int], n: int = 40, layers: int = 2, neurons: int = 50, seed: int = 0):
+    """Per-sample neuron relevance of the three reference sets: noise everywhere, and one planted unit that
+    every undesired sample needs and no other set does."""
+    from safety_prune.attribution import Relevance
+
+    gen = torch.Generator().manual_seed(seed)
+    rel = {}
+    for name in ("general", "benign", "undesired"):
+        per = torch.rand(n, layers, neurons, generator=gen)
+        if name == "undesired":
+            per[:, planted[0], planted[1]] += 5.0
+        rel[name] = Relevance("lrp", {"neuron": per.mean(0)}, n, per_sample={"neuron": per})
+    return rel
+
+
+def test_stability_selection_keeps_a_planted_unit_and_drops_noise():
+    from safety_prune.contrast import contrast_scores
+    from safety_prune.selection import guard, stable_selection
+
+    rel = _sets((1, 7))
+    scores, _ = guard(contrast_scores(rel, "max"), rel["general"].scores, 0.0)
+    out, info = stable_selection(scores, rel, "neuron", "max", 0.0, (), resamples=30, seed=0, pi=0.7, depth=5)
+    p = info["probability"]
+    assert p[1, 7] == 1.0
+    others = torch.cat([p.flatten()[: 1 * 50 + 7], p.flatten()[1 * 50 + 8:]])
+    assert others.mean() < 0.1 and others.max() < 0.7  # 4 noise slots of 99 units per resample
+    assert info["candidates"] == int((p >= 0.7).sum()) and info["candidates"] >= 1
+    assert (out["neuron"][p < 0.7] > out["neuron"][p >= 0.7].max()).all()  # the unstable rank after all
+    from safety_prune.pruning import select
+
+    assert [(u.layer, u.index) for u in select(out, "neuron", k=1)] == [(1, 7)]
+
+
+def test_stability_selection_needs_per_sample_relevance():
+    from safety_prune.attribution import Relevance
+    from safety_prune.selection import stable_selection
+
+    rel = {name: Relevance("wanda", {"neuron": torch.rand(2, 5)}, 3) for name in ("general", "benign", "undesired")}
+    with pytest.raises(ConfigError, match=r"--stable needs per-sample relevance"):
+        stable_selection({"neuron": torch.rand(2, 5)}, rel, "neuron", "max", 0.0, (), resamples=5, seed=0, pi=0.5,
+                         depth=2)
+
+
+@pytest.mark.parametrize(("extra", "match"), [
+    (["--stable", "0"], "lies in \\(0, 1\\]"),
+    (["--stable", "1.5"], "lies in \\(0, 1\\]"),
+    (["--stable", "nan"], "lies in \\(0, 1\\]"),
+    (["--stable", "0.6", "--stability", "1"], "too few to estimate a share"),
+    (["--stable", "0.6", "--unit", "head"], "needs per-sample relevance of neurons"),
+    (["--stable", "0.6", "--method", "wanda"], "needs per-sample relevance of neurons"),
+])
+def test_bad_stable_options_are_refused_before_any_work(tmp_path, capsys, extra, match):
+    import re
+
+    from refusal import refused
+
+    suite = write_tiny_suite(tmp_path / "suite")
+    msg = refused(capsys, ["correct", "--model", str(tmp_path / "none"), "--probe", suite, "--out",
+                           str(tmp_path / "run"), *extra], [tmp_path / "suite"], [tmp_path])
+    assert re.search(match, msg), msg
+    assert not (tmp_path / "run").exists()
+
+
+def test_correct_with_stable_records_the_selection_probability(tmp_path):
+    from tiny import save_tiny
+
+    from safety_prune.jobs.correct import correct
+    from safety_prune.jobs.options import CorrectOptions
+
+    save_tiny("llama", tmp_path / "model")
+    suite = write_tiny_suite(tmp_path / "suite")
+    res = correct(str(tmp_path / "model"), suite, tmp_path / "run", options=CorrectOptions(
+        k=4, method="lrp", batch_size=4, limit=3, stability=10, stable=0.5, force=True))
+    stable = res["selection"]["stable"]
+    assert stable["pi"] == 0.5 and stable["resamples"] == 10 and stable["depth"] == 4
+    assert len(stable["chosen"]) == 4 and stable["candidates"] >= 4  # (4 on this tiny model)
+    assert all(row["probability"] >= 0.5 for row in stable["chosen"])

@@ -38,6 +38,7 @@ from ..selection import (
     eligible_units,
     search_settings,
     stability,
+    stable_selection,
     validation_search,
     validation_text,
 )
@@ -96,12 +97,20 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
         # random first: every other method is paired against it
         ranked = {m: rank(c, m, opt.unit, kinds, suite.contrast.guard, opt.exclude_layers)
                   for m in ["random", *[m for m in methods if m != "random"]]}
+        probability = None
+        if opt.stable is not None:
+            ranked[primary], stable, probability = _stable(ranked[primary], lm, suite, opt)
         setting, selection, ranked[primary].scores = _choose(lm, suite, scorer, ranked[primary], opt)
+        if probability is not None:
+            selection["stable"] = stable
         rows, comparison, chosen = _compare_all(lm, suite, scorer, base, ranked, setting, primary, opt, secondary)
         # a method with its own gains is not a relevance ranking: the bootstrap of R_diff would not describe it
         backs = ranked[primary].relevance if ranked[primary].gains is None else None
         selection["stability"] = stability(backs, chosen.units, opt.unit, suite.contrast.combine,
                                            suite.contrast.guard, opt.exclude_layers, opt.stability, opt.seed)
+        if probability is not None:
+            selection["stable"]["chosen"] = [{"unit": str(u), "probability": float(probability[u.layer, u.index])}
+                                             for u in list(chosen.units)[:200]]
         write_generations(staging, "samples.jsonl", (base.generations, "baseline"),
                           (chosen.generations, f"corrected:{primary}"))
         write_generations(staging, "reference_generations.jsonl", (refs.generations, "reference"))
@@ -251,8 +260,9 @@ def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, ranked: Ranked, 
         best, trail = search_settings(lm, measure, candidates, limits, perplexity_of)
         keys, fallback = ("strength", "threshold"), min(grid, key=lambda g: (g["strength"], -g["threshold"]))
     else:
-        eligible = eligible_units(lm.model, opt.unit, opt.exclude_layers)
-        ks = list(opt.search_k) or [k for k in SEARCH_K[opt.unit] if k <= eligible // 2] or [1]
+        ks = _search_ks(lm, opt)
+        if ranked.candidates is not None:  # --stable: no k that would reach past the stable candidates
+            ks = [k for k in ks if k <= ranked.candidates] or [min(ks)]
         found, trail = validation_search(lm, measure, scores, opt.unit, ks, [None, *opt.dampen], limits,
                                          perplexity_of)
         best = None if found is None else {"k": found[0], "scale": found[1]}
@@ -293,6 +303,31 @@ class Corrected:
     @property
     def units(self) -> MaskSet:
         return self.edit.units
+
+
+def _search_ks(lm: LoadedModel, opt: CorrectOptions) -> list[int]:
+    """The k values the validation search tries: --search-k, or the unit's defaults up to half the eligible
+    units."""
+    eligible = eligible_units(lm.model, opt.unit, opt.exclude_layers)
+    return list(opt.search_k) or [k for k in SEARCH_K[opt.unit] if k <= eligible // 2] or [1]
+
+
+def _stable(r: Ranked, lm: LoadedModel, suite: ProbeSuite, opt: CorrectOptions
+            ) -> tuple[Ranked, dict[str, Any], torch.Tensor]:
+    """``--stable``: stability selection of the primary's candidates to the depth the correction can reach (the
+    given or largest searched k; under proportional gains every unit with a negative score). Returns the
+    ranking, its results.json summary and the per-unit selection probability."""
+    if opt.intervention == "proportional":
+        depth = int((r.scores[opt.unit] < 0).sum())
+    elif opt.k is not None or opt.sparsity is not None:
+        depth = opt.k or max(1, round(opt.sparsity * count_units(lm.model, opt.unit)))
+    else:
+        depth = max(_search_ks(lm, opt))
+    scores, info = stable_selection(r.scores, r.relevance, opt.unit, suite.contrast.combine, suite.contrast.guard,
+                                    opt.exclude_layers, resamples=opt.stability, seed=opt.seed, pi=opt.stable,
+                                    depth=max(depth, 1))
+    probability = info.pop("probability")
+    return replace(r, scores=scores, candidates=info["candidates"]), info, probability
 
 
 def _edit(r: Ranked, setting: dict[str, Any], opt: CorrectOptions) -> Edit:

@@ -177,7 +177,11 @@ class CorrectOptions(BehaviourOptions):
     sweep: tuple[int, ...] = option((), "comma-separated extra k values to evaluate on the eval prompts (the "
                                     "trade-off curve), e.g. 25,50,100", parse=int_list)
     stability: int = option(20, "bootstrap resamples of the reference sets for the stability of the selection "
-                            "(0: off)")
+                            "(0: off); with --stable, also the resamples it selects on")
+    stable: float | None = option(
+        None, "stability selection: only units ranked within the correction's reach (k, or every unit proportional "
+        "gains may change) in at least this share of the --stability resamples are candidates, e.g. 0.6 "
+        "(neuron units, lrp or gradient)")
     save_model: str | None = option(None, "write the corrected model here (new or empty folder); refused when "
                                     "the correction fails the limits or raises the behaviour, unless --force")
     force: bool = option(False, "save the corrected model even when the gate refuses it")
@@ -230,6 +234,7 @@ class CorrectOptions(BehaviourOptions):
                               "output (0 silences it; 1 or more would change nothing or amplify).")
         if self.stability < 0:
             raise ConfigError(f"--stability must be 0 (off) or a number of resamples, got {self.stability}.")
+        self._validate_stable()
         self._validate_intervention()
         if self.folds is not None and self.folds < 2:
             raise ConfigError(f"--folds {self.folds}: cross-fitting needs at least 2 folds (5 is usual); leave --folds "
@@ -267,6 +272,19 @@ class CorrectOptions(BehaviourOptions):
         elif self.strength or self.threshold:
             raise ConfigError(f"{'--strength' if self.strength else '--threshold'} applies to --intervention "
                               "proportional; add --intervention proportional, or drop it.")
+
+    def _validate_stable(self) -> None:
+        if self.stable is None:
+            return
+        if not (math.isfinite(self.stable) and 0 < self.stable <= 1):
+            raise ConfigError(f"--stable {self.stable}: the share of resamples a unit must be selected in lies in "
+                              "(0, 1], e.g. 0.6.")
+        if self.stability < 2:
+            raise ConfigError(f"--stable selects on --stability resamples, and {self.stability} is too few to "
+                              "estimate a share: give --stability 20 or more.")
+        if self.unit != "neuron" or self.method not in ("lrp", "gradient", "all"):
+            raise ConfigError(f"--stable needs per-sample relevance of neurons, which --method {self.method} "
+                              f"--unit {self.unit} does not keep: use --unit neuron with --method lrp or gradient.")
 
     def methods(self) -> list[str]:
         """The compared methods, the primary first; "all" leaves out those that cannot rank this unit kind."""

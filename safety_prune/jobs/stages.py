@@ -158,6 +158,7 @@ class Ranked:
     relevance: dict[str, Relevance] | None
     guarded_per_layer: dict[str, list[int]]
     gains: dict[str, Tensor] | None = None
+    candidates: int | None = None  # --stable: how many units are stable candidates (ranked before the rest)
 
 
 def rank(c: Contrast, method: str, kind: str, kinds: tuple[str, ...], guard_share: float,
