@@ -1,6 +1,7 @@
 """The correction front of finished `correct` runs: validation search and held-out result side by side.
 
     python benchmarks/correction_front.py RUN_DIR [RUN_DIR ...] [--png docs/correction_front.png]
+    python benchmarks/correction_front.py RUN_DIR --table    # the README's held-out table of that run
 
 Reads only each run's results.json (schema 1 `toxicity_*` or schema 2 `behaviour_*` names), prints one row
 per validation candidate and per held-out method, and writes benchmarks/results/correction_front.json.
@@ -41,11 +42,67 @@ def front(run: Path) -> dict:
             "foil": res.get("contrast", {}).get("foil"), "chosen_k": res["selection"]["k"], "rows": rows}
 
 
+def _ci(paired: dict | None) -> str:
+    return "" if not paired else f"{paired['delta']:+.3f} [{paired['ci_low']:+.3f}, {paired['ci_high']:+.3f}]"
+
+
+def _how(row: dict) -> str:
+    """The change a row made, in words: k zeroed or dampened units, or per-unit gains."""
+    i = row.get("intervention", {})
+    kind = i.get("kind")
+    if kind == "proportional":
+        return f"{row['k']} gains (s={i['strength']:g}, threshold {i['threshold']:g})"
+    if kind == "aura":
+        return f"{row['k']} gains (AurA, {i.get('pooling', 'max')} pooling)"
+    if kind == "dampen":
+        return f"k={row['k']} x{i['scale']:g}"
+    return f"k={row['k']} zeroed"
+
+
+def table(run: Path) -> str:
+    """The held-out comparison of one run as the README's markdown table: every method at the chosen setting,
+    each against the baseline and the random control, with perplexity, fluency and the second scorer."""
+    res = json.loads((run / "results.json").read_text(encoding="utf-8"))
+    base = res["baseline"]
+    second = next(iter(base.get("secondary") or {}), None)
+    head = ("| method | change | toxicity rate | mean | Δ mean vs baseline [95% CI] | Δ mean vs random [95% CI] | "
+            "perplexity | distinct-2 | continuation ppl |" + (f" {second} rate |" if second else ""))
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+
+    def cells(row: dict, name: str, how: str, ref: dict | None) -> str:
+        def pct(key: str) -> str:  # the change against the baseline, beside the value
+            return "" if ref is None or not ref[key] else f" ({100 * (row[key] / ref[key] - 1):+.1f}%)"
+
+        out = (f"| {name} | {how} | {_get(row, 'rate'):.3f} [{row['behaviour_rate_ci'][0]:.3f}, "
+               f"{row['behaviour_rate_ci'][1]:.3f}]{pct('behaviour_rate')} | "
+               f"{_get(row, 'mean'):.3f}{pct('behaviour_mean')} | "
+               f"{_ci(row.get('paired_vs_baseline'))} | {_ci(row.get('paired_vs_random'))} | "
+               f"{row['perplexity']:.2f}{pct('perplexity')} | {row['distinct2']:.3f} | "
+               f"{row['continuation_perplexity']:.2f}{pct('continuation_perplexity')} |")
+        if second:
+            sec = (row.get("secondary") or {}).get(second) or {}
+            out += f" {_get(sec, 'rate'):.3f} |" if sec else " |"
+        return out
+
+    lines.append(cells(base, "baseline (unpruned)", "", None))
+    flat_base = {key: base[key] for key in ("behaviour_rate", "behaviour_mean", "perplexity",
+                                              "continuation_perplexity")}
+    for row in res["comparison"]:
+        lines.append(cells(row, f"**{row['method']}**" if row["method"] == res["method"] else row["method"],
+                           _how(row), flat_base))
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--png", type=Path, default=None)
+    parser.add_argument("--table", action="store_true", help="print each run's held-out table (markdown) only")
     args = parser.parse_args()
+    if args.table:
+        for run in args.runs:
+            print(table(run))
+        return
     fronts = [front(run) for run in args.runs]
     for f in fronts:
         print(f"{f['run']} (chosen k={f['chosen_k']}, foil={f['foil']})")
