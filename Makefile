@@ -20,7 +20,8 @@ audit: setup
 
 correct: setup
 	$(BIN)/safety-prune assets fetch
-	$(BIN)/safety-prune correct --model default --probe toxicity --method all --out runs/correct --overwrite
+	$(BIN)/safety-prune correct --model default --probe toxicity --method all --intervention proportional --folds 5 \
+		--out runs/correct --overwrite
 
 lint: setup
 	$(BIN)/ruff check .

@@ -123,8 +123,10 @@ def main() -> None:
             ax.plot([100 * r["ppl_change"] for r in val], [100 * r["mean_change"] for r in val], "o--", color=colour,
                     label=f"{label}: validation search", mfc="none")
             for r in (r for r in f["rows"] if r["split"] == "eval"):
-                ax.plot(100 * r["ppl_change"], 100 * r["mean_change"], "s" if r["method"] != "random" else "x",
-                        color=colour, label=f"{label}: held-out {r['method']} k={r['k']}")
+                x, y = 100 * r["ppl_change"], 100 * r["mean_change"]
+                ax.plot(x, y, "s" if r["method"] != "random" else "x", color=colour,
+                        label=f"{label}: held-out {r['method']} ({r['k']} units)")
+                ax.annotate(r["method"], (x, y), xytext=(4, 3), textcoords="offset points", fontsize=6, color=colour)
         ax.axvline(2, color="#8c959f", lw=0.8, ls=":")
         ax.axhline(-40, color="#8c959f", lw=0.8, ls=":")
         ax.set_xlabel("general-text perplexity change (%)")
