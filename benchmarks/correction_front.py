@@ -51,7 +51,8 @@ def _how(row: dict) -> str:
     i = row.get("intervention", {})
     kind = i.get("kind")
     if kind == "proportional":
-        return f"{row['k']} gains (s={i['strength']:g}, threshold {i['threshold']:g})"
+        reach = f", reach {i['reach']:g}" if i.get("reach", 1) != 1 else ""
+        return f"{row['k']} gains (s={i['strength']:g}, threshold {i['threshold']:g}{reach})"
     if kind == "aura":
         return f"{row['k']} gains (AurA, {i.get('pooling', 'max')} pooling)"
     if kind == "dampen":

@@ -41,9 +41,13 @@ def _reduction(scores: Sequence[float], base: Sequence[float], idx: Sequence[int
     return 1 - (sum(scores[i] for i in idx) / len(idx)) / b if b > 0 else 0.0
 
 
-def _simplicity(row: dict[str, Any]) -> tuple[float, float]:
-    """Fewer units first, then the milder change (a larger gain; zeroing is gain 0)."""
-    return row["k"], -(row["scale"] or 0.0)
+SETTING_KEYS = ("k", "scale", "strength", "threshold", "reach")  # what a search row's setting consists of
+
+
+def _simplicity(row: dict[str, Any]) -> tuple[float, float, float]:
+    """Fewer units first, then the milder change (a larger gain; zeroing is gain 0), then the less saturated
+    proportional gains (a larger reach dampens fewer units fully)."""
+    return row["k"], -(row["scale"] or 0.0), -row.get("reach", 1.0)
 
 
 def one_se_choice(rows: Sequence[dict[str, Any]], per_prompt: dict[int, list[float]], base: Sequence[float],
@@ -76,8 +80,7 @@ def cross_fit(rows: Sequence[dict[str, Any]], per_prompt: dict[int, list[float]]
     picks = []
     for f, outer in enumerate(parts):
         pick = one_se_choice(rows, per_prompt, base, [p for g, p in enumerate(parts) if g != f])
-        picks.append(None if pick is None else {key: rows[pick][key] for key in ("k", "scale") if key in rows[pick]}
-                     | {key: rows[pick][key] for key in ("strength", "threshold") if key in rows[pick]})
+        picks.append(None if pick is None else {key: rows[pick][key] for key in SETTING_KEYS if key in rows[pick]})
         for i in outer:  # no feasible setting: the fold keeps the unedited model's scores
             crossed[i] = per_prompt[pick][i] if pick is not None else base[i]
     estimate = {

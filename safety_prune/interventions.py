@@ -15,11 +15,12 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
-from .methods import check_strengths, check_thresholds
+from .methods import check_reaches, check_strengths, check_thresholds
 from .pruning import MaskSet, Scale, _finite, intervention_info, pruned_copy, select
 
 STRENGTHS = (0.25, 0.5, 0.75, 1.0)  # searched on validation data when --strength is not given
 THRESHOLDS = (0.0, 0.1)  # likewise for --threshold
+REACHES = (1.0,)  # likewise for --reach (1: normalised by the top unit alone)
 
 
 def as_units(kind: str, dense: Tensor) -> tuple[MaskSet, Tensor]:
@@ -32,12 +33,15 @@ def as_units(kind: str, dense: Tensor) -> tuple[MaskSet, Tensor]:
     return MaskSet._of(kind, chosen // cols, chosen % cols), flat[chosen]
 
 
-def proportional(scores: dict[str, Tensor], kind: str, strength: float, threshold: float) -> Tensor:
-    """Dense gains ``1 - strength * n`` for every unit whose normalised score ``n`` exceeds ``threshold``.
+def proportional(scores: dict[str, Tensor], kind: str, strength: float, threshold: float, reach: float = 1.0
+                 ) -> Tensor:
+    """Dense gains ``1 - strength * min(1, n / reach)`` for every unit whose normalised score ``n`` exceeds
+    ``threshold``.
 
     ``n = max(0, -score) / max(-score)``: a ranking puts the most undesired unit lowest, so it gets ``n = 1`` and
     gain ``1 - strength``; units with a score >= 0 (the contrast sets need them as much, or they are guarded or
-    excluded: ranked last) keep gain 1.
+    excluded: ranked last) keep gain 1. ``reach`` < 1 saturates: every unit with ``n >= reach`` gets the full
+    ``1 - strength``. Scores are heavy-tailed, so with ``reach`` 1 almost every gain stays near 1.
     """
     if kind not in ("neuron", "head"):
         raise ConfigError(f"Proportional gains apply to neuron and head units, not {kind} units; use --unit neuron "
@@ -46,12 +50,13 @@ def proportional(scores: dict[str, Tensor], kind: str, strength: float, threshol
         raise ConfigError(f"The scores have no {kind} entries; attribute with {kind} units included.")
     check_strengths([strength])
     check_thresholds([threshold])
+    check_reaches([reach])
     undesired = (-_finite(scores[kind], kind).double()).clamp_min(0)
     top = float(undesired.max())
     if top == 0:  # no unit on the undesired side: nothing to dampen
         return torch.ones_like(undesired)
     n = undesired / top
-    return torch.where(n > threshold, 1 - strength * n, torch.ones_like(n))
+    return torch.where(n > threshold, 1 - strength * (n / reach).clamp_max(1), torch.ones_like(n))
 
 
 @dataclass(frozen=True)

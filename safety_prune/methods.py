@@ -48,6 +48,17 @@ def check_thresholds(values: Sequence[float], flag: str = "--threshold") -> None
                           "dampened (0: every unit the contrast puts on the undesired side; 1 would dampen none).")
 
 
+def check_reaches(values: Sequence[float], flag: str = "--reach") -> None:
+    """Each reach in (0, 1]: units whose normalised score reaches it get the full dampening 1 - strength."""
+    from .errors import ConfigError
+
+    bad = [v for v in values if not (isinstance(v, int | float) and math.isfinite(v) and 0 < v <= 1)]
+    if bad:
+        raise ConfigError(f"{flag} {bad[0]} lies outside (0, 1]: every unit whose normalised score reaches it gets "
+                          "the full gain 1 - strength, the rest 1 - strength * score / reach (1: only the top unit; "
+                          "0.1: every unit within a tenth of it). Give values such as 1,0.3,0.1.")
+
+
 def check_ranking(name: str, kind: str) -> None:
     """A clear error for an unknown method or a unit kind it cannot rank."""
     from .errors import ConfigError

@@ -27,6 +27,22 @@ def test_proportional_gains_by_hand():
     assert torch.all(proportional({"neuron": torch.ones(2, 3)}, "neuron", 1.0, 0.0) == 1)  # nothing undesired
 
 
+def test_reach_saturates_the_gains_by_hand():
+    """gain 1 - s min(1, n / reach): every unit whose n reaches ``reach`` gets the full 1 - s; reach 1 is the plain
+    rule."""
+    scores = {"neuron": torch.tensor([[-2.0, 0.5, -1.0], [-0.5, 3.0, -0.75]])}  # n = [[1, 0, .5], [.25, 0, .375]]
+    gains = proportional(scores, "neuron", strength=0.8, threshold=0.0, reach=0.5)
+    expected = torch.tensor([[0.2, 1.0, 0.2], [1 - 0.8 * 0.5, 1.0, 1 - 0.8 * 0.75]], dtype=torch.float64)
+    assert torch.allclose(gains, expected, rtol=0, atol=1e-15)
+    assert torch.equal(proportional(scores, "neuron", 0.8, 0.0, reach=1.0), proportional(scores, "neuron", 0.8, 0.0))
+
+
+@pytest.mark.parametrize("reach", [0.0, 1.5, -0.1, float("nan")])
+def test_proportional_refuses_a_reach_outside_0_1(reach):
+    with pytest.raises(ConfigError, match=r"--reach .* lies outside \(0, 1\]"):
+        proportional({"neuron": -torch.ones(2, 3)}, "neuron", 0.5, 0.0, reach=reach)
+
+
 @pytest.mark.parametrize(("strength", "threshold", "match"), [
     (1.5, 0.0, r"--strength 1\.5 lies outside \[0, 1\]"), (-0.1, 0.0, "--strength"),
     (0.5, 1.0, r"--threshold 1\.0 lies outside \[0, 1\)"), (float("nan"), 0.0, "--strength")])

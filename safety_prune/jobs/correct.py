@@ -21,7 +21,7 @@ from ..errors import ConfigError, SaveRefused
 from ..evaluation import paired_bootstrap_diff, perplexity
 from ..evaluation.behaviour import Generations, evaluate
 from ..explain import heatmap
-from ..interventions import STRENGTHS, THRESHOLDS, Edit, gains_edit, proportional, random_like
+from ..interventions import REACHES, STRENGTHS, THRESHOLDS, Edit, gains_edit, proportional, random_like
 from ..io import write_json
 from ..methods import FIXED_GAINS
 from ..models import LoadedModel
@@ -198,7 +198,7 @@ def _searches(opt: CorrectOptions) -> bool:
     if opt.method in FIXED_GAINS:
         return False
     if opt.intervention == "proportional":
-        return len(opt.strength or STRENGTHS) * len(opt.threshold or THRESHOLDS) > 1
+        return len(opt.strength or STRENGTHS) * len(opt.threshold or THRESHOLDS) * len(opt.reach or REACHES) > 1
     return opt.k is None and opt.sparsity is None
 
 
@@ -218,7 +218,8 @@ def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, ranked: Ranked, 
         selection |= {"rule": "fixed", "k": len(edit.units), "intervention": edit.info(),
                       "guard": {"share": 0.0, "by": "none: the method's own gains, as published"}}
         return {}, selection, scores
-    grid = [{"strength": s, "threshold": t} for t in (opt.threshold or THRESHOLDS) for s in (opt.strength or STRENGTHS)]
+    grid = [{"strength": s, "threshold": t, "reach": r} for r in (opt.reach or REACHES)
+            for t in (opt.threshold or THRESHOLDS) for s in (opt.strength or STRENGTHS)]
     if opt.intervention == "proportional" and not _searches(opt):
         edit = _edit(ranked, grid[0], opt)
         selection |= {"rule": "given", "k": len(edit.units), "intervention": edit.info()}
@@ -258,7 +259,8 @@ def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, ranked: Ranked, 
         candidates = [({"k": len(e.units), "scale": 1 - g["strength"], **g}, lambda e=e: e.apply(lm.model))
                       for g, e in edits]
         best, trail = search_settings(lm, measure, candidates, limits, perplexity_of)
-        keys, fallback = ("strength", "threshold"), min(grid, key=lambda g: (g["strength"], -g["threshold"]))
+        keys = ("strength", "threshold", "reach")
+        fallback = min(grid, key=lambda g: (g["strength"], -g["threshold"], -g["reach"]))
     else:
         ks = _search_ks(lm, opt)
         if ranked.candidates is not None:  # --stable: no k that would reach past the stable candidates
@@ -335,8 +337,9 @@ def _edit(r: Ranked, setting: dict[str, Any], opt: CorrectOptions) -> Edit:
     if r.gains is not None:
         return gains_edit(opt.unit, r.gains[opt.unit], {"kind": "aura", "pooling": opt.pooling})
     if "strength" in setting:
-        return gains_edit(opt.unit, proportional(r.scores, opt.unit, setting["strength"], setting["threshold"]),
-                          {"kind": "proportional", "strength": setting["strength"], "threshold": setting["threshold"]})
+        gains = proportional(r.scores, opt.unit, setting["strength"], setting["threshold"], setting["reach"])
+        return gains_edit(opt.unit, gains, {"kind": "proportional", **{key: setting[key] for key in
+                                                                      ("strength", "threshold", "reach")}})
     return Edit(select(r.scores, opt.unit, k=setting["k"]), setting["scale"])
 
 
@@ -398,8 +401,8 @@ def _card_how(method: str, pruned: dict[str, Any]) -> str:
     units = (f"with the most negative differential relevance (method `{method}`, R_diff = R_general - "
              "R_undesired) were ")
     if kind == "proportional":
-        return (units + f"dampened by per-unit gains 1 - {how.get('strength')} * (score / top score), down to "
-                f"{how.get('min_gain', 0):.3g} (threshold {how.get('threshold')})")
+        return (units + f"dampened by per-unit gains 1 - {how.get('strength')} * min(1, score / top score / "
+                f"{how.get('reach', 1)}), down to {how.get('min_gain', 0):.3g} (threshold {how.get('threshold')})")
     if kind == "dampen":
         return units + f"dampened to {how.get('scale')} of their output"
     return units + "set to zero"

@@ -25,6 +25,7 @@ from ..methods import (
     SCORELESS,
     UNIT_KINDS,
     check_ranking,
+    check_reaches,
     check_strengths,
     check_thresholds,
 )
@@ -203,6 +204,9 @@ class CorrectOptions(BehaviourOptions):
     threshold: tuple[float, ...] = option(
         (), "--intervention proportional: thresholds in [0, 1) on the normalised score to try (default 0,0.1)",
         parse=float_list)
+    reach: tuple[float, ...] = option(
+        (), "--intervention proportional: reaches in (0, 1] to try (default 1): units whose normalised score reaches "
+        "it get the full 1 - s, the rest 1 - s * score / reach", parse=float_list)
     pooling: str = option("max", "how aura and aura-topk pool a neuron's activations over a continuation: max (as "
                           "published) or mean", choices=POOLINGS)
     folds: int | None = option(
@@ -251,6 +255,7 @@ class CorrectOptions(BehaviourOptions):
         check_choices(("--intervention", self.intervention, INTERVENTIONS), ("--pooling", self.pooling, POOLINGS))
         check_strengths(self.strength)
         check_thresholds(self.threshold)
+        check_reaches(self.reach)
         top_k = [flag for flag, given in (("--k", self.k is not None), ("--sparsity", self.sparsity is not None),
                                           ("--search-k", bool(self.search_k)), ("--dampen", bool(self.dampen)),
                                           ("--sweep", bool(self.sweep))) if given]
@@ -269,9 +274,10 @@ class CorrectOptions(BehaviourOptions):
             if top_k:
                 raise ConfigError(f"{top_k[0]} chooses the top-k units of --intervention zero; with --intervention "
                                   "proportional give --strength and --threshold instead.")
-        elif self.strength or self.threshold:
-            raise ConfigError(f"{'--strength' if self.strength else '--threshold'} applies to --intervention "
-                              "proportional; add --intervention proportional, or drop it.")
+        elif self.strength or self.threshold or self.reach:
+            flag = "--strength" if self.strength else "--threshold" if self.threshold else "--reach"
+            raise ConfigError(f"{flag} applies to --intervention proportional; add --intervention proportional, or "
+                              "drop it.")
 
     def _validate_stable(self) -> None:
         if self.stable is None:

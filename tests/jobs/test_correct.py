@@ -370,6 +370,8 @@ def test_proportional_strength_is_chosen_on_validation(setup, tmp_path):
     (["--intervention", "proportional", "--method", "random"], "--method random has none"),
     (["--intervention", "proportional", "--k", "3"], "--k chooses the top-k units"),
     (["--strength", "0.5"], "--strength applies to --intervention proportional"),
+    (["--intervention", "proportional", "--reach", "0"], r"--reach 0\.0 lies outside \(0, 1\]"),
+    (["--reach", "0.5"], "--reach applies to --intervention proportional"),
     (["--method", "aura", "--k", "3"], "nothing to choose: drop --k"),
     (["--pooling", "median"], "invalid choice: 'median'"),
     (["--folds", "1"], "--folds 1: cross-fitting needs at least 2 folds"),
@@ -420,3 +422,16 @@ def test_release_refuses_a_correction_that_random_units_match(tmp_path):
     res["release"] = release_verdict(base, corrected, {"feasible": True}, CorrectOptions())
     render_report(res, fixture.parent / "correct_samples.jsonl", tmp_path / "report.html")
     assert "not a targeted correction" in (tmp_path / "report.html").read_text(encoding="utf-8")
+
+
+def test_proportional_reach_is_searched_and_recorded(setup, tmp_path):
+    """--reach values are candidates of the validation search like strengths; the chosen one is recorded with the
+    gains, and a saturating reach changes how much, not which units."""
+    _, model, suite = setup
+    opts = CorrectOptions(method="lrp", intervention="proportional", strength=(1.0,), threshold=(0.0,),
+                          reach=(1.0, 0.5), batch_size=4, stability=0, force=True)
+    res = correct(model, suite, tmp_path / "run", options=opts)
+    search = res["selection"]["search"]
+    assert [row.get("reach") for row in search] == [None, 1.0, 0.5]
+    assert search[1]["k"] == search[2]["k"]  # the same units get a gain below 1
+    assert res["pruned"]["intervention"]["reach"] in (1.0, 0.5)
