@@ -29,14 +29,18 @@ def audit(model: str, probe: str, out: str | Path, *, overwrite: bool = False, o
     preflight_attribution(lm, suite, opt, ("neuron", "head"))
     torch.manual_seed(opt.seed)
     scorer, secondary = stages.suite_scorer(suite), stages.suite_secondary(suite)
+    finish.lap("checks")
     with staged(out) as staging:
         cache = stages.generation_cache(out, staging)
         base = stages.measure_baseline(lm, suite, scorer, opt.limit, opt.seed, cache, secondary)
         stages.write_generations(staging, "samples.jsonl", (base.generations, "baseline"))
+        finish.lap("baseline")
         refs = stages.build_references(lm, suite, scorer, opt, cache, out)
         stages.write_generations(staging, "reference_generations.jsonl", (refs.generations, "reference"))
         c = refs.contrast
+        finish.lap("references")
         ranked = stages.rank(c, "lrp", "neuron", ("neuron", "head"), suite.contrast.guard)
+        finish.lap("ranking:lrp")
         rel, diff = ranked.relevance, ranked.scores
         circuit = circuit_summary(diff, opt.top_k)
         save_relevance(staging.path("relevance.safetensors"), rel, diff)
@@ -53,5 +57,6 @@ def audit(model: str, probe: str, out: str | Path, *, overwrite: bool = False, o
                                                   {"undesired": c.sets.undesired, "general": c.sets.general},
                                                   opt.batch_size),
         }
+        finish.lap("outputs")
         return finish.write(staging, results, lambda res, st: render_report(res, st.path("samples.jsonl"),
                                                                               st.path("report.html")), fail_on)

@@ -105,7 +105,11 @@ def circuit(model: str, out: str | Path, *, overwrite: bool = False, options: Ci
     samples = ioi_samples(tok, reference, foil=opt.target == "logit_diff")
     base = ioi_scores(lm.model, tok, held_out)
     total = count_units(lm.model, opt.unit)
-    runs = {m: prune_curve(lm.model, tok, samples, held_out, m, opt) for m in opt.methods}
+    finish.lap("baseline")
+    runs = {}
+    for m in opt.methods:
+        runs[m] = prune_curve(lm.model, tok, samples, held_out, m, opt)
+        finish.lap(f"curve:{m}")
     curves = {m: curve for m, (curve, _) in runs.items()}
     primary = opt.methods[0]
     curve, masks = runs[primary]

@@ -87,13 +87,25 @@ class Finish:
     data_files: dict[str, str]
     model_files: dict[str, str]
     started: float = field(default_factory=time.time)
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage, in the order they ran
+    _lap: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        self.stages["open"] = round(time.time() - self.started, 3)  # the checks, the suite and the model's load
+
+    def lap(self, stage: str) -> None:
+        """Close ``stage``: the seconds since the previous lap (or since the job's checks ended) go to the
+        manifest's ``stages_s``, so a slow run says where its time went."""
+        now = time.perf_counter()
+        self.stages[stage] = round(self.stages.get(stage, 0.0) + now - self._lap, 3)
+        self._lap = now
 
     def write(self, staging: Staging, results: dict[str, Any], render: Callable[[dict[str, Any], Staging], None],
               fail_on: Sequence[str] | None = None) -> dict[str, Any]:
         """``fail_on`` None: the job has no gate (compress, circuit)."""
         results["manifest"] = manifest(seed=self.seed, argv=list(self.argv) if self.argv is not None else None,
                                        data_files=self.data_files, model_files=self.model_files,
-                                       started=self.started)
+                                       started=self.started, extra={"stages_s": dict(self.stages)})
         if fail_on is not None:
             results["gate"] = evaluate_gate(results, fail_on)
         write_json(staging.path("results.json"), results)

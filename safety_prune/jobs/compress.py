@@ -125,9 +125,11 @@ def compress(model: str, probe: str, out: str | Path, *, overwrite: bool = False
     capability = capability_set(lm.tokenizer, suite.general_test(), "general test") if suite.capability else None
     save_to = check_save_target(opt.save_model, lm.folder, out)
     general = calibration_samples(lm, suite, opt)
+    finish.lap("checks")
     with staged(out) as staging:
         baseline = heldout_perplexity(lm, lm.model, suite, opt.seed) | heldout_capability(lm, lm.model, capability,
                                                                                            opt.seed)
+        finish.lap("baseline")
         rows, first = [], None
         for method in opt.methods:
             clock = time.perf_counter()
@@ -146,6 +148,7 @@ def compress(model: str, probe: str, out: str | Path, *, overwrite: bool = False
                      row["perplexity"], seconds)
             rows.append(row)
             first = first if first is not None else pruned
+            finish.lap(f"method:{method}")
         wanda = next((r for r in rows if r["method"] == "wanda"), None)
         for row in rows:
             row["ratio_vs_wanda"] = row["perplexity"] / wanda["perplexity"] if wanda else None

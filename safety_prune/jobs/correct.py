@@ -8,7 +8,7 @@ same prompts, with paired bootstrap intervals against the baseline and against r
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -87,27 +87,34 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
     preflight_attribution(lm, suite, opt, kinds)
     torch.manual_seed(opt.seed)
     scorer, secondary = suite_scorer(suite), suite_secondary(suite)
+    finish.lap("checks")
     with staged(out) as staging:
         cache = generation_cache(out, staging)
         base = measure_baseline(lm, suite, scorer, opt.limit, opt.seed, cache, secondary)
+        finish.lap("baseline")
         refs = build_references(lm, suite, scorer, opt, cache, out, opt.pooling)
         c = refs.contrast
+        finish.lap("references")
         methods = opt.methods()
         primary = methods[0]
-        # random first: every other method is paired against it
-        ranked = {m: rank(c, m, opt.unit, kinds, suite.contrast.guard, opt.exclude_layers)
-                  for m in ["random", *[m for m in methods if m != "random"]]}
+        ranked = {}
+        for m in ["random", *[m for m in methods if m != "random"]]:  # random first: the others pair against it
+            ranked[m] = rank(c, m, opt.unit, kinds, suite.contrast.guard, opt.exclude_layers)
+            finish.lap(f"ranking:{m}")
         probability = None
         if opt.stable is not None:
             ranked[primary], stable, probability = _stable(ranked[primary], lm, suite, opt)
         setting, selection, ranked[primary].scores = _choose(lm, suite, scorer, ranked[primary], opt)
         if probability is not None:
             selection["stable"] = stable
-        rows, comparison, chosen = _compare_all(lm, suite, scorer, base, ranked, setting, primary, opt, secondary)
+        finish.lap("selection")
+        rows, comparison, chosen = _compare_all(lm, suite, scorer, base, ranked, setting, primary, opt, secondary,
+                                                lap=finish.lap)
         # a method with its own gains is not a relevance ranking: the bootstrap of R_diff would not describe it
         backs = ranked[primary].relevance if ranked[primary].gains is None else None
         selection["stability"] = stability(backs, chosen.units, opt.unit, suite.contrast.combine,
                                            suite.contrast.guard, opt.exclude_layers, opt.stability, opt.seed)
+        finish.lap("stability")
         if probability is not None:
             selection["stable"]["chosen"] = [{"unit": str(u), "probability": float(probability[u.layer, u.index])}
                                              for u in list(chosen.units)[:200]]
@@ -152,6 +159,7 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
         def render(res: dict[str, Any], st: Staging) -> None:
             render_report(res, st.path("samples.jsonl"), st.path("report.html"))
 
+        finish.lap("outputs")
         finish.write(staging, results, render, fail_on)
         release = results["release"]
         if save_to is not None and (release["allowed"] or opt.force):
@@ -345,7 +353,7 @@ def _edit(r: Ranked, setting: dict[str, Any], opt: CorrectOptions) -> Edit:
 
 def _compare_all(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, base: Baseline, ranked: dict[str, Ranked],
                  setting: dict[str, Any], primary: str, opt: CorrectOptions,
-                 secondary: dict[str, Scorer] | None = None
+                 secondary: dict[str, Scorer] | None = None, lap: Callable[[str], None] = lambda stage: None
                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Corrected]:
     """Every method at the chosen setting (top k: also at each --sweep k; a method with its own gains once),
     measured on the held-out eval prompts and test text (and by each ``secondary`` scorer on the same
@@ -386,6 +394,7 @@ def _compare_all(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, base: Basel
                 comparison.append(row)
             if method == primary and i == at:
                 chosen = Corrected(edit, row, model, res)
+        lap(f"held-out:{method}")
     assert chosen is not None  # the primary method is always compared at its setting
     return rows, comparison, chosen
 

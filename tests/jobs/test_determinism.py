@@ -10,7 +10,7 @@ import torch
 
 from safety_prune.cli import main
 
-VOLATILE = ("started_unix", "duration_s", "command", "hardware")
+VOLATILE = ("started_unix", "duration_s", "stages_s", "command", "hardware")
 
 
 def _numbers(path) -> dict:

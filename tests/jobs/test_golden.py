@@ -1,8 +1,8 @@
 """results.json is the contract with the report: a tiny audit and correction must reproduce it exactly.
 
-Volatile fields (times, git commit and state, operator, command line, package versions, platform, hardware,
-temporary paths) are masked; floats are compared to a relative 1e-5 (the CPU's instruction set moves the last
-digits of float32 sums), everything else exactly.
+Volatile fields (times, but each stage's name in ``stages_s`` is kept; git commit and state, operator, command
+line, package versions, platform, hardware, temporary paths) are masked; floats are compared to a relative 1e-5
+(the CPU's instruction set moves the last digits of float32 sums), everything else exactly.
 After an intended change of the results, regenerate the fixtures with ``SAFETY_PRUNE_UPDATE_GOLDEN=1
 pytest tests/test_golden.py`` and review the diff.
 """
@@ -23,6 +23,7 @@ def _normalised(path: Path, root: Path) -> str:
     res = json.loads(path.read_text(encoding="utf-8").replace(str(root), "ROOT"))
     for key in VOLATILE:
         res["manifest"][key] = "<volatile>"
+    res["manifest"]["stages_s"] = dict.fromkeys(res["manifest"]["stages_s"], "<volatile>")  # names kept
     return json.dumps(res, indent=1, sort_keys=True) + "\n"
 
 
