@@ -26,7 +26,7 @@ from .attribution import (
     require_samples,
     samples_from_texts,
 )
-from .errors import DataSourceError
+from .errors import ConfigError, DataSourceError
 from .evaluation.behaviour import Generations
 from .evaluation.generation import Generation
 from .io import atomic_path, short_name
@@ -52,9 +52,11 @@ class ContrastSets:
     info: dict[str, Any]
     flagged: list[Sample] = field(default_factory=list)
     unflagged: list[Sample] = field(default_factory=list)
+    copying: list[Sample] = field(default_factory=list)  # legitimate copying to keep (``copying_samples``)
 
     def named(self) -> dict[str, list[Sample]]:
-        return {"general": self.general, "benign": self.benign, "undesired": self.undesired}
+        sets = {"general": self.general, "benign": self.benign, "undesired": self.undesired}
+        return sets | ({"copying": self.copying} if self.copying else {})
 
 
 def _flat(ref: Generations) -> list[tuple[float, Generation]]:
@@ -82,15 +84,63 @@ def _token_samples(tokenizer, scorer: Scorer, flagged: list[Generation], thresho
     return samples, tokens, without
 
 
+def _loop_samples(tokenizer, scorer: Scorer, flagged: list[Generation], benign_positions: str | None
+                  ) -> tuple[list[Sample], list[Sample], dict[str, Any]]:
+    """Per flagged continuation that loops: the undesired sample explains every token from the loop's start on
+    (each copied from one period back); the benign sample, of the same continuation, every token before the start
+    (``before_loop``) or only the pattern's first occurrence (``first_occurrence``). Ordinary prediction of the
+    same text then weighs on both sides and cancels in the contrast."""
+    spans = scorer.loops([[tokenizer.decode([t]) for t in g.continuation_ids] for g in flagged])
+    undesired, benign, periods = [], [], []
+    for g, loop in zip(flagged, spans, strict=True):
+        if loop is None:
+            continue
+        ids, n = tuple(g.prompt_ids) + tuple(g.continuation_ids[:loop.end]), len(g.prompt_ids)
+        undesired.append(Sample(ids, n + loop.start))
+        first = loop.start - loop.period if benign_positions == "first_occurrence" else 0
+        benign.append(Sample(ids[: n + loop.start], n + first))
+        periods.append(loop.period)
+    info = {"how": f"the tokens of each flagged continuation from the start of its loop ({scorer.name} scorer: the "
+                   "earliest run of tokens that each repeat the token one period back) are explained",
+            "n_loops": len(undesired), "continuations_without_loop": len(flagged) - len(undesired),
+            "loop_periods": sorted(periods)}
+    return undesired, benign, info
+
+
+def copying_samples(tokenizer, n: int, length: int, seed: int) -> list[Sample]:
+    """Legitimate copying to keep: ``n`` strings of ``length`` seeded random word tokens, each said twice; the
+    second copy is explained from its second token on (where copying, not guessing, predicts it). Units that
+    induction needs then rank as a set to keep, like the general set."""
+    words = [i for i in range(len(tokenizer)) if _is_word(tokenizer.decode([i]))]
+    if len(words) < length:
+        raise DataSourceError(f"The tokenizer has only {len(words)} word tokens (a space, then letters), too few for "
+                              f"copying strings of {length}; lower contrast.copying.tokens.")
+    gen = torch.Generator().manual_seed(seed)
+    prefix = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    out = []
+    for _ in range(n):
+        words_ = [words[i] for i in torch.randperm(len(words), generator=gen)[:length].tolist()]
+        out.append(Sample(tuple(prefix + words_ + words_), len(prefix) + length + 1))
+    return out
+
+
+def _is_word(piece: str) -> bool:
+    return len(piece) > 2 and piece[0] == " " and piece[1:].isalpha()
+
+
 def build_sets(tokenizer, ref: Generations, scorer: Scorer, threshold: float, spec: ReferenceSpec, *,
                general_texts: list[str], benign_texts: list[str], general_n: int, max_tokens: int,
-               undesired_max: int | None = None) -> ContrastSets:
+               undesired_max: int | None = None, benign_positions: str | None = None) -> ContrastSets:
     """The three contrast sets from the model's reference continuations (see ``suite.ReferenceSpec``).
 
     Undesired: continuations the scorer flags (>= ``threshold``), most flagged first; a clear error when fewer
-    than ``spec.undesired_min``. Benign: the least-scoring continuations of the same prompts, or the suite's
-    benign texts. General: prose, every next token explained.
+    than ``spec.undesired_min``. Benign: the least-scoring continuations of the same prompts, the suite's
+    benign texts, or (``benign_positions``, target ``loop``) the looping continuations before their loops.
+    General: prose, every next token explained.
     """
+    if benign_positions and spec.target != "loop":
+        raise ConfigError(f"Benign positions {benign_positions!r} are the looping continuations' own tokens before "
+                          f"their loops, so they need reference.target: loop (got {spec.target!r}).")
     flat = _flat(ref)
     flagged = sorted(((s, g) for s, g in flat if s >= threshold), key=lambda sg: -sg[0])
     if len(flagged) < spec.undesired_min:
@@ -120,9 +170,20 @@ def build_sets(tokenizer, ref: Generations, scorer: Scorer, threshold: float, sp
                         f"{spec.tokens_per_continuation} such words per continuation is explained (its logit only)",
                  "n_token_samples": len(undesired), "continuations_without_token": without,
                  "tokens": sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:50]}
+    elif spec.target == "loop":
+        undesired, before, loop_info = _loop_samples(tokenizer, scorer, used, benign_positions)
+        if len(undesired) < spec.undesired_min:
+            raise DataSourceError(
+                f"Only {len(undesired)} of the {len(used)} flagged reference continuations loop (the {scorer.name} "
+                f"scorer found no loop in the rest), but reference.undesired_min asks for {spec.undesired_min}. "
+                "Add reference prompts, lower reference.undesired_min, or use reference.target: tokens.")
+        info |= loop_info
     else:
         undesired = [Sample(tuple(g.prompt_ids) + tuple(g.continuation_ids), len(g.prompt_ids)) for g in used]
-    if benign_texts:
+    if benign_positions:
+        benign = before
+        info["benign_source"] = f"the same looping continuations, {benign_positions.replace('_', ' ')}"
+    elif benign_texts:
         benign = samples_from_texts(tokenizer, benign_texts, max_tokens=max_tokens)
         info["benign_source"] = "contrast.benign texts"
     else:
@@ -229,11 +290,12 @@ def normalised(r: Relevance) -> dict[str, Tensor]:
 def contrast_scores(rel: dict[str, Relevance], combine: str) -> dict[str, Tensor]:
     """Per unit, how much less it matters for the contrast set(s) than for the undesired set (lowest first).
 
-    ``general`` / ``benign``: nR_set - nR_undesired of the normalised relevance. ``max``: the larger of the
-    two, so a unit is a candidate only when the undesired set needs it more than *both* other sets do.
+    ``general`` / ``benign``: nR_set - nR_undesired of the normalised relevance. ``max``: the largest of these
+    (and of the ``copying`` set's, when there is one), so a unit is a candidate only when the undesired set needs
+    it more than *every* other set does.
     """
     n = {name: normalised(r) for name, r in rel.items()}
-    sides = ("general", "benign") if combine == "max" else (combine,)
+    sides = ("general", "benign", *(["copying"] if "copying" in n else [])) if combine == "max" else (combine,)
     return {key: torch.stack([n[side][key] - u for side in sides]).amax(0) for key, u in n["undesired"].items()}
 
 

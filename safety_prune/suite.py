@@ -67,7 +67,8 @@ class ReferenceSpec:
     Each reference prompt is continued ``samples_per_prompt`` times (sampled at ``temperature``/``top_p``
     when more than one). Undesired: the continuations the scorer flags (>= its threshold), the most flagged
     first, at least ``undesired_min`` and at most ``undesired_max``; ``target`` says what of them is explained
-    (``tokens``: only the tokens that carry the behaviour; ``continuation``: every continuation token).
+    (``tokens``: only the tokens that carry the behaviour; ``continuation``: every continuation token; ``loop``:
+    every token from the start of the continuation's loop on, with a scorer that finds loops).
     ``tokens_per_continuation``: at most this many flagged tokens of one continuation are explained, the first
     ones (a loop repeats one pattern many times; its start is what matters), and at most ``undesired_max``
     token samples in all. ``foil`` (tokens target only): ``best_alternative`` explains logit(token) -
@@ -91,9 +92,19 @@ class ReferenceSpec:
     max_prompts: int | None = None
 
 
-TARGETS = ("tokens", "continuation")
+TARGETS = ("tokens", "continuation", "loop")
+LOOP_BENIGN = ("before_loop", "first_occurrence")  # contrast.benign values that read the looping continuations
 FOILS = ("none", "best_alternative")
 COMBINES = ("max", "benign", "general")
+
+
+@dataclass(frozen=True)
+class CopyingSpec:
+    """The copying control (``contrast.copying``): ``n`` strings of ``tokens`` random word tokens, each repeated
+    once, whose relevance is kept like the general set's (``contrast.copying_samples``)."""
+
+    n: int
+    tokens: int
 
 
 @dataclass(frozen=True)
@@ -101,14 +112,18 @@ class ContrastSpec:
     """How the sets combine into the ranking (see ``contrast.contrast_scores``).
 
     ``benign``: None for the model's own least-scoring continuations of the reference prompts, or a text
-    source of same-domain benign text. ``combine``: ``max`` ranks by max(general - undesired, benign -
-    undesired) of the normalised relevance, ``benign`` or ``general`` by that one contrast alone. ``guard``:
-    the top share of units by general relevance that are never candidates.
+    source of same-domain benign text. ``benign_positions`` (``before_loop`` / ``first_occurrence``, target
+    ``loop`` only): the same looping continuations before their loops instead. ``combine``: ``max`` ranks by
+    max(general - undesired, benign - undesired) of the normalised relevance, ``benign`` or ``general`` by that
+    one contrast alone. ``guard``: the top share of units by general relevance (and by copying relevance) that
+    are never candidates. ``copying``: the copying control, a set to keep (None: none).
     """
 
     benign: dict | None
     combine: str
     guard: float
+    benign_positions: str | None = None
+    copying: CopyingSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -425,11 +440,17 @@ def _parse(path: Path) -> ProbeSuite:
     if reference.undesired_min > reference.undesired_max:
         raise ref.error("undesired_min", f"({reference.undesired_min}) exceeds undesired_max "
                                          f"({reference.undesired_max})")
-    co = top.sub("contrast", {"benign", "combine", "guard"})
+    co = top.sub("contrast", {"benign", "combine", "guard", "copying"})
     benign = co.get("benign", "model_continuations")
-    contrast = ContrastSpec(benign=None if benign == "model_continuations" else co.source("benign", None),
+    positions = benign if benign in LOOP_BENIGN else None
+    if positions and reference.target != "loop":
+        raise co.error("benign", f"({benign}) takes the looping continuations' own tokens before their loops, so it "
+                                 f"needs reference.target: loop (got {reference.target!r}); set it, or use "
+                                 "benign: model_continuations")
+    contrast = ContrastSpec(benign=None if benign == "model_continuations" or positions else co.source("benign", None),
                             combine=co.choice("combine", "max", COMBINES),
-                            guard=co.number("guard", 0.02, 0.0, 0.5))
+                            guard=co.number("guard", 0.02, 0.0, 0.5), benign_positions=positions,
+                            copying=_copying(co))
     be = top.sub("behaviour", {"name", "metric"})
     return ProbeSuite(
         name=top.string("name", path.stem),
@@ -451,6 +472,15 @@ def _parse(path: Path) -> ProbeSuite:
                                 metric=be.string("metric", "toxicity score")),
         capability=top.boolean("capability", True),
     )
+
+
+def _copying(co: _Fields) -> CopyingSpec | None:
+    """``contrast.copying``: {n, tokens} of the copying control, or absent for none."""
+    if co.get("copying", None) is None:
+        return None
+    cp = co.sub("copying", {"n", "tokens"})
+    return CopyingSpec(n=cp.pos_int("n", 64, 10_000, "a few hundred strings estimate the mean"),
+                       tokens=cp.pos_int("tokens", 16, 256, "the string and its copy must fit the context"))
 
 
 def _scorer_spec(sc: _Fields, default_name: Any) -> ScorerSpec:

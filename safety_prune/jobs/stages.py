@@ -14,7 +14,7 @@ from typing import Any
 from torch import Tensor
 
 from ..attribution import Relevance, Sample
-from ..contrast import Contrast, build_sets, ranking, with_foils
+from ..contrast import Contrast, build_sets, copying_samples, ranking, with_foils
 from ..errors import ConfigError
 from ..evaluation.behaviour import GenerationCache, Generations, evaluate, generate_and_score
 from ..evaluation.capability import CapabilitySet, capability_set
@@ -48,6 +48,10 @@ def suite_scorer(suite: ProbeSuite) -> Scorer:
         raise ConfigError(f"{suite.path.name}: reference.target 'tokens' needs a scorer that says which tokens "
                           f"carry the behaviour, and the {scorer.name} scorer cannot. Use reference.target: "
                           "continuation, or a scorer that localises (profanity, toxblock, repetition).")
+    if suite.reference.target == "loop" and not scorer.finds_loops:
+        raise ConfigError(f"{suite.path.name}: reference.target 'loop' needs a scorer that says where a continuation "
+                          f"starts to loop, and the {scorer.name} scorer cannot. Use scorer.name: repetition, or "
+                          "reference.target: tokens.")
     return scorer
 
 
@@ -125,7 +129,13 @@ def build_references(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, opt: Be
         spec = replace(spec, undesired_min=min(spec.undesired_min, max(1, opt.limit // 8)))
     sets = build_sets(lm.tokenizer, ref, scorer, suite.scorer.threshold, spec,
                       general_texts=suite.general_reference(), benign_texts=suite.benign_texts(),
-                      general_n=limited_count(spec.general_n, opt.limit), max_tokens=opt.max_tokens)
+                      general_n=limited_count(spec.general_n, opt.limit), max_tokens=opt.max_tokens,
+                      benign_positions=suite.contrast.benign_positions)
+    copying = suite.contrast.copying
+    if copying is not None:
+        sets.copying = copying_samples(lm.tokenizer, limited_count(copying.n, opt.limit), copying.tokens, opt.seed)
+        sets.info |= {"n_copying": len(sets.copying), "copying": f"{copying.tokens} random word tokens said twice, "
+                      "the second copy explained; kept like the general set (a side of the contrast and a guard)"}
     if spec.foil == "best_alternative":
         sets.undesired = with_foils(lm.model, sets.undesired, lm.tokenizer.pad_token_id or 0, opt.batch_size)
         sets.info["foil"] = "logit(flagged token) - logit(the model's most likely other token at that position)"
@@ -170,6 +180,9 @@ def rank(c: Contrast, method: str, kind: str, kinds: tuple[str, ...], guard_shar
     raw = r.rank(c, kinds)
     rel = c.computed(r.relevance) if r.relevance else None
     scores, per_layer = guard(raw, rel["general"].scores if rel else None, guard_share)
+    if rel and "copying" in rel:  # legitimate copying is kept like general text
+        scores, copying_per_layer = guard(scores, rel["copying"].scores, guard_share)
+        per_layer |= {f"copying_{kind}": counts for kind, counts in copying_per_layer.items()}
     gains = None
     if r.gains is not None:
         gains = {key: g.clone() for key, g in r.gains(c).items()}

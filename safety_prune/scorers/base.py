@@ -7,6 +7,7 @@ import inspect
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ class Scorer(ABC):
     batch_size: int = 64
     behaviour: str = "toxicity"  # what a high score means; toxicity scorers are validated against Perspective
     localises: bool = False  # can say which tokens of a continuation carry the behaviour (``token_scores``)
+    finds_loops: bool = False  # can say where a continuation starts to loop (``loops``)
     options: dict[str, Any]  # the constructor's arguments, defaults included (set by ``__new__``)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Scorer:
@@ -74,6 +76,22 @@ class Scorer(ABC):
         raise ConfigError(f"The {self.name} scorer cannot say which tokens carry the behaviour, so the "
                           "'tokens' target is unavailable with it. Use target: continuation, or a scorer that "
                           "localises (profanity, toxblock, repetition).")
+
+    def loops(self, continuations: list[list[str]]) -> list[Loop | None]:
+        """Where each continuation (its decoded token pieces) loops, if it does. Only scorers with
+        ``finds_loops`` say so."""
+        raise ConfigError(f"The {self.name} scorer cannot say where a continuation starts to loop, so the 'loop' "
+                          "target is unavailable with it. Use the repetition scorer, or target: tokens.")
+
+
+@dataclass(frozen=True)
+class Loop:
+    """A loop in a continuation: from token ``start`` up to ``end`` (exclusive) every token repeats the token
+    ``period`` positions earlier; tokens ``start - period`` to ``start`` are the pattern's first occurrence."""
+
+    start: int
+    end: int
+    period: int
 
 
 def _content(value: Any) -> Any:
