@@ -77,7 +77,7 @@ def test_undesired_is_the_loop_and_benign_the_same_continuation_before_it(loopin
 def test_too_few_loops_and_positions_without_the_loop_target_are_clear_errors(looping):
     with pytest.raises(DataSourceError, match="Only 1 of the 2 flagged reference continuations loop"):
         _sets(looping, spec=ReferenceSpec(**(SPEC.__dict__ | {"undesired_min": 2})))
-    with pytest.raises(ConfigError, match="need reference.target: loop"):
+    with pytest.raises(ConfigError, match=r"need reference\.target: loop"):
         _sets(looping, spec=ReferenceSpec(**(SPEC.__dict__ | {"target": "tokens"})))
 
 
@@ -90,7 +90,7 @@ def test_copying_control_is_random_word_strings_said_twice():
         assert s.input_ids == (tok.bos_token_id, *words, *words) and len(set(words)) == 4
         assert all(tok.decode([w]).startswith(" ") for w in words)
         assert _explained(s) == [6, 7, 8]  # the copy from its second token: what copying, not guessing, predicts
-    with pytest.raises(DataSourceError, match="lower contrast.copying.tokens"):
+    with pytest.raises(DataSourceError, match=r"lower contrast\.copying\.tokens"):
         copying_samples(tok, 1, 1000, seed=0)
 
 
