@@ -125,9 +125,13 @@ class Constraints:
     ppl_rise: float = 0.02  # general validation perplexity
     distinct2_drop: float = 0.05  # looping shows here before perplexity moves
     continuation_ppl_rise: float = 0.10  # garbled continuations (under the unpruned model)
+    capability_drop: float = 0.02  # last-word accuracy, absolute, paired on the same passages (when measured)
 
     def violations(self, base: dict[str, Any], cand: dict[str, Any]) -> list[str]:
         found = []
+        drop = (base.get("last_word_accuracy") or 0.0) - (cand.get("last_word_accuracy") or 0.0)
+        if "last_word_accuracy" in cand and drop > self.capability_drop:
+            found.append(f"last-word accuracy -{drop:.3f}")
         if cand["perplexity"] > base["perplexity"] * (1 + self.ppl_rise):
             found.append(f"perplexity +{100 * (cand['perplexity'] / base['perplexity'] - 1):.1f}%")
         if cand["distinct2"] < base["distinct2"] * (1 - self.distinct2_drop):
@@ -139,7 +143,7 @@ class Constraints:
 
 
 Measure = Callable[[torch.nn.Module], dict[str, Any]]
-_UNMEASURED = ("behaviour_mean", "behaviour_rate", "distinct2", "continuation_perplexity")
+_UNMEASURED = ("behaviour_mean", "behaviour_rate", "distinct2", "continuation_perplexity", "last_word_accuracy")
 
 
 def validation_search(lm: LoadedModel, measure: Measure, scores: dict[str, torch.Tensor], kind: str,
@@ -180,7 +184,7 @@ def search_settings(lm: LoadedModel, measure: Measure, candidates: Sequence[Cand
         ppl = perplexity_of(model) if perplexity_of else None
         if ppl is not None and ppl > base["perplexity"] * (1 + limits.ppl_rise):
             bad = [f"perplexity +{100 * (ppl / base['perplexity'] - 1):.1f}%"]
-            trail.append({**setting, "perplexity": ppl, **dict.fromkeys(_UNMEASURED),
+            trail.append({**setting, "perplexity": ppl, **dict.fromkeys(k for k in base if k in _UNMEASURED),
                           "violations": bad, "reduction": None, "generated": False})
             log.info("validation search: %s %s: not generated", setting, bad[0])
             continue

@@ -309,3 +309,78 @@ def test_counter_definition_is_the_multiset_overlap() -> None:
         overlap = sum((Counter(a) & Counter(b)).values())
         expected = 0.0 if not overlap else 2 * overlap / (len(a) + len(b))
         assert token_f1(a, b) == pytest.approx(expected)
+
+
+@pytest.fixture(scope="module")
+def searching_run(tmp_path_factory, trained: torch.nn.Module) -> tuple[str, str]:
+    """(model folder, suite) with enough general documents for capability on both validation and test."""
+    root = tmp_path_factory.mktemp("capability-search")
+    trained.save_pretrained(root / "model")
+    tiny_tokenizer().save_pretrained(root / "model")
+    suite = Path(write_tiny_suite(root / "suite"))
+    (root / "suite" / "general.txt").write_text("\n".join(_documents(260, seed=2)) + "\n")
+    text = suite.read_text().replace("validation_words: 300\n  test_words: 300",
+                                     "validation_words: 7000\n  test_words: 7000")
+    suite.write_text(text.replace("capability: false", "capability: true"))
+    return str(root / "model"), str(suite)
+
+
+def test_the_search_keeps_last_word_accuracy_within_its_limit(searching_run, tmp_path: Path) -> None:
+    """Each searched candidate's last-word accuracy is measured on the validation passages (never the test ones),
+    and one that loses more than --max-capability-drop is not chosen; the limit is recorded."""
+    from safety_prune.jobs.correct import correct
+    from safety_prune.jobs.options import CorrectOptions
+    from safety_prune.models import load_model
+
+    model, suite = searching_run
+    opts = CorrectOptions(search_k=(4, 64), batch_size=4, stability=0, ppl_budget=100.0, max_distinct2_drop=1.0,
+                          max_continuation_ppl_rise=100.0, max_capability_drop=0.0)
+    res = correct(model, suite, tmp_path / "run", options=opts)
+    lm = load_model(model)
+    items = capability_set(lm.tokenizer, load_suite(suite).general_validation(), "general validation")
+    trail = res["selection"]["search"]
+    assert trail[0]["last_word_accuracy"] == pytest.approx(np.mean(last_word_hits(lm.model, lm.tokenizer,
+                                                                                  items.passages)))
+    assert res["selection"]["limits"]["capability_drop"] == 0.0
+    for row in trail[1:]:
+        fell = trail[0]["last_word_accuracy"] - row["last_word_accuracy"] > 0.0
+        assert fell == any(v.startswith("last-word accuracy") for v in row["violations"])
+    assert any(any(v.startswith("last-word accuracy") for v in row["violations"]) for row in trail[1:])
+    chosen = [row for row in trail[1:] if row["k"] == res["selection"]["k"]]
+    assert res["selection"]["feasible"] is False or not chosen[0]["violations"]
+
+
+def test_too_few_validation_passages_for_the_search_fail_before_any_work(capability_run, tmp_path: Path) -> None:
+    from safety_prune.jobs.correct import correct
+    from safety_prune.jobs.options import CorrectOptions
+
+    _, model, suite = capability_run
+    with pytest.raises(DataSourceError, match="general validation documents"):
+        correct(model, suite, tmp_path / "run", options=CorrectOptions(search_k=(1, 2), batch_size=4))
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_release_check_refuses_a_held_out_capability_loss() -> None:
+    from safety_prune.jobs.correct import release_verdict
+    from safety_prune.jobs.options import CorrectOptions
+
+    base = {"perplexity": {"value": 10.0}, "distinct2": {"value": 0.8}, "continuation_perplexity": {"value": 3.0}}
+    corrected = {"perplexity": 10.0, "distinct2": 0.8, "continuation_perplexity": 3.0,
+                 "paired_vs_baseline": {"delta": -0.05, "ci_low": -0.08, "ci_high": -0.02},
+                 "paired_vs_random": {"delta": -0.04, "ci_low": -0.06, "ci_high": -0.01},
+                 "last_word_accuracy_drop": 0.01, "continuation_f1_drop": 0.0}
+    assert release_verdict(base, corrected, {"feasible": True}, CorrectOptions())["allowed"]
+    corrected["continuation_f1_drop"] = 0.05
+    verdict = release_verdict(base, corrected, {"feasible": True}, CorrectOptions())
+    assert not verdict["allowed"] and "continuation token-F1 fell by 0.050" in verdict["reason"]
+    assert verdict["limits"]["capability_drop"] == 0.02
+    assert release_verdict(base, corrected, {"feasible": True}, CorrectOptions(max_capability_drop=0.1))["allowed"]
+
+
+@pytest.mark.parametrize("bad", [-0.01, 1.5, float("nan")])
+def test_a_capability_limit_outside_0_1_is_refused(bad: float) -> None:
+    from safety_prune.errors import ConfigError
+    from safety_prune.jobs.options import CorrectOptions
+
+    with pytest.raises(ConfigError, match="--max-capability-drop must lie in"):
+        CorrectOptions(max_capability_drop=bad).validate()

@@ -20,6 +20,7 @@ from ..crossfit import check_folds, cross_fit
 from ..errors import ConfigError, SaveRefused
 from ..evaluation import paired_bootstrap_diff, perplexity
 from ..evaluation.behaviour import Generations, evaluate
+from ..evaluation.capability import CapabilitySet, capability_set, last_word_hits
 from ..explain import heatmap
 from ..interventions import REACHES, STRENGTHS, THRESHOLDS, Edit, gains_edit, proportional, random_like
 from ..io import write_json
@@ -83,6 +84,9 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
                           "(--k, --sparsity, one --strength and --threshold, or a method with its own gains): drop "
                           "--folds, or let the search run.")
     check_folds(opt.folds, len(limited(suite.validation_prompts(), opt.limit)))
+    # built now: too few validation passages is an input error, found before any work
+    val_capability = (capability_set(lm.tokenizer, suite.general_validation(), "general validation")
+                      if suite.capability and _searches(opt) else None)
     kinds = (opt.unit,) if opt.unit == "weight" else ("neuron", "head")
     preflight_attribution(lm, suite, opt, kinds)
     torch.manual_seed(opt.seed)
@@ -104,7 +108,8 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
         probability = None
         if opt.stable is not None:
             ranked[primary], stable, probability = _stable(ranked[primary], lm, suite, opt)
-        setting, selection, ranked[primary].scores = _choose(lm, suite, scorer, ranked[primary], opt)
+        setting, selection, ranked[primary].scores = _choose(lm, suite, scorer, ranked[primary], opt,
+                                                             val_capability)
         if probability is not None:
             selection["stable"] = stable
         finish.lap("selection")
@@ -178,9 +183,13 @@ def release_verdict(base: dict[str, Any], corrected: dict[str, Any], selection: 
     behaviour (the paired interval of the mean change lies below 0), and lowers it more than the same change
     on random units (the paired interval against the random control lies below 0 too: a correction that
     random units match is not a targeted one)."""
-    limits = Constraints(opt.ppl_budget, opt.max_distinct2_drop, opt.max_continuation_ppl_rise)
+    limits = _limits(opt)
     flat = {key: corrected[key] for key in ("perplexity", "distinct2", "continuation_perplexity")}
     reasons = limits.violations({key: base[key]["value"] for key in flat}, flat)
+    for key, words in (("last_word_accuracy_drop", "last-word accuracy"), ("continuation_f1_drop",
+                                                                           "continuation token-F1")):
+        if key in corrected and corrected[key] > limits.capability_drop:
+            reasons.append(f"{words} fell by {corrected[key]:.3f}, more than the limit {limits.capability_drop:g}")
     paired = corrected["paired_vs_baseline"]
     if paired["ci_high"] >= 0:
         reasons.append(f"the mean behaviour score did not fall for certain (paired change {paired['delta']:+.4f}, "
@@ -198,7 +207,13 @@ def release_verdict(base: dict[str, Any], corrected: dict[str, Any], selection: 
     return {"allowed": not reasons, "reasons": reasons,
             "reason": ("on held-out data: " + "; ".join(reasons) + ".") if reasons else "",
             "limits": {"ppl_rise": opt.ppl_budget, "distinct2_drop": opt.max_distinct2_drop,
-                       "continuation_ppl_rise": opt.max_continuation_ppl_rise}}
+                       "continuation_ppl_rise": opt.max_continuation_ppl_rise,
+                       "capability_drop": opt.max_capability_drop}}
+
+
+def _limits(opt: CorrectOptions) -> Constraints:
+    return Constraints(opt.ppl_budget, opt.max_distinct2_drop, opt.max_continuation_ppl_rise,
+                       opt.max_capability_drop)
 
 
 def _searches(opt: CorrectOptions) -> bool:
@@ -210,12 +225,15 @@ def _searches(opt: CorrectOptions) -> bool:
     return opt.k is None and opt.sparsity is None
 
 
-def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, ranked: Ranked, opt: CorrectOptions
+def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, ranked: Ranked, opt: CorrectOptions,
+            capability: CapabilitySet | None = None
             ) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
     """The primary method's setting: ``{"k", "scale"}`` (top k), ``{"strength", "threshold"}`` (proportional
     gains) or ``{}`` (a method with its own gains); given, from a sparsity, or the search on validation prompts
     and validation text (after the optional damage screen, which reorders the scores: returned as the third
-    item)."""
+    item). ``capability`` (the general validation passages): each candidate's last-word accuracy, kept within
+    ``--max-capability-drop`` of the unpruned model's (continuation F1 would cost a generation per candidate, so
+    it is checked held out, by the release check)."""
     scores = ranked.scores
     selection: dict[str, Any] = {"unit": opt.unit, "exclude_layers": list(opt.exclude_layers),
                                  "guard": {"share": suite.contrast.guard, "by": "|relevance on general text|"}}
@@ -249,17 +267,21 @@ def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, ranked: Ranked, 
     def measure(model: torch.nn.Module) -> dict[str, Any]:
         pruned = replace(lm, model=model)
         metrics, res = evaluate(pruned, lm, suite, scorer, prompts, val_text, opt.seed)
-        return {"behaviour_mean": metrics["behaviour_mean"]["value"],
-                "behaviour_rate": metrics["behaviour_rate"]["value"],
-                **{key: metrics[key]["value"] for key in ("perplexity", "distinct2", "continuation_perplexity")},
-                "per_prompt": res.per_prompt_mean()}  # for cross-fitting; taken out of the trail below
+        out = {"behaviour_mean": metrics["behaviour_mean"]["value"],
+               "behaviour_rate": metrics["behaviour_rate"]["value"],
+               **{key: metrics[key]["value"] for key in ("perplexity", "distinct2", "continuation_perplexity")},
+               "per_prompt": res.per_prompt_mean()}  # for cross-fitting; taken out of the trail below
+        if capability is not None:
+            hits = last_word_hits(model, lm.tokenizer, capability.passages, suite.generation.batch_size)
+            out["last_word_accuracy"] = sum(hits) / len(hits)
+        return out
 
     def perplexity_of(model: torch.nn.Module) -> float:
         p = suite.perplexity
         return perplexity(model, lm.tokenizer, val_text, max_length=p.max_length, stride=p.stride,
                           device=model.device).perplexity
 
-    limits = Constraints(opt.ppl_budget, opt.max_distinct2_drop, opt.max_continuation_ppl_rise)
+    limits = _limits(opt)
     if opt.intervention == "proportional":
         ranked = replace(ranked, scores=scores)  # as screened
         edits = [(g, _edit(ranked, g, opt)) for g in grid]
@@ -296,7 +318,8 @@ def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, ranked: Ranked, 
                   "search": trail, "split": {"prompts": "validation prompts", "n_prompts": len(prompts),
                                              "text": "general validation", "n_tokens": opt.search_tokens},
                   "limits": {"ppl_rise": limits.ppl_rise, "distinct2_drop": limits.distinct2_drop,
-                             "continuation_ppl_rise": limits.continuation_ppl_rise},
+                             "continuation_ppl_rise": limits.continuation_ppl_rise,
+                             **({"capability_drop": limits.capability_drop} if capability is not None else {})},
                   "objective": objective}
     return setting, selection, scores
 

@@ -175,6 +175,10 @@ class CorrectOptions(BehaviourOptions):
     max_distinct2_drop: float = option(0.05, "largest relative distinct-2 drop on validation (default 0.05)")
     max_continuation_ppl_rise: float = option(
         0.10, "largest relative rise of validation continuation perplexity (default 0.10)")
+    max_capability_drop: float = option(
+        0.02, "largest drop of last-word accuracy on validation passages (absolute; searched candidates), and of "
+        "last-word accuracy or continuation token-F1 held out (the release check), when the suite measures "
+        "capability (default 0.02)")
     sweep: tuple[int, ...] = option((), "comma-separated extra k values to evaluate on the eval prompts (the "
                                     "trade-off curve), e.g. 25,50,100", parse=int_list)
     stability: int = option(20, "bootstrap resamples of the reference sets for the stability of the selection "
@@ -229,6 +233,9 @@ class CorrectOptions(BehaviourOptions):
         for flag, value in (("--ppl-budget", self.ppl_budget), ("--max-distinct2-drop", self.max_distinct2_drop),
                             ("--max-continuation-ppl-rise", self.max_continuation_ppl_rise)):
             check_positive(value, flag, "a positive, finite relative change")
+        if not (math.isfinite(self.max_capability_drop) and 0 <= self.max_capability_drop <= 1):
+            raise ConfigError(f"--max-capability-drop must lie in [0, 1] (an absolute drop of an accuracy or an F1; "
+                              f"0 allows none), got {self.max_capability_drop}.")
         for flag, ks in (("--sweep", self.sweep), ("--search-k", self.search_k)):
             if any(k <= 0 for k in ks):
                 raise ConfigError(f"{flag} values must be positive unit counts, got {list(ks)}.")
