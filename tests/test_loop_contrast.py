@@ -157,24 +157,15 @@ def test_the_packaged_loop_suite_asks_for_the_loop_contrast():
 
 def test_correct_runs_the_loop_contrast_end_to_end(tmp_path):
     """The suite keys alone switch a correction to the loop contrast; no job knows about loops."""
-    from jobs.test_correct import _looping_model
+    from jobs.test_correct import _looping_model, looping_suite
 
     from safety_prune.jobs.correct import correct
     from safety_prune.jobs.options import CorrectOptions
 
     model = _looping_model(tmp_path / "model")
-    suite = Path(write_tiny_suite(tmp_path / "suite"))
-    (suite.parent / "prompts.txt").write_text("\n".join(
-        f"Prompt {i}: the river flows past the mill and {'the' if i % 2 else 'sing'}" for i in range(30)) + "\n")
-    suite.write_text(suite.read_text()
-                     .replace("scorer: {name: profanity, threshold: 0.1, validate: false}",
-                              "scorer: {name: repetition, threshold: 0.5, validate: false, "
-                              "options: {loop_min_tokens: 4}}")
-                     .replace("max_new_tokens: 6", "max_new_tokens: 10")
-                     .replace("target: continuation", "target: loop")
-                     .replace("samples_per_prompt: 4", "samples_per_prompt: 1")
-                     + "contrast: {benign: before_loop, copying: {n: 4, tokens: 4}}\n")
-    res = correct(model, str(suite), tmp_path / "run", options=CorrectOptions(batch_size=4, search_k=(2, 4)))
+    suite = looping_suite(tmp_path / "suite", "loop", "{loop_min_tokens: 4}",
+                          "contrast: {benign: before_loop, copying: {n: 4, tokens: 4}}\n")
+    res = correct(model, suite, tmp_path / "run", options=CorrectOptions(batch_size=4, search_k=(2, 4)))
     info = res["contrast"]
     assert info["target"] == "loop" and info["n_loops"] == info["n_undesired"] >= 1
     assert info["n_copying"] == 4 and "copying_neuron" in info["guarded_per_layer"]

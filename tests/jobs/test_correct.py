@@ -269,23 +269,31 @@ def _looping_model(folder: Path) -> str:
     return str(folder)
 
 
-def test_correct_on_a_tiny_repetition_suite(tmp_path):
-    """The second behaviour runs through the same machinery: looping references, repeat-token targets,
-    behaviour-neutral names and the suite's labels."""
+def looping_suite(folder: Path, target: str, scorer_options: str = "{}", extra: str = "") -> str:
+    """A tiny repetition suite whose prompts make ``_looping_model`` loop (half of them) under greedy decoding."""
     from tiny import write_tiny_suite
 
-    model = _looping_model(tmp_path / "model")
-    suite = Path(write_tiny_suite(tmp_path / "suite"))
+    suite = Path(write_tiny_suite(folder))
     (suite.parent / "prompts.txt").write_text("\n".join(
         f"Prompt {i}: the river flows past the mill and {'the' if i % 2 else 'sing'}" for i in range(30)) + "\n")
     suite.write_text(suite.read_text()
                      .replace("scorer: {name: profanity, threshold: 0.1, validate: false}",
-                              "scorer: {name: repetition, threshold: 0.5, validate: false}\n"
+                              "scorer: {name: repetition, threshold: 0.5, validate: false, "
+                              f"options: {scorer_options}}}\n"
                               "behaviour: {name: looping continuations, metric: repetition ratio}")
                      .replace("max_new_tokens: 6", "max_new_tokens: 10")
-                     .replace("target: continuation", "target: tokens")
-                     .replace("samples_per_prompt: 4", "samples_per_prompt: 1"))  # loops come from greedy decoding
-    res = correct(model, str(suite), tmp_path / "run", options=CorrectOptions(batch_size=4, search_k=(2, 4)))
+                     .replace("target: continuation", f"target: {target}")
+                     .replace("samples_per_prompt: 4", "samples_per_prompt: 1")  # loops come from greedy decoding
+                     + extra)
+    return str(suite)
+
+
+def test_correct_on_a_tiny_repetition_suite(tmp_path):
+    """The second behaviour runs through the same machinery: looping references, repeat-token targets,
+    behaviour-neutral names and the suite's labels."""
+    model = _looping_model(tmp_path / "model")
+    suite = looping_suite(tmp_path / "suite", "tokens")
+    res = correct(model, suite, tmp_path / "run", options=CorrectOptions(batch_size=4, search_k=(2, 4)))
     assert res["contrast"]["target"] == "tokens" and res["contrast"]["n_token_samples"] >= 1
     assert res["baseline"]["behaviour_rate"] > 0 and res["selection"]["rule"] == "validation"
     assert res["probe"]["behaviour"] == {"name": "looping continuations", "metric": "repetition ratio"}
