@@ -68,7 +68,7 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
     """The audit's stages, ranking, selection on validation data, pruning of a copy, held-out re-evaluation."""
     opt, started = options or CorrectOptions(), time.time()
     out, suite, lm = start_run("correct", model, probe, out, overwrite, opt)
-    finish = Finish(opt.seed, argv, suite.data_files(), lm.weights_sha256, started)
+    finish = Finish(opt.seed, argv, suite.data_files(), lm, started)
     save_to = check_save_target(opt.save_model, lm.folder, out)
     total = count_units(lm.model, opt.unit)
     check_unit_counts(lm.model, opt.unit, opt.exclude_layers, {
