@@ -203,14 +203,14 @@ class CorrectOptions(BehaviourOptions):
         "by its own gain 1 - s * (its score / the top score), the strength s chosen on validation data",
         choices=INTERVENTIONS)
     strength: tuple[float, ...] = option(
-        (), "--intervention proportional: strengths s in [0, 1] to try (default 0.25,0.5,0.75,1; one strength "
-        "and one --threshold skip the validation search)", parse=float_list)
+        (), "--intervention proportional: strengths s in [0, 1] to try (default 0.5,1; one each of "
+        "--strength, --threshold and --reach skip the validation search)", parse=float_list)
     threshold: tuple[float, ...] = option(
-        (), "--intervention proportional: thresholds in [0, 1) on the normalised score to try (default 0,0.1)",
+        (), "--intervention proportional: thresholds in [0, 1) on the normalised score to try (default 0)",
         parse=float_list)
     reach: tuple[float, ...] = option(
-        (), "--intervention proportional: reaches in (0, 1] to try (default 1): units whose normalised score reaches "
-        "it get the full 1 - s, the rest 1 - s * score / reach", parse=float_list)
+        (), "--intervention proportional: reaches in (0, 1] to try (default 1,0.3,0.1,0.03): units whose "
+        "normalised score reaches it get the full 1 - s, the rest 1 - s * score / reach", parse=float_list)
     pooling: str = option("max", "how aura and aura-topk pool a neuron's activations over a continuation: max (as "
                           "published) or mean", choices=POOLINGS)
     folds: int | None = option(

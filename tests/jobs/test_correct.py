@@ -75,7 +75,7 @@ def _poisoned_suite(root, tag: str, base_suite: str) -> str:
 @pytest.mark.parametrize("variant", [
     dict(search_k=(2, 4)),
     dict(search_k=(2, 4), folds=3),
-    dict(method="all", intervention="proportional", strength=(0.5, 1.0), threshold=(0.0,), folds=2)])
+    dict(method="all", intervention="proportional", strength=(0.5, 1.0), threshold=(0.0,), reach=(1.0,), folds=2)])
 def test_held_out_by_data_flow(setup, tmp_path, monkeypatch, variant):
     """Selection sees only reference and validation data: runs that differ only in (sentinel-poisoned) eval
     prompts and test documents select the same units by the same trail, and no selection-time generation,
@@ -321,7 +321,7 @@ def _logits(model, ids):
         return model(ids).logits
 
 
-@pytest.mark.parametrize("opts", [dict(intervention="proportional", strength=(0.5,), threshold=(0.0,)),
+@pytest.mark.parametrize("opts", [dict(intervention="proportional", strength=(0.5,), threshold=(0.0,), reach=(1.0,)),
                                   dict(method="aura", pooling="mean")])
 def test_saved_model_is_the_gains_applied(setup, tmp_path, opts):
     """Per-unit gains (proportional, AurA): masks.json records each unit's gain, and the saved plain HF folder
@@ -358,7 +358,7 @@ def test_proportional_strength_is_chosen_on_validation(setup, tmp_path):
     random units)."""
     _, model, suite = setup
     opts = CorrectOptions(method="all", intervention="proportional", strength=(0.25, 1.0), threshold=(0.0,),
-                          batch_size=4, stability=0, ppl_budget=100.0, max_distinct2_drop=100.0,
+                          reach=(1.0,), batch_size=4, stability=0, ppl_budget=100.0, max_distinct2_drop=100.0,
                           max_continuation_ppl_rise=100.0)
     res = correct(model, suite, tmp_path / "run", options=opts)
     sel = res["selection"]
@@ -460,3 +460,13 @@ def test_report_says_how_stable_the_correction_is(setup, tmp_path):
     said = html[html.index('id="stability"'):].split("</p>")[0]
     assert f"How stable: {stab['reading']}." in said and f"from {round(100 * low, 1)}% to" in said
     assert "benchmarks/stability.py" in said and "The strength, threshold and reach of the gains" in html
+
+
+def test_proportional_without_flags_searches_the_measured_grid(setup, tmp_path):
+    """The default grid is the measured default's: s in {0.5, 1}, threshold 0, reach in {1, 0.3, 0.1, 0.03}."""
+    _, model, suite = setup
+    opts = CorrectOptions(method="lrp", intervention="proportional", batch_size=4, stability=0, force=True,
+                          ppl_budget=100.0, max_distinct2_drop=100.0, max_continuation_ppl_rise=100.0)
+    res = correct(model, suite, tmp_path / "run", options=opts)
+    grid = {(row["strength"], row["threshold"], row["reach"]) for row in res["selection"]["search"][1:]}
+    assert grid == {(s, 0.0, r) for s in (0.5, 1.0) for r in (1.0, 0.3, 0.1, 0.03)}
