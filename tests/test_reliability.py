@@ -26,7 +26,8 @@ from safety_prune.io import atomic_dir, sweep_stale_temps
 from safety_prune.jobs.correct import correct
 from safety_prune.jobs.options import CorrectOptions
 from safety_prune.models import load_model
-from safety_prune.preflight import check_attribution_memory, estimate_attribution_memory, parse_size
+from safety_prune.preflight import check_attribution_memory, estimate_attribution_memory
+from safety_prune.sizes import parse_size
 from safety_prune.suite import load_suite
 
 PKG = Path(__file__).resolve().parent.parent / "safety_prune"
