@@ -13,7 +13,8 @@ SCHEMA_VERSION = 2
 """2: behaviour-neutral metric names (``behaviour_rate``, ``behaviour_mean``, ``behaviour_expected_max``,
 ``behaviour_probability``; schema 1 called them ``toxicity_rate``, ``toxicity_mean``, ``expected_max_toxicity``,
 ``toxicity_probability``), ``probe.thresholds.behaviour_rate``, and the secondary scorers (``scorer.secondary``,
-``<block>.secondary.<name>``)."""
+``<block>.secondary.<name>``). Later additions that keep every key a schema-2 reader uses, and so need no bump:
+``verdict`` (``gate.verdict``; the report judges a file without it the same way when it renders)."""
 
 
 def unit_id(kind: str, layer: int, index: int | str, module: str | None = None) -> str:

@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 from ..distributed import is_main_process
 from ..errors import OutputError
 from ..families import geometry
-from ..gate import evaluate_gate
+from ..gate import evaluate_gate, verdict
 from ..io import atomic_dir, sha256_file, write_json
 from ..models import LoadedModel, check_chat_template, check_context, load_model
 from ..results import SCHEMA_VERSION, model_info
@@ -108,6 +108,7 @@ class Finish:
                                        started=self.started, extra={"stages_s": dict(self.stages)})
         if fail_on is not None:
             results["gate"] = evaluate_gate(results, fail_on)
+            results["verdict"] = verdict(results)
         write_json(staging.path("results.json"), results)
         render(results, staging)
         return results

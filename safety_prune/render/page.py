@@ -31,10 +31,13 @@ from ..errors import AssetError, ConfigError, OutputError, ResultsError
 from ..gate import (
     SOURCE_FAIL_ON,
     SOURCE_THRESHOLDS,
-    check_expr,
+    check_state,
     evaluate_gate,
+    overall,
     parse_expr,
+    reduced_run,
     threshold_exprs,
+    verdict,
 )
 from ..io import sha256_file, write_text
 from ..metrics import LEGACY_ALIASES, METRIC_KEYS, METRICS, metric_ci, metric_labels
@@ -464,61 +467,16 @@ def _metric_rows(base: dict[str, Any], corr: dict[str, Any] | None, labels: dict
 
 
 def _verdict(results: dict[str, Any]) -> dict[str, Any]:
-    """Every threshold and gate expression evaluated before and after correction, plus the overall call."""
-    gate = results.get("gate") if isinstance(results.get("gate"), dict) else None
-    if gate is None:
-        gate = evaluate_gate(results, [])
-    probe_exprs = threshold_exprs(results)
-    gate_exprs = [c["expr"] for c in gate.get("checks", [])]
-    gate_source = gate.get("source", SOURCE_FAIL_ON)
-    corr = results.get("corrected") if isinstance(results.get("corrected"), dict) else None
-    labels = _labels(results)
-    rows = []
-    for expr in dict.fromkeys(probe_exprs + gate_exprs):
-        source = SOURCE_THRESHOLDS if expr in probe_exprs else gate_source  # words any error by its origin
-        base = check_expr(results["baseline"], expr, "baseline", source)
-        rows.append({"expr": expr, "label": labels.get(base["metric"], expr),
-                     "from_gate": expr in gate_exprs, "from_probe": expr in probe_exprs, "base": base,
-                     "corr": check_expr(corr, expr, "corrected", source) if corr else None})
-    for row in rows:
-        row["base_state"], row["corr_state"] = _state(row["base"]), _state(row["corr"])
-    before = not any(r["base"]["failed"] for r in rows)
-    after = None if corr is None else not any(r["corr"]["failed"] for r in rows)
-    gated = [r for r in rows if r["from_gate"]]
-    target = "corr_state" if corr is not None and gate.get("target") == "corrected" else "base_state"
-    paired = (corr or {}).get("paired_vs_baseline")
-    worse = _paired_signal(paired) == "likely different" and paired["ci_low"] > 0
-    after_state = _overall([r["corr_state"] for r in gated]) if corr is not None else None
-    after_state = "worse" if worse else after_state
-    return {"rows": rows, "gate": gate, "passed": bool(gate.get("passed")), "before": before, "after": after,
-            "unsettled": [r["expr"] for r in rows if (r["corr"] or r["base"])["settled"] is False],
-            "state": "worse" if target == "corr_state" and worse else _overall([r[target] for r in gated]),
-            "before_state": _overall([r["base_state"] for r in gated]), "after_state": after_state,
-            "worse": paired if worse else None,
-            "decisive": [r for r in gated if r[target] != "pass"] or gated, "target_key": target[:4]}
+    """The run's verdict as ``gate.verdict`` computed it (stored in results.json; computed here only for a file
+    written before the verdict was stored), with the gate it judged."""
+    gate = results.get("gate") if isinstance(results.get("gate"), dict) else evaluate_gate(results, [])
+    stored = results.get("verdict")
+    return {**(stored if isinstance(stored, dict) else verdict(results, gate)), "gate": gate,
+            "passed": bool(gate.get("passed"))}
 
 
 _STATE_WORDS = {"pass": "PASS", "fail": "FAIL", "unsettled": "NOT SETTLED", "none": "NO THRESHOLD",
                 "worse": "WORSE THAN BEFORE"}
-
-
-def _state(check: dict[str, Any] | None) -> str | None:
-    """One check's state: "pass", "fail", or "unsettled" when its 95% interval contains the threshold (the point
-    value alone then decides the gate's exit status, but the sample cannot)."""
-    if check is None:
-        return None
-    if check.get("settled") is False:
-        return "unsettled"
-    return "fail" if check["failed"] else "pass"
-
-
-def _overall(states: list[str | None]) -> str:
-    """A settled failure fails; else any unsettled check leaves the whole call unsettled; no checks: "none"."""
-    if not states:
-        return "none"
-    if "fail" in states:
-        return "fail"
-    return "unsettled" if "unsettled" in states else "pass"
 
 
 # ------------------------------------------------------------------------------------ the reviewer's facts
@@ -585,19 +543,9 @@ def _totals(results: dict[str, Any], n_prompts: Any = None) -> dict[str, int | N
 
 
 def _limit(results: dict[str, Any]) -> dict[str, Any] | None:
-    """A reduced run: ``probe.limit``, or for results written before that key, ``--limit N`` in the command."""
-    probe = results["probe"]
-    if "limit" in probe:
-        n = probe["limit"]
-        return {"n": _fmt(n), "from_command": False} if isinstance(n, int | float) else None
-    cmd = (results.get("manifest") or {}).get("command")
-    args = [str(c) for c in cmd] if isinstance(cmd, list) else shlex.split(str(cmd or ""))
-    for i, arg in enumerate(args):
-        value = args[i + 1] if arg == "--limit" and i + 1 < len(args) else (
-            arg.split("=", 1)[1] if arg.startswith("--limit=") else None)
-        if value is not None and value.isdigit():
-            return {"n": value, "from_command": True}
-    return None
+    """A reduced run's limit as the page writes it (``gate.reduced_run``)."""
+    limit = reduced_run(results)
+    return {**limit, "n": _fmt(limit["n"])} if limit else None
 
 
 def _has_flag(results: dict[str, Any], flag: str) -> bool:
@@ -619,65 +567,61 @@ def _check_words(row: dict[str, Any], key: str, totals: dict[str, int | None]) -
     return f"{row['label']} {_fmt(check['value'])}" + (f" ({inner})" if inner else "")
 
 
+_LEADS = {"pass": "Deploy", "fail": "Do not deploy", "unsettled": "Not settled"}
+
+
 def _decision(results: dict[str, Any], v: dict[str, Any], limit: dict[str, Any] | None,
               totals: dict[str, int | None]) -> dict[str, str]:
-    """The executive line at the top: "Deploy: …", "Do not deploy: …" or "Not settled: …", naming who set the
-    thresholds (the probe suite or --fail-on), and the release check of a correction."""
-    gate = v["gate"]
-    corrected = v["after_state"] is not None and gate.get("target") == "corrected"
-    subject = "the pruned copy" if corrected else "the audited model"
-    n = len(v["decisive"])
-    plural = "s" if n > 1 else ""
+    """The executive line at the top: "Deploy: …", "Do not deploy: …" or "Not settled: …", worded from the
+    verdict's decision and reasons (``gate.verdict``), naming who set the thresholds (the probe suite or
+    --fail-on)."""
+    gate, key = v["gate"], v["target"]
+    subject = "the pruned copy" if key == "corr" else "the audited model"
+    rows = {r["expr"]: r for r in v["checks"]}
+    reasons = {r["kind"]: r for r in v["reasons"]}
+    plural = "s" if len(v["decisive"]) > 1 else ""
     if gate.get("source") == SOURCE_FAIL_ON:
         source = f"the --fail-on threshold{plural}"
     else:
         source = f"the probe suite's threshold{plural} (suite {results['probe'].get('name')})"
-    key = v["target_key"]
     reduced = f" This was a reduced run (--limit {limit['n']}), not a full measurement." if limit else ""
-    release = results.get("release") if corrected and isinstance(results.get("release"), dict) else None
-    refused = release is not None and release.get("allowed") is False
-    reasons = "; ".join(str(r) for r in (release or {}).get("reasons") or []) or "no reason recorded"
-    state = v["state"]
-    if state == "worse":
+    refused = reasons.get("release_refused")
+    why = ("; ".join(refused["reasons"]) or "no reason recorded") if refused else ""
+    text = ""
+    if "worse" in reasons:
         p = v["worse"]
-        return {"state": "fail", "lead": "Do not deploy",
-                "text": f"the correction made the model worse: the mean {_behaviour(results)['metric']} per prompt "
-                        f"rose by {p['delta']:+.4g} (paired 95% interval [{p['ci_low']:+.4g}, {p['ci_high']:+.4g}], "
-                        f"entirely above 0). Keep the original model." + reduced}
-    if state == "none":
-        return {"state": "unsettled", "lead": "Not settled",
-                "text": "no threshold was set (the probe suite names none and no --fail-on was given), so this "
-                        f"report makes no deployment decision about {subject}." + reduced}
-    if state == "fail":
-        fails = [r for r in v["decisive"] if r[f"{key}_state"] == "fail"]
-        what = "; ".join(f"{_check_words(r, key, totals)} {_OP_WORDS[r[key]['op']]} {_fmt(r[key]['threshold'])}"
-                         for r in fails)
-        return {"state": "fail", "lead": "Do not deploy",
-                "text": f"{subject} fails {source}: {what}." + (
-                    f" The release check also refused it: {reasons}." if refused else "") + reduced}
-    if state == "unsettled":
-        open_ = [r for r in v["decisive"] if r[f"{key}_state"] == "unsettled"]
-        what = "; ".join(f"{_check_words(r, key, totals)} has the threshold {_fmt(r[key]['threshold'])} inside its "
-                         "interval" for r in open_)
-        return {"state": "unsettled", "lead": "Not settled",
-                "text": f"{what}, so these prompts cannot tell whether {subject} meets {source}; measure more "
-                        "prompts before deciding." + (
-                            f" The release check refused it in any case: {reasons}." if refused else "") + reduced}
-    met = ", ".join(f"{r['expr']}" for r in v["decisive"])
-    if refused:
-        return {"state": "fail", "lead": "Do not deploy",
-                "text": f"{subject} meets {source} ({met}), but the release check refused it: {reasons}." + reduced}
-    if limit:
-        return {"state": "unsettled", "lead": "Not settled",
-                "text": f"{subject} meets {source} ({met}), but this was a reduced run (--limit {limit['n']}), "
-                        "not a full measurement: rerun without --limit before deciding."}
-    allowed = ", and the release check allowed it" if release is not None and release.get("allowed") else ""
-    no_ci = [r["expr"] for r in v["decisive"] if not r[key].get("ci")]
-    how = (f"by the point value of {', '.join(no_ci)} (no interval recorded)" if no_ci else
-           "each 95% interval on the passing side")
-    return {"state": "pass", "lead": "Deploy",
-            "text": f"{subject} meets {source} ({met}), {how}{allowed}. This holds within the scope stated below "
-                    "only."}
+        text = (f"the correction made the model worse: the mean {_behaviour(results)['metric']} per prompt rose by "
+                f"{p['delta']:+.4g} (paired 95% interval [{p['ci_low']:+.4g}, {p['ci_high']:+.4g}], entirely above "
+                "0). Keep the original model." + reduced)
+    elif "no_threshold" in reasons:
+        text = ("no threshold was set (the probe suite names none and no --fail-on was given), so this report makes "
+                f"no deployment decision about {subject}." + reduced)
+    elif "fail" in reasons:
+        what = "; ".join(f"{_check_words(rows[e], key, totals)} {_OP_WORDS[rows[e][key]['op']]} "
+                         f"{_fmt(rows[e][key]['threshold'])}" for e in reasons["fail"]["checks"])
+        text = (f"{subject} fails {source}: {what}." + (f" The release check also refused it: {why}." if refused
+                                                         else "") + reduced)
+    elif "unsettled" in reasons:
+        what = "; ".join(f"{_check_words(rows[e], key, totals)} has the threshold {_fmt(rows[e][key]['threshold'])} "
+                         "inside its interval" for e in reasons["unsettled"]["checks"])
+        text = (f"{what}, so these prompts cannot tell whether {subject} meets {source}; measure more prompts "
+                "before deciding." + (f" The release check refused it in any case: {why}." if refused else "")
+                + reduced)
+    else:
+        met = reasons["met"]
+        listed = ", ".join(met["checks"])
+        if refused:
+            text = f"{subject} meets {source} ({listed}), but the release check refused it: {why}." + reduced
+        elif limit:
+            text = (f"{subject} meets {source} ({listed}), but this was a reduced run (--limit {limit['n']}), not a "
+                    "full measurement: rerun without --limit before deciding.")
+        else:
+            allowed = ", and the release check allowed it" if met["release_allowed"] else ""
+            how = (f"by the point value of {', '.join(met['by_point_value'])} (no interval recorded)"
+                   if met["by_point_value"] else "each 95% interval on the passing side")
+            text = (f"{subject} meets {source} ({listed}), {how}{allowed}. This holds within the scope stated "
+                    "below only.")
+    return {"state": v["decision"], "lead": _LEADS[v["decision"]], "text": text}
 
 
 def _run_id(manifest: dict[str, Any]) -> str:
@@ -839,10 +783,11 @@ def card_facts(results: dict[str, Any]) -> dict[str, Any]:
     """What the saved model's card (``jobs.correct.model_card``) states the way this page does: the run id, the
     counts behind the rates, the p-value wording, each gate check's state, and a reduced run's limit."""
     gate = results.get("gate") if isinstance(results.get("gate"), dict) else {}
-    checks = [{**c, "state": _state(c)} for c in gate.get("checks") or [] if isinstance(c, dict) and "failed" in c]
+    checks = [{**c, "state": check_state(c)} for c in gate.get("checks") or []
+              if isinstance(c, dict) and "failed" in c]
     limit = _limit(results) if isinstance(results.get("probe"), dict) else None
     return {"run_id": _run_id(results.get("manifest") or {}), "totals": _totals(results), "count": _count,
-            "pvalue": _pvalue, "checks": checks, "state": _overall([c["state"] for c in checks]),
+            "pvalue": _pvalue, "checks": checks, "state": overall([c["state"] for c in checks]),
             "state_words": _STATE_WORDS, "limit": limit["n"] if limit else None,
             "model_words": _model_words(results.get("model") or {})}
 
@@ -1071,7 +1016,8 @@ def render_run(run_dir: str | Path, fail_on: Sequence[str] | None = None) -> Pat
     run_dir = Path(run_dir)
     results = load_results(run_dir)
     if fail_on:
-        results = {**results, "gate": evaluate_gate(results, fail_on)}
+        gate = evaluate_gate(results, fail_on)
+        results = {**results, "gate": gate, "verdict": verdict(results, gate)}
     out = run_dir / "report.html"
     html = _env().get_template("report.html.j2").render(**_view(results, load_samples(run_dir / "samples.jsonl"),
                                                                   run_dir))
