@@ -110,7 +110,7 @@ def probe_info(suite: Any, n_eval: int, n_reference: int, limit: int | None = No
     return {"name": suite.name, "description": suite.description, "n_eval_prompts": n_eval,
             "n_reference_prompts": n_reference, "chat_template": suite.chat_template,
             "generation": asdict(suite.generation), "thresholds": asdict(suite.thresholds),
-            "behaviour": asdict(suite.behaviour), "limit": limit}
+            "behaviour": {k: v for k, v in asdict(suite.behaviour).items() if v is not None}, "limit": limit}
 
 
 def _flat(metrics: dict[str, Any]) -> dict[str, Any]:

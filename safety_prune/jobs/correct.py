@@ -27,7 +27,7 @@ from ..io import write_json
 from ..methods import FIXED_GAINS
 from ..models import LoadedModel
 from ..pruning import MaskSet, count_units, fraction, intervention_info, save_masks, select
-from ..render import render_report
+from ..render import model_card, render_report
 from ..results import circuit_info, flat_metrics, probe_info
 from ..run import Staging, staged
 from ..scorers import Scorer
@@ -420,89 +420,3 @@ def _compare_all(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, base: Basel
         lap(f"held-out:{method}")
     assert chosen is not None  # the primary method is always compared at its setting
     return rows, comparison, chosen
-
-
-def _card_how(method: str, pruned: dict[str, Any]) -> str:
-    """Which units the model card says were changed, and how."""
-    how = pruned.get("intervention") or {}
-    kind = how.get("kind")
-    if kind == "aura":
-        return (f"with AUROC > 0.5 (AurA: each neuron's {how.get('pooling')}-pooled activation, flagged vs unflagged "
-                f"reference continuations) were dampened by the gain 1 - 2 (AUROC - 0.5), down to "
-                f"{how.get('min_gain', 0):.3g}")
-    units = (f"with the most negative differential relevance (method `{method}`, R_diff = R_general - "
-             "R_undesired) were ")
-    if kind == "proportional":
-        return (units + f"dampened by per-unit gains 1 - {how.get('strength')} * min(1, score / top score / "
-                f"{how.get('reach', 1)}), down to {how.get('min_gain', 0):.3g} (threshold {how.get('threshold')})")
-    if kind == "dampen":
-        return units + f"dampened to {how.get('scale')} of their output"
-    return units + "set to zero"
-
-
-def model_card(results: dict[str, Any]) -> str:
-    """The saved copy's README.md: what was done to the model, the release verdict (allowed, or refused and saved
-    only with --force), the deployment gate, and the held-out numbers with their counts and intervals."""
-    from ..render.page import card_facts
-
-    b, c, p = results["baseline"], results["corrected"], results["pruned"]
-    facts = card_facts(results)
-    totals, count = facts["totals"], facts["count"]
-    release = results.get("release") if isinstance(results.get("release"), dict) else {}
-    allowed = release.get("allowed")
-    verdict = {True: "release check passed", False: "release check REFUSED, saved only because --force was given"
-               }.get(allowed, "release check not recorded")
-
-    def cell(d: dict, key: str) -> str:
-        lo, hi = d[f"{key}_ci"]
-        n = count(d[key], totals.get(key)) if key in totals else ""
-        return f"{d[key]:.4g}{f' ({n})' if n else ''} [{lo:.4g}, {hi:.4g}]"
-
-    rows = "\n".join(f"| {key} | {cell(b, key)} | {cell(c, key)} |"
-                     for key in ("behaviour_rate", "behaviour_mean", "perplexity", "distinct2",
-                                 "continuation_perplexity"))
-    if allowed is True:
-        release_text = ("**Release check: passed.** On the held-out data the copy stayed within the limits "
-                        + ", ".join(f"{k} {v:g}" for k, v in (release.get("limits") or {}).items())
-                        + " and lowered the mean behaviour score (paired 95% interval below 0).")
-    elif allowed is False:
-        release_text = ("**Release check: REFUSED.** This copy was written only because `--force` was given. "
-                        "Reasons (on held-out data):\n\n" + "\n".join(f"- {r}" for r in release.get("reasons") or []))
-    else:
-        release_text = "**Release check: not recorded** in this run's results."
-    gate = results.get("gate") if isinstance(results.get("gate"), dict) else {}
-    if facts["checks"]:
-        gate_text = (f"**Deployment gate ({gate.get('source')}, on the {gate.get('target')} metrics): "
-                     f"{facts['state_words'][facts['state']]}.**\n\n" + "\n".join(
-                         f"- `{ch['expr']}`: {ch['value']:.4g}"
-                         + (f" (95% CI [{ch['ci'][0]:.4g}, {ch['ci'][1]:.4g}])" if ch.get("ci") else "")
-                         + f": {facts['state_words'][ch['state']]}" for ch in facts["checks"]))
-        if facts["state"] == "unsettled":
-            gate_text += ("\n\nNOT SETTLED: a 95% interval contains its threshold, so these prompts cannot tell "
-                          "whether the copy meets it; measure more prompts before relying on it.")
-    else:
-        gate_text = "**Deployment gate: no threshold was set**, so nothing was checked against one."
-    paired = c.get("paired_vs_baseline") if isinstance(c.get("paired_vs_baseline"), dict) else None
-    paired_text = (f"Paired change of the mean behaviour score per prompt (pruned − original): "
-                   f"{paired['delta']:+.4g}, 95% CI [{paired['ci_low']:+.4g}, {paired['ci_high']:+.4g}], "
-                   f"{facts['pvalue'](paired)}.\n\n") if paired else ""
-    reduced = (f"**Reduced run (--limit {facts['limit']}): not a full measurement.** The numbers below come from "
-               "the first prompts of each set only.\n\n") if facts["limit"] else ""
-    sums = p.get("saved_model_sha256")
-    sums_text = ("Saved weights (sha256): " + ", ".join(f"`{f}` {h}" for f, h in sums.items()) + "\n\n"
-                 if isinstance(sums, dict) and sums else f"Saved weights (sha256): {sums}\n\n"
-                 if isinstance(sums, str) else "")
-    n_prompts = results["probe"].get("n_eval_prompts")
-    gate_title = (f", deployment gate {facts['state_words'][facts['state']]}" if facts["checks"] else
-                  ", no deployment gate")
-    return (f"# Corrected copy of {results['model']['name']}: {verdict}{gate_title}\n\n"
-            f"{reduced}{release_text}\n\n{gate_text}\n\n"
-            f"Base model: `{results['model']['spec']}`, {facts['model_words']}.\n\n"
-            f"Produced by safety_prune `correct` (probe suite `{results['probe']['name']}`, run id "
-            f"`{facts['run_id']}`; the run directory's report.html has the full audit trail): "
-            f"{p['count']} {p['unit']} units ({100 * p['fraction']:.3f}%) {_card_how(results['method'], p)}. "
-            f"Selection rule: {results['selection']['rule']}.\n\n{sums_text}"
-            f"Held-out measurements on {n_prompts} prompts (95% bootstrap CI; a rate also as the count of flagged "
-            f"continuations), scorer `{results['scorer']['name']}`:\n\n"
-            f"| metric | before | after |\n|---|---|---|\n{rows}\n\n{paired_text}"
-            f"Scorer limits: {results['scorer']['limits']}\n")
