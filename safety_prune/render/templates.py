@@ -29,3 +29,12 @@ def write_page(out: Path, html: str) -> None:
         write_text(out, html)
     except OSError as exc:
         raise OutputError(f"Cannot write {out} ({exc.strerror or exc}). Choose a writable location.") from None
+
+
+def markdown() -> Environment:
+    """The environment of Markdown templates (the model card): nothing is HTML-escaped, blocks take their line."""
+    env = Environment(loader=FileSystemLoader(str(resource_dir("reports"))), autoescape=False,
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters |= {"g": lambda v: f"{v:g}", "g4": lambda v: f"{v:.4g}", "s4": lambda v: f"{v:+.4g}",
+                    "pvalue": pvalue}
+    return env
