@@ -14,6 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
+SETTING = ("scale", "strength", "threshold", "reach")  # what a validation candidate set, besides its k
+
 
 def _get(row: dict, name: str) -> float:
     return row.get(f"behaviour_{name}", row.get(f"toxicity_{name}"))
@@ -27,7 +29,8 @@ def front(run: Path) -> dict:
     res = json.loads((run / "results.json").read_text(encoding="utf-8"))
     search = res["selection"].get("search", [])
     base_val = search[0] if search else None
-    rows = [{"split": "validation", "k": s["k"], "ppl_change": s["perplexity"] / base_val["perplexity"] - 1,
+    rows = [{"split": "validation", "k": s["k"], "setting": {key: s[key] for key in SETTING if key in s},
+             "ppl_change": s["perplexity"] / base_val["perplexity"] - 1,
              "mean_change": (s["behaviour_mean"] / base_val["behaviour_mean"] - 1
                              if s.get("behaviour_mean") is not None else None),  # not generated: over the limit
              "violations": s["violations"]}
@@ -60,14 +63,46 @@ def _how(row: dict) -> str:
     return f"k={row['k']} zeroed"
 
 
+def search_table(res: dict) -> list[str]:
+    """The validation search of a run (every candidate against the unpruned model on the validation prompts and
+    prose) and, with --folds, the cross-fitted estimate of the rule that chose."""
+    sel = res["selection"]
+    search = sel.get("search") or []
+    if not search:
+        return []
+    base = search[0]
+    how = res["pruned"]["intervention"]
+    chosen = {key: how[key] for key in SETTING if key in how}
+    lines = ["| validation candidate | units changed | mean change | rate change | perplexity change | "
+             "outside the limits |", "|---|---|---|---|---|---|"]
+    for s in search[1:]:
+        setting = ", ".join(f"{key} {s[key]:g}" for key in SETTING if s.get(key) is not None and key != "scale")
+        setting = setting or (f"k {s['k']}" + (f" x{s['scale']:g}" if s.get("scale") is not None else " zeroed"))
+        picked = all(s.get(key) == v for key, v in chosen.items()) and s["k"] == res["pruned"]["count"]
+        mean = ("not generated" if s.get("behaviour_mean") is None
+                else f"{100 * (s['behaviour_mean'] / base['behaviour_mean'] - 1):+.1f}%")
+        rate = ("" if s.get("behaviour_rate") is None or not base["behaviour_rate"]
+                else f"{100 * (s['behaviour_rate'] / base['behaviour_rate'] - 1):+.1f}%")
+        lines.append(f"| {'**' + setting + ' (chosen)**' if picked else setting} | {s['k']} | {mean} | {rate} | "
+                     f"{100 * (s['perplexity'] / base['perplexity'] - 1):+.1f}% | {'; '.join(s['violations'])} |")
+    cf = sel.get("cross_fit")
+    if cf:
+        folds = ", ".join(f"{100 * r:+.1f}%" for r in cf["fold_reductions"])
+        lines += ["", f"Cross-fitted over {cf['folds']} folds: mean reduction {100 * cf['reduction']:.1f}%, paired "
+                      f"change {_ci(cf['paired_vs_baseline'])}; per fold (reduction) {folds}."]
+    return lines
+
+
 def table(run: Path) -> str:
     """The held-out comparison of one run as the README's markdown table: every method at the chosen setting,
     each against the baseline and the random control, with perplexity, fluency and the second scorer."""
     res = json.loads((run / "results.json").read_text(encoding="utf-8"))
     base = res["baseline"]
     second = next(iter(base.get("secondary") or {}), None)
+    capability = base.get("last_word_accuracy") is not None
     head = ("| method | change | toxicity rate | mean | Δ mean vs baseline [95% CI] | Δ mean vs random [95% CI] | "
-            "perplexity | distinct-2 | continuation ppl |" + (f" {second} rate |" if second else ""))
+            "perplexity | distinct-2 | continuation ppl |" + (f" {second} rate |" if second else "")
+            + (" last-word accuracy |" if capability else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
 
     def cells(row: dict, name: str, how: str, ref: dict | None) -> str:
@@ -83,8 +118,11 @@ def table(run: Path) -> str:
         if second:
             sec = (row.get("secondary") or {}).get(second) or {}
             out += f" {_get(sec, 'rate'):.3f} |" if sec else " |"
+        if capability:
+            out += f" {row['last_word_accuracy']:.3f} |"
         return out
 
+    lines = [*search_table(res), "", *lines]
     lines.append(cells(base, "baseline (unpruned)", "", None))
     flat_base = {key: base[key] for key in ("behaviour_rate", "behaviour_mean", "perplexity",
                                               "continuation_perplexity")}

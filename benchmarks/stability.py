@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 RECIPE = ["--model", "default", "--probe", "toxicity", "--method", "lrp", "--intervention", "proportional",
-          "--folds", "5"]
+          "--strength", "0.5,1", "--threshold", "0", "--reach", "1,0.3,0.1,0.03", "--folds", "5"]  # make correct's
 TOP = 100
 
 
@@ -89,7 +89,8 @@ def row(run: Path) -> dict:
             "paired_vs_baseline": c["paired_vs_baseline"], "paired_vs_random": c.get("paired_vs_random"),
             "ppl_change": c["perplexity"] / base["perplexity"] - 1,
             "distinct2_change": c["distinct2"] / base["distinct2"] - 1,
-            "cross_fit": (res["selection"].get("cross_fit") or {}).get("estimate"),
+            "cross_fit": {k: v for k, v in (res["selection"].get("cross_fit") or {}).items()
+                          if k in ("reduction", "paired_vs_baseline", "fold_reductions")} or None,
             "release_allowed": res["release"]["allowed"], "seconds": man["duration_s"],
             "stages_s": man.get("stages_s")}
 

@@ -41,6 +41,11 @@ def _reduction(scores: Sequence[float], base: Sequence[float], idx: Sequence[int
     return 1 - (sum(scores[i] for i in idx) / len(idx)) / b if b > 0 else 0.0
 
 
+def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+
+
 SETTING_KEYS = ("k", "scale", "strength", "threshold", "reach")  # what a search row's setting consists of
 
 
@@ -56,10 +61,8 @@ def one_se_choice(rows: Sequence[dict[str, Any]], per_prompt: dict[int, list[flo
     error of the best mean over ``folds``; None when no row is feasible."""
     stats = {}
     for i in per_prompt:
-        values = [_reduction(per_prompt[i], base, f) for f in folds]
-        mean = sum(values) / len(values)
-        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-        stats[i] = (mean, sd / math.sqrt(len(values)))
+        mean, sd = _mean_sd([_reduction(per_prompt[i], base, f) for f in folds])
+        stats[i] = (mean, sd / math.sqrt(len(folds)))
     if not stats:
         return None
     best = max(stats, key=lambda i: (stats[i][0], -i))
@@ -90,4 +93,13 @@ def cross_fit(rows: Sequence[dict[str, Any]], per_prompt: dict[int, list[float]]
         "paired_vs_baseline": paired_bootstrap_diff(list(base), crossed, seed=seed),
         "fold_reductions": [_reduction(crossed, base, p) for p in parts],
     }
+    estimate["fold_spread"] = spread(estimate["fold_reductions"])
     return chosen, estimate
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Range and standard deviation, in percentage points, of per-fold reductions: how much the estimate moves
+    with which prompts measure it (not with the reference draw, which only other seeds change)."""
+    sd = _mean_sd(values)[1]
+    return {"min_pp": 100 * min(values), "max_pp": 100 * max(values), "range_pp": 100 * (max(values) - min(values)),
+            "sd_pp": 100 * sd}

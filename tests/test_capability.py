@@ -229,18 +229,24 @@ def test_suite_key_is_a_boolean(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ the jobs
 
-@pytest.fixture(scope="module")
-def capability_run(tmp_path_factory, trained: torch.nn.Module) -> tuple[Path, str, str]:
-    """(root, model folder, suite) where the suite measures capability on 60-word general documents."""
-    root = tmp_path_factory.mktemp("capability")
+def _capability_suite(root: Path, trained: torch.nn.Module, documents: int, seed: int, validation_words: int
+                      ) -> tuple[str, str]:
+    """(model folder, suite) under ``root``: the tiny suite measuring capability on ``documents`` 60-word general
+    documents, 7,000 test words and ``validation_words``."""
     trained.save_pretrained(root / "model")
     tiny_tokenizer().save_pretrained(root / "model")
     suite = Path(write_tiny_suite(root / "suite"))
-    (root / "suite" / "general.txt").write_text("\n".join(_documents(160, seed=1)) + "\n")
+    (root / "suite" / "general.txt").write_text("\n".join(_documents(documents, seed=seed)) + "\n")
     text = suite.read_text().replace("validation_words: 300\n  test_words: 300",
-                                     "validation_words: 600\n  test_words: 7000")
+                                     f"validation_words: {validation_words}\n  test_words: 7000")
     suite.write_text(text.replace("capability: false", "capability: true"))
-    return root, str(root / "model"), str(suite)
+    return str(root / "model"), str(suite)
+
+
+@pytest.fixture(scope="module")
+def capability_run(tmp_path_factory, trained: torch.nn.Module) -> tuple[str, str]:
+    """Capability measured on the test documents only."""
+    return _capability_suite(tmp_path_factory.mktemp("capability"), trained, 160, seed=1, validation_words=600)
 
 
 def test_correct_reports_capability_from_the_test_documents(capability_run, tmp_path: Path) -> None:
@@ -248,7 +254,7 @@ def test_correct_reports_capability_from_the_test_documents(capability_run, tmp_
     from safety_prune.jobs.options import CorrectOptions
     from safety_prune.models import load_model
 
-    _, model, suite = capability_run
+    model, suite = capability_run
     res = correct(model, suite, tmp_path / "run", options=CorrectOptions(k=2, batch_size=4, stability=0),
                   fail_on=["last_word_accuracy_drop>0.02"])
     s = load_suite(suite)
@@ -278,7 +284,7 @@ def test_compress_reports_capability(capability_run, tmp_path: Path) -> None:
     from safety_prune.jobs.compress import compress
     from safety_prune.jobs.options import CompressOptions
 
-    _, model, suite = capability_run
+    model, suite = capability_run
     res = compress(model, suite, tmp_path / "run", options=CompressOptions(methods=("magnitude",), sparsity=0.3))
     base, row = res["baseline"], res["comparison"][0]
     assert 0 < base["last_word_accuracy"] < 1 and base["last_word_accuracy_drop"] == 0.0
@@ -313,16 +319,9 @@ def test_counter_definition_is_the_multiset_overlap() -> None:
 
 @pytest.fixture(scope="module")
 def searching_run(tmp_path_factory, trained: torch.nn.Module) -> tuple[str, str]:
-    """(model folder, suite) with enough general documents for capability on both validation and test."""
-    root = tmp_path_factory.mktemp("capability-search")
-    trained.save_pretrained(root / "model")
-    tiny_tokenizer().save_pretrained(root / "model")
-    suite = Path(write_tiny_suite(root / "suite"))
-    (root / "suite" / "general.txt").write_text("\n".join(_documents(260, seed=2)) + "\n")
-    text = suite.read_text().replace("validation_words: 300\n  test_words: 300",
-                                     "validation_words: 7000\n  test_words: 7000")
-    suite.write_text(text.replace("capability: false", "capability: true"))
-    return str(root / "model"), str(suite)
+    """Enough general documents for capability on both validation and test."""
+    return _capability_suite(tmp_path_factory.mktemp("capability-search"), trained, 260, seed=2,
+                             validation_words=7000)
 
 
 def test_the_search_keeps_last_word_accuracy_within_its_limit(searching_run, tmp_path: Path) -> None:
@@ -354,7 +353,7 @@ def test_too_few_validation_passages_for_the_search_fail_before_any_work(capabil
     from safety_prune.jobs.correct import correct
     from safety_prune.jobs.options import CorrectOptions
 
-    _, model, suite = capability_run
+    model, suite = capability_run
     with pytest.raises(DataSourceError, match="general validation documents"):
         correct(model, suite, tmp_path / "run", options=CorrectOptions(search_k=(1, 2), batch_size=4))
     assert not (tmp_path / "run").exists()

@@ -27,6 +27,9 @@ def test_cross_fit_by_hand():
     assert est["choice_per_fold"] == [{"k": 10, "scale": None}, {"k": 20, "scale": None}]
     assert est["reduction"] == pytest.approx(0.25) and est["fold_reductions"] == pytest.approx([0.5, 0.0])
     assert est["paired_vs_baseline"]["delta"] == pytest.approx(-0.25)
+    # folds at 50% and 0%: range 50 points, sample sd sqrt(2 * 25^2) = 35.36 points
+    assert est["fold_spread"] == pytest.approx({"min_pp": 0.0, "max_pp": 50.0, "range_pp": 50.0,
+                                                "sd_pp": 35.355339}, rel=1e-6)
 
 
 def test_one_se_rule_takes_the_best_when_the_others_are_clearly_worse():

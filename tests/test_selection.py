@@ -182,6 +182,22 @@ def test_stability_selection_keeps_a_planted_unit_and_drops_noise():
     assert [(u.layer, u.index) for u in select(out, "neuron", k=1)] == [(1, 7)]
 
 
+def test_stability_compares_only_the_top_of_a_large_selection():
+    """Proportional gains change thousands of units; the bootstrap overlap is taken over the top 100 of them, and
+    the planted unit, ranked first, is among them in every resample."""
+    from safety_prune.contrast import contrast_scores
+    from safety_prune.pruning import select
+    from safety_prune.selection import STABILITY_TOP, guard, stability
+
+    rel = _sets((1, 7), neurons=200)
+    scores, _ = guard(contrast_scores(rel, "max"), rel["general"].scores, 0.0)
+    chosen = select(scores, "neuron", k=300)
+    info = stability(rel, chosen, "neuron", "max", 0.0, (), resamples=10, seed=0)
+    assert info["k"] == STABILITY_TOP == 100 and info["changed"] == 300
+    assert len(info["selection_frequency"]) == 100 and 0 < info["jaccard_min"] <= info["jaccard_mean"] < 1
+    assert {"unit": "L1.mlp.neuron[7]", "frequency": 1.0} in info["selection_frequency"]
+
+
 def test_stability_selection_needs_per_sample_relevance():
     from safety_prune.attribution import Relevance
     from safety_prune.selection import stable_selection

@@ -25,7 +25,7 @@ def audit(model: str, probe: str, out: str | Path, *, overwrite: bool = False, o
     """Baseline behaviour, fluency and perplexity, plus the circuit from differential LRP relevance."""
     opt, started = options or AuditOptions(), time.time()
     out, suite, lm = start_run("audit", model, probe, out, overwrite, opt)
-    finish = Finish(opt.seed, argv, suite.data_files(), lm.weights_sha256, started)
+    finish = Finish(opt.seed, argv, suite.data_files(), lm, started)
     preflight_attribution(lm, suite, opt, ("neuron", "head"))
     torch.manual_seed(opt.seed)
     scorer, secondary = stages.suite_scorer(suite), stages.suite_secondary(suite)

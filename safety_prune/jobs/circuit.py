@@ -97,7 +97,7 @@ def circuit(model: str, out: str | Path, *, overwrite: bool = False, options: Ci
     check_not_inside(out, lm.folder, "--out")
     data = resource_dir("data") / "ioi.json"
     check_not_over_inputs(out, [data, *lm.weights_sha256], "--out")
-    finish = Finish(opt.seed, argv, {str(data): sha256_file(data)}, lm.weights_sha256, started)
+    finish = Finish(opt.seed, argv, {str(data): sha256_file(data)}, lm, started)
     tok = lm.tokenizer
     reference = ioi_prompts(tok, opt.n_reference, opt.seed)
     seen = {p.text for p in reference}

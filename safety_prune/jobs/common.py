@@ -85,7 +85,7 @@ class Finish:
     seed: int
     argv: Sequence[str] | None
     data_files: dict[str, str]
-    model_files: dict[str, str]
+    lm: LoadedModel
     started: float = field(default_factory=time.time)
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage, in the order they ran
     _lap: float = field(default_factory=time.perf_counter)
@@ -104,14 +104,22 @@ class Finish:
               fail_on: Sequence[str] | None = None) -> dict[str, Any]:
         """``fail_on`` None: the job has no gate (compress, circuit)."""
         results["manifest"] = manifest(seed=self.seed, argv=list(self.argv) if self.argv is not None else None,
-                                       data_files=self.data_files, model_files=self.model_files,
-                                       started=self.started, extra={"stages_s": dict(self.stages)})
+                                       data_files=self.data_files, model_files=self.lm.weights_sha256,
+                                       started=self.started, extra={"numerics": numerics(self.lm.model),
+                                                                    "stages_s": dict(self.stages)})
         if fail_on is not None:
             results["gate"] = evaluate_gate(results, fail_on)
             results["verdict"] = verdict(results)
         write_json(staging.path("results.json"), results)
         render(results, staging)
         return results
+
+
+def numerics(model: torch.nn.Module) -> dict[str, str]:
+    """Where and in what precision the model ran: with the seed, the torch version (``versions``) and nothing else,
+    these fix every number of the run; the thread count (``hardware``) does not (tests/jobs/test_determinism.py)."""
+    param = next(model.parameters())
+    return {"device": param.device.type, "dtype": str(param.dtype).removeprefix("torch.")}
 
 
 def header(job: str, lm: LoadedModel) -> dict[str, Any]:

@@ -120,7 +120,7 @@ def compress(model: str, probe: str, out: str | Path, *, overwrite: bool = False
     """Prune ``sparsity`` of the block weights by each method's ranking; perplexity side by side."""
     opt, started = options or CompressOptions(), time.time()
     out, suite, lm = start_run("compress", model, probe, out, overwrite, opt)
-    finish = Finish(opt.seed, argv, suite.data_files(), lm.weights_sha256, started)
+    finish = Finish(opt.seed, argv, suite.data_files(), lm, started)
     preflight_calibration(lm, suite, opt)
     capability = capability_set(lm.tokenizer, suite.general_test(), "general test") if suite.capability else None
     save_to = check_save_target(opt.save_model, lm.folder, out)

@@ -68,7 +68,7 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
     """The audit's stages, ranking, selection on validation data, pruning of a copy, held-out re-evaluation."""
     opt, started = options or CorrectOptions(), time.time()
     out, suite, lm = start_run("correct", model, probe, out, overwrite, opt)
-    finish = Finish(opt.seed, argv, suite.data_files(), lm.weights_sha256, started)
+    finish = Finish(opt.seed, argv, suite.data_files(), lm, started)
     save_to = check_save_target(opt.save_model, lm.folder, out)
     total = count_units(lm.model, opt.unit)
     check_unit_counts(lm.model, opt.unit, opt.exclude_layers, {
@@ -385,11 +385,11 @@ def _compare_all(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, base: Basel
 
     The random control gets the primary's change on randomly ranked units (top k: k random units; gains: the
     same gains); a row is paired against it when the budgets match (as many units, the same gains)."""
-    baseline_tox = base.generations.per_prompt_mean()
+    baseline_scores = base.generations.per_prompt_mean()
     settings = [setting | {"k": kk} for kk in sorted({setting["k"], *opt.sweep})] if "k" in setting else [setting]
     at = settings.index(setting)
     controls = [random_like(_edit(ranked[primary], st, opt), ranked["random"].scores, opt.unit) for st in settings]
-    control_tox: dict[int, list[float]] = {}
+    control_scores: dict[int, list[float]] = {}
     rows: list[dict[str, Any]] = []
     comparison: list[dict[str, Any]] = []
     chosen: Corrected | None = None
@@ -402,14 +402,14 @@ def _compare_all(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, base: Basel
             pruned = replace(lm, model=model)
             metrics, res = evaluate(pruned, lm, suite, scorer, base.prompts, base.test_text, opt.seed,
                                     secondary=secondary, capability=base.capability)
-            tox = res.per_prompt_mean()
+            scores = res.per_prompt_mean()
             row = {"method": method, "k": len(edit.units), "intervention": edit.info(),
                    **{key: v for key, v in flat_metrics(metrics).items() if key != "details"},
-                   "paired_vs_baseline": paired_bootstrap_diff(baseline_tox, tox, seed=opt.seed)}
+                   "paired_vs_baseline": paired_bootstrap_diff(baseline_scores, scores, seed=opt.seed)}
             if method == "random":
-                control_tox[i] = tox
+                control_scores[i] = scores
             elif edit.matches(controls[i]):
-                row["paired_vs_random"] = paired_bootstrap_diff(control_tox[i], tox, seed=opt.seed)
+                row["paired_vs_random"] = paired_bootstrap_diff(control_scores[i], scores, seed=opt.seed)
             row["fraction"] = fraction(lm.model, edit.units)
             if r.gains is None or len(settings) == 1:  # the sweep is over k, which a method's own gains lack
                 rows.append(row)

@@ -1,4 +1,4 @@
-"""Toxicity scorers by name; each states its limits so the report can name them."""
+"""Behaviour scorers by name (toxicity, repetition, ...); each states its limits so the report can name them."""
 
 from __future__ import annotations
 

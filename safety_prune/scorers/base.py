@@ -18,7 +18,8 @@ from ..io import sha256_file
 
 
 class Scorer(ABC):
-    """A toxicity scorer. ``limits`` states its known blind spots in plain language for the report."""
+    """A behaviour scorer (toxicity, repetition, ...). ``limits`` states its known blind spots in plain language
+    for the report."""
 
     name: str
     description: str

@@ -443,3 +443,20 @@ def test_proportional_reach_is_searched_and_recorded(setup, tmp_path):
     assert [row.get("reach") for row in search] == [None, 1.0, 0.5]
     assert search[1]["k"] == search[2]["k"]  # the same units get a gain below 1
     assert res["pruned"]["intervention"]["reach"] in (1.0, 0.5)
+
+
+def test_report_says_how_stable_the_correction_is(setup, tmp_path):
+    """Issue 26: the cross-fitted folds' spread and the bootstrap overlap are in results.json and said in words."""
+    _, model, suite = setup
+    opts = CorrectOptions(method="lrp", intervention="proportional", strength=(0.5, 1.0), threshold=(0.0,),
+                          folds=2, batch_size=4, stability=5, force=True)
+    res = correct(model, suite, tmp_path / "run", options=opts)
+    cf, stab = res["selection"]["cross_fit"], res["selection"]["stability"]
+    low, high = min(cf["fold_reductions"]), max(cf["fold_reductions"])
+    assert cf["fold_spread"]["range_pp"] == pytest.approx(100 * (high - low))
+    assert stab["computed"] and stab["k"] == min(100, res["pruned"]["count"]) == min(100, stab["changed"])
+    assert stab["reading"] in ("stable", "moderate", "unstable")
+    html = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    said = html[html.index('id="stability"'):].split("</p>")[0]
+    assert f"How stable: {stab['reading']}." in said and f"from {round(100 * low, 1)}% to" in said
+    assert "benchmarks/stability.py" in said and "The strength, threshold and reach of the gains" in html

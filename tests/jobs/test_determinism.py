@@ -35,6 +35,8 @@ def test_thread_count_does_not_change_a_correction(setup, tmp_path, threads):
             runs.append(_numbers(out / "results.json"))
     finally:
         torch.set_num_threads(before)
+    assert runs[0]["manifest"]["numerics"] == {"device": "cpu", "dtype": "float32"}  # what the numbers depend on
+    assert runs[0]["manifest"]["versions"]["torch"] == torch.__version__
     one, many = (json.dumps(r, sort_keys=True).replace(str(tmp_path / f"t{n}"), "OUT")
                  for r, n in zip(runs, (1, threads), strict=True))
     assert one == many
