@@ -25,10 +25,13 @@ import operator
 import re
 import shlex
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, ResultsError
 from .metrics import CAPABILITY_KEYS, LEGACY_ALIASES, METRIC_KEYS, metric_ci, metric_labels
+
+if TYPE_CHECKING:  # the types only: the gate stays light enough for the CLI to import at once
+    from .results import Gate, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +161,7 @@ def check_expr(block: dict[str, Any], expr: str, where: str, source: str = SOURC
             "value": float(value), "ci": ci, "failed": failed, "settled": settled}
 
 
-def evaluate_gate(results: dict[str, Any], fail_on: Sequence[str]) -> dict[str, Any]:
+def evaluate_gate(results: dict[str, Any], fail_on: Sequence[str]) -> Gate:
     """Check fail-on expressions against the corrected metrics (else baseline); the probe thresholds by default.
 
     Each expression names the failing condition, e.g. ``behaviour_rate>0.05`` fails when the rate is above 0.05.
@@ -280,7 +283,7 @@ def _decision(state: str, decisive: list[dict[str, Any]], key: str, release: dic
     return ("unsettled", [*reduced, met]) if limit else ("pass", [met])
 
 
-def verdict(results: dict[str, Any], gate: dict[str, Any] | None = None) -> dict[str, Any]:
+def verdict(results: dict[str, Any], gate: dict[str, Any] | None = None) -> Verdict:
     """The run's call, computed once (``results["verdict"]``); ``gate`` defaults to ``results["gate"]``, else the
     probe thresholds.
 

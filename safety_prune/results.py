@@ -130,6 +130,8 @@ MetricRow = TypedDict("MetricRow", {**_metrics(True), **_BLOCK_EXTRA,
 
 
 class ModelInfo(TypedDict):
+    """The model measured: how it was named (``spec``), what loaded, and its shape."""
+
     spec: Scalar
     name: Scalar
     family: NotRequired[str]
@@ -362,6 +364,14 @@ class UnitExample(TypedDict):
     layer: NotRequired[int]
     index: NotRequired[int]
     r_diff: NotRequired[float]
+
+
+class Header(TypedDict):
+    """The first keys of every results.json (``jobs.common.header``)."""
+
+    schema_version: int
+    job: str
+    model: ModelInfo
 
 
 class BehaviourResults(TypedDict):

@@ -28,7 +28,7 @@ from ..methods import FIXED_GAINS
 from ..models import LoadedModel
 from ..pruning import MaskSet, count_units, fraction, intervention_info, save_masks, select
 from ..render import model_card, render_report
-from ..results import circuit_info, flat_metrics, probe_info
+from ..results import BehaviourResults, Release, circuit_info, flat_metrics, probe_info
 from ..run import Staging, staged
 from ..scorers import Scorer
 from ..selection import (
@@ -142,7 +142,8 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
             removed = [{"layer": u.layer, "index": u.index, "r_diff": float(diff["neuron"][u.layer, u.index])}
                        for u in list(chosen.units)[:20]]
         corrected = {key: v for key, v in chosen.row.items() if key != "method"}
-        results = header("correct", lm) | {
+        results: BehaviourResults = {
+            **header("correct", lm),
             "method": primary,
             "probe": probe_info(suite, len(base.prompts), len(refs.generations.prompts), limit=opt.limit),
             "scorer": scorer_info(scorer, suite, secondary),
@@ -178,7 +179,7 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
 
 
 def release_verdict(base: dict[str, Any], corrected: dict[str, Any], selection: dict[str, Any],
-                    opt: CorrectOptions) -> dict[str, Any]:
+                    opt: CorrectOptions) -> Release:
     """Whether the corrected model may be handed out: it keeps the limits on held-out data, lowers the
     behaviour (the paired interval of the mean change lies below 0), and lowers it more than the same change
     on random units (the paired interval against the random control lies below 0 too: a correction that
