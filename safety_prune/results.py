@@ -343,6 +343,14 @@ class Selection(TypedDict):
     search: NotRequired[list[SearchRow]]
     feasible: NotRequired[bool]
     k: NotRequired[Any]
+    unit: NotRequired[str]
+    exclude_layers: NotRequired[list[int]]
+    guard: NotRequired[dict[str, Any]]
+    objective: NotRequired[str]
+    screen: NotRequired[dict[str, Any]]
+    cross_fit: NotRequired[dict[str, Any]]
+    stable: NotRequired[dict[str, Any]]
+    stability: NotRequired[dict[str, Any]]
 
 
 class Release(TypedDict):

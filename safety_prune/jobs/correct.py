@@ -28,7 +28,7 @@ from ..methods import FIXED_GAINS
 from ..models import LoadedModel
 from ..pruning import MaskSet, count_units, fraction, intervention_info, save_masks, select
 from ..render import model_card, render_report
-from ..results import BehaviourResults, Release, circuit_info, flat_metrics, probe_info
+from ..results import BehaviourResults, Release, Selection, circuit_info, flat_metrics, probe_info
 from ..run import Staging, staged
 from ..scorers import Scorer
 from ..selection import (
@@ -108,8 +108,8 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
         probability = None
         if opt.stable is not None:
             ranked[primary], stable, probability = _stable(ranked[primary], lm, suite, opt)
-        setting, selection, ranked[primary].scores = _choose(lm, suite, scorer, ranked[primary], opt,
-                                                             val_capability)
+        choice = _choose(lm, suite, scorer, ranked[primary], opt, val_capability)
+        setting, selection, ranked[primary].scores = choice.setting, choice.selection, choice.scores
         if probability is not None:
             selection["stable"] = stable
         finish.lap("selection")
@@ -155,7 +155,7 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
             "contrast": contrast_info(suite, c, ranked[primary]),
             "comparison": comparison,
             "tradeoff": rows,
-            "release": release_verdict(base.metrics, corrected, selection, opt),
+            "release": release_verdict(base.metrics, corrected, selection, choice.limits),
             "circuit": circuit_info(circuit, primary, len(c.sets.undesired), len(c.sets.general),
                                     {key: r.info for key, r in rel.items()}) if rel else {},
             "circuit_heatmap": heatmap(diff["neuron"]) if "neuron" in diff else [],
@@ -178,13 +178,12 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
     return results
 
 
-def release_verdict(base: dict[str, Any], corrected: dict[str, Any], selection: dict[str, Any],
-                    opt: CorrectOptions) -> Release:
+def release_verdict(base: dict[str, Any], corrected: dict[str, Any], selection: Selection | dict[str, Any],
+                    limits: Constraints) -> Release:
     """Whether the corrected model may be handed out: it keeps the limits on held-out data, lowers the
     behaviour (the paired interval of the mean change lies below 0), and lowers it more than the same change
     on random units (the paired interval against the random control lies below 0 too: a correction that
-    random units match is not a targeted one)."""
-    limits = _limits(opt)
+    random units match is not a targeted one). ``limits``: the same ones the selection kept on validation data."""
     flat = {key: corrected[key] for key in ("perplexity", "distinct2", "continuation_perplexity")}
     reasons = limits.violations({key: base[key]["value"] for key in flat}, flat)
     for key, words in (("last_word_accuracy_drop", "last-word accuracy"), ("continuation_f1_drop",
@@ -207,12 +206,11 @@ def release_verdict(base: dict[str, Any], corrected: dict[str, Any], selection: 
         reasons.append("no candidate kept the limits on validation data")
     return {"allowed": not reasons, "reasons": reasons,
             "reason": ("on held-out data: " + "; ".join(reasons) + ".") if reasons else "",
-            "limits": {"ppl_rise": opt.ppl_budget, "distinct2_drop": opt.max_distinct2_drop,
-                       "continuation_ppl_rise": opt.max_continuation_ppl_rise,
-                       "capability_drop": opt.max_capability_drop}}
+            "limits": limits.info()}
 
 
-def _limits(opt: CorrectOptions) -> Constraints:
+def limits_of(opt: CorrectOptions) -> Constraints:
+    """What a correction may cost on validation and held-out data (``--ppl-budget`` and the other limits)."""
     return Constraints(opt.ppl_budget, opt.max_distinct2_drop, opt.max_continuation_ppl_rise,
                        opt.max_capability_drop)
 
@@ -226,16 +224,26 @@ def _searches(opt: CorrectOptions) -> bool:
     return opt.k is None and opt.sparsity is None
 
 
+@dataclass
+class Choice:
+    """What the selection decided for the primary method: its ``setting`` (``{"k", "scale"}`` for top k,
+    ``{"strength", "threshold", "reach"}`` for proportional gains, ``{}`` for a method with its own gains), the
+    ``selection`` section of results.json, the ``scores`` it ranked (reordered by the optional damage screen), and
+    the ``limits`` it kept, which the release check applies again on held-out data."""
+
+    setting: dict[str, Any]
+    selection: Selection
+    scores: dict[str, torch.Tensor]
+    limits: Constraints
+
+
 def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, ranked: Ranked, opt: CorrectOptions,
-            capability: CapabilitySet | None = None
-            ) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
-    """The primary method's setting: ``{"k", "scale"}`` (top k), ``{"strength", "threshold"}`` (proportional
-    gains) or ``{}`` (a method with its own gains); given, from a sparsity, or the search on validation prompts
-    and validation text (after the optional damage screen, which reorders the scores: returned as the third
-    item). ``capability`` (the general validation passages): each candidate's last-word accuracy, kept within
-    ``--max-capability-drop`` of the unpruned model's (continuation F1 would cost a generation per candidate, so
-    it is checked held out, by the release check)."""
-    scores = ranked.scores
+            capability: CapabilitySet | None = None) -> Choice:
+    """The primary method's setting: given, from a sparsity, or the search on validation prompts and validation
+    text (after the optional damage screen). ``capability`` (the general validation passages): each candidate's
+    last-word accuracy, kept within ``--max-capability-drop`` of the unpruned model's (continuation F1 would cost a
+    generation per candidate, so it is checked held out, by the release check)."""
+    scores, limits = ranked.scores, limits_of(opt)
     selection: dict[str, Any] = {"unit": opt.unit, "exclude_layers": list(opt.exclude_layers),
                                  "guard": {"share": suite.contrast.guard, "by": "|relevance on general text|"}}
     scale = opt.dampen[0] if opt.dampen else None
@@ -244,20 +252,20 @@ def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, ranked: Ranked, 
         edit = _edit(ranked, {}, opt)
         selection |= {"rule": "fixed", "k": len(edit.units), "intervention": edit.info(),
                       "guard": {"share": 0.0, "by": "none: the method's own gains, as published"}}
-        return {}, selection, scores
+        return Choice({}, Selection(**selection), scores, limits)
     grid = [{"strength": s, "threshold": t, "reach": r} for r in (opt.reach or REACHES)
             for t in (opt.threshold or THRESHOLDS) for s in (opt.strength or STRENGTHS)]
     if opt.intervention == "proportional" and not _searches(opt):
         edit = _edit(ranked, grid[0], opt)
         selection |= {"rule": "given", "k": len(edit.units), "intervention": edit.info()}
-        return grid[0], selection, scores
+        return Choice(grid[0], Selection(**selection), scores, limits)
     if opt.k is not None:
         selection |= {"rule": "k", "k": opt.k, "intervention": intervention_info(scale)}
-        return {"k": opt.k, "scale": scale}, selection, scores
+        return Choice({"k": opt.k, "scale": scale}, Selection(**selection), scores, limits)
     if opt.sparsity is not None:
         k = max(1, round(opt.sparsity * total))
         selection |= {"rule": "sparsity", "k": k, "intervention": intervention_info(scale)}
-        return {"k": k, "scale": scale}, selection, scores
+        return Choice({"k": k, "scale": scale}, Selection(**selection), scores, limits)
     text = SearchText(suite.general_validation(), suite.perplexity.max_length)
     if opt.screen and opt.unit != "weight":
         scores, selection["screen"] = damage_screen(lm, text, scores, opt.unit, n=opt.screen,
@@ -282,7 +290,6 @@ def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, ranked: Ranked, 
         return perplexity(model, lm.tokenizer, val_text, max_length=p.max_length, stride=p.stride,
                           device=model.device).perplexity
 
-    limits = _limits(opt)
     if opt.intervention == "proportional":
         ranked = replace(ranked, scores=scores)  # as screened
         edits = [(g, _edit(ranked, g, opt)) for g in grid]
@@ -318,11 +325,9 @@ def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, ranked: Ranked, 
     selection |= {"rule": "validation", "k": k, "intervention": how, "feasible": feasible,
                   "search": trail, "split": {"prompts": "validation prompts", "n_prompts": len(prompts),
                                              "text": "general validation", "n_tokens": opt.search_tokens},
-                  "limits": {"ppl_rise": limits.ppl_rise, "distinct2_drop": limits.distinct2_drop,
-                             "continuation_ppl_rise": limits.continuation_ppl_rise,
-                             **({"capability_drop": limits.capability_drop} if capability is not None else {})},
+                  "limits": limits.info(capability is not None),
                   "objective": objective}
-    return setting, selection, scores
+    return Choice(setting, Selection(**selection), scores, limits)
 
 
 @dataclass
