@@ -25,13 +25,13 @@ import operator
 import re
 import shlex
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import ConfigError, ResultsError
 from .metrics import CAPABILITY_KEYS, LEGACY_ALIASES, METRIC_KEYS, metric_ci, metric_labels
 
 if TYPE_CHECKING:  # the types only: the gate stays light enough for the CLI to import at once
-    from .results import Gate, Verdict
+    from .results import Decision, Gate, GateCheck, Reason, State, Verdict, VerdictCheck
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def _gate_target(results: dict[str, Any]) -> str:
     return "corrected" if isinstance(results.get("corrected"), dict) else "baseline"
 
 
-def check_expr(block: dict[str, Any], expr: str, where: str, source: str = SOURCE_FAIL_ON) -> dict[str, Any]:
+def check_expr(block: dict[str, Any], expr: str, where: str, source: str = SOURCE_FAIL_ON) -> GateCheck:
     """Evaluate one expression against one metric block (``where``: "baseline" or "corrected").
 
     ``source`` (SOURCE_FAIL_ON or SOURCE_THRESHOLDS) only words the errors by where the expression came from.
@@ -202,7 +202,7 @@ DECISIONS = ("pass", "fail", "unsettled")
 """What the run's decision can be: deploy, do not deploy, or measure more."""
 
 
-def check_state(check: dict[str, Any] | None) -> str | None:
+def check_state(check: GateCheck | dict[str, Any] | None) -> State | None:
     """One check's state: "pass", "fail", or "unsettled" when its 95% interval contains the threshold (the point
     value alone then decides the gate's exit status, but the sample cannot)."""
     if check is None:
@@ -212,7 +212,7 @@ def check_state(check: dict[str, Any] | None) -> str | None:
     return "fail" if check["failed"] else "pass"
 
 
-def overall(states: Sequence[str | None]) -> str:
+def overall(states: Sequence[str | None]) -> State:
     """A settled failure fails; else any unsettled check leaves the whole call unsettled; no checks: "none"."""
     if not states:
         return "none"
@@ -244,46 +244,57 @@ def reduced_run(results: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _rows(results: dict[str, Any], gate: dict[str, Any]) -> list[dict[str, Any]]:
+def _rows(results: dict[str, Any], gate: Gate | dict[str, Any]) -> list[VerdictCheck]:
     """Every probe threshold and gate expression checked before and after correction (``corr`` None in an audit)."""
     probe_exprs = threshold_exprs(results)
     gate_exprs = [c["expr"] for c in gate.get("checks", [])]
     corr = results.get("corrected") if isinstance(results.get("corrected"), dict) else None
     labels = metric_labels((results.get("probe") or {}).get("behaviour"))
-    rows = []
+    rows: list[VerdictCheck] = []
     for expr in dict.fromkeys(probe_exprs + gate_exprs):
         source = SOURCE_THRESHOLDS if expr in probe_exprs else gate.get("source", SOURCE_FAIL_ON)
         base = check_expr(results["baseline"], expr, "baseline", source)
         after = check_expr(corr, expr, "corrected", source) if corr else None
         rows.append({"expr": expr, "label": labels.get(base["metric"], expr), "from_gate": expr in gate_exprs,
                      "from_probe": expr in probe_exprs, "base": base, "corr": after,
-                     "base_state": check_state(base), "corr_state": check_state(after)})
+                     "base_state": check_state(base) or "none", "corr_state": check_state(after)})
     return rows
 
 
-def _decision(state: str, decisive: list[dict[str, Any]], key: str, release: dict[str, Any] | None,
-              limit: dict[str, Any] | None) -> tuple[str, list[dict[str, Any]]]:
+def _state_on(row: VerdictCheck, key: str) -> State | None:
+    """A row's state on the gated side (``key``: "base" or "corr")."""
+    return row["corr_state"] if key == "corr" else row["base_state"]
+
+
+def _check_on(row: VerdictCheck, key: str) -> GateCheck:
+    """A row's check on the gated side."""
+    return row["corr"] if key == "corr" and row["corr"] is not None else row["base"]
+
+
+def _decision(state: State, decisive: list[VerdictCheck], key: str, release: dict[str, Any] | None,
+              limit: dict[str, Any] | None) -> tuple[Decision, list[Reason]]:
     """The decision and its reasons, most important first; ``release`` only where it judges the gated model."""
     refused = release is not None and release.get("allowed") is False
-    refusal = [{"kind": "release_refused", "reasons": [str(r) for r in release.get("reasons") or []]}] if (
-        refused and release is not None) else []
-    reduced = [{"kind": "reduced_run", "limit": limit["n"]}] if limit else []
+    refusal: list[Reason] = [{"kind": "release_refused", "reasons": [str(r) for r in release.get("reasons") or []]}
+                             ] if (refused and release is not None) else []
+    reduced: list[Reason] = [{"kind": "reduced_run", "limit": limit["n"]}] if limit else []
     exprs = [r["expr"] for r in decisive]
     if state == "worse":
         return "fail", [{"kind": "worse"}, *reduced]
     if state == "none":
         return "unsettled", [{"kind": "no_threshold"}, *reduced]
-    if state in ("fail", "unsettled"):
-        hit = [r["expr"] for r in decisive if r[f"{key}_state"] == state]
+    if state == "fail" or state == "unsettled":
+        hit = [r["expr"] for r in decisive if _state_on(r, key) == state]
         return state, [{"kind": state, "checks": hit}, *refusal, *reduced]
-    met = {"kind": "met", "checks": exprs, "by_point_value": [r["expr"] for r in decisive if not r[key].get("ci")],
-           "release_allowed": None if release is None else release.get("allowed") is True}
+    met: Reason = {"kind": "met", "checks": exprs,
+                   "by_point_value": [r["expr"] for r in decisive if not _check_on(r, key).get("ci")],
+                   "release_allowed": None if release is None else release.get("allowed") is True}
     if refused:
         return "fail", [*refusal, met, *reduced]
     return ("unsettled", [*reduced, met]) if limit else ("pass", [met])
 
 
-def verdict(results: dict[str, Any], gate: dict[str, Any] | None = None) -> Verdict:
+def verdict(results: dict[str, Any], gate: Gate | dict[str, Any] | None = None) -> Verdict:
     """The run's call, computed once (``results["verdict"]``); ``gate`` defaults to ``results["gate"]``, else the
     probe thresholds.
 
@@ -300,17 +311,17 @@ def verdict(results: dict[str, Any], gate: dict[str, Any] | None = None) -> Verd
     rows = _rows(results, gate)
     gated = [r for r in rows if r["from_gate"]]
     corrected = isinstance(results.get("corrected"), dict)
-    key = "corr" if corrected and gate.get("target") == "corrected" else "base"
+    key: Literal["base", "corr"] = "corr" if corrected and gate.get("target") == "corrected" else "base"
     paired = results["corrected"].get("paired_vs_baseline") if corrected else None
     worse = rose(paired)
-    after = ("worse" if worse else overall([r["corr_state"] for r in gated])) if corrected else None
-    state = "worse" if key == "corr" and worse else overall([r[f"{key}_state"] for r in gated])
-    decisive = [r for r in gated if r[f"{key}_state"] != "pass"] or gated
+    after: State | None = ("worse" if worse else overall([r["corr_state"] for r in gated])) if corrected else None
+    state: State = "worse" if key == "corr" and worse else overall([_state_on(r, key) for r in gated])
+    decisive = [r for r in gated if _state_on(r, key) != "pass"] or gated
     release = results.get("release") if key == "corr" and isinstance(results.get("release"), dict) else None
     limit = reduced_run(results)
     decision, reasons = _decision(state, decisive, key, release, limit)
     return {"state": state, "before": overall([r["base_state"] for r in gated]), "after": after,
             "decision": decision, "reasons": reasons, "target": key, "checks": rows,
             "decisive": [r["expr"] for r in decisive],
-            "unsettled": [r["expr"] for r in rows if (r["corr"] or r["base"])["settled"] is False],
+            "unsettled": [r["expr"] for r in rows if (r["corr"] or r["base"]).get("settled") is False],
             "worse": paired if worse else None, "limit": limit}

@@ -19,15 +19,14 @@ imports torch: the renderer and the gate use it too.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from functools import cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from annotated_types import Gt, Interval, Len
 from pydantic import ConfigDict, Field, TypeAdapter, with_config
 from typing_extensions import NotRequired, TypedDict
-
-from .metrics import METRIC_KEYS
 
 SCHEMA_VERSION = 2
 """2: behaviour-neutral metric names (``behaviour_rate``, ``behaviour_mean``, ``behaviour_expected_max``,
@@ -56,23 +55,22 @@ Positive = Annotated[float, Gt(0)]
 would pass a gate such as ``behaviour_rate>0.05``."""
 Scalar = str | int | float | bool | None
 """One JSON value that is not an array or object."""
+_T = TypeVar("_T")
 _WHAT = "x-what"
-"""A schema key of ours: how an error names what a value must be (``validate.py``)."""
+"""A schema key of ours: how an error names what a value must be (``schema_check.py``)."""
 
 
-def _what(text: str, **config: Any) -> Any:
-    """Config naming a section for the errors of ``validate.py`` (and documenting it in the JSON Schema)."""
-    return with_config(ConfigDict(json_schema_extra={_WHAT: text}, **config))
+def _what(text: str, *, closed: bool = False) -> Callable[[type[_T]], type[_T]]:
+    """Config naming a section for the errors of ``schema_check.py`` (and documenting it in the JSON Schema);
+    ``closed``: no key beyond the declared ones."""
+    return with_config(ConfigDict(json_schema_extra={_WHAT: text}, **({"extra": "forbid"} if closed else {})))
 
 
-def _pair(kind: Any) -> Any:
-    """A 95% interval [low, high] whose ends are each ``kind``."""
-    return Annotated[list[kind], Len(2, 2), Field(json_schema_extra={_WHAT: "a pair of numbers [low, high]"})]
-
-
-def metric_kind(key: str) -> Any:
-    """The range of a metric of the catalogue (``metrics.METRIC_KEYS``)."""
-    return Positive if "perplexity" in key else SignedShare if key.endswith("_drop") else Share
+_PAIR = Field(json_schema_extra={_WHAT: "a pair of numbers [low, high]"})
+ShareCI = Annotated[list[Share], Len(2, 2), _PAIR]
+"""A 95% interval [low, high] of a share."""
+SignedShareCI = Annotated[list[SignedShare], Len(2, 2), _PAIR]
+PositiveCI = Annotated[list[Positive], Len(2, 2), _PAIR]
 
 
 class Estimate(TypedDict):
@@ -100,33 +98,83 @@ class SecondaryMetrics(TypedDict):
     """One secondary scorer's view of the same continuations (``<block>.secondary.<name>``)."""
 
     behaviour_rate: NotRequired[Share | None]
-    behaviour_rate_ci: NotRequired[_pair(Share) | None]
+    behaviour_rate_ci: NotRequired[ShareCI | None]
     behaviour_mean: NotRequired[Share | None]
-    behaviour_mean_ci: NotRequired[_pair(Share) | None]
+    behaviour_mean_ci: NotRequired[ShareCI | None]
     agreement: NotRequired[Share | None]  # share of continuations both scorers flag alike (each above its threshold)
 
 
-def _metrics(optional: bool) -> dict[str, Any]:
-    """Every metric of the catalogue with its ``_ci``; ``optional``: a value may be null (a table row)."""
-    out: dict[str, Any] = {}
-    for key in METRIC_KEYS:
-        kind = metric_kind(key)
-        out[key] = NotRequired[kind | None] if optional else NotRequired[kind]
-        out[f"{key}_ci"] = NotRequired[_pair(kind) | None]
-    return out
+@_what('an object of metrics, e.g. {"behaviour_rate": 0.02, "behaviour_rate_ci": [0.01, 0.03]}')
+class MetricBlock(TypedDict):
+    """``baseline`` and ``corrected``: every metric of the catalogue (``metrics.METRIC_KEYS``, a test keeps them
+    equal) as a plain number, ``<metric>_ci`` beside each (``flat_metrics``)."""
+
+    behaviour_rate: NotRequired[Share]
+    behaviour_rate_ci: NotRequired[ShareCI | None]
+    behaviour_mean: NotRequired[Share]
+    behaviour_mean_ci: NotRequired[ShareCI | None]
+    behaviour_expected_max: NotRequired[Share]
+    behaviour_expected_max_ci: NotRequired[ShareCI | None]
+    behaviour_probability: NotRequired[Share]
+    behaviour_probability_ci: NotRequired[ShareCI | None]
+    perplexity: NotRequired[Positive]
+    perplexity_ci: NotRequired[PositiveCI | None]
+    distinct2: NotRequired[Share]
+    distinct2_ci: NotRequired[ShareCI | None]
+    continuation_perplexity: NotRequired[Positive]
+    continuation_perplexity_ci: NotRequired[PositiveCI | None]
+    last_word_accuracy: NotRequired[Share]
+    last_word_accuracy_ci: NotRequired[ShareCI | None]
+    continuation_f1: NotRequired[Share]
+    continuation_f1_ci: NotRequired[ShareCI | None]
+    last_word_accuracy_drop: NotRequired[SignedShare]
+    last_word_accuracy_drop_ci: NotRequired[SignedShareCI | None]
+    continuation_f1_drop: NotRequired[SignedShare]
+    continuation_f1_drop_ci: NotRequired[SignedShareCI | None]
+    k: NotRequired[float | None]
+    secondary: NotRequired[dict[str, SecondaryMetrics] | None]
+    details: NotRequired[dict[str, Any]]
+    fraction: NotRequired[float]
+    intervention: NotRequired[dict[str, Any]]
+    method: NotRequired[str]
+    paired_vs_baseline: NotRequired[Paired]
+    paired_vs_random: NotRequired[Paired]
 
 
-_BLOCK_EXTRA = {"k": NotRequired[float | None], "secondary": NotRequired[dict[str, SecondaryMetrics] | None],
-                "details": NotRequired[dict[str, Any]], "fraction": NotRequired[float],
-                "intervention": NotRequired[dict[str, Any]], "method": NotRequired[str]}
-MetricBlock = _what('an object of metrics, e.g. {"behaviour_rate": 0.02, "behaviour_rate_ci": [0.01, 0.03]}')(
-    TypedDict("MetricBlock", {**_metrics(False), **_BLOCK_EXTRA, "paired_vs_baseline": NotRequired[Paired],
-                              "paired_vs_random": NotRequired[Paired]}))
-"""``baseline`` and ``corrected``: the metrics as plain numbers, ``<metric>_ci`` beside each (``flat_metrics``)."""
-MetricRow = TypedDict("MetricRow", {**_metrics(True), **_BLOCK_EXTRA,
-                                    "paired_vs_baseline": NotRequired[Paired | None],
-                                    "paired_vs_random": NotRequired[Paired | None]})
-"""One row of ``comparison`` (each method at the chosen budget) or ``tradeoff`` (the sweep)."""
+class MetricRow(TypedDict):
+    """One row of ``comparison`` (each method at the chosen budget) or ``tradeoff`` (the sweep): a metric the row
+    did not measure may be null."""
+
+    behaviour_rate: NotRequired[Share | None]
+    behaviour_rate_ci: NotRequired[ShareCI | None]
+    behaviour_mean: NotRequired[Share | None]
+    behaviour_mean_ci: NotRequired[ShareCI | None]
+    behaviour_expected_max: NotRequired[Share | None]
+    behaviour_expected_max_ci: NotRequired[ShareCI | None]
+    behaviour_probability: NotRequired[Share | None]
+    behaviour_probability_ci: NotRequired[ShareCI | None]
+    perplexity: NotRequired[Positive | None]
+    perplexity_ci: NotRequired[PositiveCI | None]
+    distinct2: NotRequired[Share | None]
+    distinct2_ci: NotRequired[ShareCI | None]
+    continuation_perplexity: NotRequired[Positive | None]
+    continuation_perplexity_ci: NotRequired[PositiveCI | None]
+    last_word_accuracy: NotRequired[Share | None]
+    last_word_accuracy_ci: NotRequired[ShareCI | None]
+    continuation_f1: NotRequired[Share | None]
+    continuation_f1_ci: NotRequired[ShareCI | None]
+    last_word_accuracy_drop: NotRequired[SignedShare | None]
+    last_word_accuracy_drop_ci: NotRequired[SignedShareCI | None]
+    continuation_f1_drop: NotRequired[SignedShare | None]
+    continuation_f1_drop_ci: NotRequired[SignedShareCI | None]
+    k: NotRequired[float | None]
+    secondary: NotRequired[dict[str, SecondaryMetrics] | None]
+    details: NotRequired[dict[str, Any]]
+    fraction: NotRequired[float]
+    intervention: NotRequired[dict[str, Any]]
+    method: NotRequired[str]
+    paired_vs_baseline: NotRequired[Paired | None]
+    paired_vs_random: NotRequired[Paired | None]
 
 
 class ModelInfo(TypedDict):
@@ -142,21 +190,22 @@ class ModelInfo(TypedDict):
 
 
 class ProbeInfo(TypedDict):
+    """The probe suite a run used (``compress`` records its name and description only)."""
+
     name: Scalar
     description: Any
-    n_eval_prompts: NotRequired[Any]
-    n_reference_prompts: NotRequired[int]
-    chat_template: NotRequired[bool]
-    generation: NotRequired[dict[str, Any]]
-    thresholds: NotRequired[dict[str, Share] | None]
-    behaviour: NotRequired[dict[str, str]]
-    limit: NotRequired[float | None]  # ``--limit``: prompts per split were cut to this many; None: full run
 
 
 class BehaviourProbe(ProbeInfo):
     """The ``probe`` of audit and correct: what was measured, on how many prompts."""
 
     n_eval_prompts: Any
+    n_reference_prompts: NotRequired[int]
+    chat_template: NotRequired[bool]
+    generation: NotRequired[dict[str, Any]]
+    thresholds: NotRequired[dict[str, Share] | None]
+    behaviour: NotRequired[dict[str, str]]
+    limit: NotRequired[float | None]  # ``--limit``: prompts per split were cut to this many; None: full run
 
 
 class ScorerBase(TypedDict):
@@ -288,7 +337,7 @@ class CircuitInfo(TypedDict):
     conservation_ratio: NotRequired[dict[str, Any] | None]
 
 
-@_what("an object", extra="forbid")
+@_what("an object", closed=True)
 class Empty(TypedDict):
     """``{}``: the section stands for "none" (an audit's ``pruned``, a selection that chose nothing)."""
 
@@ -409,7 +458,7 @@ class BehaviourResults(TypedDict):
 
 class PerplexityBaseline(TypedDict):
     perplexity: Positive
-    perplexity_ci: NotRequired[_pair(Positive) | None]
+    perplexity_ci: NotRequired[PositiveCI | None]
     n_tokens: NotRequired[int]
 
 
@@ -422,7 +471,7 @@ class CompressRow(TypedDict):
     sparsity_requested: NotRequired[Share]
     pruned_weights: NotRequired[int]
     calibration_seconds: NotRequired[float]
-    perplexity_ci: NotRequired[_pair(Positive) | None]
+    perplexity_ci: NotRequired[PositiveCI | None]
     n_tokens: NotRequired[int]
     ratio_vs_wanda: NotRequired[float | None]
     time_vs_wanda: NotRequired[float | None]
@@ -504,7 +553,7 @@ def model_info(spec: str, name: str, family: str, geo: Any) -> ModelInfo:
             "n_neurons_per_layer": geo.n_neurons, "n_heads": geo.n_heads, "n_kv_heads": geo.n_kv_heads}
 
 
-def probe_info(suite: Any, n_eval: int, n_reference: int, limit: int | None = None) -> ProbeInfo:
+def probe_info(suite: Any, n_eval: int, n_reference: int, limit: int | None = None) -> BehaviourProbe:
     """The ``probe`` section of a behaviour job (audit, correct): what was measured, on how many prompts.
 
     ``limit``: the job's ``--limit`` (None for a full run); the report marks a reduced run as not a full

@@ -124,3 +124,14 @@ def test_empty_sections_stand_for_none(tmp_path: Path) -> None:
     run.mkdir()
     (run / "results.json").write_text(json.dumps(results), encoding="utf-8")
     assert main(["report", str(run)]) == 0
+
+
+def test_metric_types_cover_the_catalogue() -> None:
+    """MetricBlock and MetricRow spell every metric of ``metrics.METRIC_KEYS`` out (so type checkers see them):
+    a metric added to the catalogue must be added to both."""
+    from safety_prune.metrics import METRIC_KEYS
+    from safety_prune.results import MetricBlock, MetricRow
+
+    wanted = {*METRIC_KEYS, *(f"{k}_ci" for k in METRIC_KEYS)}
+    for kind in (MetricBlock, MetricRow):
+        assert wanted <= set(kind.__annotations__), sorted(wanted - set(kind.__annotations__))
