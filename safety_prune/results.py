@@ -104,75 +104,63 @@ class SecondaryMetrics(TypedDict):
     agreement: NotRequired[Share | None]  # share of continuations both scorers flag alike (each above its threshold)
 
 
+class _Measured(TypedDict):
+    """What a block of metrics and a table row share: each metric's 95% interval, and how the row was made."""
+
+    behaviour_rate_ci: NotRequired[ShareCI | None]
+    behaviour_mean_ci: NotRequired[ShareCI | None]
+    behaviour_expected_max_ci: NotRequired[ShareCI | None]
+    behaviour_probability_ci: NotRequired[ShareCI | None]
+    perplexity_ci: NotRequired[PositiveCI | None]
+    distinct2_ci: NotRequired[ShareCI | None]
+    continuation_perplexity_ci: NotRequired[PositiveCI | None]
+    last_word_accuracy_ci: NotRequired[ShareCI | None]
+    continuation_f1_ci: NotRequired[ShareCI | None]
+    last_word_accuracy_drop_ci: NotRequired[SignedShareCI | None]
+    continuation_f1_drop_ci: NotRequired[SignedShareCI | None]
+    k: NotRequired[float | None]
+    secondary: NotRequired[dict[str, SecondaryMetrics] | None]
+    details: NotRequired[dict[str, Any]]
+    fraction: NotRequired[float]
+    intervention: NotRequired[dict[str, Any]]
+    method: NotRequired[str]
+
+
 @_what('an object of metrics, e.g. {"behaviour_rate": 0.02, "behaviour_rate_ci": [0.01, 0.03]}')
-class MetricBlock(TypedDict):
+class MetricBlock(_Measured):
     """``baseline`` and ``corrected``: every metric of the catalogue (``metrics.METRIC_KEYS``, a test keeps them
     equal) as a plain number, ``<metric>_ci`` beside each (``flat_metrics``)."""
 
     behaviour_rate: NotRequired[Share]
-    behaviour_rate_ci: NotRequired[ShareCI | None]
     behaviour_mean: NotRequired[Share]
-    behaviour_mean_ci: NotRequired[ShareCI | None]
     behaviour_expected_max: NotRequired[Share]
-    behaviour_expected_max_ci: NotRequired[ShareCI | None]
     behaviour_probability: NotRequired[Share]
-    behaviour_probability_ci: NotRequired[ShareCI | None]
     perplexity: NotRequired[Positive]
-    perplexity_ci: NotRequired[PositiveCI | None]
     distinct2: NotRequired[Share]
-    distinct2_ci: NotRequired[ShareCI | None]
     continuation_perplexity: NotRequired[Positive]
-    continuation_perplexity_ci: NotRequired[PositiveCI | None]
     last_word_accuracy: NotRequired[Share]
-    last_word_accuracy_ci: NotRequired[ShareCI | None]
     continuation_f1: NotRequired[Share]
-    continuation_f1_ci: NotRequired[ShareCI | None]
     last_word_accuracy_drop: NotRequired[SignedShare]
-    last_word_accuracy_drop_ci: NotRequired[SignedShareCI | None]
     continuation_f1_drop: NotRequired[SignedShare]
-    continuation_f1_drop_ci: NotRequired[SignedShareCI | None]
-    k: NotRequired[float | None]
-    secondary: NotRequired[dict[str, SecondaryMetrics] | None]
-    details: NotRequired[dict[str, Any]]
-    fraction: NotRequired[float]
-    intervention: NotRequired[dict[str, Any]]
-    method: NotRequired[str]
     paired_vs_baseline: NotRequired[Paired]
     paired_vs_random: NotRequired[Paired]
 
 
-class MetricRow(TypedDict):
+class MetricRow(_Measured):
     """One row of ``comparison`` (each method at the chosen budget) or ``tradeoff`` (the sweep): a metric the row
     did not measure may be null."""
 
     behaviour_rate: NotRequired[Share | None]
-    behaviour_rate_ci: NotRequired[ShareCI | None]
     behaviour_mean: NotRequired[Share | None]
-    behaviour_mean_ci: NotRequired[ShareCI | None]
     behaviour_expected_max: NotRequired[Share | None]
-    behaviour_expected_max_ci: NotRequired[ShareCI | None]
     behaviour_probability: NotRequired[Share | None]
-    behaviour_probability_ci: NotRequired[ShareCI | None]
     perplexity: NotRequired[Positive | None]
-    perplexity_ci: NotRequired[PositiveCI | None]
     distinct2: NotRequired[Share | None]
-    distinct2_ci: NotRequired[ShareCI | None]
     continuation_perplexity: NotRequired[Positive | None]
-    continuation_perplexity_ci: NotRequired[PositiveCI | None]
     last_word_accuracy: NotRequired[Share | None]
-    last_word_accuracy_ci: NotRequired[ShareCI | None]
     continuation_f1: NotRequired[Share | None]
-    continuation_f1_ci: NotRequired[ShareCI | None]
     last_word_accuracy_drop: NotRequired[SignedShare | None]
-    last_word_accuracy_drop_ci: NotRequired[SignedShareCI | None]
     continuation_f1_drop: NotRequired[SignedShare | None]
-    continuation_f1_drop_ci: NotRequired[SignedShareCI | None]
-    k: NotRequired[float | None]
-    secondary: NotRequired[dict[str, SecondaryMetrics] | None]
-    details: NotRequired[dict[str, Any]]
-    fraction: NotRequired[float]
-    intervention: NotRequired[dict[str, Any]]
-    method: NotRequired[str]
     paired_vs_baseline: NotRequired[Paired | None]
     paired_vs_random: NotRequired[Paired | None]
 
