@@ -14,11 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from ..gate import (
-    evaluate_gate,
-    reduced_run,
-    verdict,
-)
+from ..gate import evaluate_gate, reduced_run, verdict
 from ..metrics import metric_labels
 from ..results import BehaviourResults
 
@@ -85,8 +81,8 @@ def verdict_view(results: BehaviourResults) -> dict[str, Any]:
 
 
 STATE_WORDS = {"pass": "PASS", "fail": "FAIL", "unsettled": "NOT SETTLED", "none": "NO THRESHOLD",
-                "worse": "WORSE THAN BEFORE"}
-
+               "worse": "WORSE THAN BEFORE"}
+"""How the page and the card write each state of ``gate.STATES``."""
 
 N_BOOT = 2000
 """``evaluation.stats.paired_bootstrap_diff``'s number of resamples (its default, which the jobs use). Its p-value

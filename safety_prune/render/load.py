@@ -27,8 +27,6 @@ from ..schema_check import Checker, Invalid, join, non_finite
 
 _TASK_JOBS = ("compress", "circuit")
 _REQUIRED = ("job", "model", "probe", "scorer", "baseline", "manifest")
-
-
 _VALIDATION_SELECTION = ("intervention", "split", "limits", "feasible")  # what rule "validation" is shown with
 
 
