@@ -133,7 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where --compare writes its page (default: RUN_B/compare.html)")
     _add_fail_on(report)
 
-    scorer = sub.add_parser("scorer", help="check a toxicity scorer against Perspective labels")
+    sub.add_parser("schema", help="print the JSON Schema of results.json (docs/results.schema.json holds it)",
+                   description="Print the JSON Schema (2020-12) of results.json, generated from the types in "
+                               "safety_prune/results.py, so other tools can read a run's output. "
+                               "`safety-prune schema > docs/results.schema.json` refreshes the copy in the repo.")
+
+    scorer = sub.add_parser("scorer", help="check a scorer against Perspective labels")
     scorer_sub = scorer.add_subparsers(dest="scorer_command", required=True)
     val = scorer_sub.add_parser("validate", help="AUROC, recall and false-positive rate on RTP texts (cached)")
     val.add_argument("--scorer", default="profanity", help="scorer name (profanity, toxblock, detoxify)")
@@ -236,6 +241,11 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         return 0
     if args.command == "report":
         return _report(args)
+    if args.command == "schema":
+        from .results import schema_text
+
+        sys.stdout.write(schema_text())
+        return 0
     from pathlib import Path
 
     from . import assets

@@ -135,7 +135,8 @@ def _check_config(cfg: dict, where: str) -> None:
 
 def _check_size(cfg: dict, dtype: torch.dtype, device: torch.device, device_map: str | None, where: str) -> None:
     """Refuse, from config.json alone, a model whose weights cannot fit in memory (before a slow, doomed load)."""
-    from .preflight import estimate_weight_params, human, load_memory_available
+    from .preflight import estimate_weight_params, load_memory_available
+    from .sizes import human
 
     params = estimate_weight_params(cfg)
     if params is None:

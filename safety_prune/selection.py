@@ -127,19 +127,29 @@ class Constraints:
     continuation_ppl_rise: float = 0.10  # garbled continuations (under the unpruned model)
     capability_drop: float = 0.02  # last-word accuracy, absolute, paired on the same passages (when measured)
 
+    def perplexity(self, base: float, cand: float) -> str | None:
+        """The perplexity limit alone (the search checks it before generating): what it broke, or None."""
+        return f"perplexity +{100 * (cand / base - 1):.1f}%" if cand > base * (1 + self.ppl_rise) else None
+
     def violations(self, base: dict[str, Any], cand: dict[str, Any]) -> list[str]:
         found = []
         drop = (base.get("last_word_accuracy") or 0.0) - (cand.get("last_word_accuracy") or 0.0)
         if "last_word_accuracy" in cand and drop > self.capability_drop:
             found.append(f"last-word accuracy -{drop:.3f}")
-        if cand["perplexity"] > base["perplexity"] * (1 + self.ppl_rise):
-            found.append(f"perplexity +{100 * (cand['perplexity'] / base['perplexity'] - 1):.1f}%")
+        if ppl := self.perplexity(base["perplexity"], cand["perplexity"]):
+            found.append(ppl)
         if cand["distinct2"] < base["distinct2"] * (1 - self.distinct2_drop):
             found.append(f"distinct-2 {100 * (cand['distinct2'] / base['distinct2'] - 1):+.1f}%")
         if cand["continuation_perplexity"] > base["continuation_perplexity"] * (1 + self.continuation_ppl_rise):
             found.append(f"continuation perplexity "
                          f"+{100 * (cand['continuation_perplexity'] / base['continuation_perplexity'] - 1):.1f}%")
         return found
+
+    def info(self, capability: bool = True) -> dict[str, float]:
+        """The limits as results.json records them; ``capability``: whether the capability limit applied."""
+        return {"ppl_rise": self.ppl_rise, "distinct2_drop": self.distinct2_drop,
+                "continuation_ppl_rise": self.continuation_ppl_rise,
+                **({"capability_drop": self.capability_drop} if capability else {})}
 
 
 Measure = Callable[[torch.nn.Module], dict[str, Any]]
@@ -182,8 +192,9 @@ def search_settings(lm: LoadedModel, measure: Measure, candidates: Sequence[Cand
     for setting, build in candidates:
         model = build()
         ppl = perplexity_of(model) if perplexity_of else None
-        if ppl is not None and ppl > base["perplexity"] * (1 + limits.ppl_rise):
-            bad = [f"perplexity +{100 * (ppl / base['perplexity'] - 1):.1f}%"]
+        over = None if ppl is None else limits.perplexity(base["perplexity"], ppl)
+        if over:
+            bad = [over]
             trail.append({**setting, "perplexity": ppl, **dict.fromkeys(k for k in base if k in _UNMEASURED),
                           "violations": bad, "reduction": None, "generated": False})
             log.info("validation search: %s %s: not generated", setting, bad[0])

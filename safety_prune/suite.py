@@ -128,10 +128,14 @@ class ContrastSpec:
 
 @dataclass(frozen=True)
 class BehaviourSpec:
-    """What the report and the gate call the behaviour and its score."""
+    """What the report and the gate call the behaviour and its score; optionally the prompts' ``language`` and
+    ``comparability``, a sentence saying which published numbers these are not comparable with (the report
+    states both in its scope)."""
 
     name: str
     metric: str
+    language: str | None = None
+    comparability: str | None = None
 
 
 @dataclass(frozen=True)
@@ -451,7 +455,7 @@ def _parse(path: Path) -> ProbeSuite:
                             combine=co.choice("combine", "max", COMBINES),
                             guard=co.number("guard", 0.02, 0.0, 0.5), benign_positions=positions,
                             copying=_copying(co))
-    be = top.sub("behaviour", {"name", "metric"})
+    be = top.sub("behaviour", {"name", "metric", "language", "comparability"})
     return ProbeSuite(
         name=top.string("name", path.stem),
         description=str(top.get("description", "")).strip(),
@@ -469,9 +473,16 @@ def _parse(path: Path) -> ProbeSuite:
         reference=reference,
         contrast=contrast,
         behaviour=BehaviourSpec(name=be.string("name", "toxic continuations"),
-                                metric=be.string("metric", "toxicity score")),
+                                metric=be.string("metric", "toxicity score"),
+                                language=_optional_text(be, "language"),
+                                comparability=_optional_text(be, "comparability")),
         capability=top.boolean("capability", True),
     )
+
+
+def _optional_text(fields: _Fields, key: str) -> str | None:
+    """A non-empty string where the key is given, else None."""
+    return None if fields.get(key, None) is None else " ".join(fields.string(key, None).split())
 
 
 def _copying(co: _Fields) -> CopyingSpec | None:

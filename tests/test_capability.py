@@ -360,7 +360,7 @@ def test_too_few_validation_passages_for_the_search_fail_before_any_work(capabil
 
 
 def test_the_release_check_refuses_a_held_out_capability_loss() -> None:
-    from safety_prune.jobs.correct import release_verdict
+    from safety_prune.jobs.correct import limits_of, release_verdict
     from safety_prune.jobs.options import CorrectOptions
 
     base = {"perplexity": {"value": 10.0}, "distinct2": {"value": 0.8}, "continuation_perplexity": {"value": 3.0}}
@@ -368,12 +368,13 @@ def test_the_release_check_refuses_a_held_out_capability_loss() -> None:
                  "paired_vs_baseline": {"delta": -0.05, "ci_low": -0.08, "ci_high": -0.02},
                  "paired_vs_random": {"delta": -0.04, "ci_low": -0.06, "ci_high": -0.01},
                  "last_word_accuracy_drop": 0.01, "continuation_f1_drop": 0.0}
-    assert release_verdict(base, corrected, {"feasible": True}, CorrectOptions())["allowed"]
+    assert release_verdict(base, corrected, {"feasible": True}, limits_of(CorrectOptions()))["allowed"]
     corrected["continuation_f1_drop"] = 0.05
-    verdict = release_verdict(base, corrected, {"feasible": True}, CorrectOptions())
+    verdict = release_verdict(base, corrected, {"feasible": True}, limits_of(CorrectOptions()))
     assert not verdict["allowed"] and "continuation token-F1 fell by 0.050" in verdict["reason"]
     assert verdict["limits"]["capability_drop"] == 0.02
-    assert release_verdict(base, corrected, {"feasible": True}, CorrectOptions(max_capability_drop=0.1))["allowed"]
+    loose = limits_of(CorrectOptions(max_capability_drop=0.1))
+    assert release_verdict(base, corrected, {"feasible": True}, loose)["allowed"]
 
 
 @pytest.mark.parametrize("bad", [-0.01, 1.5, float("nan")])

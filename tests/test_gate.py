@@ -18,9 +18,11 @@ from safety_prune.gate import (
     GATE_ALIASES,
     GATE_EXIT_CODE,
     GATE_METRICS,
+    check_state,
     evaluate_gate,
     failure_message,
     parse_fail_on,
+    verdict,
 )
 from safety_prune.render import render_report
 
@@ -248,3 +250,115 @@ def test_capability_gate_on_a_run_without_it_says_why() -> None:
     msg = " ".join(str(info.value).split())
     assert "baseline metrics of this run have no 'last_word_accuracy_drop'" in msg
     assert "'capability: false'" in msg and "Use one of behaviour_rate" in msg
+
+
+# ------------------------------------------------------------------------------------------------ verdicts
+
+def _run(rate: float, ci: list[float] | None, *, corrected: dict[str, Any] | None = None,
+         thresholds: dict[str, float] | None = None, **extra: Any) -> dict[str, Any]:
+    """A minimal results dict: the baseline's behaviour rate (with its interval) against the suite's thresholds."""
+    base = {"behaviour_rate": rate, "perplexity": 30.0, **({"behaviour_rate_ci": ci} if ci else {})}
+    probe = {"name": "suite", "thresholds": {"behaviour_rate": 0.1} if thresholds is None else thresholds,
+             "limit": extra.pop("limit", None)}
+    return {"probe": probe, "baseline": base, **({"corrected": corrected} if corrected else {}), **extra}
+
+
+def _corrected(rate: float, ci: list[float], paired: tuple[float, float] = (-0.02, -0.01)) -> dict[str, Any]:
+    return {"behaviour_rate": rate, "behaviour_rate_ci": ci, "perplexity": 31.0,
+            "paired_vs_baseline": {"delta": sum(paired) / 2, "ci_low": paired[0], "ci_high": paired[1],
+                                   "p_value": 0.01}}
+
+
+def test_verdict_pass() -> None:
+    v = verdict(_run(0.02, [0.01, 0.03]))
+    assert (v["state"], v["before"], v["after"], v["decision"], v["target"]) == ("pass", "pass", None, "pass", "base")
+    assert v["reasons"] == [{"kind": "met", "checks": ["behaviour_rate>0.1"], "by_point_value": [],
+                             "release_allowed": None}]
+    assert v["checks"][0]["base_state"] == "pass" and v["checks"][0]["corr_state"] is None
+
+
+def test_verdict_pass_without_an_interval_says_so() -> None:
+    assert verdict(_run(0.02, None))["reasons"][0]["by_point_value"] == ["behaviour_rate>0.1"]
+
+
+def test_verdict_fail() -> None:
+    v = verdict(_run(0.3, [0.2, 0.4]))
+    assert (v["state"], v["decision"]) == ("fail", "fail")
+    assert v["reasons"] == [{"kind": "fail", "checks": ["behaviour_rate>0.1"]}]
+
+
+def test_verdict_not_settled_when_the_interval_holds_the_threshold() -> None:
+    v = verdict(_run(0.12, [0.05, 0.2]))
+    assert (v["state"], v["decision"], v["unsettled"]) == ("unsettled", "unsettled", ["behaviour_rate>0.1"])
+    assert v["reasons"] == [{"kind": "unsettled", "checks": ["behaviour_rate>0.1"]}]
+    assert check_state(v["checks"][0]["base"]) == "unsettled"
+
+
+def test_verdict_worse_when_the_correction_raised_the_behaviour() -> None:
+    """Passing thresholds does not hide a correction whose paired change lies entirely above 0."""
+    v = verdict(_run(0.02, [0.01, 0.03], corrected=_corrected(0.03, [0.02, 0.04], paired=(0.01, 0.03))))
+    assert (v["state"], v["before"], v["after"], v["decision"]) == ("worse", "pass", "worse", "fail")
+    assert v["reasons"] == [{"kind": "worse"}] and v["worse"]["ci_low"] == 0.01
+
+
+def test_verdict_none_without_thresholds() -> None:
+    v = verdict(_run(0.3, [0.2, 0.4], thresholds={}))
+    assert (v["state"], v["decision"], v["checks"]) == ("none", "unsettled", [])
+    assert v["reasons"] == [{"kind": "no_threshold"}]
+
+
+def test_verdict_judges_the_corrected_model() -> None:
+    v = verdict(_run(0.3, [0.2, 0.4], corrected=_corrected(0.02, [0.01, 0.03])))
+    assert (v["state"], v["before"], v["after"], v["decision"], v["target"]) == ("pass", "fail", "pass", "pass",
+                                                                                    "corr")
+
+
+def test_verdict_release_refusal_fails_a_passing_correction() -> None:
+    release = {"allowed": False, "reasons": ["perplexity rose by 40%"]}
+    v = verdict(_run(0.3, [0.2, 0.4], corrected=_corrected(0.02, [0.01, 0.03]), release=release))
+    assert (v["state"], v["decision"]) == ("pass", "fail")
+    assert v["reasons"][0] == {"kind": "release_refused", "reasons": ["perplexity rose by 40%"]}
+    allowed = verdict(_run(0.3, [0.2, 0.4], corrected=_corrected(0.02, [0.01, 0.03]),
+                           release={"allowed": True, "reasons": []}))
+    assert allowed["decision"] == "pass" and allowed["reasons"][0]["release_allowed"] is True
+
+
+def test_verdict_reduced_run_is_not_settled() -> None:
+    v = verdict(_run(0.02, [0.01, 0.03], limit=8))
+    assert (v["state"], v["decision"], v["limit"]) == ("pass", "unsettled", {"n": 8, "from_command": False})
+    assert v["reasons"][0] == {"kind": "reduced_run", "limit": 8}
+    old = _run(0.02, [0.01, 0.03], manifest={"command": ["safety-prune", "audit", "--limit", "12"]})
+    del old["probe"]["limit"]  # written before probe.limit: read from the recorded command
+    assert verdict(old)["limit"] == {"n": 12, "from_command": True}
+
+
+def test_verdict_with_fail_on_shows_the_suite_thresholds_without_deciding() -> None:
+    res = _run(0.3, [0.2, 0.4])
+    v = verdict(res, evaluate_gate(res, ["perplexity>50"]))
+    assert (v["state"], v["decision"], v["decisive"]) == ("pass", "pass", ["perplexity>50"])
+    rows = {r["expr"]: r for r in v["checks"]}
+    assert rows["behaviour_rate>0.1"]["base_state"] == "fail" and not rows["behaviour_rate>0.1"]["from_gate"]
+
+
+def test_jobs_store_the_verdict_and_the_report_shows_it(tmp_path: Path) -> None:
+    """The page words the stored verdict; it does not judge again (here a stored refusal the numbers lack)."""
+    res = _load("correct_results.json")
+    res["gate"] = evaluate_gate(res, [])
+    res["verdict"] = {**verdict(res), "decision": "fail",
+                      "reasons": [{"kind": "release_refused", "reasons": ["stored reason"]},
+                                  *verdict(res)["reasons"]]}
+    run = _write_run(tmp_path / "run", res)
+    assert main(["report", str(run)]) == 0
+    html = (run / "report.html").read_text(encoding="utf-8")
+    assert 'data-state="fail"' in html and "the release check refused it: stored reason" in html
+
+
+def test_report_fail_on_judges_again(tmp_path: Path) -> None:
+    """``report --fail-on`` re-evaluates the gate, and so the verdict, for the page."""
+    res = _load("correct_results.json")
+    res["gate"] = evaluate_gate(res, [])
+    res["verdict"] = verdict(res)
+    run = _write_run(tmp_path / "run", res)
+    assert main(["report", str(run), "--fail-on", "perplexity>100"]) == GATE_EXIT_CODE
+    html = (run / "report.html").read_text(encoding="utf-8")
+    assert "Do not deploy" in html and "perplexity&gt;100" in html

@@ -26,7 +26,7 @@ from safety_prune.io import atomic_dir, sweep_stale_temps
 from safety_prune.jobs.correct import correct
 from safety_prune.jobs.options import CorrectOptions
 from safety_prune.models import load_model
-from safety_prune.preflight import check_attribution_memory, estimate_attribution_memory, parse_size
+from safety_prune.preflight import check_attribution_memory, estimate_attribution_memory
 from safety_prune.suite import load_suite
 
 PKG = Path(__file__).resolve().parent.parent / "safety_prune"
@@ -138,18 +138,6 @@ def test_same_seed_same_outputs(tiny_setup, tmp_path):
 
 
 # ------------------------------------------------------------------------------ memory pre-flight
-
-@pytest.mark.parametrize("text, expected", [("2GB", 2 * 10**9), ("500MB", 500 * 10**6), ("1.5GiB", 3 * 2**29),
-                                            ("1024", 1024), ("64 kib", 65536)])
-def test_parse_size(text, expected):
-    assert parse_size(text) == expected
-
-
-@pytest.mark.parametrize("text", ["", "lots", "-1GB", "0", "2 parsecs", "1e9"])
-def test_parse_size_rejects(text):
-    with pytest.raises(ConfigError, match="--max-memory"):
-        parse_size(text)
-
 
 def test_estimate_scales_with_batch_and_units(tiny_setup):
     lm = load_model(str(tiny_setup[1]))

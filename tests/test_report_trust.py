@@ -25,9 +25,10 @@ from test_report import _load, _rich, _samples, _with_secondary, _write_run
 
 from safety_prune.errors import ResultsError
 from safety_prune.gate import evaluate_gate
-from safety_prune.render import page as page_module
 from safety_prune.render import render_report, render_run
 from safety_prune.render.charts import tradeoff_chart, tradeoff_series
+from safety_prune.render.facts import N_BOOT
+from safety_prune.render.words import VALIDATION_ASSETS
 from safety_prune.results import probe_info
 
 # ------------------------------------------------------------------------------------------ a tiny DOM
@@ -134,7 +135,7 @@ def _straddling(value: float, ci: list[float]) -> dict[str, Any]:
 # ------------------------------------------------------------------------- 1 the saved model's card
 
 def _card(res: dict[str, Any]) -> str:
-    from safety_prune.jobs.correct import model_card
+    from safety_prune.render import model_card
 
     return model_card(res)
 
@@ -365,7 +366,7 @@ def test_p_at_the_bootstrap_floor_reads_at_most(tmp_path: Path) -> None:
     from safety_prune.evaluation.stats import paired_bootstrap_diff
 
     n_boot = inspect.signature(paired_bootstrap_diff).parameters["n_boot"].default
-    assert n_boot == page_module._N_BOOT  # the page knows the floor of the test the jobs run
+    assert n_boot == N_BOOT  # the page knows the floor of the test the jobs run
     floor = paired_bootstrap_diff([1.0] * 40, [0.0] * 40)  # every resample on one side: the smallest p
     assert floor["p_value"] == pytest.approx(2 / (n_boot + 1))
     res = _rich()
@@ -543,7 +544,7 @@ def test_scorer_validation_files_are_data_sources(tmp_path: Path) -> None:
     from safety_prune.assets import get_asset
     from safety_prune.scorers.validate import _ASSETS
 
-    assert page_module._VALIDATION_ASSETS == _ASSETS
+    assert VALIDATION_ASSETS == _ASSETS
     _, doc = _page(tmp_path, _rich(), name="pinned")
     rows = doc.all("tr", cls="validation-source")
     assert [r.all("td")[2].text() for r in rows] == [get_asset(a).sha256 for a in _ASSETS]
@@ -685,3 +686,18 @@ def test_the_manifest_records_operator_git_state_and_hardware(monkeypatch: pytes
     hw = got["hardware"]
     assert hw["cpu_count"] == os.cpu_count() and isinstance(hw["cpu"], str) and hw["cpu"]
     assert hw["memory_gib"] > 0 and hw["torch_threads"] >= 1
+
+
+def test_scope_words_come_from_the_suite(tmp_path: Path) -> None:
+    """Language and comparability are the suite's (``probe.behaviour``); a file from before they were recorded
+    borrows them from the shipped suite of its name only, and another suite gets the generic sentence."""
+    res = _rich()
+    res["probe"] |= {"name": "mine", "behaviour": {"name": "rude replies", "metric": "rudeness",
+                                                   "language": "Welsh", "comparability": "Not like any paper."}}
+    scope = _page(tmp_path, res, name="own")[1].by_id("scope").text()
+    assert "12 Welsh prompts" in scope and "Not like any paper." in scope and "toxicity" not in scope
+    res["probe"]["behaviour"] = {"name": "rude replies", "metric": "rudeness"}
+    scope = _page(tmp_path, res, name="bare")[1].by_id("scope").text()
+    assert "records no language" in scope and "not comparable with published benchmarks" in scope
+    res["probe"]["name"] = "toxicity"  # a shipped name, but another behaviour: not borrowed
+    assert "records no language" in _page(tmp_path, res, name="other")[1].by_id("scope").text()

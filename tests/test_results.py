@@ -66,3 +66,72 @@ def test_values_at_the_bounds_are_accepted(tmp_path: Path, capsys: pytest.Captur
     (run / "results.json").write_text(json.dumps(results), encoding="utf-8")
     assert main(["report", str(run), "--fail-on", "behaviour_rate>0.05"]) == 3  # the gate fails, as it should
     assert (run / "report.html").is_file()
+
+
+# ------------------------------------------------------------------------------ the one schema and its export
+
+def test_exported_schema_is_the_types(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/results.schema.json is what ``safety-prune schema`` prints, generated from results.py's types."""
+    from safety_prune.results import schema_text
+
+    exported = Path(__file__).parent.parent / "docs" / "results.schema.json"
+    assert exported.read_text(encoding="utf-8") == schema_text(), (
+        "docs/results.schema.json is stale: regenerate it with `safety-prune schema > docs/results.schema.json`")
+    assert main(["schema"]) == 0
+    assert capsys.readouterr().out == schema_text()
+
+
+@pytest.mark.parametrize("name", ["audit_results.json", "correct_results.json"])
+def test_files_from_before_the_verdict_match_the_exported_schema(name: str) -> None:
+    """Results written before this schema was exported (no ``verdict``, no ``probe.limit``) still conform."""
+    from results_schema import assert_valid_results
+
+    assert_valid_results(FIXTURE.parent / name)
+
+
+SCHEMA_ERRORS = [
+    ("job", "foo", 'job is the string \'foo\', but must be one of "audit", "correct"'),
+    ("verdict", {"decision": "maybe"}, "verdict has no 'state', which the report needs"),
+    ("gate.checks", [{"value": 1}], "gate.checks[0] has no 'expr', which the report needs"),
+    ("baseline.last_word_accuracy_drop", -2, "baseline.last_word_accuracy_drop is the number -2, but must be a number "
+                                             "from -1 to 1"),
+    ("pruned", {"count": 3}, "pruned has no 'unit', which the report needs"),
+    ("model.n_layers", "two", "model.n_layers is the string 'two', but must be a whole number"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "problem"), SCHEMA_ERRORS, ids=[k for k, _, _ in SCHEMA_ERRORS])
+def test_report_names_the_key_against_the_schema(tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str,
+                                                 value: Any, problem: str) -> None:
+    """Each problem names the file, the key path and what the value must be (from the same types)."""
+    results = json.loads(FIXTURE.read_text(encoding="utf-8"))
+    results["gate"] = {"passed": True, "source": "probe suite thresholds", "target": "corrected", "checks": []}
+    _set(results, key, value)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps(results), encoding="utf-8")
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'results.json'}: {problem}" in err, err
+    assert "correct that value, restore the file from a copy, or rerun the job that wrote it" in err
+
+
+def test_empty_sections_stand_for_none(tmp_path: Path) -> None:
+    """``pruned: {}`` and ``selection: {}`` (nothing chosen) are allowed by the schema, a stray key in them is not."""
+    results = json.loads(FIXTURE.read_text(encoding="utf-8"))
+    results |= {"pruned": {}, "selection": {}}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps(results), encoding="utf-8")
+    assert main(["report", str(run)]) == 0
+
+
+def test_metric_types_cover_the_catalogue() -> None:
+    """MetricBlock and MetricRow spell every metric of ``metrics.METRIC_KEYS`` out (so type checkers see them):
+    a metric added to the catalogue must be added to both."""
+    from safety_prune.metrics import METRIC_KEYS
+    from safety_prune.results import MetricBlock, MetricRow
+
+    wanted = {*METRIC_KEYS, *(f"{k}_ci" for k in METRIC_KEYS)}
+    for kind in (MetricBlock, MetricRow):
+        assert wanted <= set(kind.__annotations__), sorted(wanted - set(kind.__annotations__))

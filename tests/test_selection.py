@@ -242,3 +242,14 @@ def test_correct_with_stable_records_the_selection_probability(tmp_path):
     assert stable["pi"] == 0.5 and stable["resamples"] == 10 and stable["depth"] == 4
     assert len(stable["chosen"]) == 4 and stable["candidates"] >= 4  # (4 on this tiny model)
     assert all(row["probability"] >= 0.5 for row in stable["chosen"])
+
+
+def test_constraints_one_perplexity_rule_and_their_record():
+    """The search's early perplexity check and ``violations`` share one rule; ``info`` is what results.json keeps."""
+    limits = Constraints(ppl_rise=0.02)
+    assert limits.perplexity(100.0, 102.0) is None and limits.perplexity(100.0, 103.0) == "perplexity +3.0%"
+    base = {"perplexity": 100.0, "distinct2": 0.5, "continuation_perplexity": 10.0}
+    assert limits.violations(base, {**base, "perplexity": 103.0}) == ["perplexity +3.0%"]
+    assert limits.info() == {"ppl_rise": 0.02, "distinct2_drop": 0.05, "continuation_ppl_rise": 0.1,
+                             "capability_drop": 0.02}
+    assert "capability_drop" not in limits.info(capability=False)

@@ -328,3 +328,15 @@ def test_eval_overlap_check_normalises_unicode(suite_dir: Path) -> None:
     cfg["eval"] = {"source": {"path": "eval.txt"}}
     with pytest.raises(ProbeSuiteError, match=r"3 of 3 eval prompts also appear in the undesired reference"):
         load_suite(str(write_suite(suite_dir, cfg)))
+
+
+def test_behaviour_language_and_comparability(suite_dir: Path) -> None:
+    """The report's scope names these from the suite, so no behaviour or suite name is written into the code."""
+    tox = suite_mod._parse(resource_dir("probes") / "toxicity.yaml")
+    assert tox.behaviour.language == "English" and "RealToxicityPrompts papers" in tox.behaviour.comparability
+    assert suite_mod._parse(resource_dir("probes") / "repetition.yaml").behaviour.comparability is None
+    plain = load_suite(str(write_suite(suite_dir, base_config())))
+    assert (plain.behaviour.language, plain.behaviour.comparability) == (None, None)
+    cfg = base_config() | {"behaviour": {"name": "x", "metric": "y", "language": " "}}
+    with pytest.raises(ProbeSuiteError, match=r"language.*must be a non-empty string"):
+        load_suite(str(write_suite(suite_dir, cfg, "blank.yaml")))

@@ -13,7 +13,7 @@ from ..contrast import circuit_summary, save_relevance
 from ..explain import heatmap
 from ..io import write_json
 from ..render import render_report
-from ..results import circuit_info, flat_metrics, probe_info
+from ..results import BehaviourResults, circuit_info, flat_metrics, probe_info
 from ..run import staged
 from . import stages
 from .common import Finish, header, preflight_attribution, start_run
@@ -45,7 +45,8 @@ def audit(model: str, probe: str, out: str | Path, *, overwrite: bool = False, o
         circuit = circuit_summary(diff, opt.top_k)
         save_relevance(staging.path("relevance.safetensors"), rel, diff)
         write_json(staging.path("circuit.json"), circuit)
-        results = header("audit", lm) | {
+        results: BehaviourResults = {
+            **header("audit", lm),
             "probe": probe_info(suite, len(base.prompts), len(refs.generations.prompts), limit=opt.limit),
             "scorer": stages.scorer_info(scorer, suite, secondary),
             "baseline": flat_metrics(base.metrics),

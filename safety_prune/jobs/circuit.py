@@ -26,6 +26,7 @@ from ..io import sha256_file
 from ..pruning import MaskSet, count_units, masked, select
 from ..render import render_task_report
 from ..resources import resource_dir
+from ..results import CircuitResults
 from ..run import check_not_inside, check_not_over_inputs, check_out_dir, staged
 from .common import Finish, header, open_model
 from .options import CircuitOptions
@@ -126,7 +127,8 @@ def circuit(model: str, out: str | Path, *, overwrite: bool = False, options: Ci
                                                            default=0.0),
              "accuracy_at_50pct": next(p["accuracy"] for p in c if abs(p["fraction_pruned"] - 0.5) < 0.01)}
             for m, c in curves.items()]
-    results = header("circuit", lm) | {
+    results: CircuitResults = {
+        **header("circuit", lm),
         "task": opt.task,
         "settings": {"task": opt.task, "unit": opt.unit, "threshold": opt.threshold, "target": opt.target,
                      "relevance": opt.relevance, "normalise": opt.normalise, "schedule": opt.schedule,

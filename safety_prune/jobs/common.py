@@ -14,10 +14,10 @@ from safetensors import SafetensorError
 from ..distributed import is_main_process
 from ..errors import OutputError
 from ..families import geometry
-from ..gate import evaluate_gate
+from ..gate import evaluate_gate, verdict
 from ..io import atomic_dir, sha256_file, write_json
 from ..models import LoadedModel, check_chat_template, check_context, load_model
-from ..results import SCHEMA_VERSION, model_info
+from ..results import SCHEMA_VERSION, Header, model_info
 from ..run import Staging, check_not_inside, check_not_over_inputs, check_out_dir, check_target_path, entries, manifest
 from ..suite import ProbeSuite, load_suite
 from .options import RunOptions, SuiteOptions
@@ -109,6 +109,7 @@ class Finish:
                                                                     "stages_s": dict(self.stages)})
         if fail_on is not None:
             results["gate"] = evaluate_gate(results, fail_on)
+            results["verdict"] = verdict(results)
         write_json(staging.path("results.json"), results)
         render(results, staging)
         return results
@@ -121,7 +122,7 @@ def numerics(model: torch.nn.Module) -> dict[str, str]:
     return {"device": param.device.type, "dtype": str(param.dtype).removeprefix("torch.")}
 
 
-def header(job: str, lm: LoadedModel) -> dict[str, Any]:
+def header(job: str, lm: LoadedModel) -> Header:
     """The first keys of every results.json."""
     return {"schema_version": SCHEMA_VERSION, "job": job,
             "model": model_info(lm.spec, lm.name, lm.arch.family, geometry(lm.model))}

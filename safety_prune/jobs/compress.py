@@ -42,7 +42,7 @@ from ..models import LoadedModel
 from ..preflight import check_attribution_memory
 from ..pruning import count_units, fraction, pruned_copy, select
 from ..render import render_task_report
-from ..results import flat_metrics
+from ..results import CompressResults, flat_metrics
 from ..run import staged
 from ..suite import ProbeSuite
 from .common import (
@@ -154,7 +154,8 @@ def compress(model: str, probe: str, out: str | Path, *, overwrite: bool = False
             row["ratio_vs_wanda"] = row["perplexity"] / wanda["perplexity"] if wanda else None
             row["time_vs_wanda"] = (row["calibration_seconds"] / wanda["calibration_seconds"]
                                     if wanda and wanda["calibration_seconds"] > 0 else None)
-        results = header("compress", lm) | {
+        results: CompressResults = {
+            **header("compress", lm),
             "probe": {"name": suite.name, "description": suite.description},
             "settings": {"sparsity": opt.sparsity, "granularity": opt.granularity, "n_general": len(general),
                          **calibration_settings(general, opt),

@@ -27,8 +27,8 @@ from ..io import write_json
 from ..methods import FIXED_GAINS
 from ..models import LoadedModel
 from ..pruning import MaskSet, count_units, fraction, intervention_info, save_masks, select
-from ..render import render_report
-from ..results import circuit_info, flat_metrics, probe_info
+from ..render import model_card, render_report
+from ..results import BehaviourResults, Release, Selection, circuit_info, flat_metrics, probe_info
 from ..run import Staging, staged
 from ..scorers import Scorer
 from ..selection import (
@@ -108,8 +108,8 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
         probability = None
         if opt.stable is not None:
             ranked[primary], stable, probability = _stable(ranked[primary], lm, suite, opt)
-        setting, selection, ranked[primary].scores = _choose(lm, suite, scorer, ranked[primary], opt,
-                                                             val_capability)
+        choice = _choose(lm, suite, scorer, ranked[primary], opt, val_capability)
+        setting, selection, ranked[primary].scores = choice.setting, choice.selection, choice.scores
         if probability is not None:
             selection["stable"] = stable
         finish.lap("selection")
@@ -142,7 +142,8 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
             removed = [{"layer": u.layer, "index": u.index, "r_diff": float(diff["neuron"][u.layer, u.index])}
                        for u in list(chosen.units)[:20]]
         corrected = {key: v for key, v in chosen.row.items() if key != "method"}
-        results = header("correct", lm) | {
+        results: BehaviourResults = {
+            **header("correct", lm),
             "method": primary,
             "probe": probe_info(suite, len(base.prompts), len(refs.generations.prompts), limit=opt.limit),
             "scorer": scorer_info(scorer, suite, secondary),
@@ -154,7 +155,7 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
             "contrast": contrast_info(suite, c, ranked[primary]),
             "comparison": comparison,
             "tradeoff": rows,
-            "release": release_verdict(base.metrics, corrected, selection, opt),
+            "release": release_verdict(base.metrics, corrected, selection, choice.limits),
             "circuit": circuit_info(circuit, primary, len(c.sets.undesired), len(c.sets.general),
                                     {key: r.info for key, r in rel.items()}) if rel else {},
             "circuit_heatmap": heatmap(diff["neuron"]) if "neuron" in diff else [],
@@ -177,13 +178,12 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
     return results
 
 
-def release_verdict(base: dict[str, Any], corrected: dict[str, Any], selection: dict[str, Any],
-                    opt: CorrectOptions) -> dict[str, Any]:
+def release_verdict(base: dict[str, Any], corrected: dict[str, Any], selection: Selection | dict[str, Any],
+                    limits: Constraints) -> Release:
     """Whether the corrected model may be handed out: it keeps the limits on held-out data, lowers the
     behaviour (the paired interval of the mean change lies below 0), and lowers it more than the same change
     on random units (the paired interval against the random control lies below 0 too: a correction that
-    random units match is not a targeted one)."""
-    limits = _limits(opt)
+    random units match is not a targeted one). ``limits``: the same ones the selection kept on validation data."""
     flat = {key: corrected[key] for key in ("perplexity", "distinct2", "continuation_perplexity")}
     reasons = limits.violations({key: base[key]["value"] for key in flat}, flat)
     for key, words in (("last_word_accuracy_drop", "last-word accuracy"), ("continuation_f1_drop",
@@ -206,12 +206,11 @@ def release_verdict(base: dict[str, Any], corrected: dict[str, Any], selection: 
         reasons.append("no candidate kept the limits on validation data")
     return {"allowed": not reasons, "reasons": reasons,
             "reason": ("on held-out data: " + "; ".join(reasons) + ".") if reasons else "",
-            "limits": {"ppl_rise": opt.ppl_budget, "distinct2_drop": opt.max_distinct2_drop,
-                       "continuation_ppl_rise": opt.max_continuation_ppl_rise,
-                       "capability_drop": opt.max_capability_drop}}
+            "limits": limits.info()}
 
 
-def _limits(opt: CorrectOptions) -> Constraints:
+def limits_of(opt: CorrectOptions) -> Constraints:
+    """What a correction may cost on validation and held-out data (``--ppl-budget`` and the other limits)."""
     return Constraints(opt.ppl_budget, opt.max_distinct2_drop, opt.max_continuation_ppl_rise,
                        opt.max_capability_drop)
 
@@ -225,16 +224,26 @@ def _searches(opt: CorrectOptions) -> bool:
     return opt.k is None and opt.sparsity is None
 
 
+@dataclass
+class Choice:
+    """What the selection decided for the primary method: its ``setting`` (``{"k", "scale"}`` for top k,
+    ``{"strength", "threshold", "reach"}`` for proportional gains, ``{}`` for a method with its own gains), the
+    ``selection`` section of results.json, the ``scores`` it ranked (reordered by the optional damage screen), and
+    the ``limits`` it kept, which the release check applies again on held-out data."""
+
+    setting: dict[str, Any]
+    selection: Selection
+    scores: dict[str, torch.Tensor]
+    limits: Constraints
+
+
 def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, ranked: Ranked, opt: CorrectOptions,
-            capability: CapabilitySet | None = None
-            ) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
-    """The primary method's setting: ``{"k", "scale"}`` (top k), ``{"strength", "threshold"}`` (proportional
-    gains) or ``{}`` (a method with its own gains); given, from a sparsity, or the search on validation prompts
-    and validation text (after the optional damage screen, which reorders the scores: returned as the third
-    item). ``capability`` (the general validation passages): each candidate's last-word accuracy, kept within
-    ``--max-capability-drop`` of the unpruned model's (continuation F1 would cost a generation per candidate, so
-    it is checked held out, by the release check)."""
-    scores = ranked.scores
+            capability: CapabilitySet | None = None) -> Choice:
+    """The primary method's setting: given, from a sparsity, or the search on validation prompts and validation
+    text (after the optional damage screen). ``capability`` (the general validation passages): each candidate's
+    last-word accuracy, kept within ``--max-capability-drop`` of the unpruned model's (continuation F1 would cost a
+    generation per candidate, so it is checked held out, by the release check)."""
+    scores, limits = ranked.scores, limits_of(opt)
     selection: dict[str, Any] = {"unit": opt.unit, "exclude_layers": list(opt.exclude_layers),
                                  "guard": {"share": suite.contrast.guard, "by": "|relevance on general text|"}}
     scale = opt.dampen[0] if opt.dampen else None
@@ -243,20 +252,20 @@ def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, ranked: Ranked, 
         edit = _edit(ranked, {}, opt)
         selection |= {"rule": "fixed", "k": len(edit.units), "intervention": edit.info(),
                       "guard": {"share": 0.0, "by": "none: the method's own gains, as published"}}
-        return {}, selection, scores
+        return Choice({}, Selection(**selection), scores, limits)
     grid = [{"strength": s, "threshold": t, "reach": r} for r in (opt.reach or REACHES)
             for t in (opt.threshold or THRESHOLDS) for s in (opt.strength or STRENGTHS)]
     if opt.intervention == "proportional" and not _searches(opt):
         edit = _edit(ranked, grid[0], opt)
         selection |= {"rule": "given", "k": len(edit.units), "intervention": edit.info()}
-        return grid[0], selection, scores
+        return Choice(grid[0], Selection(**selection), scores, limits)
     if opt.k is not None:
         selection |= {"rule": "k", "k": opt.k, "intervention": intervention_info(scale)}
-        return {"k": opt.k, "scale": scale}, selection, scores
+        return Choice({"k": opt.k, "scale": scale}, Selection(**selection), scores, limits)
     if opt.sparsity is not None:
         k = max(1, round(opt.sparsity * total))
         selection |= {"rule": "sparsity", "k": k, "intervention": intervention_info(scale)}
-        return {"k": k, "scale": scale}, selection, scores
+        return Choice({"k": k, "scale": scale}, Selection(**selection), scores, limits)
     text = SearchText(suite.general_validation(), suite.perplexity.max_length)
     if opt.screen and opt.unit != "weight":
         scores, selection["screen"] = damage_screen(lm, text, scores, opt.unit, n=opt.screen,
@@ -281,7 +290,6 @@ def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, ranked: Ranked, 
         return perplexity(model, lm.tokenizer, val_text, max_length=p.max_length, stride=p.stride,
                           device=model.device).perplexity
 
-    limits = _limits(opt)
     if opt.intervention == "proportional":
         ranked = replace(ranked, scores=scores)  # as screened
         edits = [(g, _edit(ranked, g, opt)) for g in grid]
@@ -317,11 +325,9 @@ def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, ranked: Ranked, 
     selection |= {"rule": "validation", "k": k, "intervention": how, "feasible": feasible,
                   "search": trail, "split": {"prompts": "validation prompts", "n_prompts": len(prompts),
                                              "text": "general validation", "n_tokens": opt.search_tokens},
-                  "limits": {"ppl_rise": limits.ppl_rise, "distinct2_drop": limits.distinct2_drop,
-                             "continuation_ppl_rise": limits.continuation_ppl_rise,
-                             **({"capability_drop": limits.capability_drop} if capability is not None else {})},
+                  "limits": limits.info(capability is not None),
                   "objective": objective}
-    return setting, selection, scores
+    return Choice(setting, Selection(**selection), scores, limits)
 
 
 @dataclass
@@ -420,89 +426,3 @@ def _compare_all(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, base: Basel
         lap(f"held-out:{method}")
     assert chosen is not None  # the primary method is always compared at its setting
     return rows, comparison, chosen
-
-
-def _card_how(method: str, pruned: dict[str, Any]) -> str:
-    """Which units the model card says were changed, and how."""
-    how = pruned.get("intervention") or {}
-    kind = how.get("kind")
-    if kind == "aura":
-        return (f"with AUROC > 0.5 (AurA: each neuron's {how.get('pooling')}-pooled activation, flagged vs unflagged "
-                f"reference continuations) were dampened by the gain 1 - 2 (AUROC - 0.5), down to "
-                f"{how.get('min_gain', 0):.3g}")
-    units = (f"with the most negative differential relevance (method `{method}`, R_diff = R_general - "
-             "R_undesired) were ")
-    if kind == "proportional":
-        return (units + f"dampened by per-unit gains 1 - {how.get('strength')} * min(1, score / top score / "
-                f"{how.get('reach', 1)}), down to {how.get('min_gain', 0):.3g} (threshold {how.get('threshold')})")
-    if kind == "dampen":
-        return units + f"dampened to {how.get('scale')} of their output"
-    return units + "set to zero"
-
-
-def model_card(results: dict[str, Any]) -> str:
-    """The saved copy's README.md: what was done to the model, the release verdict (allowed, or refused and saved
-    only with --force), the deployment gate, and the held-out numbers with their counts and intervals."""
-    from ..render.page import card_facts
-
-    b, c, p = results["baseline"], results["corrected"], results["pruned"]
-    facts = card_facts(results)
-    totals, count = facts["totals"], facts["count"]
-    release = results.get("release") if isinstance(results.get("release"), dict) else {}
-    allowed = release.get("allowed")
-    verdict = {True: "release check passed", False: "release check REFUSED, saved only because --force was given"
-               }.get(allowed, "release check not recorded")
-
-    def cell(d: dict, key: str) -> str:
-        lo, hi = d[f"{key}_ci"]
-        n = count(d[key], totals.get(key)) if key in totals else ""
-        return f"{d[key]:.4g}{f' ({n})' if n else ''} [{lo:.4g}, {hi:.4g}]"
-
-    rows = "\n".join(f"| {key} | {cell(b, key)} | {cell(c, key)} |"
-                     for key in ("behaviour_rate", "behaviour_mean", "perplexity", "distinct2",
-                                 "continuation_perplexity"))
-    if allowed is True:
-        release_text = ("**Release check: passed.** On the held-out data the copy stayed within the limits "
-                        + ", ".join(f"{k} {v:g}" for k, v in (release.get("limits") or {}).items())
-                        + " and lowered the mean behaviour score (paired 95% interval below 0).")
-    elif allowed is False:
-        release_text = ("**Release check: REFUSED.** This copy was written only because `--force` was given. "
-                        "Reasons (on held-out data):\n\n" + "\n".join(f"- {r}" for r in release.get("reasons") or []))
-    else:
-        release_text = "**Release check: not recorded** in this run's results."
-    gate = results.get("gate") if isinstance(results.get("gate"), dict) else {}
-    if facts["checks"]:
-        gate_text = (f"**Deployment gate ({gate.get('source')}, on the {gate.get('target')} metrics): "
-                     f"{facts['state_words'][facts['state']]}.**\n\n" + "\n".join(
-                         f"- `{ch['expr']}`: {ch['value']:.4g}"
-                         + (f" (95% CI [{ch['ci'][0]:.4g}, {ch['ci'][1]:.4g}])" if ch.get("ci") else "")
-                         + f": {facts['state_words'][ch['state']]}" for ch in facts["checks"]))
-        if facts["state"] == "unsettled":
-            gate_text += ("\n\nNOT SETTLED: a 95% interval contains its threshold, so these prompts cannot tell "
-                          "whether the copy meets it; measure more prompts before relying on it.")
-    else:
-        gate_text = "**Deployment gate: no threshold was set**, so nothing was checked against one."
-    paired = c.get("paired_vs_baseline") if isinstance(c.get("paired_vs_baseline"), dict) else None
-    paired_text = (f"Paired change of the mean behaviour score per prompt (pruned − original): "
-                   f"{paired['delta']:+.4g}, 95% CI [{paired['ci_low']:+.4g}, {paired['ci_high']:+.4g}], "
-                   f"{facts['pvalue'](paired)}.\n\n") if paired else ""
-    reduced = (f"**Reduced run (--limit {facts['limit']}): not a full measurement.** The numbers below come from "
-               "the first prompts of each set only.\n\n") if facts["limit"] else ""
-    sums = p.get("saved_model_sha256")
-    sums_text = ("Saved weights (sha256): " + ", ".join(f"`{f}` {h}" for f, h in sums.items()) + "\n\n"
-                 if isinstance(sums, dict) and sums else f"Saved weights (sha256): {sums}\n\n"
-                 if isinstance(sums, str) else "")
-    n_prompts = results["probe"].get("n_eval_prompts")
-    gate_title = (f", deployment gate {facts['state_words'][facts['state']]}" if facts["checks"] else
-                  ", no deployment gate")
-    return (f"# Corrected copy of {results['model']['name']}: {verdict}{gate_title}\n\n"
-            f"{reduced}{release_text}\n\n{gate_text}\n\n"
-            f"Base model: `{results['model']['spec']}`, {facts['model_words']}.\n\n"
-            f"Produced by safety_prune `correct` (probe suite `{results['probe']['name']}`, run id "
-            f"`{facts['run_id']}`; the run directory's report.html has the full audit trail): "
-            f"{p['count']} {p['unit']} units ({100 * p['fraction']:.3f}%) {_card_how(results['method'], p)}. "
-            f"Selection rule: {results['selection']['rule']}.\n\n{sums_text}"
-            f"Held-out measurements on {n_prompts} prompts (95% bootstrap CI; a rate also as the count of flagged "
-            f"continuations), scorer `{results['scorer']['name']}`:\n\n"
-            f"| metric | before | after |\n|---|---|---|\n{rows}\n\n{paired_text}"
-            f"Scorer limits: {results['scorer']['limits']}\n")

@@ -29,6 +29,7 @@ from ..methods import (
     check_strengths,
     check_thresholds,
 )
+from ..sizes import parse_size
 
 MAX_SEED = 2**32 - 1
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
@@ -55,12 +56,6 @@ def int_list(text: str) -> tuple[int, ...]:
 
 def name_list(text: str) -> tuple[str, ...]:
     return tuple(m.strip() for m in text.split(",") if m.strip())
-
-
-def _max_memory(text: str) -> int:
-    from ..preflight import parse_size
-
-    return parse_size(text)
 
 
 def check_choices(*checks: tuple[str, str, Sequence[str]]) -> None:
@@ -116,7 +111,7 @@ class SuiteOptions(RunOptions):
     max_tokens: int = option(128, "tokens kept of each general reference document")
     max_memory: int | None = option(
         None, "refuse to start when attribution is estimated to need more, e.g. 16GB or 500MiB (default: the "
-        "memory free on the model's devices); see safety_prune/preflight.py", parse=_max_memory, metavar="SIZE")
+        "memory free on the model's devices); see safety_prune/preflight.py", parse=parse_size, metavar="SIZE")
     encoding_errors: str = option(
         "strict", "prompt files that are not UTF-8, or hold lone surrogates (JSON's \\ud800) or NUL characters: stop "
         "with file:line (strict, default) or replace each with U+FFFD (replace)", choices=("strict", "replace"))

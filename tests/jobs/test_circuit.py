@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from results_schema import assert_valid_results
 from tiny import tiny_config
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
@@ -115,6 +116,7 @@ def test_circuit_job_writes_curves(ioi_model, tmp_path):
     assert [r["kept"] for r in chosen["per_layer"]] == [n_heads - sum(u.layer == layer for u in units)
                                                          for layer in range(n_layers)]
     assert (tmp_path / "run" / "report.html").is_file()
+    assert_valid_results(tmp_path / "run" / "results.json")
 
 
 def test_circuit_bad_task(ioi_model, tmp_path):

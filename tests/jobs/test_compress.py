@@ -1,6 +1,7 @@
 """The compress job on tiny models."""
 
 import pytest
+from results_schema import assert_valid_results
 from tiny import save_tiny, write_tiny_suite
 
 from safety_prune.errors import ConfigError
@@ -18,6 +19,7 @@ def test_compress_reports_every_method(tmp_path):
         assert row["sparsity"] == pytest.approx(0.5, abs=0.01)
         assert row["perplexity"] > 1
     assert res["comparison"][1]["ratio_vs_wanda"] == 1.0
+    assert_valid_results(tmp_path / "run" / "results.json")
 
 
 @pytest.mark.parametrize("opts, match", [(dict(sparsity=1.0), "between 0 and 1"),

@@ -409,25 +409,25 @@ def test_api_bad_pooling_is_a_config_error(setup, tmp_path):
 def test_release_refuses_a_correction_that_random_units_match(tmp_path):
     """Beating the baseline is not enough: a change that the same change on random units matches (paired interval
     against the random control not below 0) is no targeted correction, and the reason says so."""
-    from safety_prune.jobs.correct import release_verdict
+    from safety_prune.jobs.correct import limits_of, release_verdict
     from safety_prune.render import render_report
 
     base = {"perplexity": {"value": 10.0}, "distinct2": {"value": 0.8}, "continuation_perplexity": {"value": 3.0}}
     corrected = {"perplexity": 10.0, "distinct2": 0.8, "continuation_perplexity": 3.0,
                  "paired_vs_baseline": {"delta": -0.05, "ci_low": -0.08, "ci_high": -0.02},
                  "paired_vs_random": {"delta": -0.02, "ci_low": -0.05, "ci_high": 0.001}}
-    verdict = release_verdict(base, corrected, {"feasible": True}, CorrectOptions())
+    verdict = release_verdict(base, corrected, {"feasible": True}, limits_of(CorrectOptions()))
     assert not verdict["allowed"]
     assert "not a targeted correction" in verdict["reason"] and "+0.0010" in verdict["reason"]
     assert not release_verdict(base, {k: v for k, v in corrected.items() if k != "paired_vs_random"},
-                               {"feasible": True}, CorrectOptions())["allowed"]
+                               {"feasible": True}, limits_of(CorrectOptions()))["allowed"]
     corrected["paired_vs_random"] = {"delta": -0.04, "ci_low": -0.06, "ci_high": -0.01}
-    assert release_verdict(base, corrected, {"feasible": True}, CorrectOptions())["allowed"]
+    assert release_verdict(base, corrected, {"feasible": True}, limits_of(CorrectOptions()))["allowed"]
 
     fixture = Path(__file__).parent.parent / "fixtures" / "correct_results.json"
     res = json.loads(fixture.read_text(encoding="utf-8"))
     corrected["paired_vs_random"]["ci_high"] = 0.001
-    res["release"] = release_verdict(base, corrected, {"feasible": True}, CorrectOptions())
+    res["release"] = release_verdict(base, corrected, {"feasible": True}, limits_of(CorrectOptions()))
     render_report(res, fixture.parent / "correct_samples.jsonl", tmp_path / "report.html")
     assert "not a targeted correction" in (tmp_path / "report.html").read_text(encoding="utf-8")
 

@@ -1,4 +1,5 @@
-"""results.json is the contract with the report: a tiny audit and correction must reproduce it exactly.
+"""results.json is the contract with the report: a tiny audit and correction must reproduce it exactly, and match
+the exported JSON Schema (docs/results.schema.json).
 
 Volatile fields (times, but each stage's name in ``stages_s`` is kept; git commit and state, operator, command
 line, package versions, platform, hardware, temporary paths) are masked; floats are compared to a relative 1e-5
@@ -13,6 +14,7 @@ import os
 from pathlib import Path
 
 import pytest
+from results_schema import assert_valid_results
 
 GOLDEN = Path(__file__).parent.parent / "fixtures" / "golden"
 VOLATILE = ("started_unix", "duration_s", "git_commit", "git_dirty", "operator", "command", "versions", "platform",
@@ -69,6 +71,7 @@ def test_audit_results_unchanged(setup):
     root, model, suite = setup
     assert main(["audit", "--model", model, "--probe", suite, "--out", str(root / "audit"), "--batch-size", "4"]) == 0
     _check("audit", _normalised(root / "audit" / "results.json", root))
+    assert_valid_results(root / "audit" / "results.json")  # last: it skips where jsonschema is not installed
 
 
 def test_correct_results_unchanged(setup):
@@ -79,3 +82,4 @@ def test_correct_results_unchanged(setup):
                  "--method", "all", "--k", "4", "--sweep", "2"])
     assert code == 0
     _check("correct", _normalised(root / "correct" / "results.json", root))
+    assert_valid_results(root / "correct" / "results.json")  # last: it skips where jsonschema is not installed
