@@ -47,3 +47,11 @@ def test_more_folds_than_prompts_is_refused():
     check_folds(3, 3)
     with pytest.raises(ConfigError, match=r"--folds 4 exceeds the 3 validation prompts"):
         check_folds(4, 3)
+
+
+def test_spread_by_hand():
+    """Folds at 10%, 40% and 25%: range 30 points from 10 to 40, sample sd 15 points."""
+    from safety_prune.crossfit import spread
+
+    assert spread([0.1, 0.4, 0.25]) == pytest.approx({"min_pp": 10.0, "max_pp": 40.0, "range_pp": 30.0,
+                                                      "sd_pp": 15.0})

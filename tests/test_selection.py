@@ -253,3 +253,11 @@ def test_constraints_one_perplexity_rule_and_their_record():
     assert limits.info() == {"ppl_rise": 0.02, "distinct2_drop": 0.05, "continuation_ppl_rise": 0.1,
                              "capability_drop": 0.02}
     assert "capability_drop" not in limits.info(capability=False)
+
+
+def test_stability_reading_bounds():
+    """The report's word: stable from a mean Jaccard of 0.7 (the stability issue's bar), unstable below 0.4."""
+    from safety_prune.selection import stability_reading
+
+    assert [stability_reading(j) for j in (1.0, 0.7, 0.69, 0.4, 0.39, 0.0)] == [
+        "stable", "stable", "moderate", "moderate", "unstable", "unstable"]
