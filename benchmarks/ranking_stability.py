@@ -102,8 +102,37 @@ def _stable(pi: float, resamples: int = 50):
     return rank
 
 
+def _per_sample(transform):
+    """The shipped contrast of per-sample relevance transformed first (each sample's weight, outliers)."""
+    def rank(rel: dict[str, Relevance]) -> dict[str, torch.Tensor]:
+        return _guarded(_relevance({n: transform(r.per_sample["neuron"]) for n, r in rel.items()}))
+    return rank
+
+
+def _unit_norm(p: torch.Tensor) -> torch.Tensor:
+    """Each sample divided by its total |R|: every sample weighs the same, however large its logit."""
+    return p / p.abs().sum((1, 2), keepdim=True).clamp_min(1e-30)
+
+
+def _winsorised(p: torch.Tensor, q: float = 0.9) -> torch.Tensor:
+    """Each unit's per-sample values clipped to its q-quantile of |R|: one sample cannot make a unit."""
+    cap = p.abs().quantile(q, dim=0, keepdim=True) if p.shape[0] > 1 else p.abs()
+    return p.clamp(-cap, cap)
+
+
+def _general_only(rel: dict[str, Relevance]) -> dict[str, torch.Tensor]:
+    """Contrast with the fixed general set only (the benign set is drawn with the seed too)."""
+    scores, _ = guard(contrast_scores({"general": rel["general"], "undesired": rel["undesired"]}, "general"),
+                      rel["general"].scores, GUARD)
+    return scores
+
+
 VARIANTS = {"as shipped (mean contrast)": _guarded, "z-score contrast": _zscores,
-            "stability selection pi 0.6": _stable(0.6), "stability selection pi 0.9": _stable(0.9)}
+            "stability selection pi 0.6": _stable(0.6), "stability selection pi 0.9": _stable(0.9),
+            "per-sample L1 normalised": _per_sample(_unit_norm),
+            "winsorised at each unit's 90th percentile": _per_sample(_winsorised),
+            "both": _per_sample(lambda p: _winsorised(_unit_norm(p))),
+            "general contrast only": _general_only}
 
 
 def _gains(scores: dict[str, torch.Tensor]) -> dict[int, float]:
@@ -121,6 +150,20 @@ def _jaccard(a: dict[int, float], b: dict[int, float]) -> dict[str, float]:
     low = sum(min(1 - a.get(u, 1.0), 1 - b.get(u, 1.0)) for u in units)
     high = sum(max(1 - a.get(u, 1.0), 1 - b.get(u, 1.0)) for u in units)
     return {f"top{TOP}": len(ta & tb) / len(ta | tb), "weighted": low / high if high else 1.0}
+
+
+def which_set_varies(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """The shipped recipe's agreement when only one set comes from the second draw, and between the two halves
+    of the first draw's undesired samples: which set's sampling moves the correction."""
+    def gains(general: torch.Tensor, benign: torch.Tensor, undesired: torch.Tensor) -> dict[int, float]:
+        return _gains(_guarded(_relevance({"general": general, "benign": benign, "undesired": undesired})))
+
+    first = gains(a["general"], a["benign"], a["undesired"])
+    half = len(a["undesired"]) // 2
+    return {"only the benign set redrawn": _jaccard(first, gains(a["general"], b["benign"], a["undesired"])),
+            "only the undesired set redrawn": _jaccard(first, gains(a["general"], a["benign"], b["undesired"])),
+            "undesired halves of one draw": _jaccard(gains(a["general"], a["benign"], a["undesired"][:half]),
+                                                     gains(a["general"], a["benign"], a["undesired"][half:]))}
 
 
 def compare(root: Path, out: Path) -> dict:
@@ -145,7 +188,9 @@ def compare(root: Path, out: Path) -> dict:
               f"[{row[f'top{TOP}']['min']:.2f}, {row[f'top{TOP}']['max']:.2f}]  weighted "
               f"{row['weighted']['mean']:.2f}  changed {min(row['changed'])}-{max(row['changed'])}", flush=True)
     result = {"what": __doc__.split("\n")[0], "setting": {"strength": STRENGTH, "reach": REACH, "guard": GUARD},
-              "seeds": seeds, "rows": rows}
+              "seeds": seeds, "rows": rows, "which_set_varies": which_set_varies(draws[seeds[0]], draws[seeds[1]])}
+    for key, value in result["which_set_varies"].items():
+        print(f"{key}: top{TOP} {value[f'top{TOP}']:.2f}, weighted {value['weighted']:.2f}", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return result
