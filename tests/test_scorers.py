@@ -11,7 +11,8 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
 from safety_prune.errors import AssetError, ConfigError
-from safety_prune.scorers import SCORERS, DetoxifyScorer, get_scorer
+from safety_prune.scorers import SCORERS, Scorer, get_scorer
+from safety_prune.scorers.detoxify import DetoxifyScorer
 
 CLASSES = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]  # detoxify "original"
 HUB_ID = "safety-prune-test/no-such-bert"
@@ -62,12 +63,14 @@ def detox_files(tmp_path):
 
 def test_registry():
     assert set(SCORERS) == {"profanity", "detoxify", "repetition", "toxblock"}
-    with pytest.raises(ConfigError, match=r"'nope'.*profanity, detoxify"):
+    with pytest.raises(ConfigError, match=r"'nope' is unknown \(available: detoxify, profanity, repetition"):
         get_scorer("nope")
     with pytest.raises(ConfigError, match="Accepted: batch_size"):
         get_scorer("profanity", checkpoint="x")
-    for cls in SCORERS.values():
-        assert cls.name and cls.description and len(cls.limits) > 50
+    for name in SCORERS:
+        cls = SCORERS.get(name)
+        assert issubclass(cls, Scorer) and cls.name == name  # the file's name is the scorer's name
+        assert cls.description and len(cls.limits) > 50
 
 
 def test_profanity_ranks_and_handles_edge_cases():

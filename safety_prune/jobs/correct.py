@@ -24,7 +24,7 @@ from ..evaluation.capability import CapabilitySet, capability_set, last_word_hit
 from ..explain import heatmap
 from ..interventions import REACHES, STRENGTHS, THRESHOLDS, Edit, gains_edit, proportional, random_like
 from ..io import write_json
-from ..methods import FIXED_GAINS
+from ..methods import method_info
 from ..models import LoadedModel
 from ..pruning import MaskSet, count_units, fraction, intervention_info, save_masks, select
 from ..render import model_card, render_report
@@ -217,7 +217,7 @@ def limits_of(opt: CorrectOptions) -> Constraints:
 
 def _searches(opt: CorrectOptions) -> bool:
     """Whether the setting is chosen on validation data (not given, and not fixed by the method)."""
-    if opt.method in FIXED_GAINS:
+    if opt.method != "all" and method_info(opt.method).own_gains:
         return False
     if opt.intervention == "proportional":
         return len(opt.strength or STRENGTHS) * len(opt.threshold or THRESHOLDS) * len(opt.reach or REACHES) > 1

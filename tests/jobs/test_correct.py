@@ -176,7 +176,7 @@ def test_too_few_undesired_references_writes_nothing(setup, tmp_path):
     (dict(k=2, sparsity=0.1), "either --k or --sparsity"),
     (dict(dampen=(0.3, 1.0)), r"--dampen 1\.0 lies outside \[0, 1\)"),
     (dict(dampen=(-0.2,)), "outside"),
-    (dict(method="nope"), "--method nope"),
+    (dict(method="nope"), "--method 'nope' is unknown"),
 ])
 def test_bad_options(setup, tmp_path, opts, match):
     _, model, suite = setup
