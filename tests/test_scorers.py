@@ -162,6 +162,10 @@ def test_validation_is_cached_per_scorer_option():
     from safety_prune.scorers.validate import validate_scorer
 
     toxic = validate_scorer(get_scorer("toxblock"))
+    from safety_prune.assets import get_asset
+    from safety_prune.scorers.validate import _ASSETS
+
+    assert set(toxic["data_sha256"].values()) == {get_asset(a).sha256 for a in _ASSETS}  # the report lists these
     threat = validate_scorer(get_scorer("toxblock", head="threat"))
     assert threat["auroc"] != toxic["auroc"]
     assert threat == validate_scorer(get_scorer("toxblock", head="threat"), use_cache=False)
