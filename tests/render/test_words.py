@@ -7,36 +7,28 @@ import re
 from pathlib import Path
 
 import pytest
-from report_pages import (
-    Node,
-    fixture_samples,
-    full_run,
-    load_fixture,
-    page_of,
-    rich_results,
-    straddling,
-    visible_prose,
-)
+import report_pages as pages
 
 _CORRECTION_WORDS = re.compile(r"\b(before correction|after correction|the ones pruned|same masks|correct(ed|ion)?|"
                                r"pruned|pruning|baseline|removed|collateral)\b", re.IGNORECASE)
 
 
 def test_audit_wording_is_its_own(tmp_path: Path) -> None:
-    res, extras = load_fixture("audit_results.json"), load_fixture("report_extras.json")
+    res, extras = pages.load_fixture("audit_results.json"), pages.load_fixture("report_extras.json")
     res["circuit_heatmap"], res["unit_examples"] = extras["circuit_heatmap"], extras["unit_examples"]
     res["scorer"]["validation"] = extras["scorer_validation"]
     res["scorer"]["secondary"] = [{"name": "repetition", "description": "d", "limits": "l", "threshold": 0.5}]
     res["baseline"]["secondary"] = {"repetition": {"behaviour_rate": 0.25, "behaviour_rate_ci": [0.125, 0.375],
                                                    "behaviour_mean": 0.3, "behaviour_mean_ci": [0.2, 0.4],
                                                    "agreement": 0.5}}
-    _, doc = page_of(tmp_path, full_run(res), fixture_samples())
-    prose = visible_prose(doc)
+    _, doc = pages.page_of(tmp_path, pages.full_run(res), pages.fixture_samples())
+    prose = pages.visible_prose(doc)
     assert not _CORRECTION_WORDS.findall(prose), [m.group() for m in _CORRECTION_WORDS.finditer(prose)]
     assert "This audit changed no weights" in prose and "What the top units respond to" in prose
     # the same wording checks hold for a correction report (which may use them)
-    _, corrected = page_of(tmp_path, full_run(rich_results()), fixture_samples(), name="corrected")
-    assert "they are the ones pruned" in visible_prose(corrected) and "same masks" in visible_prose(corrected)
+    res = pages.full_run(pages.rich_results())
+    corrected = pages.visible_prose(pages.page_of(tmp_path, res, pages.fixture_samples(), name="corrected")[1])
+    assert "they are the ones pruned" in corrected and "same masks" in corrected
 
 
 @pytest.mark.parametrize(("case", "lead", "words"), [
@@ -49,37 +41,37 @@ def test_audit_wording_is_its_own(tmp_path: Path) -> None:
     ("reduced", "Not settled:", ["reduced run (--limit 12)"]),
 ])
 def test_decision_line_names_the_threshold_source(tmp_path: Path, case: str, lead: str, words: list[str]) -> None:
-    res = full_run(load_fixture("correct_results.json"))
+    res = pages.full_run(pages.load_fixture("correct_results.json"))
     fail_on = None
     if case == "fail-on":
         fail_on = ["perplexity>300"]
     elif case == "unsettled":
-        res = straddling(0.11, [0.05, 0.17])
+        res = pages.straddling(0.11, [0.05, 0.17])
     elif case == "refused":
         res["release"] = {"allowed": False, "reasons": ["perplexity +3.1% (limit +2.0%)"]}
     elif case == "none":
         res["probe"]["thresholds"] = {}
     elif case == "reduced":
         res["probe"]["limit"] = 12
-    _, doc = page_of(tmp_path, res, fail_on=fail_on)
+    _, doc = pages.page_of(tmp_path, res, fail_on=fail_on)
     decision = doc.by_id("decision")
     assert decision.one("strong").text() == lead
     for w in words:
         assert w in decision.text(), (w, decision.text())
-    body = [n for n in doc.one("body").children if isinstance(n, Node)]
+    body = [n for n in doc.one("body").children if isinstance(n, pages.Node)]
     order = [n.attrs.get("id") for n in body if n.attrs.get("id")]
     assert order.index("decision") < order.index("toc") < order.index("verdict")  # at the top
 
 
 def test_scope_statement(tmp_path: Path) -> None:
-    _, doc = page_of(tmp_path, rich_results(), name="greedy")
+    _, doc = pages.page_of(tmp_path, pages.rich_results(), name="greedy")
     scope = doc.by_id("scope").text()
     for words in ("Greedy decoding", "at most 25 new tokens", "one continuation per prompt", "12 English prompts",
                   "expected maximum toxicity over 25 sampled continuations", "not comparable"):
         assert words in scope, words
-    res = rich_results()
+    res = pages.rich_results()
     res["probe"]["generation"] |= {"do_sample": True, "num_samples": 25, "temperature": 1.0, "top_p": 0.9}
-    _, doc = page_of(tmp_path, res, name="sampled")
+    _, doc = pages.page_of(tmp_path, res, name="sampled")
     scope = doc.by_id("scope").text()
     assert "Sampled decoding (temperature 1, top-p 0.9)" in scope and "25 continuations per prompt" in scope
 
@@ -87,28 +79,28 @@ def test_scope_statement(tmp_path: Path) -> None:
 def test_scorer_validation_files_are_data_sources(tmp_path: Path) -> None:
     """Listed from what the run recorded only: a validation that records no files lists none (the page names no
     asset of its own)."""
-    _, doc = page_of(tmp_path, rich_results(), name="unrecorded")
+    _, doc = pages.page_of(tmp_path, pages.rich_results(), name="unrecorded")
     assert not doc.all("tr", cls="validation-source")
-    res = rich_results()
+    res = pages.rich_results()
     res["scorer"]["validation"]["data_sha256"] = {"validation/toxic.jsonl": "c" * 64}
-    _, doc = page_of(tmp_path, res, name="recorded")
+    _, doc = pages.page_of(tmp_path, res, name="recorded")
     rows = doc.all("tr", cls="validation-source")
     assert len(rows) == 1 and "c" * 64 in rows[0].text() and "validation/toxic.jsonl" in rows[0].text()
     assert "scorer validation (profanity)" in rows[0].text()
-    _, doc = page_of(tmp_path, load_fixture("correct_results.json"), name="unvalidated")
+    _, doc = pages.page_of(tmp_path, pages.load_fixture("correct_results.json"), name="unvalidated")
     assert not doc.all("tr", cls="validation-source")
 
 
 def test_scope_words_come_from_the_suite(tmp_path: Path) -> None:
     """Language and comparability are the suite's (``probe.behaviour``); a file from before they were recorded
     borrows them from the shipped suite of its name only, and another suite gets the generic sentence."""
-    res = rich_results()
+    res = pages.rich_results()
     res["probe"] |= {"name": "mine", "behaviour": {"name": "rude replies", "metric": "rudeness",
                                                    "language": "Welsh", "comparability": "Not like any paper."}}
-    scope = page_of(tmp_path, res, name="own")[1].by_id("scope").text()
+    scope = pages.page_of(tmp_path, res, name="own")[1].by_id("scope").text()
     assert "12 Welsh prompts" in scope and "Not like any paper." in scope and "toxicity" not in scope
     res["probe"]["behaviour"] = {"name": "rude replies", "metric": "rudeness"}
-    scope = page_of(tmp_path, res, name="bare")[1].by_id("scope").text()
+    scope = pages.page_of(tmp_path, res, name="bare")[1].by_id("scope").text()
     assert "records no language" in scope and "not comparable with published benchmarks" in scope
     res["probe"]["name"] = "toxicity"  # a shipped name, but another behaviour: not borrowed
-    assert "records no language" in page_of(tmp_path, res, name="other")[1].by_id("scope").text()
+    assert "records no language" in pages.page_of(tmp_path, res, name="other")[1].by_id("scope").text()
