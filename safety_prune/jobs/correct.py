@@ -166,12 +166,12 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
             render_report(res, st.path("samples.jsonl"), st.path("report.html"))
 
         finish.lap("outputs")
-        finish.write(staging, results, render, fail_on)
+        finish.conclude(results, fail_on)  # the card states the verdict and the run id: decided before the save
         release = results["release"]
         if save_to is not None and (release["allowed"] or opt.force):
             results["pruned"]["saved_model_sha256"] = save_model_folder(lm, chosen.model, save_to,
                                                                         model_card(results))
-            finish.write(staging, results, render, fail_on)  # again, now with the saved model's hash
+        finish.record(staging, results, render)
     if save_to is not None and not release["allowed"] and not opt.force:
         raise SaveRefused(f"--save-model {opt.save_model}: not written: {release['reason']} The report "
                           f"is in {out}. Pass --force to save it anyway.")
