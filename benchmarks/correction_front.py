@@ -21,8 +21,13 @@ def _get(row: dict, name: str) -> float:
     return row.get(f"behaviour_{name}", row.get(f"toxicity_{name}"))
 
 
-def _pct(change: float | None) -> str:
-    return "not generated" if change is None else f"{100 * change:+6.1f}%"
+def _change(value: float | None, base: float | None) -> float | None:
+    """value / base - 1; None when either is missing or the base is 0 (a tiny run's baseline rate can be)."""
+    return None if value is None or not base else value / base - 1
+
+
+def _pct(change: float | None, width: int = 6) -> str:
+    return "n/a" if change is None else f"{100 * change:+{width}.1f}%"
 
 
 def front(run: Path) -> dict:
@@ -30,16 +35,15 @@ def front(run: Path) -> dict:
     search = res["selection"].get("search", [])
     base_val = search[0] if search else None
     rows = [{"split": "validation", "k": s["k"], "setting": {key: s[key] for key in SETTING if key in s},
-             "ppl_change": s["perplexity"] / base_val["perplexity"] - 1,
-             "mean_change": (s["behaviour_mean"] / base_val["behaviour_mean"] - 1
-                             if s.get("behaviour_mean") is not None else None),  # not generated: over the limit
+             "ppl_change": _change(s["perplexity"], base_val["perplexity"]),
+             "mean_change": _change(s.get("behaviour_mean"), base_val["behaviour_mean"]),  # None: over the limit
              "violations": s["violations"]}
             for s in search[1:]]
     base = res["baseline"]
     rows += [{"split": "eval", "method": r["method"], "k": r["k"],
-              "mean_change": _get(r, "mean") / _get(base, "mean") - 1,
-              "rate_change": _get(r, "rate") / _get(base, "rate") - 1,
-              "ppl_change": r["perplexity"] / base["perplexity"] - 1,
+              "mean_change": _change(_get(r, "mean"), _get(base, "mean")),
+              "rate_change": _change(_get(r, "rate"), _get(base, "rate")),
+              "ppl_change": _change(r["perplexity"], base["perplexity"]),
               "paired_vs_baseline": r["paired_vs_baseline"]} for r in res.get("tradeoff", res["comparison"])]
     return {"run": str(run), "probe": res["probe"]["name"], "target": res.get("contrast", {}).get("target"),
             "foil": res.get("contrast", {}).get("foil"), "chosen_k": res["selection"]["k"], "rows": rows}
@@ -80,11 +84,10 @@ def search_table(res: dict) -> list[str]:
         setting = setting or (f"k {s['k']}" + (f" x{s['scale']:g}" if s.get("scale") is not None else " zeroed"))
         picked = all(s.get(key) == v for key, v in chosen.items()) and s["k"] == res["pruned"]["count"]
         mean = ("not generated" if s.get("behaviour_mean") is None
-                else f"{100 * (s['behaviour_mean'] / base['behaviour_mean'] - 1):+.1f}%")
-        rate = ("" if s.get("behaviour_rate") is None or not base["behaviour_rate"]
-                else f"{100 * (s['behaviour_rate'] / base['behaviour_rate'] - 1):+.1f}%")
+                else _pct(_change(s["behaviour_mean"], base["behaviour_mean"]), 0))
+        rate = "" if s.get("behaviour_rate") is None else _pct(_change(s["behaviour_rate"], base["behaviour_rate"]), 0)
         lines.append(f"| {'**' + setting + ' (chosen)**' if picked else setting} | {s['k']} | {mean} | {rate} | "
-                     f"{100 * (s['perplexity'] / base['perplexity'] - 1):+.1f}% | {'; '.join(s['violations'])} |")
+                     f"{_pct(_change(s['perplexity'], base['perplexity']), 0)} | {'; '.join(s['violations'])} |")
     cf = sel.get("cross_fit")
     if cf:
         folds = ", ".join(f"{100 * r:+.1f}%" for r in cf["fold_reductions"])
@@ -107,7 +110,8 @@ def table(run: Path) -> str:
 
     def cells(row: dict, name: str, how: str, ref: dict | None) -> str:
         def pct(key: str) -> str:  # the change against the baseline, beside the value
-            return "" if ref is None or not ref[key] else f" ({100 * (row[key] / ref[key] - 1):+.1f}%)"
+            change = None if ref is None else _change(row[key], ref[key])
+            return "" if change is None else f" ({100 * change:+.1f}%)"
 
         out = (f"| {name} | {how} | {_get(row, 'rate'):.3f} [{row['behaviour_rate_ci'][0]:.3f}, "
                f"{row['behaviour_rate_ci'][1]:.3f}]{pct('behaviour_rate')} | "

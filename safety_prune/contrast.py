@@ -1,8 +1,9 @@
 """The contrastive reference sets, their relevance, and how each method turns them into a unit ranking.
 
-A ranking scores every unit so that the *lowest* score is pruned first. The registry ``RANKINGS`` holds one
-entry per method (like zennit's composites): differential relevance for the attribution methods, AurA's
-AUROC (``aura``, which also sets its own per-unit gains, and ``aura-topk``), and the seeded random baseline.
+A ranking scores every unit so that the *lowest* score is pruned first. Each method's ``Ranking`` is defined
+here and registered by name in ``methods.RANKINGS`` (like zennit's composites): differential relevance for the
+attribution methods, AurA's AUROC (``aura``, which also sets its own per-unit gains, and ``aura-topk``), and the
+seeded random baseline.
 Relevance is computed once per method and reused by every ranking that needs it.
 """
 
@@ -30,7 +31,7 @@ from .errors import ConfigError, DataSourceError
 from .evaluation.behaviour import Generations
 from .evaluation.generation import Generation
 from .io import atomic_path, short_name
-from .methods import RANKING_KINDS, check_ranking
+from .methods import RANKINGS, check_ranking
 from .scorers import Scorer
 from .suite import ReferenceSpec
 
@@ -276,7 +277,6 @@ class Ranking:
     ``{kind: [layers, units]}`` gains; such a method has no k or strength to choose.
     """
 
-    name: str
     rank: Callable[[Contrast, tuple[str, ...]], dict[str, Tensor]]
     relevance: str | None
     gains: Callable[[Contrast], dict[str, Tensor]] | None = None
@@ -302,7 +302,7 @@ def contrast_scores(rel: dict[str, Relevance], combine: str) -> dict[str, Tensor
 def _differential(method: str) -> Ranking:
     def rank(c: Contrast, kinds: tuple[str, ...]) -> dict[str, Tensor]:
         return contrast_scores(c.relevance(method, kinds), c.combine)
-    return Ranking(method, rank, method)
+    return Ranking(rank, method)
 
 
 def _aura(c: Contrast, kinds: tuple[str, ...]) -> dict[str, Tensor]:
@@ -320,19 +320,20 @@ def _random(c: Contrast, kinds: tuple[str, ...]) -> dict[str, Tensor]:
     return attribute(c.model, c.sets.general, method="random", units=kinds, seed=c.seed).scores
 
 
-RANKINGS: dict[str, Ranking] = {
-    **{m: _differential(m) for m in ("lrp", "gradient", "wanda", "activation", "magnitude")},
-    "aura": Ranking("aura", _aura, "activation", _aura_gains),
-    "aura-topk": Ranking("aura-topk", _aura, "activation"),
-    "random": Ranking("random", _random, None),
-}
-assert set(RANKINGS) == set(RANKING_KINDS), "methods.RANKING_KINDS and RANKINGS must name the same methods"
+LRP = _differential("lrp")
+GRADIENT = _differential("gradient")
+WANDA = _differential("wanda")
+ACTIVATION = _differential("activation")
+MAGNITUDE = _differential("magnitude")
+AURA = Ranking(_aura, "activation", _aura_gains)
+AURA_TOPK = Ranking(_aura, "activation")
+RANDOM = Ranking(_random, None)
 
 
 def ranking(name: str, kind: str) -> Ranking:
-    """The registry entry for ``name``, checked against the unit kind it is asked to rank."""
+    """The ranking registered as ``name`` in ``methods.RANKINGS``, checked against the unit kind it is to rank."""
     check_ranking(name, kind)
-    return RANKINGS[name]
+    return RANKINGS.get(name)
 
 
 def circuit_summary(diff: dict[str, Tensor], top_k: int) -> dict[str, Any]:

@@ -51,3 +51,7 @@ class SaveRefused(SafetyPruneError):
     Exits with the deployment gate's status (``gate.GATE_EXIT_CODE``)."""
 
     exit_code = 3
+
+
+class RegistryError(SafetyPruneError):
+    """A registry entry's ``"module:object"`` does not resolve: a bug in safety_prune or in a plug-in file."""

@@ -1,27 +1,58 @@
-"""The catalogue of ranking methods: names and the unit kinds each can rank. No torch here, so the CLI can
-validate ``--method`` before anything heavy loads; ``contrast.RANKINGS`` implements exactly these."""
+"""The catalogue of methods, with the registry of ranking methods (``RANKINGS``): the one place a ranking's name is
+declared, with what the options check before torch loads (the unit kinds it ranks, whether it sets its own gains).
+Each entry points at its ``contrast.Ranking``, imported on first use, so the CLI validates ``--method`` without
+torch."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+from .registry import Declaration, Registry
 
 UNIT_KINDS = ("neuron", "head", "weight")
-RANKING_KINDS: dict[str, tuple[str, ...]] = {
-    "lrp": UNIT_KINDS,
-    "gradient": UNIT_KINDS,
-    "wanda": UNIT_KINDS,
-    "activation": UNIT_KINDS,
-    "magnitude": UNIT_KINDS,
+
+
+@dataclass(frozen=True)
+class Method(Declaration):
+    """A ranking method: ``target`` is its ``contrast.Ranking``; the rest is what options know without it."""
+
+    units: tuple[str, ...] = UNIT_KINDS  # the unit kinds it can rank
+    own_gains: bool = False  # sets its own per-unit gains: no k, strength or threshold to choose
+    scored: bool = True  # has scores to make proportional gains from (not the random control)
+    in_all: bool = True  # compared by --method all
+
+
+RANKINGS: Registry[Any] = Registry("ranking method", {  # Any: contrast.Ranking, which imports torch
+    "lrp": Method("safety_prune.contrast:LRP"),
+    "gradient": Method("safety_prune.contrast:GRADIENT"),
+    "wanda": Method("safety_prune.contrast:WANDA"),
+    "activation": Method("safety_prune.contrast:ACTIVATION"),
+    "magnitude": Method("safety_prune.contrast:MAGNITUDE", in_all=False),
     # AurA (Suau et al. 2024) as published: every MLP neuron whose AUROC (pooled activation, flagged vs unflagged
     # reference continuations) is above 0.5 gets gain 1 - 2 (AUROC - 0.5); nothing to choose
-    "aura": ("neuron",),
-    "aura-topk": ("neuron",),  # the same AUROC, as a ranking: the top k neurons are zeroed (or dampened)
-    "random": UNIT_KINDS,
-}
-COMPARED = ("lrp", "gradient", "wanda", "activation", "aura", "aura-topk", "random")  # what --method all runs
-FIXED_GAINS = ("aura",)  # methods that set their own per-unit gains: no k, strength or threshold to choose
-SCORELESS = ("random",)  # no scores to make proportional gains from
+    "aura": Method("safety_prune.contrast:AURA", units=("neuron",), own_gains=True),
+    # the same AUROC, as a ranking: the top k neurons are zeroed (or dampened)
+    "aura-topk": Method("safety_prune.contrast:AURA_TOPK", units=("neuron",)),
+    "random": Method("safety_prune.contrast:RANDOM", scored=False),
+})
+
+
+def method_info(name: str) -> Method:
+    """What ``RANKINGS`` declares about the ranking method ``name`` (a clear error when it is unknown)."""
+    declared = RANKINGS.declaration(name)
+    assert isinstance(declared, Method)
+    return declared
+
+
+def compared(unit: str) -> list[str]:
+    """What --method all runs for this unit kind, in the registry's order."""
+    return [m for m in RANKINGS if method_info(m).in_all and unit in method_info(m).units]
+
+
 INTERVENTIONS = ("zero", "proportional")
 POOLINGS = ("max", "mean")  # how AurA pools a neuron's activations over a continuation
 COMPRESS_METHODS = ("lrp", "wanda", "magnitude", "gradient", "random")
@@ -30,8 +61,6 @@ CIRCUIT_METHODS = ("lrp", "gradient", "activation", "magnitude", "random")
 
 def check_strengths(values: Sequence[float], flag: str = "--strength") -> None:
     """Each strength of proportional gains in [0, 1]: 0 changes nothing, 1 silences the most undesired unit."""
-    from .errors import ConfigError
-
     bad = [v for v in values if not (isinstance(v, int | float) and math.isfinite(v) and 0 <= v <= 1)]
     if bad:
         raise ConfigError(f"{flag} {bad[0]} lies outside [0, 1]: the most undesired unit keeps 1 - strength of its "
@@ -40,8 +69,6 @@ def check_strengths(values: Sequence[float], flag: str = "--strength") -> None:
 
 def check_thresholds(values: Sequence[float], flag: str = "--threshold") -> None:
     """Each threshold in [0, 1): a unit is dampened when its normalised score exceeds it."""
-    from .errors import ConfigError
-
     bad = [v for v in values if not (isinstance(v, int | float) and math.isfinite(v) and 0 <= v < 1)]
     if bad:
         raise ConfigError(f"{flag} {bad[0]} lies outside [0, 1): units whose normalised score exceeds it are "
@@ -50,8 +77,6 @@ def check_thresholds(values: Sequence[float], flag: str = "--threshold") -> None
 
 def check_reaches(values: Sequence[float], flag: str = "--reach") -> None:
     """Each reach in (0, 1]: units whose normalised score reaches it get the full dampening 1 - strength."""
-    from .errors import ConfigError
-
     bad = [v for v in values if not (isinstance(v, int | float) and math.isfinite(v) and 0 < v <= 1)]
     if bad:
         raise ConfigError(f"{flag} {bad[0]} lies outside (0, 1]: every unit whose normalised score reaches it gets "
@@ -61,10 +86,8 @@ def check_reaches(values: Sequence[float], flag: str = "--reach") -> None:
 
 def check_ranking(name: str, kind: str) -> None:
     """A clear error for an unknown method or a unit kind it cannot rank."""
-    from .errors import ConfigError
-
-    if name not in RANKING_KINDS:
-        raise ConfigError(f"--method {name} is unknown. Choose one of: all, {', '.join(RANKING_KINDS)}.")
-    kinds = RANKING_KINDS[name]
+    if name not in RANKINGS:
+        raise RANKINGS.unknown(name, "--method", also=("all",))
+    kinds = method_info(name).units
     if kind not in kinds:
         raise ConfigError(f"--method {name} ranks {' and '.join(kinds)} units only; use --unit {kinds[0]}.")

@@ -22,6 +22,7 @@ from . import sources
 from .errors import ProbeSuiteError, SafetyPruneError
 from .io import sha256_file
 from .resources import resource_dir
+from .scorers import SCORERS
 
 logger = logging.getLogger(__name__)
 
@@ -498,7 +499,10 @@ def _scorer_spec(sc: _Fields, default_name: Any) -> ScorerSpec:
     options = sc.get("options", {})
     if not isinstance(options, dict):
         raise sc.error("options", f"must be a mapping, got {options!r}")
-    return ScorerSpec(name=sc.string("name", default_name), threshold=sc.number("threshold", 0.5, 0.0, 1.0),
+    name = sc.string("name", default_name)
+    if name not in SCORERS:
+        raise sc.error("name", f"{name!r} is unknown ({SCORERS.hint(name)})")
+    return ScorerSpec(name=name, threshold=sc.number("threshold", 0.5, 0.0, 1.0),
                       options=options, validate=sc.boolean("validate", True))
 
 
@@ -508,8 +512,6 @@ def _secondary_specs(sc: _Fields, primary: ScorerSpec) -> tuple[ScorerSpec, ...]
     if not isinstance(items, list):
         raise sc.error("secondary", f"must be a list of scorer names or of mappings {{name, threshold, options}}, "
                                     f"e.g. [toxblock], got {items!r}")
-    from .scorers import SCORERS  # here, not at import: the scorer modules pull in torch
-
     specs: list[ScorerSpec] = []
     for i, item in enumerate(items):
         key = f"secondary[{i}]"
@@ -519,10 +521,6 @@ def _secondary_specs(sc: _Fields, primary: ScorerSpec) -> tuple[ScorerSpec, ...]
             raise sc.error(key, f"must be a scorer name or a mapping {{name, threshold, options}}, got {item!r}")
         spec = _scorer_spec(_Fields(sc.file, sc.key(key), item, {"name", "threshold", "options", "validate"}),
                             _REQUIRED)
-        if spec.name not in SCORERS:
-            close = difflib.get_close_matches(spec.name, SCORERS, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise sc.error(key, f"names the unknown scorer {spec.name!r} ({hint}available: {', '.join(SCORERS)})")
         if spec.name in {s.name for s in specs}:
             raise sc.error(key, f"repeats the scorer {spec.name!r}; results are keyed by scorer name, so list each "
                                 "scorer once")

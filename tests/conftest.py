@@ -2,6 +2,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny import write_tiny_suite
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -17,8 +18,16 @@ def _isolated_cache(tmp_path_factory, monkeypatch, request):
 def tiny_setup(tmp_path_factory):
     """(root, model folder, suite path): a tiny Llama and a tiny suite shared by the tests of one module; tests
     that change the model copy it first."""
-    from tiny import save_tiny, write_tiny_suite
+    from tiny import save_tiny
 
     root = tmp_path_factory.mktemp("tiny")
     save_tiny("llama", root / "model")
     return root, root / "model", Path(write_tiny_suite(root / "suite"))
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """The refusal must come before any work: loading the model fails the test."""
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the bad output path was refused")
+    monkeypatch.setattr("safety_prune.jobs.common.load_model", refuse)

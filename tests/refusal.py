@@ -64,3 +64,26 @@ def mounted(path: Path, *, read_only: bool = False, size: str = "64m") -> Iterat
     finally:
         if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: PYTHONPATH of a child process
+
+
+def job_argv(kind: str, model: Path | str, suite: Path, out: Path | str, *extra: str) -> list[str]:
+    argv = [kind, "--model", str(model), "--probe", str(suite), "--out", str(out), "--batch-size", "4", *extra]
+    return argv + {"correct": ["--k", "2", "--force"], "compress": ["--method", "magnitude"]}.get(kind, [])
+
+
+@contextlib.contextmanager
+def read_only_folder(path: Path):
+    """An empty folder nobody can write to: a read-only tmpfs as root (root ignores modes), else mode 0555."""
+    if IS_ROOT:
+        with mounted(path, read_only=True):
+            yield path
+        return
+    path.mkdir(parents=True)
+    path.chmod(0o555)
+    try:
+        yield path
+    finally:
+        path.chmod(0o755)

@@ -9,8 +9,10 @@ import shutil
 
 import pytest
 import torch
+from refusal import job_argv, temps
 from tiny import save_tiny, write_tiny_suite
 
+from safety_prune.cli import main
 from safety_prune.evaluation import behaviour
 from safety_prune.jobs.audit import audit
 from safety_prune.jobs.options import AuditOptions
@@ -106,3 +108,25 @@ def test_the_cache_key_names_device_and_dtype(first_run):
     lm = load_model(str(root / "model"))
     lm.model.to(torch.float64)
     assert lm.fingerprint() != load_model(str(root / "model")).fingerprint()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not json", "wrong counts"])
+def test_corrupt_generation_cache_is_regenerated(tiny_setup, tmp_path, capsys, caplog, damage):
+    """A damaged generations-*.jsonl in --out under --overwrite: before, a JSONDecodeError traceback."""
+    _, model, suite = tiny_setup
+    out = tmp_path / "run"
+    assert main(job_argv("audit", model, suite, out)) == 0
+    first = json.loads((out / "results.json").read_text())["baseline"]
+    for cache in out.glob("generations-*.jsonl"):
+        text = cache.read_text()
+        cache.write_text({"truncated": text[: len(text) // 2],
+                          "not json": "\x00garbage{\n",
+                          "wrong counts": text.splitlines()[0] + "\n"}[damage])
+    with caplog.at_level(logging.WARNING):
+        code = main(job_argv("audit", model, suite, out, "--overwrite"))
+    assert code == 0, capsys.readouterr().err
+    assert "damaged generation cache" in caplog.text
+    assert json.loads((out / "results.json").read_text())["baseline"] == first  # regenerated identically
+    for cache in out.glob("generations-*.jsonl"):
+        assert all(json.loads(line) for line in cache.read_text().splitlines())
+    assert not temps(tmp_path)

@@ -6,7 +6,7 @@ from tiny import tiny_model, tiny_tokenizer
 
 from safety_prune.attribution import Sample
 from safety_prune.aura import pooled_activations
-from safety_prune.contrast import RANKINGS, Contrast, ContrastSets
+from safety_prune.contrast import AURA, Contrast, ContrastSets
 from safety_prune.errors import ConfigError
 from safety_prune.families import architecture, blocks
 from safety_prune.interventions import Edit, as_units, proportional, random_like
@@ -115,7 +115,7 @@ def test_aura_gains_by_hand(pooling):
     torch.testing.assert_close(batched, pos, rtol=0, atol=1e-8)  # float64; padding moves HF's attention by ~1e-9
     c = Contrast(model, ContrastSets([], [], [], {}, flagged=flagged, unflagged=unflagged), batch_size=3,
                  pooling=pooling)
-    gains = RANKINGS["aura"].gains(c)["neuron"]
+    gains = AURA.gains(c)["neuron"]
     L, N = gains.shape
     expected = torch.ones(L, N, dtype=torch.float64)
     for layer in range(L):

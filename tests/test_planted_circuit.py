@@ -26,11 +26,12 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from safety_prune.attribution import Sample, samples_from_texts
-from safety_prune.contrast import RANKINGS, Contrast, ContrastSets
+from safety_prune.contrast import RANDOM, Contrast, ContrastSets
 from safety_prune.explain import unit_examples
 from safety_prune.jobs.compress import compress
 from safety_prune.jobs.correct import correct
 from safety_prune.jobs.options import CompressOptions, CorrectOptions
+from safety_prune.methods import RANKINGS
 from safety_prune.pruning import load_masks, masked, select
 from safety_prune.results import unit_id
 
@@ -196,7 +197,7 @@ def _contrast(model: torch.nn.Module, tok: PreTrainedTokenizerFast) -> Contrast:
 def test_rankings_put_the_planted_neuron_first(method: str) -> None:
     tok = word_tokenizer()
     model = planted_model(tok)
-    scores = RANKINGS[method].rank(_contrast(model, tok), ("neuron", "head"))["neuron"]
+    scores = RANKINGS.get(method).rank(_contrast(model, tok), ("neuron", "head"))["neuron"]
     order = scores.flatten().argsort()
     if method == "lrp":
         assert divmod(int(order[0]), scores.shape[1]) == (LAYER, NEURON)
@@ -250,7 +251,7 @@ def test_correct_removes_the_planted_neuron(planted: tuple[str, PreTrainedTokeni
     with masked(model, load_masks(tmp_path / "run" / "masks.json")):
         after = _toxic_probability(model, tok, trigger_prompts)
     dummy = ContrastSets(samples_from_texts(tok, _documents(6, 1, with_trigger=False)), [], [], {})
-    random_k = select(RANKINGS["random"].rank(Contrast(model, dummy, seed=0), ("neuron", "head")), "neuron", k=k)
+    random_k = select(RANDOM.rank(Contrast(model, dummy, seed=0), ("neuron", "head")), "neuron", k=k)
     assert PLANTED not in [str(u) for u in random_k]
     with masked(model, random_k):
         after_random = _toxic_probability(model, tok, trigger_prompts)

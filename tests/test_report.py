@@ -26,6 +26,14 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pytest
+from report_pages import (
+    fixture_samples,
+    load_fixture,
+    rich_results,
+    secondary_result,
+    with_secondary,
+    write_run,
+)
 
 from safety_prune.cli import main
 from safety_prune.errors import OutputError, ResultsError
@@ -33,7 +41,6 @@ from safety_prune.gate import evaluate_gate
 from safety_prune.render import render_compare, render_report, render_run
 from safety_prune.run import SCHEMA_VERSION
 
-FIXTURES = Path(__file__).parent / "fixtures"
 SCRIPT = "<script>alert(1)</script>"
 IMG = '"><img src=x onerror=alert(2)>'
 NAME = '"><script>window.__pwned=3</script><b>evil-model</b>'
@@ -41,27 +48,15 @@ FILE = "data/<img src=x onerror=window.__pwned=4>.txt"
 METHOD = "<svg onload=alert(5)>$x$"
 
 
-def _load(name: str) -> Any:
-    return json.loads((FIXTURES / name).read_text(encoding="utf-8"))
 
 
-def _samples() -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (FIXTURES / "correct_samples.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
-def _rich() -> dict[str, Any]:
-    """The correct fixture plus every optional key the report can show."""
-    res, extras = _load("correct_results.json"), _load("report_extras.json")
-    res["circuit_heatmap"] = extras["circuit_heatmap"]
-    res["unit_examples"] = extras["unit_examples"]
-    res["scorer"]["validation"] = extras["scorer_validation"]
-    res["gate"] = extras["gate"]
-    return res
 
 
 def _hostile() -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Injection payloads everywhere model or user text reaches the page."""
-    res, samples = _rich(), _samples()
+    res, samples = rich_results(), fixture_samples()
     res["model"]["name"] = res["model"]["spec"] = NAME
     res["manifest"]["data_sha256"][FILE] = "0" * 64
     res["manifest"]["model_sha256"] = {f"{NAME}/model.safetensors": "1" * 64}
@@ -78,20 +73,14 @@ def _hostile() -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return res, samples
 
 
-def _write_run(path: Path, results: dict[str, Any], samples: list[dict[str, Any]] | None = None) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
-    if samples is not None:
-        (path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in samples), encoding="utf-8")
-    return path
 
 
 # ------------------------------------------------------------------------------------------- rendering
 
 def test_render_run_needs_no_model(tmp_path: Path) -> None:
-    res = _rich()
+    res = rich_results()
     res["model"]["spec"] = str(tmp_path / "deleted-model")  # the model is gone; re-rendering must not care
-    run = _write_run(tmp_path / "run", res, _samples())
+    run = write_run(tmp_path / "run", res, fixture_samples())
     out = render_run(run)
     html = out.read_text(encoding="utf-8")
     assert out == run / "report.html"
@@ -108,7 +97,7 @@ def test_render_run_needs_no_model(tmp_path: Path) -> None:
 
 def test_audit_only_report_adapts(tmp_path: Path) -> None:
     out = tmp_path / "report.html"
-    render_report(_load("audit_results.json"), tmp_path / "missing.jsonl", out)
+    render_report(load_fixture("audit_results.json"), tmp_path / "missing.jsonl", out)
     html = out.read_text(encoding="utf-8")
     assert "audit report" in html and "correction report" not in html and "Measurements" in html
     assert "Rate of" not in html and "Behaviour rate" in html  # no probe.behaviour: generic wording
@@ -118,10 +107,10 @@ def test_audit_only_report_adapts(tmp_path: Path) -> None:
 
 def test_suite_behaviour_labels_the_report(tmp_path: Path) -> None:
     """The suite's ``behaviour: {name, metric}`` (results.json probe.behaviour) words the page, not "toxicity"."""
-    res = _rich()
+    res = rich_results()
     res["probe"]["behaviour"] = {"name": "looping continuations", "metric": "repetition ratio"}
     res["probe"]["thresholds"] = {"behaviour_rate": 0.1}
-    html = render_run(_write_run(tmp_path / "run", res, _samples())).read_text(encoding="utf-8")
+    html = render_run(write_run(tmp_path / "run", res, fixture_samples())).read_text(encoding="utf-8")
     text = _text(html)
     for label in ("correction report · looping continuations", "Rate of looping continuations",
                   "Mean repetition ratio", "mean repetition ratio per prompt", "highest repetition ratio",
@@ -137,25 +126,13 @@ def _text(page: str) -> str:
     return " ".join(unescape(re.sub(r"<[^>]+>", " ", page)).split())
 
 
-def _secondary(rate: float, agreement: float) -> dict[str, Any]:
-    return {"behaviour_rate": rate, "behaviour_rate_ci": [rate / 2, rate * 1.5], "behaviour_mean": rate + 0.0625,
-            "behaviour_mean_ci": [rate, rate + 0.125], "agreement": agreement}
 
 
-def _with_secondary(res: dict[str, Any]) -> dict[str, Any]:
-    """Results of a suite with ``scorer.secondary: [toxblock]``, shaped as the jobs write them."""
-    res["scorer"]["secondary"] = [{"name": "toxblock", "description": "A BiLSTM scorer.", "threshold": 0.375,
-                                   "limits": "Misses coded toxicity.", "behaviour": "toxicity"}]
-    res["baseline"]["secondary"] = {"toxblock": _secondary(0.25, 0.75)}
-    res["corrected"]["secondary"] = {"toxblock": _secondary(0.125, 0.875)}
-    for row in res["comparison"]:
-        row["secondary"] = {"toxblock": _secondary(0.5, 0.625)}
-    return res
 
 
 def test_secondary_scorer_beside_the_primary(tmp_path: Path) -> None:
-    res = _with_secondary(_rich())
-    html = render_run(_write_run(tmp_path / "run", res, _samples())).read_text(encoding="utf-8")
+    res = with_secondary(rich_results())
+    html = render_run(write_run(tmp_path / "run", res, fixture_samples())).read_text(encoding="utf-8")
     text = _text(html)
     assert "Second opinion: toxblock A BiLSTM scorer." in text and "Misses coded toxicity." in text  # section 2
     assert "Second opinion: profanity and toxblock on the same continuations" in text  # section 3
@@ -171,13 +148,13 @@ def test_secondary_scorer_beside_the_primary(tmp_path: Path) -> None:
     res["baseline"]["secondary"]["toxblock"]["agreement"] = "high"
     with pytest.raises(ResultsError, match=r"baseline\.secondary\.toxblock\.agreement is the string 'high', but "
                                            r"must be a number from 0 to 1 or null"):
-        render_run(_write_run(tmp_path / "bad", res))
+        render_run(write_run(tmp_path / "bad", res))
 
 
 def test_audit_report_with_secondary_has_no_corrected_columns(tmp_path: Path) -> None:
-    res = _load("audit_results.json")
+    res = load_fixture("audit_results.json")
     res["scorer"]["secondary"] = [{"name": "repetition", "description": "d", "limits": "l", "threshold": 0.5}]
-    res["baseline"]["secondary"] = {"repetition": _secondary(0.25, 0.5)}
+    res["baseline"]["secondary"] = {"repetition": secondary_result(0.25, 0.5)}
     out = tmp_path / "report.html"
     render_report(res, tmp_path / "missing.jsonl", out)
     text = _text(out.read_text(encoding="utf-8"))
@@ -185,10 +162,10 @@ def test_audit_report_with_secondary_has_no_corrected_columns(tmp_path: Path) ->
 
 
 def test_report_is_self_contained_and_small(tmp_path: Path) -> None:
-    res, samples = _rich(), _samples() * 40  # a realistic size: 30 layers x 64 bins, many samples
+    res, samples = rich_results(), fixture_samples() * 40  # a realistic size: 30 layers x 64 bins, many samples
     res["circuit_heatmap"] = [[-(i * j % 7) / 100 for j in range(64)] for i in range(30)]
     res["model"]["n_neurons_per_layer"] = 1536
-    run = _write_run(tmp_path / "run", res, samples)
+    run = write_run(tmp_path / "run", res, samples)
     html = render_run(run).read_text(encoding="utf-8")
     assert len(html.encode()) < 3_000_000
     assert "<script" not in html.lower() and "<link" not in html.lower() and "@import" not in html
@@ -201,7 +178,7 @@ def test_report_is_self_contained_and_small(tmp_path: Path) -> None:
 
 def test_hostile_text_is_escaped(tmp_path: Path) -> None:
     res, samples = _hostile()
-    html = render_run(_write_run(tmp_path / "run", res, samples)).read_text(encoding="utf-8")
+    html = render_run(write_run(tmp_path / "run", res, samples)).read_text(encoding="utf-8")
     for payload in (SCRIPT, IMG, NAME, FILE, "<svg onload"):
         assert payload not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
@@ -210,19 +187,20 @@ def test_hostile_text_is_escaped(tmp_path: Path) -> None:
 
 
 def test_control_characters_are_shown(tmp_path: Path) -> None:
-    html = render_run(_write_run(tmp_path / "run", _load("correct_results.json"), _samples())).read_text("utf-8")
+    run = write_run(tmp_path / "run", load_fixture("correct_results.json"), fixture_samples())
+    html = render_run(run).read_text("utf-8")
     assert "\x14" not in html and "\u2414" in html
 
 
 # ------------------------------------------------------------------------------------------- comparing
 
 def test_compare_two_seeds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    a = _load("correct_results.json")
+    a = load_fixture("correct_results.json")
     b = copy.deepcopy(a)
     b["manifest"]["seed"] = 1
     b["manifest"]["command"] = [*a["manifest"]["command"], "--seed", "1"]
     b["corrected"]["perplexity"], b["corrected"]["perplexity_ci"] = 330.0, [329.0, 331.0]
-    run_a, run_b = _write_run(tmp_path / "a", a), _write_run(tmp_path / "b", b)
+    run_a, run_b = write_run(tmp_path / "a", a), write_run(tmp_path / "b", b)
     assert main(["report", "--compare", str(run_a), str(run_b)]) == 0, capsys.readouterr().err
     html = (run_b / "compare.html").read_text(encoding="utf-8")
     assert re.search(r"<td class=\"break\">seed</td><td class=\"break mono\">0</td><td class=\"break mono\">1</td>",
@@ -243,19 +221,19 @@ def test_run_dir_without_results(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_incompatible_schema(tmp_path: Path) -> None:
-    res = _load("correct_results.json")
+    res = load_fixture("correct_results.json")
     res["schema_version"] = SCHEMA_VERSION + 1
     with pytest.raises(ResultsError, match=rf"results\.json has results schema_version {SCHEMA_VERSION + 1}.*"
                                            rf"reads schema_version {SCHEMA_VERSION} only.*incompatible schema"):
-        render_run(_write_run(tmp_path / "run", res))
+        render_run(write_run(tmp_path / "run", res))
 
 
 def test_schema_1_results_name_both_versions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A results.json of the previous schema (toxicity_* metric names) is refused with what changed and the fix."""
     assert SCHEMA_VERSION == 2
-    res = _load("correct_results.json")
+    res = load_fixture("correct_results.json")
     res["schema_version"] = 1
-    run = _write_run(tmp_path / "run", res)
+    run = write_run(tmp_path / "run", res)
     assert main(["report", str(run)]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "schema_version 1" in err and "reads schema_version 2 only" in err
@@ -323,9 +301,9 @@ HAND_EDITS = [
 @pytest.mark.parametrize(("key", "value", "named", "problem"), HAND_EDITS, ids=[e[0] for e in HAND_EDITS])
 def test_hand_edited_results_name_file_key_and_fix(tmp_path: Path, key: str, value: Any, named: str,
                                                    problem: str) -> None:
-    res = _rich()
+    res = rich_results()
     _set(res, key, value)
-    run = _write_run(tmp_path / "run", res, _samples())
+    run = write_run(tmp_path / "run", res, fixture_samples())
     with pytest.raises(ResultsError) as info:
         render_run(run)
     msg = str(info.value)
@@ -335,35 +313,35 @@ def test_hand_edited_results_name_file_key_and_fix(tmp_path: Path, key: str, val
 
 
 def test_hand_edited_results_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    res = _load("correct_results.json")
+    res = load_fixture("correct_results.json")
     res["baseline"] = "n/a"
-    run = _write_run(tmp_path / "run", res)
+    run = write_run(tmp_path / "run", res)
     assert main(["report", str(run)]) == 2
     err = capsys.readouterr().err
     assert f"{run / 'results.json'}: baseline is the string 'n/a'" in err and "Traceback" not in err
-    res = _load("correct_results.json")
+    res = load_fixture("correct_results.json")
     res["corrected"]["behaviour_rate"] = float("nan")  # would pass any 'behaviour_rate>X' gate unnoticed
-    run = _write_run(tmp_path / "nan", res)
+    run = write_run(tmp_path / "nan", res)
     assert main(["report", str(run), "--fail-on", "behaviour_rate>0.05"]) == 2
     assert "corrected.behaviour_rate is nan" in capsys.readouterr().err
 
 
 def test_gated_metric_missing_from_results(tmp_path: Path) -> None:
-    res = _load("correct_results.json")
+    res = load_fixture("correct_results.json")
     del res["corrected"]["behaviour_rate"]
     with pytest.raises(ResultsError, match=r"corrected\.behaviour_rate is missing, but probe\.thresholds"):
-        render_run(_write_run(tmp_path / "run", res))
+        render_run(write_run(tmp_path / "run", res))
 
 
 def test_keys_the_page_shows_together(tmp_path: Path) -> None:
-    res = _load("correct_results.json")
+    res = load_fixture("correct_results.json")
     del res["method"]  # a correction without its method
     with pytest.raises(ResultsError, match=r"results\.json: corrected is present but the run records no 'method'"):
-        render_run(_write_run(tmp_path / "run", res))
-    res = _load("audit_results.json")
+        render_run(write_run(tmp_path / "run", res))
+    res = load_fixture("audit_results.json")
     del res["model"]["n_heads"]
     with pytest.raises(ResultsError, match=r"results\.json: model has n_layers but no 'n_heads'"):
-        render_run(_write_run(tmp_path / "audit", res))
+        render_run(write_run(tmp_path / "audit", res))
 
 
 def _validation_selection() -> dict[str, Any]:
@@ -377,30 +355,30 @@ def _validation_selection() -> dict[str, Any]:
 
 def test_selection_by_validation_is_checked_against_the_page(tmp_path: Path) -> None:
     """The loader's description of results.json must follow what the template reads; this guards the pair."""
-    res = _load("correct_results.json")
+    res = load_fixture("correct_results.json")
     res["selection"], res["probe"]["behaviour"] = _validation_selection(), {"metric": "toxicity score"}
-    html = render_run(_write_run(tmp_path / "ok", res)).read_text(encoding="utf-8")
+    html = render_run(write_run(tmp_path / "ok", res)).read_text(encoding="utf-8")
     assert "Validation search (1 candidates)" in html
     del res["selection"]["limits"]
     with pytest.raises(ResultsError, match=r"selection has rule 'validation' but no 'limits'"):
-        render_run(_write_run(tmp_path / "limits", res))
+        render_run(write_run(tmp_path / "limits", res))
     res["selection"] = _validation_selection()
     del res["selection"]["search"][0]["violations"]
     with pytest.raises(ResultsError, match=r"selection\.search\[0\] has no 'violations'"):
-        render_run(_write_run(tmp_path / "row", res))
+        render_run(write_run(tmp_path / "row", res))
 
 
 def test_task_job_results_are_named(tmp_path: Path) -> None:
     res = {"schema_version": SCHEMA_VERSION, "job": "compress", "model": {"name": "m", "spec": "m"},
            "probe": {"name": "p", "description": "d"}, "baseline": {"perplexity": 30.0}, "manifest": {}}
     with pytest.raises(ResultsError, match=r"from a `safety-prune compress` run; .*audit and correct runs only"):
-        render_run(_write_run(tmp_path / "run", res))
+        render_run(write_run(tmp_path / "run", res))
 
 
 def test_unusable_start_time_is_shown_as_unknown(tmp_path: Path) -> None:
-    res = _load("correct_results.json")
+    res = load_fixture("correct_results.json")
     res["manifest"]["started_unix"] = 1e300  # no calendar date: like a missing time, not a crash
-    html = render_run(_write_run(tmp_path / "run", res)).read_text(encoding="utf-8")
+    html = render_run(write_run(tmp_path / "run", res)).read_text(encoding="utf-8")
     assert "<tr><th>started, duration</th><td>unknown" in html
 
 
@@ -410,7 +388,7 @@ def test_unusable_start_time_is_shown_as_unknown(tmp_path: Path) -> None:
     ({"split": "baseline", "prompt_index": [0], "score": 0.5}, "line 2: prompt_index is an array"),
 ])
 def test_hand_edited_samples_name_file_and_line(tmp_path: Path, row: dict[str, Any], problem: str) -> None:
-    run = _write_run(tmp_path / "run", _load("correct_results.json"), [_samples()[0], row])
+    run = write_run(tmp_path / "run", load_fixture("correct_results.json"), [fixture_samples()[0], row])
     with pytest.raises(ResultsError) as info:
         render_run(run)
     assert str(info.value).startswith(f"{run / 'samples.jsonl'} {problem}")
@@ -420,10 +398,10 @@ def test_hand_edited_samples_name_file_and_line(tmp_path: Path, row: dict[str, A
 # ----------------------------------------------------------------------------------- comparison output
 
 def _two_runs(tmp_path: Path) -> tuple[Path, Path]:
-    a = _load("correct_results.json")
+    a = load_fixture("correct_results.json")
     b = copy.deepcopy(a)
     b["manifest"]["seed"] = 1
-    return _write_run(tmp_path / "a", a, _samples()), _write_run(tmp_path / "b", b, _samples())
+    return write_run(tmp_path / "a", a, fixture_samples()), write_run(tmp_path / "b", b, fixture_samples())
 
 
 @pytest.mark.parametrize("target", ["a/results.json", "b/results.json", "a/samples.jsonl", "b/report.html",
@@ -431,7 +409,7 @@ def _two_runs(tmp_path: Path) -> tuple[Path, Path]:
 def test_compare_never_overwrites_a_run_file(tmp_path: Path, target: str) -> None:
     run_a, run_b = _two_runs(tmp_path)
     render_run(run_b)
-    _write_run(tmp_path / "other", _load("audit_results.json"))  # a third run, not compared
+    write_run(tmp_path / "other", load_fixture("audit_results.json"))  # a third run, not compared
     out = tmp_path / target
     before = out.read_bytes() if out.exists() else None
     with pytest.raises(OutputError, match=r"would replace .* which is part of that run"):
@@ -621,7 +599,7 @@ def test_browser_shows_payloads_as_text_and_fetches_nothing(tmp_path: Path) -> N
                         "(apt-get install -y chromium); the CSP, no-fetch and no-script checks need it")
         pytest.skip("chromium not found (CI installs it: apt-get install -y chromium)")
     res, samples = _hostile()
-    page = render_run(_write_run(tmp_path / "run", res, samples))
+    page = render_run(write_run(tmp_path / "run", res, samples))
     _screenshot(chrome, page, tmp_path)
     urls, facts, text, logs = _inspect(chrome, page, tmp_path)
     assert urls == [page.as_uri()], f"the page requested more than itself: {urls}"
@@ -641,7 +619,7 @@ def test_browser_prints_on_a4_with_running_header_and_page_numbers(tmp_path: Pat
             pytest.fail("chromium not found, and SAFETY_PRUNE_REQUIRE_BROWSER is set: install it "
                         "(apt-get install -y chromium); the print checks need it")
         pytest.skip("chromium not found (CI installs it: apt-get install -y chromium)")
-    page = render_run(_write_run(tmp_path / "run", _rich(), _samples()))
+    page = render_run(write_run(tmp_path / "run", rich_results(), fixture_samples()))
     pdf = tmp_path / "report.pdf"
     subprocess.run([*_chrome_args(chrome, tmp_path / "profile-pdf"), "--no-pdf-header-footer",
                     f"--print-to-pdf={pdf}", page.as_uri()], capture_output=True, timeout=120, check=False)

@@ -7,12 +7,14 @@ means and shares must lie in [0, 1], drops in [-1, 1], perplexities above 0 (and
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from safety_prune.cli import main
+from safety_prune.results import probe_info
 
 FIXTURE = Path(__file__).parent / "fixtures" / "correct_results.json"
 
@@ -135,3 +137,35 @@ def test_metric_types_cover_the_catalogue() -> None:
     wanted = {*METRIC_KEYS, *(f"{k}_ci" for k in METRIC_KEYS)}
     for kind in (MetricBlock, MetricRow):
         assert wanted <= set(kind.__annotations__), sorted(wanted - set(kind.__annotations__))
+
+
+@dataclass
+class _Gen:
+    max_new_tokens: int = 25
+    num_samples: int = 1
+
+
+@dataclass
+class _Thresholds:
+    behaviour_rate: float = 0.1
+
+
+@dataclass
+class _Behaviour:
+    name: str = "toxic continuations"
+    metric: str = "toxicity score"
+
+
+@dataclass
+class _Suite:
+    name: str = "toxicity"
+    description: str = "d"
+    chat_template: bool = False
+    generation: _Gen = field(default_factory=_Gen)
+    thresholds: _Thresholds = field(default_factory=_Thresholds)
+    behaviour: _Behaviour = field(default_factory=_Behaviour)
+
+
+def test_probe_info_records_the_limit() -> None:
+    assert probe_info(_Suite(), 312, 186)["limit"] is None  # callers that pass nothing: a full run
+    assert probe_info(_Suite(), 12, 12, limit=12)["limit"] == 12

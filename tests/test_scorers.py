@@ -11,7 +11,8 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
 from safety_prune.errors import AssetError, ConfigError
-from safety_prune.scorers import SCORERS, DetoxifyScorer, get_scorer
+from safety_prune.scorers import SCORERS, Scorer, get_scorer
+from safety_prune.scorers.detoxify import DetoxifyScorer
 
 CLASSES = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]  # detoxify "original"
 HUB_ID = "safety-prune-test/no-such-bert"
@@ -62,12 +63,14 @@ def detox_files(tmp_path):
 
 def test_registry():
     assert set(SCORERS) == {"profanity", "detoxify", "repetition", "toxblock"}
-    with pytest.raises(ConfigError, match=r"'nope'.*profanity, detoxify"):
+    with pytest.raises(ConfigError, match=r"'nope' is unknown \(available: detoxify, profanity, repetition"):
         get_scorer("nope")
     with pytest.raises(ConfigError, match="Accepted: batch_size"):
         get_scorer("profanity", checkpoint="x")
-    for cls in SCORERS.values():
-        assert cls.name and cls.description and len(cls.limits) > 50
+    for name in SCORERS:
+        cls = SCORERS.get(name)
+        assert issubclass(cls, Scorer) and cls.name == name  # the file's name is the scorer's name
+        assert cls.description and len(cls.limits) > 50
 
 
 def test_profanity_ranks_and_handles_edge_cases():
@@ -159,6 +162,10 @@ def test_validation_is_cached_per_scorer_option():
     from safety_prune.scorers.validate import validate_scorer
 
     toxic = validate_scorer(get_scorer("toxblock"))
+    from safety_prune.assets import get_asset
+    from safety_prune.scorers.validate import _ASSETS
+
+    assert set(toxic["data_sha256"].values()) == {get_asset(a).sha256 for a in _ASSETS}  # the report lists these
     threat = validate_scorer(get_scorer("toxblock", head="threat"))
     assert threat["auroc"] != toxic["auroc"]
     assert threat == validate_scorer(get_scorer("toxblock", head="threat"), use_cache=False)

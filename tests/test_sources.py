@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import bz2
+import contextlib
 import hashlib
 import json
+import os
+import socket
+import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from refusal import IS_ROOT, job_argv, refused
 from test_assets import CONTENT, fake_asset, make_wheel
+from tiny import tiny_tokenizer, write_tiny_suite
 
 from safety_prune import assets, sources
 from safety_prune.errors import DataSourceError
@@ -230,7 +236,6 @@ def test_read_mediawiki_keeps_main_namespace_articles(tmp_path: Path) -> None:
 
 def test_lone_surrogate_and_nul_follow_encoding_errors(tmp_path: Path) -> None:
     """Before: a lone surrogate (JSON's \\ud800) reached the tokenizer and crashed truncate_prompts with a traceback."""
-    from tiny import tiny_tokenizer
 
     path = write_jsonl(tmp_path / "p.jsonl", [{"text": "fine"}, {"text": "bad \ud800 half"}, {"text": "nul \x00 x"}])
     with pytest.raises(DataSourceError, match=rf"{path}:2: 'text' holds a lone surrogate .* --encoding-errors "
@@ -284,3 +289,52 @@ def test_bad_source_paths_say_what_they_are(tmp_path: Path) -> None:
         load_texts({"path": str(dangling)})
     with pytest.raises(DataSourceError, match=r"is a folder, not a regular file"):
         load_texts({"path": str(tmp_path), "format": "txt"})
+
+
+def _special(kind: str, tmp_path: Path, stack: contextlib.ExitStack) -> Path:
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "pipe.txt")
+        return tmp_path / "pipe.txt"
+    if kind == "socket":
+        sock = stack.enter_context(socket.socket(socket.AF_UNIX))
+        sock.bind(str(tmp_path / "sock.txt"))
+        return tmp_path / "sock.txt"
+    if kind == "link to /proc/self/environ":
+        (tmp_path / "env.txt").symlink_to("/proc/self/environ")
+        return tmp_path / "env.txt"
+    if kind == "a file under /sys":
+        return next((p for p in Path("/sys/kernel").glob("*") if p.is_file()), Path("/sys/kernel/osrelease"))
+    return Path(kind)
+
+
+@pytest.mark.parametrize("kind", ["/proc/self/environ", "/proc/self/status", "a file under /sys",
+                                  "/dev/null", "fifo", "socket", "link to /proc/self/environ"])
+def test_special_files_are_refused_as_sources(tmp_path, kind):
+    with contextlib.ExitStack() as stack:
+        path = _special(kind, tmp_path, stack)
+        if not (path.exists() or path.is_symlink()):
+            pytest.skip(f"{path} does not exist on this machine")
+        with pytest.raises(DataSourceError, match=r"not a regular file|a view of the running system"):
+            sources.load_texts({"path": str(path), "format": "txt"})
+
+
+def test_proc_mounted_elsewhere_is_refused(tmp_path):
+    """procfs is recognised by its filesystem type, not only by the /proc prefix."""
+    where = tmp_path / "p"
+    where.mkdir()
+    if not IS_ROOT or subprocess.run(["mount", "-t", "proc", "proc", str(where)], capture_output=True).returncode:
+        pytest.skip("cannot mount a second procfs here (needs root and mount permission)")
+    try:
+        with pytest.raises(DataSourceError, match="on a proc filesystem"):
+            sources.load_texts({"path": str(where / "self" / "environ"), "format": "txt"})
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def test_suite_naming_proc_environ_is_refused(tiny_setup, tmp_path, capsys):
+    suite = Path(write_tiny_suite(tmp_path / "suite"))
+    suite.write_text(suite.read_text().replace("{path: prompts.txt}", "{path: /proc/self/environ, format: txt}"))
+    msg = refused(capsys, job_argv("audit", tiny_setup[1], suite, tmp_path / "run"),
+                   [tiny_setup[1], suite.parent], [tmp_path])
+    assert "/proc/self/environ" in msg
+    assert not (tmp_path / "run").exists()

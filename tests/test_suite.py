@@ -262,9 +262,9 @@ def test_secondary_scorers_by_name_or_mapping(suite_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("secondary, message", [
-    (["toxblok"], r"scorer.secondary\[0\] names the unknown scorer 'toxblok' \(did you mean 'toxblock'\? "
-                  r"available: profanity, detoxify, repetition, toxblock\)"),
-    ([{"name": "nope"}], r"scorer.secondary\[0\] names the unknown scorer 'nope' \(available: profanity"),
+    (["toxblok"], r"scorer.secondary\[0\].name 'toxblok' is unknown \(did you mean 'toxblock'\? "
+                  r"available: detoxify, profanity, repetition, toxblock\)"),
+    ([{"name": "nope"}], r"scorer.secondary\[0\].name 'nope' is unknown \(available: detoxify, profanity"),
     ("toxblock", r"scorer.secondary must be a list of scorer names or of mappings"),
     ([3], r"scorer.secondary\[0\] must be a scorer name or a mapping"),
     ([{"threshold": 0.2}], r"scorer.secondary\[0\].name is required"),
@@ -276,6 +276,14 @@ def test_secondary_scorers_by_name_or_mapping(suite_dir: Path) -> None:
 def test_secondary_scorer_errors_name_the_key(suite_dir: Path, secondary: object, message: str) -> None:
     cfg = base_config() | {"scorer": {"name": "profanity", "secondary": secondary}}
     with pytest.raises(ProbeSuiteError, match=message):
+        load_suite(str(write_suite(suite_dir, cfg)))
+
+
+def test_unknown_primary_scorer_is_refused_at_load(suite_dir: Path) -> None:
+    """Checked against the scorer registry when the suite loads, not when a run first builds the scorer."""
+    cfg = base_config() | {"scorer": {"name": "profanty"}}
+    with pytest.raises(ProbeSuiteError, match=r"scorer.name 'profanty' is unknown \(did you mean 'profanity'\? "
+                                              r"available: detoxify, profanity"):
         load_suite(str(write_suite(suite_dir, cfg)))
 
 

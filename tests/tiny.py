@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from functools import cache
+from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -138,3 +141,13 @@ def tree_hashes(*folders, mtimes: bool = False) -> dict[str, str]:
         return files
     return files | {f"mtime {p}": str(p.stat().st_mtime_ns)
                     for folder in folders for p in [folder, *sorted(folder.rglob("*"))] if p.is_dir()}
+
+
+def tiny_variant(tiny_setup, tmp_path: Path, **config) -> Path:
+    """A copy of the tiny model with ``config`` merged into its config.json."""
+    dst = tmp_path / "variant"
+    shutil.copytree(tiny_setup[1], dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(config)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst

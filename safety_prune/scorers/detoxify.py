@@ -122,3 +122,6 @@ class DetoxifyScorer(Scorer):
         with torch.inference_mode():
             logits = self.model(**enc.to(self.device)).logits
         return torch.sigmoid(logits[:, self.column].float()).tolist()
+
+
+SCORER = DetoxifyScorer  # what safety_prune.scorers registers under this file's name

@@ -24,3 +24,6 @@ class ProfanityScorer(WordScorer):
 
     def _score_batch(self, texts: list[str]) -> list[float]:
         return self._predict(texts).tolist()
+
+
+SCORER = ProfanityScorer  # what safety_prune.scorers registers under this file's name

@@ -73,3 +73,6 @@ class RepetitionScorer(Scorer):
             words = text.split()
             scores.append(1.0 - len(set(words)) / len(words) if words else 0.0)
         return scores
+
+
+SCORER = RepetitionScorer  # what safety_prune.scorers registers under this file's name

@@ -205,3 +205,6 @@ class ToxBlockScorer(WordScorer):
 
     def _score_batch(self, texts: list[str]) -> list[float]:
         return self.predict_all(texts)[:, self.column].tolist()
+
+
+SCORER = ToxBlockScorer  # what safety_prune.scorers registers under this file's name

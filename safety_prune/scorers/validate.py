@@ -48,11 +48,14 @@ def validate_scorer(scorer: Scorer, threshold: float = 0.5, *, use_cache: bool =
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
         raise ConfigError(f"--threshold {threshold}: a scorer's decision threshold is a score in [0, 1] (a "
                           "continuation is flagged when its score exceeds it). Give e.g. --threshold 0.5.")
-    assets = "-".join(get_asset(a).sha256[:12] for a in _ASSETS)
+    pinned = [get_asset(a) for a in _ASSETS]
+    assets = "-".join(a.sha256[:12] for a in pinned)
     key = hashlib.sha256(f"{scorer.fingerprint()}|{threshold!r}|{assets}".encode()).hexdigest()[:24]
     cache = cache_dir() / "scorer_validation" / f"{scorer.name}-{threshold:g}-{key}.json"
+    # the files it read, so that the report names them from the results, not from a list of its own
+    sums = {"data_sha256": {f"{a.requirement}: {a.member}": a.sha256 for a in pinned}}
     if use_cache and cache.is_file():
-        return json.loads(cache.read_text(encoding="utf-8"))
+        return json.loads(cache.read_text(encoding="utf-8")) | sums
     pos, neg = _positives(), _negatives()
     sp, sn = scorer.score(pos), scorer.score(neg)
     result = {
@@ -61,6 +64,6 @@ def validate_scorer(scorer: Scorer, threshold: float = 0.5, *, use_cache: bool =
         "auroc": float(roc_auc_score([1] * len(sp) + [0] * len(sn), sp + sn)),
         "recall_at_threshold": sum(s > threshold for s in sp) / len(sp),
         "false_positive_rate_at_threshold": sum(s > threshold for s in sn) / len(sn),
-    }
+    } | sums
     write_json(cache, result)
     return result

@@ -12,6 +12,7 @@ from safety_prune.evaluation import perplexity
 from safety_prune.jobs import correct as correct_job
 from safety_prune.jobs.correct import correct
 from safety_prune.jobs.options import CorrectOptions
+from safety_prune.render.facts import run_id_of
 
 
 def test_correct_all_methods_and_reload(setup, tmp_path):
@@ -36,7 +37,11 @@ def test_correct_all_methods_and_reload(setup, tmp_path):
     ppl = perplexity(reloaded, lm.tokenizer, s.general_test(), max_length=s.perplexity.max_length,
                      stride=s.perplexity.stride).perplexity
     assert ppl == pytest.approx(res["corrected"]["perplexity"], rel=1e-4)
-    assert "Corrected" in (tmp_path / "saved" / "README.md").read_text()
+    card = (tmp_path / "saved" / "README.md").read_text()
+    assert "Corrected" in card
+    # one results.json, decided before the card was written: the card names the run id the report shows
+    written = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert f"run id `{run_id_of(written['manifest'])}`" in card and written["pruned"]["saved_model_sha256"]
 
 
 def test_same_seed_same_masks(setup, tmp_path):
@@ -176,7 +181,7 @@ def test_too_few_undesired_references_writes_nothing(setup, tmp_path):
     (dict(k=2, sparsity=0.1), "either --k or --sparsity"),
     (dict(dampen=(0.3, 1.0)), r"--dampen 1\.0 lies outside \[0, 1\)"),
     (dict(dampen=(-0.2,)), "outside"),
-    (dict(method="nope"), "--method nope"),
+    (dict(method="nope"), "--method 'nope' is unknown"),
 ])
 def test_bad_options(setup, tmp_path, opts, match):
     _, model, suite = setup
