@@ -24,14 +24,14 @@ import math
 import operator
 import re
 import shlex
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import ConfigError, ResultsError
 from .metrics import CAPABILITY_KEYS, LEGACY_ALIASES, METRIC_KEYS, metric_ci, metric_labels
 
 if TYPE_CHECKING:  # the types only: the gate stays light enough for the CLI to import at once
-    from .results import Decision, Gate, GateCheck, Reason, State, Verdict, VerdictCheck
+    from .results import Decision, Gate, GateCheck, Reason, ReducedRun, State, Verdict, VerdictCheck
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +121,13 @@ def _renamed(expr: str) -> str:
     return renamed
 
 
-def threshold_exprs(results: dict[str, Any]) -> list[str]:
+def threshold_exprs(results: Mapping[str, Any]) -> list[str]:
     """The probe suite's thresholds as fail-on expressions: a metric above its threshold fails."""
     return [f"{k}>{v:g}" for k, v in (results.get("probe", {}).get("thresholds") or {}).items()
             if k in GATE_METRICS and isinstance(v, int | float)]
 
 
-def _gate_target(results: dict[str, Any]) -> str:
+def _gate_target(results: Mapping[str, Any]) -> str:
     return "corrected" if isinstance(results.get("corrected"), dict) else "baseline"
 
 
@@ -161,7 +161,7 @@ def check_expr(block: dict[str, Any], expr: str, where: str, source: str = SOURC
             "value": float(value), "ci": ci, "failed": failed, "settled": settled}
 
 
-def evaluate_gate(results: dict[str, Any], fail_on: Sequence[str]) -> Gate:
+def evaluate_gate(results: Mapping[str, Any], fail_on: Sequence[str]) -> Gate:
     """Check fail-on expressions against the corrected metrics (else baseline); the probe thresholds by default.
 
     Each expression names the failing condition, e.g. ``behaviour_rate>0.05`` fails when the rate is above 0.05.
@@ -227,7 +227,7 @@ def rose(paired: Any) -> bool:
             and paired["ci_low"] > 0)
 
 
-def reduced_run(results: dict[str, Any]) -> dict[str, Any] | None:
+def reduced_run(results: Mapping[str, Any]) -> ReducedRun | None:
     """A reduced run's ``--limit``: ``probe.limit``, or for results written before that key, ``--limit N`` in the
     recorded command (``from_command``); None for a full run."""
     probe = results.get("probe") or {}
@@ -244,7 +244,7 @@ def reduced_run(results: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _rows(results: dict[str, Any], gate: Gate | dict[str, Any]) -> list[VerdictCheck]:
+def _rows(results: Mapping[str, Any], gate: Gate | dict[str, Any]) -> list[VerdictCheck]:
     """Every probe threshold and gate expression checked before and after correction (``corr`` None in an audit)."""
     probe_exprs = threshold_exprs(results)
     gate_exprs = [c["expr"] for c in gate.get("checks", [])]
@@ -266,13 +266,13 @@ def _state_on(row: VerdictCheck, key: str) -> State | None:
     return row["corr_state"] if key == "corr" else row["base_state"]
 
 
-def _check_on(row: VerdictCheck, key: str) -> GateCheck:
+def check_on(row: VerdictCheck, key: str) -> GateCheck:
     """A row's check on the gated side."""
     return row["corr"] if key == "corr" and row["corr"] is not None else row["base"]
 
 
 def _decision(state: State, decisive: list[VerdictCheck], key: str, release: dict[str, Any] | None,
-              limit: dict[str, Any] | None) -> tuple[Decision, list[Reason]]:
+              limit: ReducedRun | None) -> tuple[Decision, list[Reason]]:
     """The decision and its reasons, most important first; ``release`` only where it judges the gated model."""
     refused = release is not None and release.get("allowed") is False
     refusal: list[Reason] = [{"kind": "release_refused", "reasons": [str(r) for r in release.get("reasons") or []]}
@@ -287,14 +287,14 @@ def _decision(state: State, decisive: list[VerdictCheck], key: str, release: dic
         hit = [r["expr"] for r in decisive if _state_on(r, key) == state]
         return state, [{"kind": state, "checks": hit}, *refusal, *reduced]
     met: Reason = {"kind": "met", "checks": exprs,
-                   "by_point_value": [r["expr"] for r in decisive if not _check_on(r, key).get("ci")],
+                   "by_point_value": [r["expr"] for r in decisive if not check_on(r, key).get("ci")],
                    "release_allowed": None if release is None else release.get("allowed") is True}
     if refused:
         return "fail", [*refusal, met, *reduced]
     return ("unsettled", [*reduced, met]) if limit else ("pass", [met])
 
 
-def verdict(results: dict[str, Any], gate: Gate | dict[str, Any] | None = None) -> Verdict:
+def verdict(results: Mapping[str, Any], gate: Gate | dict[str, Any] | None = None) -> Verdict:
     """The run's call, computed once (``results["verdict"]``); ``gate`` defaults to ``results["gate"]``, else the
     probe thresholds.
 

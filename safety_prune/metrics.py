@@ -6,10 +6,14 @@ for it.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the type only: the gate imports this catalogue, and stays light without pydantic
+    from .results import MetricKey
 
 # key, label (generic: ``metric_labels`` names the suite's behaviour), what it means, which direction is better
-METRICS: tuple[tuple[str, str, str, str], ...] = (
+METRICS: tuple[tuple[MetricKey, str, str, str], ...] = (
     ("behaviour_rate", "Behaviour rate", "share of continuations scoring above the scorer threshold", "lower"),
     ("behaviour_mean", "Mean behaviour score", "mean scorer output over continuations", "lower"),
     ("behaviour_expected_max", "Expected max behaviour score", "mean over prompts of the highest-scoring sample",
@@ -35,7 +39,7 @@ METRICS: tuple[tuple[str, str, str, str], ...] = (
      "the unpruned model's continuation token-F1 minus this model's, on the same documents (paired interval; 0 "
      "for the unpruned model)", "lower"),
 )
-METRIC_KEYS: tuple[str, ...] = tuple(m[0] for m in METRICS)
+METRIC_KEYS: tuple[MetricKey, ...] = tuple(m[0] for m in METRICS)
 METRIC_LABELS: dict[str, str] = {m[0]: m[1] for m in METRICS}
 """Generic labels; pages and messages about a run use ``metric_labels(results["probe"].get("behaviour"))``."""
 
@@ -69,7 +73,7 @@ def metric_labels(behaviour: Any = None) -> dict[str, str]:
     return labels
 
 
-def metric_ci(block: dict[str, Any], key: str) -> list[float] | None:
+def metric_ci(block: Mapping[str, Any], key: str) -> list[float] | None:
     """The 95% interval ``block[key + "_ci"]`` as two floats, or None when the block records none."""
     ci = block.get(f"{key}_ci")
     return [float(ci[0]), float(ci[1])] if isinstance(ci, list) and len(ci) == 2 else None

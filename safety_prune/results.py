@@ -71,6 +71,11 @@ ShareCI = Annotated[list[Share], Len(2, 2), _PAIR]
 """A 95% interval [low, high] of a share."""
 SignedShareCI = Annotated[list[SignedShare], Len(2, 2), _PAIR]
 PositiveCI = Annotated[list[Positive], Len(2, 2), _PAIR]
+MetricKey = Literal["behaviour_rate", "behaviour_mean", "behaviour_expected_max", "behaviour_probability", "perplexity",
+                    "distinct2", "continuation_perplexity", "last_word_accuracy", "continuation_f1",
+                    "last_word_accuracy_drop", "continuation_f1_drop"]
+"""A metric of the catalogue (``metrics.METRIC_KEYS``, a test keeps them equal): a loop over the catalogue then
+reads ``MetricBlock`` and ``MetricRow`` by keys a type checker knows."""
 
 
 class Estimate(TypedDict):
@@ -104,6 +109,18 @@ class SecondaryMetrics(TypedDict):
     agreement: NotRequired[Share | None]  # share of continuations both scorers flag alike (each above its threshold)
 
 
+class Counted(TypedDict):
+    """A measured metric's detail: ``n``, the prompts it was measured on."""
+
+    n: NotRequired[Any]
+
+
+class Details(TypedDict):
+    """``<block>.details``: the metrics as measured (``flat_metrics``); the report reads the rate's prompt count."""
+
+    behaviour_rate: NotRequired[Counted]
+
+
 class _Measured(TypedDict):
     """What a block of metrics and a table row share: each metric's 95% interval, and how the row was made."""
 
@@ -120,7 +137,7 @@ class _Measured(TypedDict):
     continuation_f1_drop_ci: NotRequired[SignedShareCI | None]
     k: NotRequired[float | None]
     secondary: NotRequired[dict[str, SecondaryMetrics] | None]
-    details: NotRequired[dict[str, Any]]
+    details: NotRequired[Details]
     fraction: NotRequired[float]
     intervention: NotRequired[dict[str, Any]]
     method: NotRequired[str]
@@ -193,7 +210,15 @@ class BehaviourProbe(ProbeInfo):
     generation: NotRequired[dict[str, Any]]
     thresholds: NotRequired[dict[str, Share] | None]
     behaviour: NotRequired[dict[str, str]]
+    language: NotRequired[Any]  # written before ``behaviour.language`` held it
+    comparability: NotRequired[Any]  # likewise ``behaviour.comparability``
     limit: NotRequired[float | None]  # ``--limit``: prompts per split were cut to this many; None: full run
+
+
+class Validation(TypedDict):
+    """A scorer's check against labelled data; ``data_sha256``: {file: sum} of the files it read."""
+
+    data_sha256: NotRequired[Any]
 
 
 class ScorerBase(TypedDict):
@@ -202,7 +227,7 @@ class ScorerBase(TypedDict):
     limits: Any
     threshold: Any
     behaviour: NotRequired[str]
-    validation: NotRequired[dict[str, Any] | None]
+    validation: NotRequired[Validation | None]
 
 
 class ScorerInfo(ScorerBase):
@@ -255,6 +280,13 @@ State = Literal["pass", "fail", "unsettled", "worse", "none"]
 Decision = Literal["pass", "fail", "unsettled"]
 
 
+class ReducedRun(TypedDict):
+    """A reduced run's ``--limit`` (``gate.reduced_run``): ``probe.limit``, or read from the recorded command."""
+
+    n: float
+    from_command: bool
+
+
 class VerdictCheck(TypedDict):
     expr: str
     label: str
@@ -290,7 +322,7 @@ class Verdict(TypedDict):
     decisive: list[str]
     unsettled: list[str]
     worse: Paired | None
-    limit: dict[str, Any] | None
+    limit: ReducedRun | None
 
 
 class TopUnit(TypedDict):
@@ -330,13 +362,25 @@ class Empty(TypedDict):
     """``{}``: the section stands for "none" (an audit's ``pruned``, a selection that chose nothing)."""
 
 
+class Intervention(TypedDict):
+    """How the units were changed (``interventions``): ``kind`` and that kind's settings."""
+
+    kind: NotRequired[Any]
+    scale: NotRequired[Any]
+    strength: NotRequired[Any]
+    reach: NotRequired[Any]
+    threshold: NotRequired[Any]
+    min_gain: NotRequired[Any]
+    pooling: NotRequired[Any]
+
+
 class Pruned(TypedDict):
     """What the correction changed: unit kind, how many, which (the first 200), how."""
 
     unit: Any
     count: Any
     fraction: NotRequired[float]
-    intervention: NotRequired[dict[str, Any]]
+    intervention: NotRequired[Intervention]
     units: NotRequired[list[Scalar] | None]
     saved_model_sha256: NotRequired[str | dict[str, str]]
 
@@ -399,11 +443,22 @@ class Release(TypedDict):
     limits: NotRequired[dict[str, float]]
 
 
+class TokenContext(TypedDict):
+    """A token a unit responds to, in its text: ``left`` + ``token`` + ``right``; ``special`` names a special
+    token by the marker text it decodes to."""
+
+    token: NotRequired[Any]
+    special: NotRequired[Any]
+    left: NotRequired[Any]
+    right: NotRequired[Any]
+    relevance: NotRequired[Any]
+
+
 class UnitExample(TypedDict):
     """A removed unit and the tokens it responds to most, in undesired and general text."""
 
-    undesired: NotRequired[list[Any] | None]
-    general: NotRequired[list[Any] | None]
+    undesired: NotRequired[list[TokenContext] | None]
+    general: NotRequired[list[TokenContext] | None]
     specificity: NotRequired[float | None]
     unit: NotRequired[str]
     layer: NotRequired[int]

@@ -14,9 +14,11 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from typing_extensions import TypedDict
+
 from ..gate import evaluate_gate, reduced_run, verdict
 from ..metrics import metric_labels
-from ..results import BehaviourResults
+from ..results import BehaviourResults, Gate, Manifest, Paired, Verdict
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -48,13 +50,16 @@ def signal(ci_a: Sequence[float] | None, ci_b: Sequence[float] | None) -> str:
     return "likely different" if ci_a[1] < ci_b[0] or ci_b[1] < ci_a[0] else "within noise"
 
 
-def paired_signal(paired: Any) -> str | None:
+def paired_signal(paired: Paired | None) -> str | None:
     """The paired test's note for the mean behaviour score: its 95% interval of the per-prompt change excludes 0
     or not. Paired on the same prompts it is sharper than the overlap of two separate intervals, so where it
     exists it decides (the two rules can disagree, and the page must not contradict its own test)."""
-    if not isinstance(paired, dict) or not all(isinstance(paired.get(k), int | float) for k in ("ci_low", "ci_high")):
+    if not isinstance(paired, dict):
         return None
-    return "likely different" if paired["ci_low"] > 0 or paired["ci_high"] < 0 else "within noise"
+    low, high = paired.get("ci_low"), paired.get("ci_high")
+    if not isinstance(low, int | float) or not isinstance(high, int | float):
+        return None
+    return "likely different" if low > 0 or high < 0 else "within noise"
 
 
 def labels_of(results: BehaviourResults) -> dict[str, str]:
@@ -62,19 +67,31 @@ def labels_of(results: BehaviourResults) -> dict[str, str]:
     return metric_labels((results.get("probe") or {}).get("behaviour"))
 
 
+def _said(text: object) -> str | None:
+    """A word of the suite's when it says something (a non-blank string)."""
+    return text if isinstance(text, str) and text.strip() else None
+
+
 def behaviour_of(results: BehaviourResults) -> dict[str, Any]:
     """What the page calls the behaviour and its score: the suite's words, or generic ones."""
     info = (results.get("probe") or {}).get("behaviour")
     info = info if isinstance(info, dict) else {}
-    name, metric = (info.get(k) if isinstance(info.get(k), str) and info.get(k).strip() else None
-                    for k in ("name", "metric"))
+    name, metric = _said(info.get("name")), _said(info.get("metric"))
     return {"known": bool(name), "name": name or "the behaviour", "metric": metric or "behaviour score"}
 
 
-def verdict_view(results: BehaviourResults) -> dict[str, Any]:
+class VerdictView(Verdict):
+    """The verdict as the pages show it: with the gate it judged and whether that gate passed."""
+
+    gate: Gate
+    passed: bool
+
+
+def verdict_view(results: BehaviourResults) -> VerdictView:
     """The run's verdict as ``gate.verdict`` computed it (stored in results.json; computed here only for a file
     written before the verdict was stored), with the gate it judged."""
-    gate = results.get("gate") if isinstance(results.get("gate"), dict) else evaluate_gate(results, [])
+    stored_gate = results.get("gate")
+    gate = stored_gate if isinstance(stored_gate, dict) else evaluate_gate(results, [])
     stored = results.get("verdict")
     return {**(stored if isinstance(stored, dict) else verdict(results, gate)), "gate": gate,
             "passed": bool(gate.get("passed"))}
@@ -130,7 +147,7 @@ def _int(value: Any) -> int | None:
 
 def samples_per_prompt(results: BehaviourResults) -> int:
     gen = (results.get("probe") or {}).get("generation")
-    return _int((gen or {}).get("num_samples") if isinstance(gen, dict) else None) or 1
+    return _int(gen.get("num_samples") if isinstance(gen, dict) else None) or 1
 
 
 def rate_totals(results: BehaviourResults, n_prompts: Any = None) -> dict[str, int | None]:
@@ -139,13 +156,20 @@ def rate_totals(results: BehaviourResults, n_prompts: Any = None) -> dict[str, i
     if n_prompts is None:
         details = results["baseline"].get("details")
         info = details.get("behaviour_rate") if isinstance(details, dict) else None
-        n_prompts = (info or {}).get("n") if isinstance(info, dict) else None
+        n_prompts = info.get("n") if isinstance(info, dict) else None
         n_prompts = _int(n_prompts) or _int((results.get("probe") or {}).get("n_eval_prompts"))
     n = _int(n_prompts)
     return {"behaviour_rate": n * samples_per_prompt(results) if n else None, "behaviour_probability": n}
 
 
-def reduced_limit(results: BehaviourResults) -> dict[str, Any] | None:
+class Limit(TypedDict):
+    """A reduced run's ``--limit`` as the pages write it: ``n`` formatted."""
+
+    n: str
+    from_command: bool
+
+
+def reduced_limit(results: BehaviourResults) -> Limit | None:
     """A reduced run's limit as the page writes it (``gate.reduced_run``)."""
     limit = reduced_run(results)
     return {**limit, "n": fmt(limit["n"])} if limit else None
@@ -157,7 +181,7 @@ def has_flag(results: BehaviourResults, flag: str) -> bool:
     return any(a == flag or a.startswith(flag + "=") for a in args)
 
 
-def run_id_of(manifest: dict[str, Any]) -> str:
+def run_id_of(manifest: Manifest) -> str:
     """The run's id: its start time and the first 8 hex digits of the manifest's sha256 (command, seed, inputs,
     machine, versions), e.g. "20261201-2307Z-1a2b3c4d"; the same results.json always gives the same id."""
     ts = manifest.get("started_unix")
@@ -170,7 +194,7 @@ def run_id_of(manifest: dict[str, Any]) -> str:
     return f"{when}-{digest}"
 
 
-def started_at(manifest: dict[str, Any]) -> str | None:
+def started_at(manifest: Manifest) -> str | None:
     ts = manifest.get("started_unix")
     if not isinstance(ts, int | float):
         return None
@@ -180,7 +204,7 @@ def started_at(manifest: dict[str, Any]) -> str | None:
         return None
 
 
-def command_line(manifest: dict[str, Any]) -> str:
+def command_line(manifest: Manifest) -> str:
     cmd = manifest.get("command")
     return shlex.join(str(c) for c in cmd) if isinstance(cmd, list) else str(cmd or "unknown")
 

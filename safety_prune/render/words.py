@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import yaml
+import yaml  # type: ignore[import-untyped]  # PyYAML ships no stubs, and types-PyYAML is no dependency
 
 from ..gate import (
     SOURCE_FAIL_ON,
+    check_on,
 )
 from ..io import safe_yaml_load, sha256_file
 from ..resources import resource_dir
-from ..results import BehaviourResults
+from ..results import BehaviourProbe, BehaviourResults, Manifest, ModelInfo, VerdictCheck
 from ..run import RUN_FILES
-from .facts import RATE_KEYS, as_count, behaviour_of, fmt, has_flag, samples_per_prompt
+from .facts import RATE_KEYS, Limit, VerdictView, as_count, behaviour_of, fmt, has_flag, samples_per_prompt
 
 _OP_WORDS = {">": "is above", ">=": "is at or above", "<": "is below", "<=": "is at or below"}
 
@@ -27,9 +28,9 @@ _OP_WORDS = {">": "is above", ">=": "is at or above", "<": "is below", "<=": "is
 _OP_PASS = {">": "at or below", ">=": "below", "<": "at or above", "<=": "above"}
 
 
-def check_words(row: dict[str, Any], key: str, totals: dict[str, int | None]) -> str:
+def check_words(row: VerdictCheck, key: Literal["base", "corr"], totals: dict[str, int | None]) -> str:
     """One check as a reviewer reads it: "Rate of looping continuations 0.141 (44/312; 95% CI [0.106, 0.179])"."""
-    check = row[key]
+    check = check_on(row, key)
     count = as_count(check["value"], totals.get(check["metric"])) if check["metric"] in RATE_KEYS else ""
     ci = check.get("ci")
     inner = "; ".join(x for x in (count, f"95% CI [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "") if x)
@@ -39,7 +40,7 @@ def check_words(row: dict[str, Any], key: str, totals: dict[str, int | None]) ->
 _LEADS = {"pass": "Deploy", "fail": "Do not deploy", "unsettled": "Not settled"}
 
 
-def decision(results: BehaviourResults, v: dict[str, Any], limit: dict[str, Any] | None,
+def decision(results: BehaviourResults, v: VerdictView, limit: Limit | None,
               totals: dict[str, int | None]) -> dict[str, str]:
     """The executive line at the top: "Deploy: …", "Do not deploy: …" or "Not settled: …", worded from the
     verdict's decision and reasons (``gate.verdict``), naming who set the thresholds (the probe suite or
@@ -57,8 +58,7 @@ def decision(results: BehaviourResults, v: dict[str, Any], limit: dict[str, Any]
     refused = reasons.get("release_refused")
     why = ("; ".join(refused["reasons"]) or "no reason recorded") if refused else ""
     text = ""
-    if "worse" in reasons:
-        p = v["worse"]
+    if "worse" in reasons and (p := v["worse"]) is not None:  # gate.verdict gives "worse" with its paired change
         text = (f"the correction made the model worse: the mean {behaviour_of(results)['metric']} per prompt rose by "
                 f"{p['delta']:+.4g} (paired 95% interval [{p['ci_low']:+.4g}, {p['ci_high']:+.4g}], entirely above "
                 "0). Keep the original model." + reduced)
@@ -66,12 +66,13 @@ def decision(results: BehaviourResults, v: dict[str, Any], limit: dict[str, Any]
         text = ("no threshold was set (the probe suite names none and no --fail-on was given), so this report makes "
                 f"no deployment decision about {subject}." + reduced)
     elif "fail" in reasons:
-        what = "; ".join(f"{check_words(rows[e], key, totals)} {_OP_WORDS[rows[e][key]['op']]} "
-                         f"{fmt(rows[e][key]['threshold'])}" for e in reasons["fail"]["checks"])
+        what = "; ".join(f"{check_words(rows[e], key, totals)} {_OP_WORDS[check_on(rows[e], key)['op']]} "
+                         f"{fmt(check_on(rows[e], key)['threshold'])}" for e in reasons["fail"]["checks"])
         text = (f"{subject} fails {source}: {what}." + (f" The release check also refused it: {why}." if refused
                                                          else "") + reduced)
     elif "unsettled" in reasons:
-        what = "; ".join(f"{check_words(rows[e], key, totals)} has the threshold {fmt(rows[e][key]['threshold'])} "
+        what = "; ".join(f"{check_words(rows[e], key, totals)} has the threshold "
+                         f"{fmt(check_on(rows[e], key)['threshold'])} "
                          "inside its interval" for e in reasons["unsettled"]["checks"])
         text = (f"{what}, so these prompts cannot tell whether {subject} meets {source}; measure more prompts "
                 "before deciding." + (f" The release check refused it in any case: {why}." if refused else "")
@@ -99,7 +100,7 @@ _QUANT = re.compile(r"\b(I?Q(\d+)(?:_[A-Z0-9]+)*)\b", re.IGNORECASE)
 _DEFAULT_NAME = re.compile(r"^(?P<base>.+?) \((?P<src>[^,()]+), (?P<quant>[A-Za-z0-9_]+) GGUF\)$")
 
 
-def model_words_of(model: dict[str, Any]) -> str:
+def model_words_of(model: ModelInfo) -> str:
     """The model's identity in words, e.g. "4-bit Q4_1 GGUF of SmolLM2-135M-Instruct (the built-in default …)"."""
     spec, name = str(model.get("spec")), str(model.get("name"))
     words = ""
@@ -125,15 +126,17 @@ def model_words_of(model: dict[str, Any]) -> str:
 
 
 _SUITE_NAME = re.compile(r"[\w.-]+")
+_SCOPE_KEYS: tuple[Literal["language", "comparability"], ...] = ("language", "comparability")
 
 
-def _suite_words(probe: dict[str, Any]) -> dict[str, str]:
+def _suite_words(probe: BehaviourProbe) -> dict[str, str]:
     """The suite's ``language`` and ``comparability`` sentence (``probe.behaviour``; ``probe.language`` too).
 
     A results.json written before the suite recorded them borrows them from the shipped suite of the same name,
     so an older run of a shipped suite keeps its scope sentence; a suite not shipped gives none."""
-    recorded = probe.get("behaviour") if isinstance(probe.get("behaviour"), dict) else {}
-    said = {k: v for k in ("language", "comparability") if isinstance(v := recorded.get(k, probe.get(k)), str)}
+    stored = probe.get("behaviour")
+    recorded: dict[str, str] = stored if isinstance(stored, dict) else {}
+    said: dict[str, str] = {k: v for k in _SCOPE_KEYS if isinstance(v := recorded.get(k, probe.get(k)), str)}
     name = probe.get("name")
     if said or not isinstance(name, str) or not _SUITE_NAME.fullmatch(name):
         return said
@@ -144,13 +147,14 @@ def _suite_words(probe: dict[str, Any]) -> dict[str, str]:
         return said
     if not isinstance(behaviour, dict) or recorded.get("name", behaviour.get("name")) != behaviour.get("name"):
         return said  # another suite under a shipped name
-    return {k: " ".join(v.split()) for k in ("language", "comparability") if isinstance(v := behaviour.get(k), str)}
+    return {k: " ".join(v.split()) for k in _SCOPE_KEYS if isinstance(v := behaviour.get(k), str)}
 
 
 def scope_of(results: BehaviourResults, n_prompts: Any) -> str:
     """What the numbers cover: decoding, length, samples per prompt, language; and what they are not comparable to."""
     probe = results["probe"]
-    gen = probe.get("generation") if isinstance(probe.get("generation"), dict) else {}
+    recorded = probe.get("generation")
+    gen: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
     if gen.get("do_sample") is True:
         decoding = f"sampled decoding (temperature {fmt(gen.get('temperature'))}, top-p {fmt(gen.get('top_p'))})"
     elif gen.get("do_sample") is False:
@@ -211,17 +215,18 @@ def saved_model_of(results: BehaviourResults) -> dict[str, Any] | None:
     (``pruned.saved_model_sha256``: one sum or {file: sum}), else what can be said about it."""
     if results.get("job") != "correct":
         return None
-    pruned = results.get("pruned") if isinstance(results.get("pruned"), dict) else {}
-    sha = pruned.get("saved_model_sha256")
-    sums = [{"file": "", "sha256": sha}] if isinstance(sha, str) else [
+    pruned = results.get("pruned")
+    sha = pruned.get("saved_model_sha256") if isinstance(pruned, dict) else None
+    sums: list[dict[str, str]] = [{"file": "", "sha256": sha}] if isinstance(sha, str) else [
         {"file": str(f), "sha256": str(h)} for f, h in sha.items()] if isinstance(sha, dict) else []
     requested = has_flag(results, "--save-model")
-    release = results.get("release") if isinstance(results.get("release"), dict) else {}
-    written = bool(sums) or (requested and (release.get("allowed") is True or has_flag(results, "--force")))
+    release = results.get("release")
+    allowed = release.get("allowed") if isinstance(release, dict) else None
+    written = bool(sums) or (requested and (allowed is True or has_flag(results, "--force")))
     return {"sums": sums, "requested": requested or bool(sums), "written": written}
 
 
-def git_dirty_words(manifest: dict[str, Any]) -> str:
+def git_dirty_words(manifest: Manifest) -> str:
     dirty = manifest.get("git_dirty")
     if dirty is True:
         return "yes: the working tree had uncommitted changes, so the commit alone does not reproduce the run"
@@ -230,7 +235,7 @@ def git_dirty_words(manifest: dict[str, Any]) -> str:
     return "unknown (the manifest does not record it)"
 
 
-def hardware_words(manifest: dict[str, Any]) -> str:
+def hardware_words(manifest: Manifest) -> str:
     hw = manifest.get("hardware")
     if isinstance(hw, dict):
         return "; ".join(f"{k} {v}" for k, v in hw.items()) or "not recorded"
