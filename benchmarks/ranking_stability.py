@@ -170,7 +170,7 @@ def compare(root: Path, out: Path) -> dict:
     draws = {int(p.stem.split("-")[1]): load_file(str(p)) for p in sorted(root.glob("seed-*.safetensors"))}
     seeds = sorted(draws)
     groups = {"one draw": [[s] for s in seeds]}
-    for size in (2, 3):
+    for size in (2, 3, 4):
         if len(seeds) >= 2 * size:
             groups[f"{size} draws pooled"] = [seeds[i:i + size] for i in range(0, len(seeds) - size + 1, size)]
     rows = []
