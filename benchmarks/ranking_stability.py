@@ -2,6 +2,7 @@
 
     python benchmarks/ranking_stability.py draw --seeds 0,1,2,3 --root runs/ranking-stability
     python benchmarks/ranking_stability.py compare --root runs/ranking-stability
+    python benchmarks/ranking_stability.py heldout --root runs/ranking-stability --groups 0,1,0+1+2+3,4+5+6+7
 
 ``draw``: per seed, the toxicity suite's reference continuations of the default model (sampled with that seed) and
 the LRP relevance of every MLP neuron per sample of each contrast set, saved to ROOT/seed-N.safetensors (a seed
@@ -12,6 +13,10 @@ reach 0.3, guard 2%) from every draw, and between draws the Jaccard of the 100 m
 gain-weighted Jaccard (as benchmarks/stability.py computes them from finished runs). Pooled variants average
 disjoint groups of draws, as more samples per prompt would. Writes benchmarks/results/ranking_stability.json.
 A variant that agrees across draws still has to earn its place held out (benchmarks/stability.py).
+
+``heldout``: that edit from each group of draws ('+' pools them), measured on the held-out eval prompts and test
+text with the same gains on random neurons beside it, as ``correct`` measures its chosen edit (the setting stays
+fixed: no validation search). Writes benchmarks/results/ranking_stability_heldout.json.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ import itertools
 import json
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from stability import TOP, jaccard  # the same overlap as the held-out seed benchmark
 
 from safety_prune.attribution import Relevance
 from safety_prune.contrast import contrast_scores
@@ -32,7 +39,7 @@ from safety_prune.interventions import proportional
 from safety_prune.selection import guard, stable_selection
 
 SETS = ("general", "benign", "undesired")
-STRENGTH, REACH, GUARD, TOP = 0.5, 0.3, 0.02, 100
+STRENGTH, REACH, GUARD = 0.5, 0.3, 0.02
 
 
 def draw(root: Path, seeds: list[int]) -> None:
@@ -141,17 +148,6 @@ def _gains(scores: dict[str, torch.Tensor]) -> dict[int, float]:
     return dict(zip(idx.tolist(), g[idx].tolist(), strict=True))
 
 
-def _jaccard(a: dict[int, float], b: dict[int, float]) -> dict[str, float]:
-    def top(g: dict[int, float]) -> set[int]:
-        return set(sorted(g, key=lambda u: (g[u], u))[:TOP])
-
-    ta, tb = top(a), top(b)
-    units = a.keys() | b.keys()
-    low = sum(min(1 - a.get(u, 1.0), 1 - b.get(u, 1.0)) for u in units)
-    high = sum(max(1 - a.get(u, 1.0), 1 - b.get(u, 1.0)) for u in units)
-    return {f"top{TOP}": len(ta & tb) / len(ta | tb), "weighted": low / high if high else 1.0}
-
-
 def which_set_varies(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
     """The shipped recipe's agreement when only one set comes from the second draw, and between the two halves
     of the first draw's undesired samples: which set's sampling moves the correction."""
@@ -160,9 +156,9 @@ def which_set_varies(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> 
 
     first = gains(a["general"], a["benign"], a["undesired"])
     half = len(a["undesired"]) // 2
-    return {"only the benign set redrawn": _jaccard(first, gains(a["general"], b["benign"], a["undesired"])),
-            "only the undesired set redrawn": _jaccard(first, gains(a["general"], a["benign"], b["undesired"])),
-            "undesired halves of one draw": _jaccard(gains(a["general"], a["benign"], a["undesired"][:half]),
+    return {"only the benign set redrawn": jaccard(first, gains(a["general"], b["benign"], a["undesired"])),
+            "only the undesired set redrawn": jaccard(first, gains(a["general"], a["benign"], b["undesired"])),
+            "undesired halves of one draw": jaccard(gains(a["general"], a["benign"], a["undesired"][:half]),
                                                      gains(a["general"], a["benign"], a["undesired"][half:]))}
 
 
@@ -178,7 +174,7 @@ def compare(root: Path, out: Path) -> dict:
         started = time.time()
         gains = [_gains(rank(_relevance({n: torch.cat([draws[s][n] for s in part]) for n in SETS})))
                  for part in parts]
-        pairs = [_jaccard(a, b) for a, b in itertools.combinations(gains, 2)]
+        pairs = [jaccard(a, b) for a, b in itertools.combinations(gains, 2)]
         row = {"draws": label, "variant": name, "groups": parts, "changed": [len(g) for g in gains],
                **{key: {"mean": statistics.fmean(p[key] for p in pairs), "min": min(p[key] for p in pairs),
                         "max": max(p[key] for p in pairs)} for key in (f"top{TOP}", "weighted")},
@@ -196,11 +192,77 @@ def compare(root: Path, out: Path) -> dict:
     return result
 
 
+def heldout(root: Path, groups: list[list[int]], out: Path) -> dict:
+    """Each group's pooled draws turned into make correct's chosen edit (no validation search: the setting is
+    fixed), and measured on the held-out eval prompts and test text against the unpruned model and against the
+    same gains on random neurons, as ``correct`` measures its chosen edit. Writes ``out``."""
+    from safety_prune.evaluation.behaviour import GenerationCache, evaluate
+    from safety_prune.evaluation.stats import paired_bootstrap_diff
+    from safety_prune.interventions import gains_edit, random_like
+    from safety_prune.jobs.common import open_model
+    from safety_prune.jobs.options import CorrectOptions
+    from safety_prune.jobs.stages import measure_baseline, suite_scorer
+    from safety_prune.results import flat_metrics
+    from safety_prune.suite import load_suite
+
+    opt = CorrectOptions(seed=0)
+    (root / "heldout").mkdir(parents=True, exist_ok=True)
+    suite = load_suite("toxicity")
+    scorer = suite_scorer(suite)
+    lm = open_model("default", opt)
+    started = time.time()
+    base = measure_baseline(lm, suite, scorer, None, opt.seed, GenerationCache(None, root / "heldout"))
+    base_scores = base.generations.per_prompt_mean()
+
+    def measure(edit) -> tuple[dict, list[float]]:
+        pruned = replace(lm, model=edit.apply(lm.model))
+        metrics, res = evaluate(pruned, lm, suite, scorer, base.prompts, base.test_text, opt.seed,
+                                capability=base.capability)
+        flat = {k: v for k, v in flat_metrics(metrics).items() if k != "details"}
+        return flat, res.per_prompt_mean()
+
+    keys = ("behaviour_rate", "behaviour_rate_ci", "behaviour_mean", "behaviour_mean_ci", "perplexity",
+            "distinct2", "continuation_perplexity", "last_word_accuracy_drop")
+    rows = [{"draws": [], "label": "unpruned", **{k: flat_metrics(base.metrics)[k] for k in keys}}]
+    gains_by_group = []
+    for group in groups:
+        t = time.time()
+        draws = [load_file(str(root / f"seed-{s}.safetensors")) for s in group]
+        scores = _guarded(_relevance({n: torch.cat([d[n] for d in draws]) for n in SETS}))
+        dense = proportional(scores, "neuron", STRENGTH, 0.0, REACH)
+        gains_by_group.append(_gains(scores))
+        edit = gains_edit("neuron", dense, {"kind": "proportional", "strength": STRENGTH, "threshold": 0.0,
+                                             "reach": REACH})
+        noise = {"neuron": torch.rand(dense.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)}
+        metrics, mine = measure(edit)
+        control, theirs = measure(random_like(edit, noise, "neuron"))
+        row = {"draws": group, "label": f"{len(group)} draw(s) pooled", "changed": len(edit.units),
+               **{k: metrics[k] for k in keys},
+               "paired_vs_baseline": paired_bootstrap_diff(base_scores, mine, seed=opt.seed),
+               "paired_vs_random": paired_bootstrap_diff(theirs, mine, seed=opt.seed),
+               "random": {k: control[k] for k in keys}, "seconds": round(time.time() - t, 1)}
+        rows.append(row)
+        print(f"draws {group}: rate {base.metrics['behaviour_rate']['value']:.3f} -> {row['behaviour_rate']:.3f}, "
+              f"mean {row['paired_vs_baseline']['delta']:+.4f}, vs random {row['paired_vs_random']['delta']:+.4f} "
+              f"[{row['paired_vs_random']['ci_low']:+.4f}, {row['paired_vs_random']['ci_high']:+.4f}], "
+              f"ppl {row['perplexity']:.2f}, {row['seconds']:.0f} s", flush=True)
+    result = {"what": "held-out effect of make correct's chosen setting from single and pooled reference draws",
+              "setting": {"strength": STRENGTH, "reach": REACH, "guard": GUARD}, "rows": rows,
+              "jaccard": {f"{a} vs {b}": jaccard(gains_by_group[i], gains_by_group[j])
+                          for (i, a), (j, b) in itertools.combinations(enumerate(map(str, groups)), 2)},
+              "seconds": round(time.time() - started, 1)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("stage", choices=("draw", "compare"))
+    ap.add_argument("stage", choices=("draw", "compare", "heldout"))
     ap.add_argument("--root", type=Path, default=Path("runs/ranking-stability"))
     ap.add_argument("--seeds", default="0,1,2,3")
+    ap.add_argument("--groups", default="0,1,0+1+2+3,4+5+6+7",
+                    help="heldout: the draws of each edit, '+' pooling draws, e.g. 0,1,0+1+2+3,4+5+6+7")
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "ranking_stability.json")
     a = ap.parse_args()
     if a.stage == "draw":
@@ -208,6 +270,9 @@ def main() -> None:
         if len(set(seeds)) != len(seeds):
             raise SystemExit(f"--seeds {a.seeds!r}: each seed once (a repeat would count one draw as agreement).")
         draw(a.root, seeds)
+    elif a.stage == "heldout":
+        groups = [[int(s) for s in g.split("+")] for g in a.groups.split(",")]
+        heldout(a.root, groups, a.json.with_name("ranking_stability_heldout.json"))
     else:
         compare(a.root, a.json)
 
