@@ -46,16 +46,21 @@ def _text(node: ast.AST) -> str | None:
     return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
 
 
+def _key_of(node: ast.AST) -> ast.AST | None:
+    """The expression used as a key: ``x[KEY]``, ``x.get(KEY, ...)``, ``KEY (not) in x``; None for any other node."""
+    if isinstance(node, ast.Subscript):
+        return node.slice
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" and node.args:
+        return node.args[0]
+    if isinstance(node, ast.Compare) and any(isinstance(op, ast.In | ast.NotIn) for op in node.ops):
+        return node.left
+    return None
+
+
 def key_literals(source: str) -> Iterator[tuple[int, str]]:
-    """(line, key) of each string literal used as a key: ``x["key"]``, ``x.get("key"...)``, ``"key" (not) in x``."""
+    """(line, key) of each string literal used as a key."""
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Subscript) and (key := _text(node.slice)) is not None:
-            yield node.lineno, key
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
-              and node.args and (key := _text(node.args[0])) is not None):
-            yield node.lineno, key
-        elif (isinstance(node, ast.Compare) and (key := _text(node.left)) is not None
-              and any(isinstance(op, ast.In | ast.NotIn) for op in node.ops)):
+        if (expr := _key_of(node)) is not None and (key := _text(expr)) is not None:
             yield node.lineno, key
 
 
