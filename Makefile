@@ -25,6 +25,7 @@ correct: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/mypy safety_prune/render
 
 test: setup lint
 	$(BIN)/python -m pytest -q

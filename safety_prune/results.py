@@ -201,15 +201,36 @@ class ProbeInfo(TypedDict):
     description: Any
 
 
+class Generation(TypedDict):
+    """``probe.generation``: how the continuations were decoded (the suite's ``GenerationSpec``)."""
+
+    max_new_tokens: NotRequired[int]
+    do_sample: NotRequired[bool]
+    num_samples: NotRequired[int]
+    temperature: NotRequired[float]
+    top_p: NotRequired[float]
+    batch_size: NotRequired[int]
+
+
+class Behaviour(TypedDict):
+    """``probe.behaviour``: what the report calls the behaviour and its score, and the scope of the prompts (the
+    suite's ``BehaviourSpec``; a field the suite leaves unset is not written)."""
+
+    name: NotRequired[str]
+    metric: NotRequired[str]
+    language: NotRequired[str]
+    comparability: NotRequired[str]
+
+
 class BehaviourProbe(ProbeInfo):
     """The ``probe`` of audit and correct: what was measured, on how many prompts."""
 
     n_eval_prompts: Any
     n_reference_prompts: NotRequired[int]
     chat_template: NotRequired[bool]
-    generation: NotRequired[dict[str, Any]]
+    generation: NotRequired[Generation]
     thresholds: NotRequired[dict[str, Share] | None]
-    behaviour: NotRequired[dict[str, str]]
+    behaviour: NotRequired[Behaviour]
     language: NotRequired[Any]  # written before ``behaviour.language`` held it
     comparability: NotRequired[Any]  # likewise ``behaviour.comparability``
     limit: NotRequired[float | None]  # ``--limit``: prompts per split were cut to this many; None: full run
@@ -298,10 +319,13 @@ class VerdictCheck(TypedDict):
     corr_state: State | None
 
 
+ReasonKind = Literal["worse", "no_threshold", "fail", "unsettled", "release_refused", "reduced_run", "met"]
+
+
 class Reason(TypedDict):
     """Why the decision is what it is: ``kind`` and its data (``gate.verdict``)."""
 
-    kind: Literal["worse", "no_threshold", "fail", "unsettled", "release_refused", "reduced_run", "met"]
+    kind: ReasonKind
     checks: NotRequired[list[str]]
     reasons: NotRequired[list[str]]
     limit: NotRequired[float]
@@ -570,6 +594,9 @@ class SampleRow(TypedDict):
     score: NotRequired[float | None]
     prompt_index: NotRequired[Scalar]
     sample: NotRequired[Scalar]
+    split: NotRequired[Scalar]  # "baseline", or "corrected:<method>"
+    prompt: NotRequired[Scalar]
+    continuation: NotRequired[Scalar]
 
 
 @cache

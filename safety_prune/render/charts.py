@@ -12,12 +12,18 @@ import io
 import math
 import re
 import textwrap
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Concatenate, Literal
 
 from markupsafe import Markup
+from typing_extensions import ParamSpec, TypedDict
 
 from ..metrics import METRIC_KEYS, metric_ci
+from ..results import CircuitInfo, CurvePoint, MetricBlock, MetricRow
+from .facts import ShownRow
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
 
 _BASE_COLOUR, _CORR_COLOUR = "#8c959f", "#0969da"
 _METHOD_COLOURS = ("#0969da", "#cf222e", "#1a7f37", "#9a6700", "#8250df", "#bf3989", "#57606a")
@@ -29,31 +35,34 @@ _METHOD_COLOURS = ("#0969da", "#cf222e", "#1a7f37", "#9a6700", "#8250df", "#bf39
 _PLOT_LIMIT = 1e15
 
 
-def _plottable(value: Any) -> float:
+def _plottable(value: float) -> float:
     """``value`` as a float within +-_PLOT_LIMIT (NaN stays NaN: matplotlib leaves it out)."""
     value = float(value)
     return value if math.isnan(value) else max(-_PLOT_LIMIT, min(_PLOT_LIMIT, value))
 
 
-_RC = {"svg.fonttype": "none", "font.size": 8, "axes.titlesize": 8.5, "axes.spines.top": False,
+_RC: dict[RcKeyType, Any] = {"svg.fonttype": "none", "font.size": 8, "axes.titlesize": 8.5, "axes.spines.top": False,
        "axes.spines.right": False, "axes.edgecolor": "#8c959f", "axes.grid": True, "grid.color": "#eaeef2",
        "grid.linewidth": 0.6, "axes.axisbelow": True, "legend.frameon": False, "font.family": "DejaVu Sans"}
 
 
-def _figure(name: str) -> Callable[[Callable[..., Any]], Callable[..., Markup | None]]:
+_P = ParamSpec("_P")
+
+
+def _figure(name: str) -> Callable[[Callable[Concatenate[Any, _P], bool]], Callable[_P, Markup | None]]:
     """Draw a chart under the report style and return it as inline SVG; ``name`` salts its element ids.
 
     A bare ``Figure`` (no pyplot) touches no global backend or figure registry of the calling process.
     """
-    def wrap(draw: Callable[..., Any]) -> Callable[..., Markup | None]:
+    def wrap(draw: Callable[Concatenate[Any, _P], bool]) -> Callable[_P, Markup | None]:
         @functools.wraps(draw)
-        def chart(*args: Any) -> Markup | None:
+        def chart(*args: _P.args, **kwargs: _P.kwargs) -> Markup | None:
             import matplotlib
             from matplotlib.figure import Figure
 
             with matplotlib.rc_context({**_RC, "svg.hashsalt": name}):
                 fig = Figure()
-                if not draw(fig, *args):
+                if not draw(fig, *args, **kwargs):
                     return None
                 buf = io.StringIO()
                 fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
@@ -73,7 +82,7 @@ def _plot_label(text: Any, width: int | None = None) -> str:
 
 
 @_figure("metrics")
-def metrics_chart(fig: Any, base: dict[str, Any], corr: dict[str, Any] | None, labels: dict[str, str]) -> bool:
+def metrics_chart(fig: Any, base: MetricBlock, corr: MetricBlock | None, labels: dict[str, str]) -> bool:
     """One panel per metric; ``labels``: ``metrics.metric_labels`` of the run's behaviour."""
     keys = [k for k in METRIC_KEYS if isinstance(base.get(k), int | float)]
     if not keys:
@@ -86,7 +95,7 @@ def metrics_chart(fig: Any, base: dict[str, Any], corr: dict[str, Any] | None, l
     for ax, key in zip(axes.flat, keys, strict=False):
         for i, (name, block, colour) in enumerate(series):
             val = _plottable(block.get(key, float("nan")))
-            ci = [_plottable(c) for c in block[f"{key}_ci"]] if block.get(f"{key}_ci") else None
+            ci = [_plottable(c) for c in metric_ci(block, key) or []] or None
             err = [[max(val - ci[0], 0.0)], [max(ci[1] - val, 0.0)]] if ci else None
             ax.bar(i, val, width=0.6, color=colour, yerr=err, capsize=3, ecolor="#24292f", label=name)
         ax.set_xticks(range(len(series)), [s[0] for s in series])
@@ -103,7 +112,7 @@ def metrics_chart(fig: Any, base: dict[str, Any], corr: dict[str, Any] | None, l
 
 
 @_figure("layers")
-def layer_chart(fig: Any, circuit: dict[str, Any]) -> bool:
+def layer_chart(fig: Any, circuit: CircuitInfo) -> bool:
     panels = [(title, rows) for title, rows in (("MLP neurons", circuit.get("per_layer")),
                                                 ("attention heads", (circuit.get("heads") or {}).get("per_layer")))
               if rows]
@@ -124,7 +133,7 @@ def layer_chart(fig: Any, circuit: dict[str, Any]) -> bool:
 
 
 @_figure("heatmap")
-def heatmap_chart(fig: Any, grid: Any, n_units: Any) -> bool:
+def heatmap_chart(fig: Any, grid: list[list[float]], n_units: int | None) -> bool:
     import numpy as np
 
     try:
@@ -156,19 +165,35 @@ def heatmap_chart(fig: Any, grid: Any, n_units: Any) -> bool:
 
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h")
+Rows = Sequence[ShownRow | MetricRow]
+"""The rows of a trade-off chart: the page's (``ShownRow``), or results.json's ``comparison``/``tradeoff``."""
+YKey = Literal["behaviour_rate", "behaviour_mean"]
+_Y_KEYS: tuple[YKey, ...] = ("behaviour_rate", "behaviour_mean")
 
 
-def tradeoff_series(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+class Series(TypedDict):
+    """One method's points of the trade-off chart and how they are drawn."""
+
+    method: str
+    points: list[tuple[float, float]]
+    index: int
+    colour: str
+    marker: str
+    size: float
+    line: bool
+
+
+def tradeoff_series(rows: Rows, key: YKey) -> list[Series]:
     """One series per method for the trade-off chart: its (perplexity, ``key``) points sorted by k, a joining line
     only when it has two or more points (so the legend never shows a line the chart lacks), and a marker shape and
     size of its own, larger for earlier methods, so methods with the same numbers stay visible on top of each other.
     """
     methods = list(dict.fromkeys(str(r.get("method")) for r in rows))
-    out = []
+    out: list[Series] = []
     for i, method in enumerate(methods):
-        pts = sorted((r.get("k") or 0, r["perplexity"], r[key]) for r in rows
-                     if str(r.get("method")) == method and isinstance(r.get(key), int | float)
-                     and isinstance(r.get("perplexity"), int | float))
+        pts = sorted((r.get("k") or 0, x, y) for r in rows
+                     if str(r.get("method")) == method and isinstance(y := r.get(key), int | float)
+                     and isinstance(x := r.get("perplexity"), int | float))
         out.append({"method": method, "points": [(p[1], p[2]) for p in pts], "index": i,
                     "colour": _METHOD_COLOURS[i % len(_METHOD_COLOURS)], "marker": _MARKERS[i % len(_MARKERS)],
                     "size": max(4.0, 11.0 - 1.2 * i), "line": len(pts) > 1})
@@ -176,14 +201,14 @@ def tradeoff_series(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]
 
 
 @_figure("tradeoff")
-def tradeoff_chart(fig: Any, rows: list[dict[str, Any]], base: dict[str, Any], labels: dict[str, str]) -> bool:
+def tradeoff_chart(fig: Any, rows: Rows, base: MetricBlock, labels: dict[str, str]) -> bool:
     """Each method's rows (one point per k; joined when there are several k) against general-text perplexity.
 
     Hollow markers of different shapes and sizes, the first method largest and drawn lowest, keep points that
     coincide (two methods with the same numbers) all visible. Element ids: ``tradeoff-legend`` for the legend and
     ``tradeoff-series-<i>`` for method i's points (in the panel and the legend).
     """
-    ys = [k for k in ("behaviour_rate", "behaviour_mean") if any(isinstance(r.get(k), int | float) for r in rows)]
+    ys = [k for k in _Y_KEYS if any(isinstance(r.get(k), int | float) for r in rows)]
     if not ys or not any(isinstance(r.get("perplexity"), int | float) for r in rows):
         return False
     fig.set_size_inches(4.1 * len(ys) + 1.2, 2.8)
@@ -212,8 +237,11 @@ def tradeoff_chart(fig: Any, rows: list[dict[str, Any]], base: dict[str, Any], l
     return True
 
 
+CurveKey = Literal["fraction_pruned", "k", "accuracy", "logit_diff", "n"]
+
+
 @_figure("curves")
-def curves_chart(fig: Any, curves: dict[str, list[dict[str, float]]], x: str, y: str, ylabel: str) -> bool:
+def curves_chart(fig: Any, curves: dict[str, list[CurvePoint]], x: CurveKey, y: CurveKey, ylabel: str) -> bool:
     """One line per method, e.g. IOI accuracy against the share of units pruned."""
     if not curves:
         return False

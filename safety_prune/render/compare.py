@@ -8,53 +8,68 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import TypedDict
+
 from .. import __version__
 from ..errors import OutputError
 from ..metrics import METRICS, metric_ci, metric_labels
-from ..results import BehaviourResults
+from ..results import BehaviourResults, MetricBlock
 from ..run import COMPARE_NAME, RUN_FILES, run_job
-from .facts import behaviour_of, command_line, labels_of, signal, verdict_view
+from .facts import behaviour_of, command_line, labels_of, pruned_of, signal, verdict_view
 from .load import load_results
 from .templates import environment, write_page
 
 
-def _changes(a: BehaviourResults, b: BehaviourResults) -> list[dict[str, Any]]:
+class Change(TypedDict):
+    """One compared input of the two runs: its value in each, and whether they differ."""
+
+    field: str
+    a: Any
+    b: Any
+    changed: bool
+
+
+def _changes(a: BehaviourResults, b: BehaviourResults) -> list[Change]:
     """What differs between two runs' inputs: one row per compared field, changed ones flagged."""
-    ma, mb = a.get("manifest") or {}, b.get("manifest") or {}
+    ma, mb = a["manifest"], b["manifest"]
+    pa, pb = pruned_of(a), pruned_of(b)
     rows: list[tuple[str, Any, Any]] = [
-        ("job", a.get("job"), b.get("job")),
-        ("model", (a.get("model") or {}).get("spec"), (b.get("model") or {}).get("spec")),
-        ("model name", (a.get("model") or {}).get("name"), (b.get("model") or {}).get("name")),
-        ("probe suite", (a.get("probe") or {}).get("name"), (b.get("probe") or {}).get("name")),
-        ("scorer", (a.get("scorer") or {}).get("name"), (b.get("scorer") or {}).get("name")),
+        ("job", a["job"], b["job"]),
+        ("model", a["model"]["spec"], b["model"]["spec"]),
+        ("model name", a["model"]["name"], b["model"]["name"]),
+        ("probe suite", a["probe"]["name"], b["probe"]["name"]),
+        ("scorer", a["scorer"]["name"], b["scorer"]["name"]),
         ("method", a.get("method"), b.get("method")),
-        ("pruned units", (a.get("pruned") or {}).get("count"), (b.get("pruned") or {}).get("count")),
+        ("pruned units", pa["count"] if pa else None, pb["count"] if pb else None),
         ("seed", ma.get("seed"), mb.get("seed")),
         ("git commit", ma.get("git_commit"), mb.get("git_commit")),
         ("command", command_line(ma), command_line(mb)),
     ]
-    for key, label in (("model_sha256", "model file"), ("data_sha256", "data file"), ("versions", "version of")):
-        da, db = ma.get(key) or {}, mb.get(key) or {}
+    for label, da, db in (("model file", ma.get("model_sha256") or {}, mb.get("model_sha256") or {}),
+                          ("data file", ma.get("data_sha256") or {}, mb.get("data_sha256") or {}),
+                          ("version of", ma.get("versions") or {}, mb.get("versions") or {})):
         rows += [(f"{label} {name}", da.get(name), db.get(name)) for name in dict.fromkeys([*da, *db])]
     return [{"field": f, "a": va, "b": vb, "changed": va != vb} for f, va, vb in rows]
 
 
 def _compare_metrics(a: BehaviourResults, b: BehaviourResults) -> list[dict[str, Any]]:
-    both = isinstance(a.get("corrected"), dict) and isinstance(b.get("corrected"), dict)
-    blocks = [("baseline", "before correction" if both else "measured")] + (
-        [("corrected", "after correction")] if isinstance(a.get("corrected"), dict)
-        and isinstance(b.get("corrected"), dict) else [])
+    ca, cb = a.get("corrected"), b.get("corrected")
+    both = ca is not None and cb is not None
+    blocks: list[tuple[str, str, MetricBlock, MetricBlock]] = [
+        ("baseline", "before correction" if both else "measured", a["baseline"], b["baseline"])]
+    if ca is not None and cb is not None:
+        blocks.append(("corrected", "after correction", ca, cb))
     labels = labels_of(a) if behaviour_of(a) == behaviour_of(b) else metric_labels(None)
     out = []
-    for block, title in blocks:
+    for block, title, xa, xb in blocks:
         rows = []
         for key, _label, _help, better in METRICS:
-            va, vb = a[block].get(key), b[block].get(key)
+            va, vb = xa.get(key), xb.get(key)
             if not isinstance(va, int | float) or not isinstance(vb, int | float):
                 continue
-            rows.append({"label": labels[key], "better": better, "a": va, "b": vb, "a_ci": metric_ci(a[block], key),
-                         "b_ci": metric_ci(b[block], key), "delta": vb - va,
-                         "signal": signal(metric_ci(a[block], key), metric_ci(b[block], key))})
+            rows.append({"label": labels[key], "better": better, "a": va, "b": vb, "a_ci": metric_ci(xa, key),
+                         "b_ci": metric_ci(xb, key), "delta": vb - va,
+                         "signal": signal(metric_ci(xa, key), metric_ci(xb, key))})
         out.append({"block": block, "title": title, "rows": rows})
     return out
 
@@ -114,7 +129,7 @@ def render_compare(run_a: str | Path, run_b: str | Path, out_path: str | Path) -
     an OutputError, as is any location that cannot be written. Returns the path written.
     """
     a, b = load_results(run_a), load_results(run_b)
-    models = [name for r in (a, b) for name in (r.get("manifest") or {}).get("model_sha256") or {}]
+    models = [name for r in (a, b) for name in r["manifest"].get("model_sha256") or {}]
     out = _compare_target(out_path, run_a, run_b, models)
     changes = _changes(a, b)
     html = environment().get_template("compare.html.j2").render(

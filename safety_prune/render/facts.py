@@ -12,13 +12,23 @@ import math
 import shlex
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 from typing_extensions import TypedDict
 
 from ..gate import evaluate_gate, reduced_run, verdict
 from ..metrics import metric_labels
-from ..results import BehaviourResults, Gate, Manifest, Paired, Verdict
+from ..results import (
+    BehaviourResults,
+    Gate,
+    Manifest,
+    MetricRow,
+    Paired,
+    Pruned,
+    SecondaryMetrics,
+    Selection,
+    Verdict,
+)
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -54,17 +64,15 @@ def paired_signal(paired: Paired | None) -> str | None:
     """The paired test's note for the mean behaviour score: its 95% interval of the per-prompt change excludes 0
     or not. Paired on the same prompts it is sharper than the overlap of two separate intervals, so where it
     exists it decides (the two rules can disagree, and the page must not contradict its own test)."""
-    if not isinstance(paired, dict):
+    if paired is None:
         return None
-    low, high = paired.get("ci_low"), paired.get("ci_high")
-    if not isinstance(low, int | float) or not isinstance(high, int | float):
-        return None
+    low, high = paired["ci_low"], paired["ci_high"]
     return "likely different" if low > 0 or high < 0 else "within noise"
 
 
 def labels_of(results: BehaviourResults) -> dict[str, str]:
     """Metric labels worded by the run's probe suite (``probe.behaviour``), generic where it names none."""
-    return metric_labels((results.get("probe") or {}).get("behaviour"))
+    return metric_labels(results["probe"].get("behaviour"))
 
 
 def _said(text: object) -> str | None:
@@ -74,8 +82,7 @@ def _said(text: object) -> str | None:
 
 def behaviour_of(results: BehaviourResults) -> dict[str, Any]:
     """What the page calls the behaviour and its score: the suite's words, or generic ones."""
-    info = (results.get("probe") or {}).get("behaviour")
-    info = info if isinstance(info, dict) else {}
+    info = results["probe"].get("behaviour") or {}
     name, metric = _said(info.get("name")), _said(info.get("metric"))
     return {"known": bool(name), "name": name or "the behaviour", "metric": metric or "behaviour score"}
 
@@ -91,9 +98,9 @@ def verdict_view(results: BehaviourResults) -> VerdictView:
     """The run's verdict as ``gate.verdict`` computed it (stored in results.json; computed here only for a file
     written before the verdict was stored), with the gate it judged."""
     stored_gate = results.get("gate")
-    gate = stored_gate if isinstance(stored_gate, dict) else evaluate_gate(results, [])
+    gate = stored_gate if stored_gate is not None else evaluate_gate(results, [])
     stored = results.get("verdict")
-    return {**(stored if isinstance(stored, dict) else verdict(results, gate)), "gate": gate,
+    return {**(stored if stored is not None else verdict(results, gate)), "gate": gate,
             "passed": bool(gate.get("passed"))}
 
 
@@ -146,18 +153,15 @@ def _int(value: Any) -> int | None:
 
 
 def samples_per_prompt(results: BehaviourResults) -> int:
-    gen = (results.get("probe") or {}).get("generation")
-    return _int(gen.get("num_samples") if isinstance(gen, dict) else None) or 1
+    return _int((results["probe"].get("generation") or {}).get("num_samples")) or 1
 
 
 def rate_totals(results: BehaviourResults, n_prompts: Any = None) -> dict[str, int | None]:
     """What each rate counts over: continuations (rate) and prompts (probability) of ``n_prompts`` prompts
     (default: the held-out prompts, ``baseline.details.behaviour_rate.n`` or ``probe.n_eval_prompts``)."""
     if n_prompts is None:
-        details = results["baseline"].get("details")
-        info = details.get("behaviour_rate") if isinstance(details, dict) else None
-        n_prompts = info.get("n") if isinstance(info, dict) else None
-        n_prompts = _int(n_prompts) or _int((results.get("probe") or {}).get("n_eval_prompts"))
+        info = (results["baseline"].get("details") or {}).get("behaviour_rate") or {}
+        n_prompts = _int(info.get("n")) or _int(results["probe"].get("n_eval_prompts"))
     n = _int(n_prompts)
     return {"behaviour_rate": n * samples_per_prompt(results) if n else None, "behaviour_probability": n}
 
@@ -209,4 +213,52 @@ def command_line(manifest: Manifest) -> str:
     return shlex.join(str(c) for c in cmd) if isinstance(cmd, list) else str(cmd or "unknown")
 
 
-MANIFEST_KEYS = ("seed", "git_commit", "operator", "platform", "duration_s", "model_sha256", "data_sha256", "versions")
+def manifest_view(manifest: Manifest) -> dict[str, object]:
+    """The manifest entries the pages list, each present (None where the run records none)."""
+    return {"seed": manifest.get("seed"), "git_commit": manifest.get("git_commit"),
+            "operator": manifest.get("operator"), "platform": manifest.get("platform"),
+            "duration_s": manifest.get("duration_s"), "model_sha256": manifest.get("model_sha256"),
+            "data_sha256": manifest.get("data_sha256"), "versions": manifest.get("versions")}
+
+
+# The casts below: ``Empty`` (``{}``) is closed, so a section with any key is the full one. A type checker reads
+# ``Pruned | Empty`` as ``Empty`` (every TypedDict has the keys of the one with none), so only a cast can name it.
+def pruned_of(results: BehaviourResults) -> Pruned | None:
+    """``pruned``, or None where the run changed nothing (no section, or ``{}``)."""
+    section = results.get("pruned")
+    return cast("Pruned", section) if section else None
+
+
+def selection_of(results: BehaviourResults) -> Selection | None:
+    """``selection``, or None where nothing was chosen (no section, or ``{}``)."""
+    section = results.get("selection")
+    return cast("Selection", section) if section else None
+
+
+class ShownRow(TypedDict):
+    """A ``comparison`` or ``tradeoff`` row as the page shows it: every column present, None where not measured."""
+
+    method: str | None
+    k: float | None
+    fraction: float | None
+    behaviour_rate: float | None
+    behaviour_mean: float | None
+    perplexity: float | None
+    distinct2: float | None
+    continuation_perplexity: float | None
+    last_word_accuracy: float | None
+    continuation_f1: float | None
+    paired_vs_baseline: Paired | None
+    paired_vs_random: Paired | None
+    secondary: dict[str, SecondaryMetrics] | None
+
+
+def shown_row(row: MetricRow) -> ShownRow:
+    """A ``comparison`` or ``tradeoff`` row with every column the page shows."""
+    return {"method": row.get("method"), "k": row.get("k"), "fraction": row.get("fraction"),
+            "behaviour_rate": row.get("behaviour_rate"), "behaviour_mean": row.get("behaviour_mean"),
+            "perplexity": row.get("perplexity"), "distinct2": row.get("distinct2"),
+            "continuation_perplexity": row.get("continuation_perplexity"),
+            "last_word_accuracy": row.get("last_word_accuracy"), "continuation_f1": row.get("continuation_f1"),
+            "paired_vs_baseline": row.get("paired_vs_baseline"), "paired_vs_random": row.get("paired_vs_random"),
+            "secondary": row.get("secondary")}

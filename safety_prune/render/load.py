@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from functools import cache
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 from .. import __version__
 from ..errors import ConfigError, ResultsError
@@ -21,13 +21,13 @@ from ..gate import (
     threshold_exprs,
 )
 from ..metrics import LEGACY_ALIASES
-from ..results import BehaviourResults, json_schema, sample_schema
+from ..results import BehaviourResults, MetricBlock, SampleRow, json_schema, sample_schema
 from ..run import SCHEMA_VERSION
 from ..schema_check import Checker, Invalid, join, non_finite
+from .facts import selection_of
 
 _TASK_JOBS = ("compress", "circuit")
 _REQUIRED = ("job", "model", "probe", "scorer", "baseline", "manifest")
-_VALIDATION_SELECTION = ("intervention", "split", "limits", "feasible")  # what rule "validation" is shown with
 
 
 @cache
@@ -37,33 +37,37 @@ def _checkers() -> tuple[Checker, Checker]:
     return Checker({"$defs": schema["$defs"], **schema["$defs"]["BehaviourResults"]}), Checker(sample_schema())
 
 
-def _consistent(results: dict[str, Any]) -> None:
+def _consistent(results: BehaviourResults) -> None:
     """What the page needs beyond types: keys that depend on others, and every gated metric measured."""
-    model, selection, gate = results["model"], results.get("selection"), results.get("gate")
+    model, selection, gate, corrected = results["model"], selection_of(results), results.get("gate"), \
+        results.get("corrected")
     if "n_layers" in model:
-        for name in ("n_neurons_per_layer", "n_heads"):
-            if name not in model:
+        for name, present in (("n_neurons_per_layer", "n_neurons_per_layer" in model), ("n_heads", "n_heads" in model)):
+            if not present:
                 raise Invalid("model", f"has n_layers but no {name!r}, which the report shows with it")
-    if isinstance(results.get("corrected"), dict) and "method" not in results:
+    if corrected is not None and "method" not in results:
         raise Invalid("corrected", "is present but the run records no 'method', which the report shows with it")
     if selection and selection.get("rule") == "validation":
-        for name in _VALIDATION_SELECTION:
-            if name not in selection:
+        shown = (("intervention", "intervention" in selection), ("split", "split" in selection),
+                 ("limits", "limits" in selection), ("feasible", "feasible" in selection))
+        for name, present in shown:  # what rule "validation" is shown with
+            if not present:
                 raise Invalid("selection", f"has rule 'validation' but no {name!r}, which the report shows with it")
-        if not isinstance(results["probe"].get("behaviour"), dict) or "metric" not in results["probe"]["behaviour"]:
+        if "metric" not in results["probe"].get("behaviour", {}):
             raise Invalid("probe", "has no 'behaviour' object with a 'metric', which the report names for a "
                                     "selection by rule 'validation'")
     gated = [(f"probe.thresholds.{expr.split('>')[0]}", expr, SOURCE_THRESHOLDS) for expr in threshold_exprs(results)]
-    for i, check in enumerate((gate or {}).get("checks", [])):
-        gated.append((f"gate.checks[{i}].expr", check["expr"], gate["source"]))
-    blocks = ["baseline"] + (["corrected"] if isinstance(results.get("corrected"), dict) else [])
+    if gate is not None:
+        gated += [(f"gate.checks[{i}].expr", check["expr"], gate["source"]) for i, check in enumerate(gate["checks"])]
+    blocks: list[tuple[str, MetricBlock]] = [("baseline", results["baseline"])]
+    blocks += [("corrected", corrected)] if corrected is not None else []
     for key, expr, source in gated:
         try:
             metric = parse_expr(expr, source)[0]
         except ConfigError as exc:
             raise Invalid(key, f"is not a usable gate expression ({exc})") from None
-        for block in blocks:
-            if metric not in results[block]:
+        for block, values in blocks:
+            if metric not in values:
                 raise Invalid(join(block, metric), f"is missing, but {key} ({expr!r}) gates on it")
 
 
@@ -121,16 +125,17 @@ def load_results(run_dir: str | Path) -> BehaviourResults:
     try:
         non_finite(results, "")
         _checkers()[0].check(results)
-        _consistent(results)
+        checked = cast("BehaviourResults", results)  # checked against that type's schema just above
+        _consistent(checked)
     except Invalid as bad:
         raise _unusable(path, bad.key, bad.problem) from None
     except RecursionError:
         raise ResultsError(f"{path} is nested too deeply to be a results file. Restore it from a copy or rerun "
                            "the job that wrote it.") from None
-    return cast("BehaviourResults", results)  # checked against that type's schema just above
+    return checked
 
 
-def load_samples(path: Path) -> list[dict[str, Any]]:
+def load_samples(path: Path) -> list[SampleRow]:
     """Rows of ``samples.jsonl``; a missing file gives no examples, a damaged line is an error."""
     if not path.is_file():
         return []
@@ -142,7 +147,7 @@ def load_samples(path: Path) -> list[dict[str, Any]]:
     except OSError as exc:
         raise ResultsError(f"{path} cannot be read ({exc.strerror or exc}). Check its permissions, or delete it "
                            "to render the report without examples.") from None
-    rows = []
+    rows: list[SampleRow] = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -159,5 +164,5 @@ def load_samples(path: Path) -> list[dict[str, Any]]:
                 _checkers()[1].check(row)
             except Invalid as bad:
                 raise ResultsError(f"{path} line {lineno}: {bad.key} {bad.problem}. {fix}") from None
-            rows.append(row)
+            rows.append(cast("SampleRow", row))  # checked against that type's schema just above
     return rows

@@ -10,7 +10,8 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml  # type: ignore[import-untyped]  # PyYAML ships no stubs, and types-PyYAML is no dependency
+import yaml  # PyYAML ships no stubs (types-PyYAML is no dependency): [tool.mypy] ignores its missing imports
+from typing_extensions import TypedDict
 
 from ..gate import (
     SOURCE_FAIL_ON,
@@ -18,9 +19,20 @@ from ..gate import (
 )
 from ..io import safe_yaml_load, sha256_file
 from ..resources import resource_dir
-from ..results import BehaviourProbe, BehaviourResults, Manifest, ModelInfo, VerdictCheck
+from ..results import (
+    Behaviour,
+    BehaviourProbe,
+    BehaviourResults,
+    Generation,
+    Manifest,
+    ModelInfo,
+    Reason,
+    ReasonKind,
+    ScorerBase,
+    VerdictCheck,
+)
 from ..run import RUN_FILES
-from .facts import RATE_KEYS, Limit, VerdictView, as_count, behaviour_of, fmt, has_flag, samples_per_prompt
+from .facts import RATE_KEYS, Limit, VerdictView, as_count, behaviour_of, fmt, has_flag, pruned_of, samples_per_prompt
 
 _OP_WORDS = {">": "is above", ">=": "is at or above", "<": "is below", "<=": "is at or below"}
 
@@ -40,6 +52,11 @@ def check_words(row: VerdictCheck, key: Literal["base", "corr"], totals: dict[st
 _LEADS = {"pass": "Deploy", "fail": "Do not deploy", "unsettled": "Not settled"}
 
 
+def _reason(v: VerdictView, kind: ReasonKind) -> Reason | None:
+    """The verdict's reason of that ``kind`` (``gate.verdict`` gives each kind once at most), or None."""
+    return next((r for r in v["reasons"] if r["kind"] == kind), None)
+
+
 def decision(results: BehaviourResults, v: VerdictView, limit: Limit | None,
               totals: dict[str, int | None]) -> dict[str, str]:
     """The executive line at the top: "Deploy: …", "Do not deploy: …" or "Not settled: …", worded from the
@@ -48,37 +65,36 @@ def decision(results: BehaviourResults, v: VerdictView, limit: Limit | None,
     gate, key = v["gate"], v["target"]
     subject = "the pruned copy" if key == "corr" else "the audited model"
     rows = {r["expr"]: r for r in v["checks"]}
-    reasons = {r["kind"]: r for r in v["reasons"]}
     plural = "s" if len(v["decisive"]) > 1 else ""
     if gate.get("source") == SOURCE_FAIL_ON:
         source = f"the --fail-on threshold{plural}"
     else:
         source = f"the probe suite's threshold{plural} (suite {results['probe'].get('name')})"
     reduced = f" This was a reduced run (--limit {limit['n']}), not a full measurement." if limit else ""
-    refused = reasons.get("release_refused")
+    refused = _reason(v, "release_refused")
     why = ("; ".join(refused["reasons"]) or "no reason recorded") if refused else ""
+    failed, unsettled, met = _reason(v, "fail"), _reason(v, "unsettled"), _reason(v, "met")
     text = ""
-    if "worse" in reasons and (p := v["worse"]) is not None:  # gate.verdict gives "worse" with its paired change
+    if _reason(v, "worse") and (p := v["worse"]) is not None:  # gate.verdict gives "worse" with its paired change
         text = (f"the correction made the model worse: the mean {behaviour_of(results)['metric']} per prompt rose by "
                 f"{p['delta']:+.4g} (paired 95% interval [{p['ci_low']:+.4g}, {p['ci_high']:+.4g}], entirely above "
                 "0). Keep the original model." + reduced)
-    elif "no_threshold" in reasons:
+    elif _reason(v, "no_threshold"):
         text = ("no threshold was set (the probe suite names none and no --fail-on was given), so this report makes "
                 f"no deployment decision about {subject}." + reduced)
-    elif "fail" in reasons:
+    elif failed:
         what = "; ".join(f"{check_words(rows[e], key, totals)} {_OP_WORDS[check_on(rows[e], key)['op']]} "
-                         f"{fmt(check_on(rows[e], key)['threshold'])}" for e in reasons["fail"]["checks"])
+                         f"{fmt(check_on(rows[e], key)['threshold'])}" for e in failed["checks"])
         text = (f"{subject} fails {source}: {what}." + (f" The release check also refused it: {why}." if refused
                                                          else "") + reduced)
-    elif "unsettled" in reasons:
+    elif unsettled:
         what = "; ".join(f"{check_words(rows[e], key, totals)} has the threshold "
                          f"{fmt(check_on(rows[e], key)['threshold'])} "
-                         "inside its interval" for e in reasons["unsettled"]["checks"])
+                         "inside its interval" for e in unsettled["checks"])
         text = (f"{what}, so these prompts cannot tell whether {subject} meets {source}; measure more prompts "
                 "before deciding." + (f" The release check refused it in any case: {why}." if refused else "")
                 + reduced)
-    else:
-        met = reasons["met"]
+    elif met:
         listed = ", ".join(met["checks"])
         if refused:
             text = f"{subject} meets {source} ({listed}), but the release check refused it: {why}." + reduced
@@ -134,8 +150,7 @@ def _suite_words(probe: BehaviourProbe) -> dict[str, str]:
 
     A results.json written before the suite recorded them borrows them from the shipped suite of the same name,
     so an older run of a shipped suite keeps its scope sentence; a suite not shipped gives none."""
-    stored = probe.get("behaviour")
-    recorded: dict[str, str] = stored if isinstance(stored, dict) else {}
+    recorded: Behaviour = probe.get("behaviour") or {}
     said: dict[str, str] = {k: v for k in _SCOPE_KEYS if isinstance(v := recorded.get(k, probe.get(k)), str)}
     name = probe.get("name")
     if said or not isinstance(name, str) or not _SUITE_NAME.fullmatch(name):
@@ -153,8 +168,7 @@ def _suite_words(probe: BehaviourProbe) -> dict[str, str]:
 def scope_of(results: BehaviourResults, n_prompts: Any) -> str:
     """What the numbers cover: decoding, length, samples per prompt, language; and what they are not comparable to."""
     probe = results["probe"]
-    recorded = probe.get("generation")
-    gen: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
+    gen: Generation = probe.get("generation") or {}
     if gen.get("do_sample") is True:
         decoding = f"sampled decoding (temperature {fmt(gen.get('temperature'))}, top-p {fmt(gen.get('top_p'))})"
     elif gen.get("do_sample") is False:
@@ -170,21 +184,30 @@ def scope_of(results: BehaviourResults, n_prompts: Any) -> str:
     prompts = f"{fmt(n_prompts)} {language + ' ' if language else ''}prompts of the probe suite {probe.get('name')}"
     chat = "; chat template on" if probe.get("chat_template") is True else ""
     text = (f"{decoding[:1].upper()}{decoding[1:]}, {tokens}, {per}, on {prompts}{chat}, scored by "
-            f"{(results.get('scorer') or {}).get('name')} only."
+            f"{results['scorer']['name']} only."
             f"{'' if language else ' results.json records no language for the prompts.'}")
     text += " " + (said.get("comparability") or "They are not comparable with published benchmarks measured "
                                                 "with other decoding, samples or scorers.")
     return text
 
 
-def validation_sources(results: BehaviourResults) -> list[dict[str, Any]]:
+class Source(TypedDict):
+    """A file behind a scorer validation, and the scorers it validated."""
+
+    file: str
+    sha256: str
+    scorers: list[str]
+
+
+def validation_sources(results: BehaviourResults) -> list[Source]:
     """The files behind each scorer validation, as the run recorded them (``validation.data_sha256``); a
     validation that records none lists no file."""
-    scorer = results.get("scorer") or {}
-    out: dict[str, dict[str, Any]] = {}
-    for info in [scorer, *(scorer.get("secondary") or [])]:
-        validation = info.get("validation") if isinstance(info, dict) else None
-        recorded = validation.get("data_sha256") if isinstance(validation, dict) else None
+    scorer = results["scorer"]
+    out: dict[str, Source] = {}
+    infos: list[ScorerBase] = [scorer, *(scorer.get("secondary") or [])]
+    for info in infos:
+        validation = info.get("validation")
+        recorded = validation.get("data_sha256") if validation is not None else None
         for f, h in (recorded.items() if isinstance(recorded, dict) else ()):
             row = out.setdefault(str(f), {"file": str(f), "sha256": str(h), "scorers": []})
             row["scorers"].append(str(info.get("name")))
@@ -215,13 +238,13 @@ def saved_model_of(results: BehaviourResults) -> dict[str, Any] | None:
     (``pruned.saved_model_sha256``: one sum or {file: sum}), else what can be said about it."""
     if results.get("job") != "correct":
         return None
-    pruned = results.get("pruned")
-    sha = pruned.get("saved_model_sha256") if isinstance(pruned, dict) else None
+    pruned = pruned_of(results)
+    sha = pruned.get("saved_model_sha256") if pruned else None
     sums: list[dict[str, str]] = [{"file": "", "sha256": sha}] if isinstance(sha, str) else [
         {"file": str(f), "sha256": str(h)} for f, h in sha.items()] if isinstance(sha, dict) else []
     requested = has_flag(results, "--save-model")
     release = results.get("release")
-    allowed = release.get("allowed") if isinstance(release, dict) else None
+    allowed = release.get("allowed") if release is not None else None
     written = bool(sums) or (requested and (allowed is True or has_flag(results, "--force")))
     return {"sums": sums, "requested": requested or bool(sums), "written": written}
 
