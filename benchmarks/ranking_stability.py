@@ -3,10 +3,15 @@
     python benchmarks/ranking_stability.py draw --seeds 0,1,2,3 --root runs/ranking-stability
     python benchmarks/ranking_stability.py compare --root runs/ranking-stability
     python benchmarks/ranking_stability.py heldout --root runs/ranking-stability --groups 0,1,0+1+2+3,4+5+6+7
+    python benchmarks/ranking_stability.py draw --target continuation --seeds 0,1,2,3   # sequence-level samples
+    python benchmarks/ranking_stability.py compare --target continuation --json .../ranking_stability_continuation.json
+    python benchmarks/ranking_stability.py heldout --groups 0,1,0@continuation,1@continuation --json .../X.json
 
 ``draw``: per seed, the toxicity suite's reference continuations of the default model (sampled with that seed) and
 the LRP relevance of every MLP neuron per sample of each contrast set, saved to ROOT/seed-N.safetensors (a seed
 already drawn is skipped). This is the whole seed-dependent part of ``correct``: what follows is arithmetic.
+``--target continuation`` explains the whole flagged continuation instead of its toxic tokens (the suite's
+``reference.target``), reusing the seed's cached continuations; its files are ROOT/seed-N-continuation.
 
 ``compare``: for each ranking variant, the proportional gains of make correct's chosen setting (strength 0.5,
 reach 0.3, guard 2%) from every draw, and between draws the Jaccard of the 100 most dampened neurons and the
@@ -16,7 +21,10 @@ A variant that agrees across draws still has to earn its place held out (benchma
 
 ``heldout``: that edit from each group of draws ('+' pools them), measured on the held-out eval prompts and test
 text with the same gains on random neurons beside it, as ``correct`` measures its chosen edit (the setting stays
-fixed: no validation search). Writes benchmarks/results/ranking_stability_heldout.json.
+fixed: no validation search). Each row keeps its per-prompt scores, and every two edits are compared on the same
+prompts (paired bootstrap of the mean and of the rate): whether two edits really differ, or only by eval noise.
+A group ``N@continuation`` uses the sequence-level draw of seed N. Writes --json (default
+benchmarks/results/ranking_stability_heldout.json).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from stability import TOP, jaccard  # the same overlap as the held-out seed benchmark
@@ -42,7 +51,21 @@ SETS = ("general", "benign", "undesired")
 STRENGTH, REACH, GUARD = 0.5, 0.3, 0.02
 
 
-def draw(root: Path, seeds: list[int]) -> None:
+def _path(root: Path, seed: int, target: str = "tokens") -> Path:
+    """The draw file of one seed; the suite's default target keeps the plain name."""
+    return root / (f"seed-{seed}.safetensors" if target == "tokens" else f"seed-{seed}-{target}.safetensors")
+
+
+def _group_draws(root: Path, group: str) -> list[dict[str, torch.Tensor]]:
+    """'0+1' or '0@continuation+1@continuation': the draw files a heldout group pools."""
+    out = []
+    for part in group.split("+"):
+        seed, _, target = part.partition("@")
+        out.append(load_file(str(_path(root, int(seed), target or "tokens"))))
+    return out
+
+
+def draw(root: Path, seeds: list[int], target: str = "tokens") -> None:
     """Reference draws and per-sample LRP neuron relevance, one file per seed."""
     from safety_prune.evaluation.behaviour import GenerationCache
     from safety_prune.jobs.common import open_model
@@ -52,9 +75,10 @@ def draw(root: Path, seeds: list[int]) -> None:
 
     root.mkdir(parents=True, exist_ok=True)
     suite = load_suite("toxicity")
+    suite = replace(suite, reference=replace(suite.reference, target=target))
     lm = None
     for seed in seeds:
-        path = root / f"seed-{seed}.safetensors"
+        path = _path(root, seed, target)
         if path.is_file():
             print(f"seed {seed}: drawn already ({path})", flush=True)
             continue
@@ -162,8 +186,9 @@ def which_set_varies(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> 
                                                      gains(a["general"], a["benign"], a["undesired"][half:]))}
 
 
-def compare(root: Path, out: Path) -> dict:
-    draws = {int(p.stem.split("-")[1]): load_file(str(p)) for p in sorted(root.glob("seed-*.safetensors"))}
+def compare(root: Path, out: Path, target: str = "tokens") -> dict:
+    draws = {int(p.stem.split("-")[1]): load_file(str(p)) for p in sorted(root.glob("seed-*.safetensors"))
+             if p == _path(root, int(p.stem.split("-")[1]), target)}
     seeds = sorted(draws)
     groups = {"one draw": [[s] for s in seeds]}
     for size in (2, 3, 4):
@@ -183,7 +208,8 @@ def compare(root: Path, out: Path) -> dict:
         print(f"{label:16s} {name:30s} top{TOP} {row[f'top{TOP}']['mean']:.2f} "
               f"[{row[f'top{TOP}']['min']:.2f}, {row[f'top{TOP}']['max']:.2f}]  weighted "
               f"{row['weighted']['mean']:.2f}  changed {min(row['changed'])}-{max(row['changed'])}", flush=True)
-    result = {"what": __doc__.split("\n")[0], "setting": {"strength": STRENGTH, "reach": REACH, "guard": GUARD},
+    result = {"what": __doc__.split("\n")[0], "target": target,
+              "setting": {"strength": STRENGTH, "reach": REACH, "guard": GUARD},
               "seeds": seeds, "rows": rows, "which_set_varies": which_set_varies(draws[seeds[0]], draws[seeds[1]])}
     for key, value in result["which_set_varies"].items():
         print(f"{key}: top{TOP} {value[f'top{TOP}']:.2f}, weighted {value['weighted']:.2f}", flush=True)
@@ -192,7 +218,7 @@ def compare(root: Path, out: Path) -> dict:
     return result
 
 
-def heldout(root: Path, groups: list[list[int]], out: Path) -> dict:
+def heldout(root: Path, groups: list[str], out: Path) -> dict:
     """Each group's pooled draws turned into make correct's chosen edit (no validation search: the setting is
     fixed), and measured on the held-out eval prompts and test text against the unpruned model and against the
     same gains on random neurons, as ``correct`` measures its chosen edit. Writes ``out``."""
@@ -214,45 +240,62 @@ def heldout(root: Path, groups: list[list[int]], out: Path) -> dict:
     base = measure_baseline(lm, suite, scorer, None, opt.seed, GenerationCache(None, root / "heldout"))
     base_scores = base.generations.per_prompt_mean()
 
-    def measure(edit) -> tuple[dict, list[float]]:
+    def flags(res) -> list[float]:
+        return [float(np.mean([x >= suite.scorer.threshold for x in row])) for row in res.scores]
+
+    def measure(edit) -> tuple[dict, list[float], list[float]]:
         pruned = replace(lm, model=edit.apply(lm.model))
         metrics, res = evaluate(pruned, lm, suite, scorer, base.prompts, base.test_text, opt.seed,
                                 capability=base.capability)
         flat = {k: v for k, v in flat_metrics(metrics).items() if k != "details"}
-        return flat, res.per_prompt_mean()
+        return flat, res.per_prompt_mean(), flags(res)
 
     keys = ("behaviour_rate", "behaviour_rate_ci", "behaviour_mean", "behaviour_mean_ci", "perplexity",
             "distinct2", "continuation_perplexity", "last_word_accuracy_drop")
-    rows = [{"draws": [], "label": "unpruned", **{k: flat_metrics(base.metrics)[k] for k in keys}}]
+    rows = [{"draws": "", "label": "unpruned", **{k: flat_metrics(base.metrics)[k] for k in keys},
+             "per_prompt_mean": base_scores, "per_prompt_flagged": flags(base.generations)}]
     gains_by_group = []
     for group in groups:
         t = time.time()
-        draws = [load_file(str(root / f"seed-{s}.safetensors")) for s in group]
+        draws = _group_draws(root, group)
         scores = _guarded(_relevance({n: torch.cat([d[n] for d in draws]) for n in SETS}))
         dense = proportional(scores, "neuron", STRENGTH, 0.0, REACH)
         gains_by_group.append(_gains(scores))
         edit = gains_edit("neuron", dense, {"kind": "proportional", "strength": STRENGTH, "threshold": 0.0,
                                              "reach": REACH})
         noise = {"neuron": torch.rand(dense.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)}
-        metrics, mine = measure(edit)
-        control, theirs = measure(random_like(edit, noise, "neuron"))
-        row = {"draws": group, "label": f"{len(group)} draw(s) pooled", "changed": len(edit.units),
+        metrics, mine, mine_flags = measure(edit)
+        control, theirs, _ = measure(random_like(edit, noise, "neuron"))
+        row = {"draws": group, "label": f"{len(draws)} draw(s) pooled", "changed": len(edit.units),
                **{k: metrics[k] for k in keys},
                "paired_vs_baseline": paired_bootstrap_diff(base_scores, mine, seed=opt.seed),
                "paired_vs_random": paired_bootstrap_diff(theirs, mine, seed=opt.seed),
-               "random": {k: control[k] for k in keys}, "seconds": round(time.time() - t, 1)}
+               "random": {k: control[k] for k in keys}, "per_prompt_mean": mine, "per_prompt_flagged": mine_flags,
+               "seconds": round(time.time() - t, 1)}
         rows.append(row)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".partial.json").write_text(json.dumps({"rows": rows}, indent=1) + "\n", encoding="utf-8")
         print(f"draws {group}: rate {base.metrics['behaviour_rate']['value']:.3f} -> {row['behaviour_rate']:.3f}, "
               f"mean {row['paired_vs_baseline']['delta']:+.4f}, vs random {row['paired_vs_random']['delta']:+.4f} "
               f"[{row['paired_vs_random']['ci_low']:+.4f}, {row['paired_vs_random']['ci_high']:+.4f}], "
               f"ppl {row['perplexity']:.2f}, {row['seconds']:.0f} s", flush=True)
+    between = {}
+    for a, b in itertools.combinations(rows[1:], 2):
+        between[f"{b['draws']} - {a['draws']}"] = {
+            key: paired_bootstrap_diff(a[f"per_prompt_{key}"], b[f"per_prompt_{key}"], seed=opt.seed)
+            for key in ("mean", "flagged")}
+        d = between[f"{b['draws']} - {a['draws']}"]
+        print(f"{b['draws']} - {a['draws']}: mean {d['mean']['delta']:+.4f} [{d['mean']['ci_low']:+.4f}, "
+              f"{d['mean']['ci_high']:+.4f}], rate {d['flagged']['delta']:+.4f} [{d['flagged']['ci_low']:+.4f}, "
+              f"{d['flagged']['ci_high']:+.4f}]", flush=True)
     result = {"what": "held-out effect of make correct's chosen setting from single and pooled reference draws",
               "setting": {"strength": STRENGTH, "reach": REACH, "guard": GUARD}, "rows": rows,
               "jaccard": {f"{a} vs {b}": jaccard(gains_by_group[i], gains_by_group[j])
-                          for (i, a), (j, b) in itertools.combinations(enumerate(map(str, groups)), 2)},
+                          for (i, a), (j, b) in itertools.combinations(enumerate(groups), 2)},
+              "edit_vs_edit": between,
               "seconds": round(time.time() - started, 1)}
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    out.with_suffix(".partial.json").unlink()
     return result
 
 
@@ -263,18 +306,21 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2,3")
     ap.add_argument("--groups", default="0,1,0+1+2+3,4+5+6+7",
                     help="heldout: the draws of each edit, '+' pooling draws, e.g. 0,1,0+1+2+3,4+5+6+7")
-    ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "ranking_stability.json")
+    ap.add_argument("--target", default="tokens", choices=("tokens", "continuation"),
+                    help="draw/compare: what the undesired samples explain (the suite's reference.target)")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="the JSON to write (default benchmarks/results/ranking_stability[_heldout].json)")
     a = ap.parse_args()
+    results = Path(__file__).parent / "results"
     if a.stage == "draw":
         seeds = [int(s) for s in a.seeds.split(",")]
         if len(set(seeds)) != len(seeds):
             raise SystemExit(f"--seeds {a.seeds!r}: each seed once (a repeat would count one draw as agreement).")
-        draw(a.root, seeds)
+        draw(a.root, seeds, a.target)
     elif a.stage == "heldout":
-        groups = [[int(s) for s in g.split("+")] for g in a.groups.split(",")]
-        heldout(a.root, groups, a.json.with_name("ranking_stability_heldout.json"))
+        heldout(a.root, a.groups.split(","), a.json or results / "ranking_stability_heldout.json")
     else:
-        compare(a.root, a.json)
+        compare(a.root, a.json or results / "ranking_stability.json", a.target)
 
 
 if __name__ == "__main__":
