@@ -1,0 +1,57 @@
+"""The ranking-stability benchmark keeps the two targets' draws apart: a sequence-level file never counts as a
+token-level draw of the same seed (the glob matches both names)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _module():
+    sys.path.insert(0, str(BENCH))  # the script imports its sibling stability.py
+    try:
+        spec = importlib.util.spec_from_file_location("ranking_stability", BENCH / "ranking_stability.py")
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _draw(path: Path, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    save_file({name: torch.randn(6, 2, 16, generator=g) for name in ("general", "benign", "undesired")}, str(path))
+
+
+def test_each_target_reads_only_its_own_draws(tmp_path: Path) -> None:
+    rs = _module()
+    for seed in (0, 1):
+        _draw(rs._path(tmp_path, seed), seed)
+        _draw(rs._path(tmp_path, seed, "continuation"), 100 + seed)
+    assert rs._path(tmp_path, 0).name == "seed-0.safetensors"
+    assert rs._path(tmp_path, 0, "continuation").name == "seed-0-continuation.safetensors"
+    tokens = rs.compare(tmp_path, tmp_path / "tokens.json")
+    seq = rs.compare(tmp_path, tmp_path / "seq.json", "continuation")
+    assert tokens["seeds"] == seq["seeds"] == [0, 1]
+    assert tokens["target"] == "tokens" and seq["target"] == "continuation"
+    first = {r["variant"]: r["top100"]["mean"] for r in tokens["rows"]}
+    assert first != {r["variant"]: r["top100"]["mean"] for r in seq["rows"]}  # other files, other agreement
+    assert json.loads((tmp_path / "seq.json").read_text(encoding="utf-8"))["target"] == "continuation"
+
+
+def test_a_group_pools_the_named_draws(tmp_path: Path) -> None:
+    rs = _module()
+    _draw(rs._path(tmp_path, 0), 0)
+    _draw(rs._path(tmp_path, 0, "continuation"), 100)
+    both = rs._group_draws(tmp_path, "0+0@continuation")
+    assert len(both) == 2
+    assert not torch.equal(both[0]["undesired"], both[1]["undesired"])
+    assert torch.equal(rs._group_draws(tmp_path, "0@continuation")[0]["general"], both[1]["general"])
