@@ -141,6 +141,8 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--png", type=Path, default=None)
     parser.add_argument("--table", action="store_true", help="print each run's held-out table (markdown) only")
+    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "correction_front.json",
+                        help="where the fronts go (the README's make correct front is the default)")
     args = parser.parse_args()
     if args.table:
         for run in args.runs:
@@ -153,7 +155,7 @@ def main() -> None:
             what = r.get("method", "search")
             print(f"  {r['split']:>10} {what:>8} k={r['k']:>4}  mean {_pct(r['mean_change'])}  "
                   f"perplexity {100 * r['ppl_change']:+5.1f}%  {'; '.join(r.get('violations', []))}")
-    out = Path(__file__).parent / "results" / "correction_front.json"
+    out = args.json
     out.write_text(json.dumps(fronts, indent=1) + "\n", encoding="utf-8")
     if args.png:
         from matplotlib.figure import Figure
