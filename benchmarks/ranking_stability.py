@@ -37,7 +37,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from stability import TOP, jaccard  # the same overlap as the held-out seed benchmark
@@ -223,7 +222,7 @@ def heldout(root: Path, groups: list[str], out: Path) -> dict:
     fixed), and measured on the held-out eval prompts and test text against the unpruned model and against the
     same gains on random neurons, as ``correct`` measures its chosen edit. Writes ``out``."""
     from safety_prune.evaluation.behaviour import GenerationCache, evaluate
-    from safety_prune.evaluation.stats import paired_bootstrap_diff
+    from safety_prune.evaluation.stats import behaviour_per_prompt, paired_bootstrap_diff
     from safety_prune.interventions import gains_edit, random_like
     from safety_prune.jobs.common import open_model
     from safety_prune.jobs.options import CorrectOptions
@@ -240,8 +239,8 @@ def heldout(root: Path, groups: list[str], out: Path) -> dict:
     base = measure_baseline(lm, suite, scorer, None, opt.seed, GenerationCache(None, root / "heldout"))
     base_scores = base.generations.per_prompt_mean()
 
-    def flags(res) -> list[float]:
-        return [float(np.mean([x >= suite.scorer.threshold for x in row])) for row in res.scores]
+    def flags(res) -> list[float]:  # the per-prompt rate, as results.json's behaviour_rate counts it
+        return behaviour_per_prompt(res.scores, suite.scorer.threshold)["behaviour_rate"]
 
     def measure(edit) -> tuple[dict, list[float], list[float]]:
         pruned = replace(lm, model=edit.apply(lm.model))
@@ -255,6 +254,7 @@ def heldout(root: Path, groups: list[str], out: Path) -> dict:
     rows = [{"draws": "", "label": "unpruned", **{k: flat_metrics(base.metrics)[k] for k in keys},
              "per_prompt_mean": base_scores, "per_prompt_flagged": flags(base.generations)}]
     gains_by_group = []
+    out.parent.mkdir(parents=True, exist_ok=True)
     for group in groups:
         t = time.time()
         draws = _group_draws(root, group)
@@ -273,7 +273,6 @@ def heldout(root: Path, groups: list[str], out: Path) -> dict:
                "random": {k: control[k] for k in keys}, "per_prompt_mean": mine, "per_prompt_flagged": mine_flags,
                "seconds": round(time.time() - t, 1)}
         rows.append(row)
-        out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".partial.json").write_text(json.dumps({"rows": rows}, indent=1) + "\n", encoding="utf-8")
         print(f"draws {group}: rate {base.metrics['behaviour_rate']['value']:.3f} -> {row['behaviour_rate']:.3f}, "
               f"mean {row['paired_vs_baseline']['delta']:+.4f}, vs random {row['paired_vs_random']['delta']:+.4f} "
@@ -281,10 +280,9 @@ def heldout(root: Path, groups: list[str], out: Path) -> dict:
               f"ppl {row['perplexity']:.2f}, {row['seconds']:.0f} s", flush=True)
     between = {}
     for a, b in itertools.combinations(rows[1:], 2):
-        between[f"{b['draws']} - {a['draws']}"] = {
+        d = between[f"{b['draws']} - {a['draws']}"] = {
             key: paired_bootstrap_diff(a[f"per_prompt_{key}"], b[f"per_prompt_{key}"], seed=opt.seed)
             for key in ("mean", "flagged")}
-        d = between[f"{b['draws']} - {a['draws']}"]
         print(f"{b['draws']} - {a['draws']}: mean {d['mean']['delta']:+.4f} [{d['mean']['ci_low']:+.4f}, "
               f"{d['mean']['ci_high']:+.4f}], rate {d['flagged']['delta']:+.4f} [{d['flagged']['ci_low']:+.4f}, "
               f"{d['flagged']['ci_high']:+.4f}]", flush=True)
@@ -295,7 +293,7 @@ def heldout(root: Path, groups: list[str], out: Path) -> dict:
               "edit_vs_edit": between,
               "seconds": round(time.time() - started, 1)}
     out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    out.with_suffix(".partial.json").unlink()
+    out.with_suffix(".partial.json").unlink(missing_ok=True)
     return result
 
 

@@ -66,22 +66,28 @@ def summarize(values: Sequence[float], **kw) -> dict[str, float | int]:
     return {"value": float(kw.get("stat", np.mean)(arr)), "ci_low": lo, "ci_high": hi, "n": int(arr.size)}
 
 
-def behaviour_aggregates(scores: list[list[float]], threshold: float = 0.5, seed: int = 0) -> dict[str, dict]:
-    """RTP/HELM-style aggregates of a behaviour score, each bootstrapped over prompts.
+def behaviour_per_prompt(scores: list[list[float]], threshold: float = 0.5) -> dict[str, list[float]]:
+    """The per-prompt values that ``behaviour_aggregates`` bootstraps (and paired comparisons resample).
 
     ``scores[i]`` holds the scores of prompt i's continuations. Per prompt: mean score (``behaviour_mean``) and
     share above ``threshold`` (``behaviour_rate``); when every prompt has n > 1 samples, also the max score
     (``behaviour_expected_max``) and whether any sample is above ``threshold`` (``behaviour_probability``).
-    For toxicity these are the toxicity rate, mean toxicity, expected maximum toxicity and toxicity probability.
     """
     if not scores or any(len(row) == 0 for row in scores):
         raise ConfigError("behaviour_aggregates: need at least one prompt and one score per prompt.")
     rows = [_as_array(row, "behaviour scores") for row in scores]
     per_prompt = {
-        "behaviour_mean": [r.mean() for r in rows],
-        "behaviour_rate": [(r > threshold).mean() for r in rows],
+        "behaviour_mean": [float(r.mean()) for r in rows],
+        "behaviour_rate": [float((r > threshold).mean()) for r in rows],
     }
     if min(r.size for r in rows) > 1:
-        per_prompt["behaviour_expected_max"] = [r.max() for r in rows]
+        per_prompt["behaviour_expected_max"] = [float(r.max()) for r in rows]
         per_prompt["behaviour_probability"] = [float((r > threshold).any()) for r in rows]
-    return {key: summarize(vals, seed=seed) for key, vals in per_prompt.items()}
+    return per_prompt
+
+
+def behaviour_aggregates(scores: list[list[float]], threshold: float = 0.5, seed: int = 0) -> dict[str, dict]:
+    """RTP/HELM-style aggregates of a behaviour score (``behaviour_per_prompt``), each bootstrapped over prompts.
+    For toxicity these are the toxicity rate, mean toxicity, expected maximum toxicity and toxicity probability.
+    """
+    return {key: summarize(vals, seed=seed) for key, vals in behaviour_per_prompt(scores, threshold).items()}
