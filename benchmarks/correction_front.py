@@ -79,6 +79,9 @@ def search_table(res: dict) -> list[str]:
     chosen = {key: how[key] for key in SETTING if key in how}
     lines = ["| validation candidate | units changed | mean change | rate change | perplexity change | "
              "outside the limits |", "|---|---|---|---|---|---|"]
+    def ppl(s: dict) -> str:
+        return "not measured" if s["perplexity"] is None else _pct(_change(s["perplexity"], base["perplexity"]), 0)
+
     for s in search[1:]:
         setting = ", ".join(f"{key} {s[key]:g}" for key in SETTING if s.get(key) is not None and key != "scale")
         setting = setting or (f"k {s['k']}" + (f" x{s['scale']:g}" if s.get("scale") is not None else " zeroed"))
@@ -87,7 +90,7 @@ def search_table(res: dict) -> list[str]:
                 else _pct(_change(s["behaviour_mean"], base["behaviour_mean"]), 0))
         rate = "" if s.get("behaviour_rate") is None else _pct(_change(s["behaviour_rate"], base["behaviour_rate"]), 0)
         lines.append(f"| {'**' + setting + ' (chosen)**' if picked else setting} | {s['k']} | {mean} | {rate} | "
-                     f"{_pct(_change(s['perplexity'], base['perplexity']), 0)} | {'; '.join(s['violations'])} |")
+                     f"{ppl(s)} | {'; '.join(s['violations'])} |")
     cf = sel.get("cross_fit")
     if cf:
         folds = ", ".join(f"{100 * r:+.1f}%" for r in cf["fold_reductions"])

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 from .methods import check_reaches, check_strengths, check_thresholds
-from .pruning import MaskSet, Scale, _finite, intervention_info, pruned_copy, select
+from .pruning import MaskSet, Scale, Unit, _finite, _gains, intervention_info, pruned_copy, select
 
 # Searched on validation data when --strength / --threshold / --reach are not given: the grid of the measured
 # default (README, Correction: reach 0.3 at s = 0.5 won; threshold 0.1 lost every comparison at ded217d).
@@ -77,6 +77,17 @@ class Edit:
     def info(self) -> dict[str, Any]:
         """The intervention for results.json: the kind, the setting, and the gains' summary."""
         return intervention_info(self.scale) | self.setting
+
+    def gains(self) -> dict[Unit, float]:
+        """Each changed unit's gain (0: removed); a unit not listed keeps gain 1."""
+        gains = _gains(self.units, 0.0 if self.scale is None else self.scale).tolist()
+        return dict(zip(self.units, gains, strict=True))
+
+    def at_least_as_strong_as(self, other: Edit) -> bool:
+        """Whether this edit changes every unit at least as much as ``other`` does (each of ``other``'s units
+        is among its own, with a gain no larger): perplexity is taken to rise with such an edit."""
+        mine = self.gains()
+        return all(mine.get(unit, 1.0) <= gain for unit, gain in other.gains().items())
 
     def matches(self, other: Edit) -> bool:
         """The same budget: as many units with the same gains (the random control's condition)."""

@@ -19,8 +19,9 @@ from .contrast import contrast_scores
 from .errors import ConfigError
 from .evaluation import perplexity
 from .families import geometry
+from .interventions import Edit
 from .models import LoadedModel
-from .pruning import Unit, count_units, masked, pruned_copy, select
+from .pruning import Unit, count_units, masked, select
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +163,19 @@ def validation_search(lm: LoadedModel, measure: Measure, scores: dict[str, torch
                       ) -> tuple[tuple[int, float | None] | None, list[dict[str, Any]]]:
     """The (k, scale) of the top-k units with the largest drop of the mean behaviour score on validation
     prompts that keeps every ``limits`` (see ``search_settings``)."""
-    candidates = [({"k": k, "scale": scale},
-                   lambda k=k, scale=scale: pruned_copy(lm.model, select(scores, kind, k=k), scale))
-                  for scale in scales for k in ks]
+    candidates = [({"k": k, "scale": scale}, Edit(select(scores, kind, k=k), scale)) for scale in scales for k in ks]
     best, trail = search_settings(lm, measure, candidates, limits, perplexity_of)
     return (None if best is None else (best["k"], best["scale"])), trail
 
 
-Candidate = tuple[dict[str, Any], Callable[[], torch.nn.Module]]  # (its setting, e.g. {"k", "scale"}; the edited copy)
+Candidate = tuple[dict[str, Any], Edit]  # (its setting, e.g. {"k", "scale"}; the change it makes)
+
+
+def _label(setting: dict[str, Any]) -> str:
+    """The searched part of a setting, e.g. ``strength 0.5, threshold 0, reach 0.3`` or ``k 25, scale 0.5``
+    (a proportional row's k and scale only describe its gains)."""
+    keys = ("strength", "threshold", "reach") if "strength" in setting else ("k", "scale")
+    return ", ".join(f"{key} {setting[key]:g}" for key in keys if setting.get(key) is not None)
 
 
 def search_settings(lm: LoadedModel, measure: Measure, candidates: Sequence[Candidate], limits: Constraints,
@@ -181,7 +187,10 @@ def search_settings(lm: LoadedModel, measure: Measure, candidates: Sequence[Cand
 
     ``perplexity_of`` (the same validation perplexity that ``measure`` reports, alone): checked first, so a
     candidate already over the perplexity limit is not generated from. Generation is most of a candidate's
-    cost, and such a candidate can never be chosen; its trail row says so (``generated: False``).
+    cost, and such a candidate can never be chosen; its trail row says so (``generated: False``). A candidate
+    that changes every unit at least as much as one already over the limit (``Edit.at_least_as_strong_as``:
+    more units, or lower gains) is not measured at all: its row names the milder candidate. Candidates are
+    measured in order, so the grid lists the milder settings first.
     Returns the chosen setting (None when no candidate keeps the limits) and the trail of every candidate.
     """
     base = measure(lm.model)
@@ -189,19 +198,31 @@ def search_settings(lm: LoadedModel, measure: Measure, candidates: Sequence[Cand
                                     "generated": True}]
     best: dict[str, Any] | None = None
     best_gain = -math.inf
-    for setting, build in candidates:
-        model = build()
+    over_limit: list[tuple[dict[str, Any], Edit]] = []
+    unmeasured = dict.fromkeys(k for k in base if k in _UNMEASURED)
+    for setting, edit in candidates:
+        milder = next((s for s, e in over_limit if edit.at_least_as_strong_as(e)), None)
+        if milder is not None:
+            bad = [f"not measured: it changes every unit at least as much as {_label(milder)}, which is over the "
+                   "perplexity limit"]
+            trail.append({**setting, "perplexity": None, **unmeasured, "violations": bad, "reduction": None,
+                          "generated": False})
+            log.info("validation search: %s %s", setting, bad[0])
+            continue
+        model = edit.apply(lm.model)
         ppl = perplexity_of(model) if perplexity_of else None
         over = None if ppl is None else limits.perplexity(base["perplexity"], ppl)
         if over:
-            bad = [over]
-            trail.append({**setting, "perplexity": ppl, **dict.fromkeys(k for k in base if k in _UNMEASURED),
-                          "violations": bad, "reduction": None, "generated": False})
-            log.info("validation search: %s %s: not generated", setting, bad[0])
+            over_limit.append((setting, edit))
+            trail.append({**setting, "perplexity": ppl, **unmeasured, "violations": [over], "reduction": None,
+                          "generated": False})
+            log.info("validation search: %s %s: not generated", setting, over)
             continue
         got = measure(model)
         del model
         bad = limits.violations(base, got)
+        if limits.perplexity(base["perplexity"], got["perplexity"]):
+            over_limit.append((setting, edit))
         gain = 1 - got["behaviour_mean"] / base["behaviour_mean"] if base["behaviour_mean"] > 0 else 0.0
         trail.append({**setting, **got, "violations": bad, "reduction": gain, "generated": True})
         log.info("validation search: %s mean %.4f (%+.1f%%) %s", setting, got["behaviour_mean"],

@@ -78,6 +78,8 @@ class ReferenceSpec:
     Benign: the ``benign_n`` least-scoring continuations of the same prompts. General: ``general_n``
     documents of the general reference part. ``max_prompts``: continue only the first this many reference
     prompts (None: all); a frequent behaviour needs few, and generation is most of a run's cost.
+    ``batch_size``: prompts per sampling batch (None: ``generation.batch_size``). Sampled continuations depend on
+    it (each batch seeds its own stream), so it is kept apart from the greedy batch, which may grow freely.
     """
 
     samples_per_prompt: int
@@ -91,6 +93,7 @@ class ReferenceSpec:
     benign_n: int
     general_n: int
     max_prompts: int | None = None
+    batch_size: int | None = None
 
 
 TARGETS = ("tokens", "continuation", "loop")
@@ -426,7 +429,7 @@ def _parse(path: Path) -> ProbeSuite:
     th = top.sub("thresholds", {"behaviour_rate", "toxicity_rate"})
     ref = top.sub("reference", {"samples_per_prompt", "temperature", "top_p", "undesired_min", "undesired_max",
                                 "target", "tokens_per_continuation", "foil", "benign_n", "general_n",
-                                "max_prompts"})
+                                "max_prompts", "batch_size"})
     reference = ReferenceSpec(
         samples_per_prompt=ref.pos_int("samples_per_prompt", 1, MAX_SAMPLES, _SAMPLES_WHY),
         temperature=ref.number("temperature", 1.0, 0.0, 100.0, lo_open=True),
@@ -439,6 +442,7 @@ def _parse(path: Path) -> ProbeSuite:
         benign_n=ref.pos_int("benign_n", 128),
         general_n=ref.pos_int("general_n", 128),
         max_prompts=ref.pos_int("max_prompts", None) if ref.get("max_prompts", None) is not None else None,
+        batch_size=ref.pos_int("batch_size", None) if ref.get("batch_size", None) is not None else None,
     )
     if reference.foil != "none" and reference.target != "tokens":
         raise ref.error("foil", f"({reference.foil}) needs reference.target: tokens")

@@ -73,6 +73,20 @@ def test_random_control_gets_the_same_gains_on_random_units():
     assert Edit(control.units, None).matches(Edit(edit.units, None))
 
 
+def test_at_least_as_strong_compares_every_units_gain():
+    """What the validation search skips after a candidate over the perplexity limit: an edit that changes each of
+    that candidate's units at least as much (missing units keep gain 1, removal is gain 0)."""
+    a, b, c = Unit("neuron", 0, 0), Unit("neuron", 1, 2), Unit("neuron", 1, 3)
+    mild = Edit(MaskSet([a, b]), torch.tensor([0.5, 0.75]))
+    assert Edit(MaskSet([b, a, c]), torch.tensor([0.75, 0.5, 0.9])).at_least_as_strong_as(mild)  # order-free
+    assert not Edit(MaskSet([a, b]), torch.tensor([0.5, 0.8])).at_least_as_strong_as(mild)  # b is milder
+    assert not Edit(MaskSet([a]), torch.tensor([0.0])).at_least_as_strong_as(mild)  # b untouched: gain 1
+    assert Edit(MaskSet([a, b]), None).at_least_as_strong_as(mild)  # removed: gain 0
+    assert Edit(MaskSet([a, b]), 0.5).at_least_as_strong_as(mild)
+    assert not mild.at_least_as_strong_as(Edit(MaskSet([a, b]), None))
+    assert mild.at_least_as_strong_as(Edit(MaskSet(), None))  # nothing changed: every edit is as strong
+
+
 def _by_hand(model, samples: list[Sample], pooling: str) -> torch.Tensor:
     """Each sample alone (no padding, no batching): the down projection's input at every position that predicts a
     continuation token, pooled."""

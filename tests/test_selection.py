@@ -40,20 +40,40 @@ def test_candidates_over_the_perplexity_limit_are_not_generated_from():
     lm = _lm()
     scores = {"neuron": torch.arange(lm.model.config.num_hidden_layers * lm.model.config.intermediate_size,
                                      dtype=torch.float).reshape(lm.model.config.num_hidden_layers, -1)}
-    full_calls: list[int] = []
-    measure, zeroed = _measure_from(table, full_calls)
-    full, full_trail = validation_search(lm, measure, scores, "neuron", [1, 2, 4], [None], Constraints())
     calls: list[int] = []
     measure, zeroed = _measure_from(table, calls)
-    fast, trail = validation_search(lm, measure, scores, "neuron", [1, 2, 4], [None], Constraints(),
+    fast, trail = validation_search(lm, measure, scores, "neuron", [1, 2], [None], Constraints(),
                                     perplexity_of=lambda model: table[zeroed(model)]["perplexity"])
-    assert full == fast == (4, None)  # k=2 would drop most but breaks the limit either way
-    assert full_calls == [0, 1, 2, 4] and calls == [0, 1, 4]  # k=2 was never generated from
+    assert fast == (1, None)  # k=2 would drop most but breaks the limit
+    assert calls == [0, 1]  # k=2 was never generated from
     row = trail[2]
     assert row["k"] == 2 and row["generated"] is False and row["behaviour_mean"] is None
     assert row["violations"] == ["perplexity +5.0%"] and row["perplexity"] == 10.5
-    assert [r["generated"] for r in trail] == [True, True, False, True]
-    assert full_trail[2]["violations"] == ["perplexity +5.0%"]
+    assert [r["generated"] for r in trail] == [True, True, False]
+
+
+def test_a_candidate_at_least_as_strong_as_one_over_the_limit_is_not_measured():
+    """k=4 zeroes the top 2 and two more: perplexity is taken to rise with it, so it is never built; a milder
+    candidate after it (k=1) still is. Without the pre-check, the same rule follows a measured violation."""
+    base = {"behaviour_mean": 0.5, "behaviour_rate": 0.5, "perplexity": 10.0, "distinct2": 0.8,
+            "continuation_perplexity": 3.0}
+    table = {0: base, 1: {**base, "behaviour_mean": 0.4, "perplexity": 10.1},
+             2: {**base, "behaviour_mean": 0.1, "perplexity": 10.5}}
+    lm = _lm()
+    scores = {"neuron": torch.arange(lm.model.config.num_hidden_layers * lm.model.config.intermediate_size,
+                                     dtype=torch.float).reshape(lm.model.config.num_hidden_layers, -1)}
+    for pre_check in (True, False):
+        calls: list[int] = []
+        measure, zeroed = _measure_from(table, calls)
+        ppl = (lambda model, zeroed=zeroed: table[zeroed(model)]["perplexity"]) if pre_check else None
+        found, trail = validation_search(lm, measure, scores, "neuron", [2, 4, 1], [None], Constraints(),
+                                         perplexity_of=ppl)
+        assert found == (1, None)
+        assert calls == ([0, 1] if pre_check else [0, 2, 1])  # k=4 never measured
+        skipped = trail[2]
+        assert skipped["k"] == 4 and skipped["generated"] is False and skipped["perplexity"] is None
+        assert skipped["violations"] == ["not measured: it changes every unit at least as much as k 2, which is "
+                                         "over the perplexity limit"]
 
 
 def _suite_with_max_prompts(tmp_path, value) -> tuple[str, Path]:

@@ -24,7 +24,7 @@ from ..suite import GenerationSpec, ProbeSuite
 from .capability import CapabilitySet, capability_metrics
 from .fluency import distinct_n
 from .generation import Generation, encode_prompts, generate_detailed
-from .perplexity import perplexity, sequence_perplexities
+from .perplexity import PerplexityResult, perplexity, sequence_perplexities
 from .stats import behaviour_aggregates, summarize
 
 log = logging.getLogger(__name__)
@@ -184,15 +184,16 @@ def secondary_metrics(res: Generations, secondary: dict[str, Scorer], suite: Pro
 
 def evaluate(lm: LoadedModel, reference: LoadedModel, suite: ProbeSuite, scorer: Scorer, prompts: list[str],
              general_text: list[str], seed: int, cache: GenerationCache | None = None,
-             secondary: dict[str, Scorer] | None = None, capability: CapabilitySet | None = None
-             ) -> tuple[dict[str, Any], Generations]:
+             secondary: dict[str, Scorer] | None = None, capability: CapabilitySet | None = None,
+             general_perplexity: PerplexityResult | None = None) -> tuple[dict[str, Any], Generations]:
     """The behaviour with fluency and perplexity next to it, each with a 95% bootstrap CI over prompts.
 
     ``reference`` is the unpruned model: continuation perplexity is measured under it, so garbled text of a
     pruned ``lm`` shows as a rise. ``secondary`` (name -> scorer, e.g. from ``jobs.stages.suite_secondary``)
     scores the same continuations again: ``metrics["secondary"][name]`` (see ``secondary_metrics``; ``{}`` when
     none). ``capability`` (items of one general split): last-word accuracy and continuation F1 with their paired
-    drops from ``reference`` (see ``capability_metrics``).
+    drops from ``reference`` (see ``capability_metrics``). ``general_perplexity``: ``lm``'s perplexity on
+    ``general_text`` with the suite's windows, when the caller has just measured it (not measured twice).
     """
     res = generate_and_score(lm, suite, scorer, prompts, seed, "eval", cache)
     metrics: dict[str, Any] = behaviour_aggregates(res.scores, threshold=suite.scorer.threshold, seed=seed)
@@ -206,8 +207,8 @@ def evaluate(lm: LoadedModel, reference: LoadedModel, suite: ProbeSuite, scorer:
     metrics["continuation_perplexity"] = _log_summary(finite, seed) | {"empty_continuations":
                                                                           len(cppl) - len(finite)}
     p = suite.perplexity
-    ppl = perplexity(lm.model, lm.tokenizer, general_text, max_length=p.max_length, stride=p.stride,
-                     device=lm.model.device)
+    ppl = general_perplexity or perplexity(lm.model, lm.tokenizer, general_text, max_length=p.max_length,
+                                           stride=p.stride, device=lm.model.device)
     lo, hi = ppl.ci(seed)
     metrics["perplexity"] = {"value": ppl.perplexity, "ci_low": lo, "ci_high": hi, "n_tokens": ppl.n_tokens}
     if capability is not None:

@@ -273,9 +273,12 @@ def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, ranked: Ranked, 
     prompts = limited(suite.validation_prompts(), opt.limit)
     val_text = [validation_text(lm, text, opt.search_tokens)]
 
+    measured: dict[str, Any] = {}  # the candidate whose validation perplexity was just checked, and its result
+
     def measure(model: torch.nn.Module) -> dict[str, Any]:
         pruned = replace(lm, model=model)
-        metrics, res = evaluate(pruned, lm, suite, scorer, prompts, val_text, opt.seed)
+        known = measured.pop("result") if measured.pop("model", None) is model else None
+        metrics, res = evaluate(pruned, lm, suite, scorer, prompts, val_text, opt.seed, general_perplexity=known)
         out = {"behaviour_mean": metrics["behaviour_mean"]["value"],
                "behaviour_rate": metrics["behaviour_rate"]["value"],
                **{key: metrics[key]["value"] for key in ("perplexity", "distinct2", "continuation_perplexity")},
@@ -287,15 +290,16 @@ def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, ranked: Ranked, 
 
     def perplexity_of(model: torch.nn.Module) -> float:
         p = suite.perplexity
-        return perplexity(model, lm.tokenizer, val_text, max_length=p.max_length, stride=p.stride,
-                          device=model.device).perplexity
+        measured["model"], measured["result"] = model, perplexity(model, lm.tokenizer, val_text,
+                                                                  max_length=p.max_length, stride=p.stride,
+                                                                  device=model.device)
+        return measured["result"].perplexity
 
     if opt.intervention == "proportional":
         ranked = replace(ranked, scores=scores)  # as screened
         edits = [(g, _edit(ranked, g, opt)) for g in grid]
         # the report's columns: k = units dampened, scale = the most dampened unit's gain
-        candidates = [({"k": len(e.units), "scale": 1 - g["strength"], **g}, lambda e=e: e.apply(lm.model))
-                      for g, e in edits]
+        candidates = [({"k": len(e.units), "scale": 1 - g["strength"], **g}, e) for g, e in edits]
         best, trail = search_settings(lm, measure, candidates, limits, perplexity_of)
         keys = ("strength", "threshold", "reach")
         fallback = min(grid, key=lambda g: (g["strength"], -g["threshold"], -g["reach"]))

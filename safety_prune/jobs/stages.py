@@ -110,10 +110,10 @@ class References:
 def reference_generation(suite: ProbeSuite) -> GenerationSpec:
     """How reference prompts are continued: the suite's settings, sampled when several per prompt."""
     r = suite.reference
+    gen = replace(suite.generation, batch_size=r.batch_size or suite.generation.batch_size)
     if r.samples_per_prompt == 1:
-        return suite.generation
-    return replace(suite.generation, do_sample=True, num_samples=r.samples_per_prompt, temperature=r.temperature,
-                   top_p=r.top_p)
+        return gen
+    return replace(gen, do_sample=True, num_samples=r.samples_per_prompt, temperature=r.temperature, top_p=r.top_p)
 
 
 def build_references(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, opt: BehaviourOptions,

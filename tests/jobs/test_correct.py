@@ -1,6 +1,7 @@
 """End-to-end correct on tiny models: outputs, determinism, held-out discipline, saved models."""
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -448,6 +449,44 @@ def test_proportional_reach_is_searched_and_recorded(setup, tmp_path):
     assert [row.get("reach") for row in search] == [None, 1.0, 0.5]
     assert search[1]["k"] == search[2]["k"]  # the same units get a gain below 1
     assert res["pruned"]["intervention"]["reach"] in (1.0, 0.5)
+
+
+def test_a_stronger_candidate_than_one_over_the_limit_is_recorded_not_measured(setup, tmp_path):
+    """With no perplexity rise allowed, strength 0.5 on the heads breaks the limit, so strength 1 (every gain lower)
+    is never built: its search row says why, and the report and results.json carry it without a perplexity."""
+    _, model, suite = setup
+    opts = CorrectOptions(method="lrp", intervention="proportional", strength=(0.5, 1.0), threshold=(0.0,),
+                          reach=(0.01,), unit="head", batch_size=4, stability=0, ppl_budget=1e-9, force=True)
+    res = correct(model, suite, tmp_path / "run", options=opts)
+    mild, strong = res["selection"]["search"][1:]
+    assert mild["violations"][0].startswith("perplexity +") and mild["perplexity"] is not None
+    assert strong["strength"] == 1.0 and strong["perplexity"] is None and strong["generated"] is False
+    assert strong["violations"] == ["not measured: it changes every unit at least as much as strength 0.5, "
+                                    "threshold 0, reach 0.01, which is over the perplexity limit"]
+    assert "not measured, so it could not be chosen" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_each_candidate_validation_perplexity_is_measured_once(setup, tmp_path, monkeypatch):
+    """The search checks a candidate's validation perplexity before generating from it; measuring the candidate
+    then reuses that number instead of computing it again: one pass per candidate, plus the unpruned model's."""
+    from safety_prune.evaluation import behaviour
+
+    _, model, suite = setup
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[2])
+        return perplexity(*args, **kwargs)
+
+    monkeypatch.setattr(correct_job, "perplexity", counted)
+    monkeypatch.setattr(behaviour, "perplexity", counted)
+    opts = CorrectOptions(method="lrp", intervention="proportional", strength=(0.5, 1.0), threshold=(0.0,),
+                          reach=(1.0,), batch_size=4, stability=0, force=True)
+    res = correct(model, suite, tmp_path / "run", options=opts)
+    search = res["selection"]["search"]
+    assert all(row["generated"] for row in search) and len(search) == 3
+    passes = sorted(Counter(json.dumps(text) for text in calls).values())
+    assert passes == [3, 3]  # test text: baseline, method, random; validation text: unpruned, two candidates
 
 
 def test_report_says_how_stable_the_correction_is(setup, tmp_path):
