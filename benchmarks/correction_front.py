@@ -4,7 +4,8 @@
     python benchmarks/correction_front.py RUN_DIR --table    # the README's held-out table of that run
 
 Reads only each run's results.json (schema 1 `toxicity_*` or schema 2 `behaviour_*` names), prints one row
-per validation candidate and per held-out method, and writes benchmarks/results/correction_front.json.
+per validation candidate and per held-out method, and writes benchmarks/results/correction_front.json (with
+each run's stage times, seconds, from its manifest).
 Changes are relative to each run's own unpruned model, so runs of one model and suite compare directly.
 """
 
@@ -45,8 +46,10 @@ def front(run: Path) -> dict:
               "rate_change": _change(_get(r, "rate"), _get(base, "rate")),
               "ppl_change": _change(r["perplexity"], base["perplexity"]),
               "paired_vs_baseline": r["paired_vs_baseline"]} for r in res.get("tradeoff", res["comparison"])]
+    manifest = res.get("manifest", {})
     return {"run": str(run), "probe": res["probe"]["name"], "target": res.get("contrast", {}).get("target"),
-            "foil": res.get("contrast", {}).get("foil"), "chosen_k": res["selection"]["k"], "rows": rows}
+            "foil": res.get("contrast", {}).get("foil"), "chosen_k": res["selection"]["k"], "rows": rows,
+            "stages_s": manifest.get("stages_s"), "duration_s": manifest.get("duration_s")}
 
 
 def _ci(paired: dict | None) -> str:

@@ -29,3 +29,31 @@ def test_a_zero_baseline_rate_reads_n_a(tmp_path: Path) -> None:
     assert all(isinstance(r["ppl_change"], float) for r in rows)  # the other changes are still computed
     assert cf._pct(None) == "n/a" and cf._pct(0.25) == " +25.0%"
     cf.table(tmp_path)  # the README table of the same run
+
+
+def test_a_candidate_not_measured_reads_not_measured(tmp_path: Path) -> None:
+    """A search row that was never built (at least as strong as one over the perplexity limit) has no perplexity:
+    the README's validation table says so, and the front carries the run's stage times."""
+    res = load_fixture("correct_results.json")
+    row = {"k": 5, "scale": 0.5, "strength": 0.5, "threshold": 0.0, "reach": 1.0, "distinct2": 0.8,
+           "continuation_perplexity": 3.0, "generated": True, "violations": []}
+    base = {**row, "k": 0, "scale": None, "behaviour_mean": 0.2, "behaviour_rate": 0.2, "perplexity": 10.0}
+    over = {**row, "strength": 1.0, "scale": 0.0, "behaviour_mean": None, "behaviour_rate": None, "perplexity": 11.0,
+            "generated": False, "violations": ["perplexity +10.0%"]}
+    skipped = {**over, "reach": 0.3, "perplexity": None, "violations": [
+        "not measured: it changes every unit at least as much as strength 1, threshold 0, reach 1, which is over "
+        "the perplexity limit"]}
+    res["selection"]["search"] = [base, {**row, "behaviour_mean": 0.1, "behaviour_rate": 0.1, "perplexity": 10.1},
+                                  over, skipped]
+    res["pruned"]["intervention"] = {"kind": "proportional", "strength": 0.5, "threshold": 0.0, "reach": 1.0}
+    res["pruned"]["count"] = 5
+    res["manifest"]["stages_s"] = {"baseline": 1.5}
+    (tmp_path / "results.json").write_text(json.dumps(res), encoding="utf-8")
+    cf = _module()
+    lines = cf.search_table(res)
+    assert lines[-1].startswith("| strength 1, threshold 0, reach 0.3 | 5 | not generated |  | not measured | not "
+                                "measured: it changes")
+    assert "| +10.0% | perplexity +10.0% |" in lines[-2]
+    front = cf.front(tmp_path)
+    assert [r["ppl_change"] is None for r in front["rows"] if r["split"] == "validation"] == [False, False, True]
+    assert front["stages_s"] == {"baseline": 1.5}
