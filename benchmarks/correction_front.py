@@ -160,7 +160,7 @@ def main() -> None:
         for r in f["rows"]:
             what = r.get("method", "search")
             print(f"  {r['split']:>10} {what:>8} k={r['k']:>4}  mean {_pct(r['mean_change'])}  "
-                  f"perplexity {100 * r['ppl_change']:+5.1f}%  {'; '.join(r.get('violations', []))}")
+                  f"perplexity {_pct(r['ppl_change'], 5)}  {'; '.join(r.get('violations', []))}")
     out = args.json
     out.write_text(json.dumps(fronts, indent=1) + "\n", encoding="utf-8")
     if args.png:

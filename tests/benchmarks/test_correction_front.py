@@ -31,7 +31,7 @@ def test_a_zero_baseline_rate_reads_n_a(tmp_path: Path) -> None:
     cf.table(tmp_path)  # the README table of the same run
 
 
-def test_a_candidate_not_measured_reads_not_measured(tmp_path: Path) -> None:
+def test_a_candidate_not_measured_reads_not_measured(tmp_path: Path, monkeypatch, capsys) -> None:
     """A search row that was never built (at least as strong as one over the perplexity limit) has no perplexity:
     the README's validation table says so, and the front carries the run's stage times."""
     res = load_fixture("correct_results.json")
@@ -57,3 +57,7 @@ def test_a_candidate_not_measured_reads_not_measured(tmp_path: Path) -> None:
     front = cf.front(tmp_path)
     assert [r["ppl_change"] is None for r in front["rows"] if r["split"] == "validation"] == [False, False, True]
     assert front["stages_s"] == {"baseline": 1.5}
+    monkeypatch.setattr("sys.argv", ["correction_front.py", str(tmp_path), "--json", str(tmp_path / "front.json")])
+    cf.main()  # prints every row, the unmeasured one as n/a
+    assert "perplexity n/a  not measured: it changes" in capsys.readouterr().out
+    assert json.loads((tmp_path / "front.json").read_text())[0]["stages_s"] == {"baseline": 1.5}
