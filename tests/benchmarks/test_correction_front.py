@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
+from bench_script import load
 from report_pages import load_fixture
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "correction_front.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("correction_front", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("correction_front")
 
 
 def test_a_zero_baseline_rate_reads_n_a(tmp_path: Path) -> None:

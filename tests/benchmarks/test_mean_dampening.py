@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
+from bench_script import load
 from tiny import tiny_model, tiny_tokenizer
 
 from safety_prune.interventions import Edit
 from safety_prune.models import LoadedModel
 from safety_prune.pruning import MaskSet, Unit
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
 
 def _module():
-    sys.path.insert(0, str(BENCH))  # the script imports its sibling ranking_stability.py
-    try:
-        spec = importlib.util.spec_from_file_location("mean_dampening", BENCH / "mean_dampening.py")
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
+    return load("mean_dampening")
 
 
 def _down_input(model, ids: torch.Tensor, layer: int) -> torch.Tensor:

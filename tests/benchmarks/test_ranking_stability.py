@@ -3,27 +3,16 @@ token-level draw of the same seed (the glob matches both names)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import torch
+from bench_script import load
 from safetensors.torch import save_file
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _module():
-    sys.path.insert(0, str(BENCH))  # the script imports its sibling stability.py
-    try:
-        spec = importlib.util.spec_from_file_location("ranking_stability", BENCH / "ranking_stability.py")
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
+    return load("ranking_stability")
 
 
 def _draw(path: Path, seed: int) -> None:
