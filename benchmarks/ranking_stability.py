@@ -101,8 +101,8 @@ def _relevance(per: dict[str, torch.Tensor]) -> dict[str, Relevance]:
             for name, p in per.items()}
 
 
-def _guarded(rel: dict[str, Relevance]) -> dict[str, torch.Tensor]:
-    scores, _ = guard(contrast_scores(rel, "max"), rel["general"].scores, GUARD)
+def _guarded(rel: dict[str, Relevance], share: float = GUARD) -> dict[str, torch.Tensor]:
+    scores, _ = guard(contrast_scores(rel, "max"), rel["general"].scores, share)
     return scores
 
 
@@ -165,8 +165,8 @@ VARIANTS = {"as shipped (mean contrast)": _guarded, "z-score contrast": _zscores
             "general contrast only": _general_only}
 
 
-def _gains(scores: dict[str, torch.Tensor]) -> dict[int, float]:
-    g = proportional(scores, "neuron", STRENGTH, 0.0, REACH).flatten()
+def _gains(scores: dict[str, torch.Tensor], strength: float = STRENGTH, reach: float = REACH) -> dict[int, float]:
+    g = proportional(scores, "neuron", strength, 0.0, reach).flatten()
     idx = (g < 1).nonzero()[:, 0]
     return dict(zip(idx.tolist(), g[idx].tolist(), strict=True))
 
@@ -217,10 +217,37 @@ def compare(root: Path, out: Path, target: str = "tokens") -> dict:
     return result
 
 
-def heldout(root: Path, groups: list[str], out: Path) -> dict:
-    """Each group's pooled draws turned into make correct's chosen edit (no validation search: the setting is
-    fixed), and measured on the held-out eval prompts and test text against the unpruned model and against the
-    same gains on random neurons, as ``correct`` measures its chosen edit. Writes ``out``."""
+def _setting_label(strength: float, reach: float, share: float) -> str:
+    return f"s {strength:g}, reach {reach:g}, guard {share:g}"
+
+
+def parse_settings(text: str) -> list[tuple[float, float, float]]:
+    """'0.5/0.3,1/0.3/0.1': strength/reach[/guard share] per setting, the guard defaulting to make correct's."""
+    out = []
+    for item in text.split(","):
+        parts = item.split("/")
+        try:
+            values = [float(x) for x in parts]
+        except ValueError:
+            values = []
+        if len(values) not in (2, 3):
+            raise SystemExit(f"--settings item {item!r}: write strength/reach or strength/reach/guard, e.g. 1/0.3/0.1.")
+        strength, reach, share = (*values, GUARD)[:3]
+        if not (0 < strength <= 1 and 0 < reach <= 1 and 0 <= share < 1):
+            raise SystemExit(f"--settings item {item!r}: strength and reach in (0, 1], guard in [0, 1).")
+        out.append((strength, reach, share))
+    if len(set(out)) != len(out):
+        raise SystemExit(f"--settings {text!r}: each setting once.")
+    return out
+
+
+def heldout(root: Path, groups: list[str], out: Path, settings: list[tuple[float, float, float]] | None = None,
+            control: bool = True) -> dict:
+    """Each group's pooled draws turned into make correct's chosen edit, or into each of ``settings`` (strength,
+    reach, guard share), with no validation search, and measured on the held-out eval prompts and test text
+    against the unpruned model and (``control``) against the same gains on random neurons, as ``correct``
+    measures its chosen edit. Writes ``out``."""
+    settings = settings or [(STRENGTH, REACH, GUARD)]
     from safety_prune.evaluation.behaviour import GenerationCache, evaluate
     from safety_prune.evaluation.stats import behaviour_per_prompt, paired_bootstrap_diff
     from safety_prune.interventions import gains_edit, random_like
@@ -255,29 +282,36 @@ def heldout(root: Path, groups: list[str], out: Path) -> dict:
              "per_prompt_mean": base_scores, "per_prompt_flagged": flags(base.generations)}]
     gains_by_group = []
     out.parent.mkdir(parents=True, exist_ok=True)
-    for group in groups:
+    for group, (strength, reach, share) in itertools.product(groups, settings):
         t = time.time()
         draws = _group_draws(root, group)
-        scores = _guarded(_relevance({n: torch.cat([d[n] for d in draws]) for n in SETS}))
-        dense = proportional(scores, "neuron", STRENGTH, 0.0, REACH)
-        gains_by_group.append(_gains(scores))
-        edit = gains_edit("neuron", dense, {"kind": "proportional", "strength": STRENGTH, "threshold": 0.0,
-                                             "reach": REACH})
-        noise = {"neuron": torch.rand(dense.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)}
+        scores = _guarded(_relevance({n: torch.cat([d[n] for d in draws]) for n in SETS}), share)
+        dense = proportional(scores, "neuron", strength, 0.0, reach)
+        edit = gains_edit("neuron", dense, {"kind": "proportional", "strength": strength, "threshold": 0.0,
+                                             "reach": reach})
         metrics, mine, mine_flags = measure(edit)
-        control, theirs, _ = measure(random_like(edit, noise, "neuron"))
-        row = {"draws": group, "label": f"{len(draws)} draw(s) pooled", "changed": len(edit.units),
+        name = group if len(settings) == 1 else f"{group} @ {_setting_label(strength, reach, share)}"
+        gains_by_group.append((name, _gains(scores, strength, reach)))
+        row = {"draws": name, "label": f"{len(draws)} draw(s) pooled",
+               "setting": {"strength": strength, "reach": reach, "guard": share}, "changed": len(edit.units),
                **{k: metrics[k] for k in keys},
                "paired_vs_baseline": paired_bootstrap_diff(base_scores, mine, seed=opt.seed),
-               "paired_vs_random": paired_bootstrap_diff(theirs, mine, seed=opt.seed),
-               "random": {k: control[k] for k in keys}, "per_prompt_mean": mine, "per_prompt_flagged": mine_flags,
-               "seconds": round(time.time() - t, 1)}
+               "per_prompt_mean": mine, "per_prompt_flagged": mine_flags}
+        if control:
+            noise = {"neuron": torch.rand(dense.shape, generator=torch.Generator().manual_seed(0),
+                                          dtype=torch.float64)}
+            random_metrics, theirs, _ = measure(random_like(edit, noise, "neuron"))
+            row |= {"paired_vs_random": paired_bootstrap_diff(theirs, mine, seed=opt.seed),
+                    "random": {k: random_metrics[k] for k in keys}}
+        row["seconds"] = round(time.time() - t, 1)
         rows.append(row)
         out.with_suffix(".partial.json").write_text(json.dumps({"rows": rows}, indent=1) + "\n", encoding="utf-8")
-        print(f"draws {group}: rate {base.metrics['behaviour_rate']['value']:.3f} -> {row['behaviour_rate']:.3f}, "
-              f"mean {row['paired_vs_baseline']['delta']:+.4f}, vs random {row['paired_vs_random']['delta']:+.4f} "
-              f"[{row['paired_vs_random']['ci_low']:+.4f}, {row['paired_vs_random']['ci_high']:+.4f}], "
-              f"ppl {row['perplexity']:.2f}, {row['seconds']:.0f} s", flush=True)
+        vs_random = (f", vs random {row['paired_vs_random']['delta']:+.4f} [{row['paired_vs_random']['ci_low']:+.4f}, "
+                     f"{row['paired_vs_random']['ci_high']:+.4f}]" if control else "")
+        print(f"draws {group}, s {strength} reach {reach} guard {share}: rate "
+              f"{base.metrics['behaviour_rate']['value']:.3f} -> {row['behaviour_rate']:.3f}, "
+              f"mean {row['paired_vs_baseline']['delta']:+.4f}{vs_random}, ppl {row['perplexity']:.2f}, "
+              f"{row['seconds']:.0f} s", flush=True)
     between = {}
     for a, b in itertools.combinations(rows[1:], 2):
         d = between[f"{b['draws']} - {a['draws']}"] = {
@@ -286,10 +320,11 @@ def heldout(root: Path, groups: list[str], out: Path) -> dict:
         print(f"{b['draws']} - {a['draws']}: mean {d['mean']['delta']:+.4f} [{d['mean']['ci_low']:+.4f}, "
               f"{d['mean']['ci_high']:+.4f}], rate {d['flagged']['delta']:+.4f} [{d['flagged']['ci_low']:+.4f}, "
               f"{d['flagged']['ci_high']:+.4f}]", flush=True)
-    result = {"what": "held-out effect of make correct's chosen setting from single and pooled reference draws",
-              "setting": {"strength": STRENGTH, "reach": REACH, "guard": GUARD}, "rows": rows,
-              "jaccard": {f"{a} vs {b}": jaccard(gains_by_group[i], gains_by_group[j])
-                          for (i, a), (j, b) in itertools.combinations(enumerate(groups), 2)},
+    result = {"what": "held-out effect of fixed settings (make correct's chosen one by default) from single and "
+                      "pooled reference draws; never used to choose a setting",
+              "settings": [{"strength": st, "reach": r, "guard": g} for st, r, g in settings], "rows": rows,
+              "jaccard": {f"{a} vs {b}": jaccard(ga, gb)
+                          for (a, ga), (b, gb) in itertools.combinations(gains_by_group, 2)},
               "edit_vs_edit": between,
               "seconds": round(time.time() - started, 1)}
     out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
@@ -304,6 +339,10 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2,3")
     ap.add_argument("--groups", default="0,1,0+1+2+3,4+5+6+7",
                     help="heldout: the draws of each edit, '+' pooling draws, e.g. 0,1,0+1+2+3,4+5+6+7")
+    ap.add_argument("--settings", default=f"{STRENGTH}/{REACH}/{GUARD}",
+                    help="heldout: strength/reach[/guard] of each edit, e.g. 0.5/0.3,1/0.3,1/0.3/0.1 (a front)")
+    ap.add_argument("--no-random", action="store_true",
+                    help="heldout: leave out the random-neuron control (half the time; no paired CI vs random)")
     ap.add_argument("--target", default="tokens", choices=("tokens", "continuation"),
                     help="draw/compare: what the undesired samples explain (the suite's reference.target)")
     ap.add_argument("--json", type=Path, default=None,
@@ -316,7 +355,8 @@ def main() -> None:
             raise SystemExit(f"--seeds {a.seeds!r}: each seed once (a repeat would count one draw as agreement).")
         draw(a.root, seeds, a.target)
     elif a.stage == "heldout":
-        heldout(a.root, a.groups.split(","), a.json or results / "ranking_stability_heldout.json")
+        heldout(a.root, a.groups.split(","), a.json or results / "ranking_stability_heldout.json",
+                parse_settings(a.settings), control=not a.no_random)
     else:
         compare(a.root, a.json or results / "ranking_stability.json", a.target)
 
