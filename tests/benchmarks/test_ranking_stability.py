@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from bench_script import load
 from safetensors.torch import save_file
@@ -44,3 +45,13 @@ def test_a_group_pools_the_named_draws(tmp_path: Path) -> None:
     assert len(both) == 2
     assert not torch.equal(both[0]["undesired"], both[1]["undesired"])
     assert torch.equal(rs._group_draws(tmp_path, "0@continuation")[0]["general"], both[1]["general"])
+
+
+def test_settings_parse_with_the_default_guard_and_refuse_bad_items() -> None:
+    rs = _module()
+    assert rs.parse_settings("0.5/0.3,1/0.3/0.1") == [(0.5, 0.3, rs.GUARD), (1.0, 0.3, 0.1)]
+    for bad, why in (("1", "strength/reach"), ("1/0.3/0.1/2", "strength/reach"), ("a/0.3", "strength/reach"),
+                     ("1.5/0.3", "in \\(0, 1\\]"), ("1/0", "in \\(0, 1\\]"), ("1/0.3/1", "guard in"),
+                     ("1/0.3,1/0.3", "each setting once")):
+        with pytest.raises(SystemExit, match=why):
+            rs.parse_settings(bad)
