@@ -21,7 +21,7 @@ audit: setup
 correct: setup
 	$(BIN)/safety-prune assets fetch
 	$(BIN)/safety-prune correct --model default --probe toxicity --method all --intervention proportional \
-		--strength 0.5,1 --threshold 0 --reach 1,0.3,0.1,0.03 --folds 5 --out runs/correct --overwrite
+		--threshold 0 --reach 1,0.3,0.1,0.03 --folds 5 --out runs/correct --overwrite
 
 lint: setup
 	$(BIN)/ruff check .

@@ -1,14 +1,16 @@
 """K-fold cross-fitting of the validation choice, so the effect it reports is not a winner's curse.
 
 Choosing the best of several settings on the same prompts that then measure it is optimistic (the default
-model: -38% on validation against -19% held out). Every candidate is generated once on all validation prompts;
-the prompts are split into K seeded folds. The choice follows the one-standard-error rule over the folds: the
-simplest feasible setting (fewest units, then the mildest) whose mean per-fold reduction is within one
-standard error of the best mean. The estimate is cross-fitted: each fold's prompts are scored under the
-setting that the same rule picks from the *other* folds, and those per-prompt scores, compared with the
-baseline's, give the estimate and its paired interval. Feasibility (perplexity, distinct-2, continuation
-perplexity) is judged once on all validation data, as without folds. Only validation prompts are folded: the
-reference prompts that the ranking is built from are not re-split.
+model: -38% on validation against -19% held out). The validation prompts are split into K seeded folds. With
+``--select-by effect`` every candidate is generated once on all validation prompts and the choice follows the
+one-standard-error rule over the folds: the simplest feasible setting (fewest units, then the mildest) whose mean
+per-fold reduction is within one standard error of the best mean. With ``--select-by budget`` (the default) it
+is the strongest feasible setting, whatever the behaviour scores say, so every fold picks the same one and the
+estimate is that setting's plain validation effect, free of the winner's curse. The estimate is cross-fitted:
+each fold's prompts are scored under the setting that the same rule picks from the *other* folds, and those
+per-prompt scores, compared with the baseline's, give the estimate and its paired interval. Feasibility
+(perplexity, distinct-2, continuation perplexity) is judged once on all validation data, as without folds. Only
+validation prompts are folded: the reference prompts that the ranking is built from are not re-split.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from .errors import ConfigError
 from .evaluation import paired_bootstrap_diff
+from .methods import RULES
 
 
 def check_folds(folds: int | None, n_prompts: int) -> None:
@@ -70,24 +73,36 @@ def one_se_choice(rows: Sequence[dict[str, Any]], per_prompt: dict[int, list[flo
     return min((i for i in stats if stats[i][0] >= bar), key=lambda i: (_simplicity(rows[i]), i))
 
 
+def budget_choice(rows: Sequence[dict[str, Any]], per_prompt: dict[int, list[float]]) -> int | None:
+    """The index of the feasible row that dampens most in all (``dampening``); None when none is feasible."""
+    return max(per_prompt, key=lambda i: (rows[i]["dampening"], -i)) if per_prompt else None
+
+
 def cross_fit(rows: Sequence[dict[str, Any]], per_prompt: dict[int, list[float]], base: Sequence[float],
-              folds: int, seed: int) -> tuple[int | None, dict[str, Any]]:
-    """The row chosen by the one-SE rule on all folds, and the cross-fitted estimate of that rule.
+              folds: int, seed: int, select_by: str = "effect") -> tuple[int | None, dict[str, Any]]:
+    """The row chosen by the ``select_by`` rule (``RULES``) on all folds, and the cross-fitted estimate of that
+    rule.
 
     ``rows``: the search trail; ``per_prompt``: each *feasible* row's mean score per validation prompt;
     ``base``: the unedited model's. The estimate's ``paired_vs_baseline`` is in the same units as the held-out
     ``corrected.paired_vs_baseline`` (the mean score change), so the two can be compared directly."""
+    if select_by not in RULES:
+        raise ConfigError(f"select_by {select_by!r} is unknown; choose one of: {', '.join(RULES)}.")
+
+    def choose(on: Sequence[Sequence[int]]) -> int | None:
+        return budget_choice(rows, per_prompt) if select_by == "budget" else one_se_choice(rows, per_prompt, base, on)
+
     parts = split(len(base), folds, seed)
-    chosen = one_se_choice(rows, per_prompt, base, parts)
+    chosen = choose(parts)
     crossed = list(base)
     picks = []
     for f, outer in enumerate(parts):
-        pick = one_se_choice(rows, per_prompt, base, [p for g, p in enumerate(parts) if g != f])
+        pick = choose([p for g, p in enumerate(parts) if g != f])
         picks.append(None if pick is None else {key: rows[pick][key] for key in SETTING_KEYS if key in rows[pick]})
         for i in outer:  # no feasible setting: the fold keeps the unedited model's scores
             crossed[i] = per_prompt[pick][i] if pick is not None else base[i]
     estimate = {
-        "folds": folds, "rule": "one standard error over the folds' reductions; the simplest within it",
+        "folds": folds, "rule": RULES[select_by],
         "n_prompts": len(base), "choice_per_fold": picks,
         "reduction": 1 - sum(crossed) / sum(base) if sum(base) > 0 else 0.0,
         "paired_vs_baseline": paired_bootstrap_diff(list(base), crossed, seed=seed),

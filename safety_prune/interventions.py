@@ -20,7 +20,7 @@ from .pruning import MaskSet, Scale, Unit, _finite, _gains, intervention_info, p
 
 # Searched on validation data when --strength / --threshold / --reach are not given: the grid of the measured
 # default (README, Correction: reach 0.3 at s = 0.5 won; threshold 0.1 lost every comparison at ded217d).
-STRENGTHS = (0.5, 1.0)
+STRENGTHS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)  # steps of 1/8: the budget rule stops near the limit
 THRESHOLDS = (0.0,)
 REACHES = (1.0, 0.3, 0.1, 0.03)  # 1: normalised by the top unit alone
 
@@ -82,6 +82,11 @@ class Edit:
         """Each changed unit's gain (0: removed); a unit not listed keeps gain 1."""
         gains = _gains(self.units, 0.0 if self.scale is None else self.scale).tolist()
         return dict(zip(self.units, gains, strict=True))
+
+    def dampening(self) -> float:
+        """How much the edit removes in all: the sum over units of 1 - gain (k for zeroing k units). The budget
+        rule's measure of strength, so incomparable edits (more units, or lower gains) still order."""
+        return float(sum(1 - g for g in self.gains().values()))
 
     def at_least_as_strong_as(self, other: Edit) -> bool:
         """Whether this edit changes every unit at least as much as ``other`` does (each of ``other``'s units

@@ -54,6 +54,10 @@ def compared(unit: str) -> list[str]:
 
 
 INTERVENTIONS = ("zero", "proportional")
+# How the validation search chooses among the settings that keep every limit (--select-by), with the words
+# results.json's cross_fit.rule uses for each.
+RULES = {"budget": "the strongest feasible setting (largest sum of 1 - gain); the behaviour scores do not choose",
+         "effect": "one standard error over the folds' reductions; the simplest within it"}
 POOLINGS = ("max", "mean")  # how AurA pools a neuron's activations over a continuation
 COMPRESS_METHODS = ("lrp", "wanda", "magnitude", "gradient", "random")
 CIRCUIT_METHODS = ("lrp", "gradient", "activation", "magnitude", "random")

@@ -421,6 +421,8 @@ class SearchRow(TypedDict):
     continuation_perplexity: Any
     violations: list[Any]
     generated: NotRequired[bool]
+    dampening: NotRequired[float]  # sum over units of 1 - gain: what --select-by budget maximises
+    note: NotRequired[str]  # why a candidate within the limits was not generated from (--select-by budget)
 
 
 class SelectionLimits(TypedDict):

@@ -20,6 +20,7 @@ from .errors import ConfigError
 from .evaluation import perplexity
 from .families import geometry
 from .interventions import Edit
+from .methods import RULES
 from .models import LoadedModel
 from .pruning import Unit, count_units, masked, select
 
@@ -159,12 +160,12 @@ _UNMEASURED = ("behaviour_mean", "behaviour_rate", "distinct2", "continuation_pe
 
 def validation_search(lm: LoadedModel, measure: Measure, scores: dict[str, torch.Tensor], kind: str,
                       ks: Sequence[int], scales: Sequence[float | None], limits: Constraints,
-                      perplexity_of: Callable[[torch.nn.Module], float] | None = None
+                      perplexity_of: Callable[[torch.nn.Module], float] | None = None, select_by: str = "effect"
                       ) -> tuple[tuple[int, float | None] | None, list[dict[str, Any]]]:
-    """The (k, scale) of the top-k units with the largest drop of the mean behaviour score on validation
-    prompts that keeps every ``limits`` (see ``search_settings``)."""
+    """The (k, scale) of the top-k units that keeps every ``limits`` with the largest drop of the mean behaviour
+    score on validation prompts, or (``select_by`` budget) the most units (see ``search_settings``)."""
     candidates = [({"k": k, "scale": scale}, Edit(select(scores, kind, k=k), scale)) for scale in scales for k in ks]
-    best, trail = search_settings(lm, measure, candidates, limits, perplexity_of)
+    best, trail = search_settings(lm, measure, candidates, limits, perplexity_of, select_by)
     return (None if best is None else (best["k"], best["scale"])), trail
 
 
@@ -179,11 +180,17 @@ def _label(setting: dict[str, Any]) -> str:
 
 
 def search_settings(lm: LoadedModel, measure: Measure, candidates: Sequence[Candidate], limits: Constraints,
-                    perplexity_of: Callable[[torch.nn.Module], float] | None = None
+                    perplexity_of: Callable[[torch.nn.Module], float] | None = None, select_by: str = "effect"
                     ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """The candidate setting with the largest drop of the mean behaviour score on validation prompts that keeps
-    every ``limits``; ``measure`` generates and measures on validation data only. Each setting holds at least
-    ``k`` (units changed) and ``scale`` (the report's columns).
+    """The chosen candidate setting and the trail of every candidate; ``measure`` generates and measures on
+    validation data only. Each setting holds at least ``k`` (units changed) and ``scale`` (the report's columns);
+    each trail row adds ``dampening`` (``Edit.dampening``: the sum over units of 1 - gain).
+
+    ``select_by``: ``effect`` chooses the largest drop of the mean behaviour score among candidates that keep
+    every ``limits``; ``budget`` the strongest (largest ``dampening``) that keeps them, so the behaviour scores,
+    noisy on a few hundred prompts, never choose, and only candidates that could be chosen are generated from:
+    every candidate's perplexity first, then generation from the strongest within the perplexity limit down,
+    stopping at the first that keeps the other limits (the rest: ``generated: False`` with a ``note``).
 
     ``perplexity_of`` (the same validation perplexity that ``measure`` reports, alone): checked first, so a
     candidate already over the perplexity limit is not generated from. Generation is most of a candidate's
@@ -193,14 +200,19 @@ def search_settings(lm: LoadedModel, measure: Measure, candidates: Sequence[Cand
     measured in order, so the grid lists the milder settings first.
     Returns the chosen setting (None when no candidate keeps the limits) and the trail of every candidate.
     """
+    if select_by not in RULES:
+        raise ConfigError(f"select_by {select_by!r} is unknown; choose one of: {', '.join(RULES)}.")
+    budget = select_by == "budget" and perplexity_of is not None
     base = measure(lm.model)
     trail: list[dict[str, Any]] = [{"k": 0, "scale": None, **base, "violations": [], "reduction": 0.0,
-                                    "generated": True}]
+                                    "generated": True, "dampening": 0.0}]
     best: dict[str, Any] | None = None
     best_gain = -math.inf
     over_limit: list[tuple[dict[str, Any], Edit]] = []
+    within: list[tuple[int, dict[str, Any], Edit]] = []  # budget: trail index, setting, edit; generated later
     unmeasured = dict.fromkeys(k for k in base if k in _UNMEASURED)
     for setting, edit in candidates:
+        setting = {**setting, "dampening": edit.dampening()}
         milder = next((s for s, e in over_limit if edit.at_least_as_strong_as(e)), None)
         if milder is not None:
             bad = [f"not measured: it changes every unit at least as much as {_label(milder)}, which is over the "
@@ -212,11 +224,14 @@ def search_settings(lm: LoadedModel, measure: Measure, candidates: Sequence[Cand
         model = edit.apply(lm.model)
         ppl = perplexity_of(model) if perplexity_of else None
         over = None if ppl is None else limits.perplexity(base["perplexity"], ppl)
-        if over:
-            over_limit.append((setting, edit))
-            trail.append({**setting, "perplexity": ppl, **unmeasured, "violations": [over], "reduction": None,
-                          "generated": False})
-            log.info("validation search: %s %s: not generated", setting, over)
+        if over or budget:
+            if over:
+                over_limit.append((setting, edit))
+            else:
+                within.append((len(trail), setting, edit))
+            trail.append({**setting, "perplexity": ppl, **unmeasured, "violations": [over] if over else [],
+                          "reduction": None, "generated": False})
+            log.info("validation search: %s perplexity %.3f%s", setting, ppl, f" {over}: not generated" if over else "")
             continue
         got = measure(model)
         del model
@@ -229,6 +244,18 @@ def search_settings(lm: LoadedModel, measure: Measure, candidates: Sequence[Cand
                  -100 * gain, "; ".join(bad) or "within limits")
         if not bad and gain > best_gain:
             best, best_gain = setting, gain
+    for i, setting, edit in sorted(within, key=lambda t: (-t[1]["dampening"], t[0])):  # budget: strongest first
+        if best is not None:
+            trail[i]["note"] = f"not generated from: {_label(best)} dampens more and keeps every limit"
+            continue
+        got = measure(edit.apply(lm.model))
+        bad = limits.violations(base, got)
+        gain = 1 - got["behaviour_mean"] / base["behaviour_mean"] if base["behaviour_mean"] > 0 else 0.0
+        trail[i] = {**setting, **got, "violations": bad, "reduction": gain, "generated": True}
+        log.info("validation search (budget): %s mean %.4f (%+.1f%%) %s", setting, got["behaviour_mean"],
+                 -100 * gain, "; ".join(bad) or "within limits: chosen")
+        if not bad:
+            best = setting
     return best, trail
 
 

@@ -300,7 +300,7 @@ def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, ranked: Ranked, 
         edits = [(g, _edit(ranked, g, opt)) for g in grid]
         # the report's columns: k = units dampened, scale = the most dampened unit's gain
         candidates = [({"k": len(e.units), "scale": 1 - g["strength"], **g}, e) for g, e in edits]
-        best, trail = search_settings(lm, measure, candidates, limits, perplexity_of)
+        best, trail = search_settings(lm, measure, candidates, limits, perplexity_of, opt.select_by)
         keys = ("strength", "threshold", "reach")
         fallback = min(grid, key=lambda g: (g["strength"], -g["threshold"], -g["reach"]))
     else:
@@ -308,17 +308,21 @@ def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, ranked: Ranked, 
         if ranked.candidates is not None:  # --stable: no k that would reach past the stable candidates
             ks = [k for k in ks if k <= ranked.candidates] or [min(ks)]
         found, trail = validation_search(lm, measure, scores, opt.unit, ks, [None, *opt.dampen], limits,
-                                         perplexity_of)
+                                         perplexity_of, opt.select_by)
         best = None if found is None else {"k": found[0], "scale": found[1]}
         keys, fallback = ("k", "scale"), {"k": min(ks), "scale": None}
     per_prompt = {i: row.pop("per_prompt") for i, row in enumerate(trail) if "per_prompt" in row}
-    objective = "largest relative drop of the mean behaviour score on the validation prompts"
+    objective = ("the strongest setting (largest sum of 1 - gain) within every limit; the behaviour scores do not "
+                 "choose" if opt.select_by == "budget" else
+                 "largest relative drop of the mean behaviour score on the validation prompts")
     if opt.folds:
         candidates_ok = {i: v for i, v in per_prompt.items() if i and not trail[i]["violations"]}
-        pick, selection["cross_fit"] = cross_fit(trail, candidates_ok, per_prompt[0], opt.folds, opt.seed)
+        pick, selection["cross_fit"] = cross_fit(trail, candidates_ok, per_prompt[0], opt.folds, opt.seed,
+                                                 opt.select_by)
         best = None if pick is None else trail[pick]
-        objective = (f"the simplest setting within one standard error of the largest mean drop of the behaviour score "
-                     f"over {opt.folds} folds of the validation prompts")
+        if opt.select_by == "effect":
+            objective = (f"the simplest setting within one standard error of the largest mean drop of the behaviour "
+                         f"score over {opt.folds} folds of the validation prompts")
     setting = {key: best[key] for key in keys} if best else fallback  # no feasible one: the mildest
     if opt.intervention == "proportional":
         edit = _edit(ranked, setting, opt)

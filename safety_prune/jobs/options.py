@@ -20,6 +20,7 @@ from ..methods import (
     INTERVENTIONS,
     POOLINGS,
     RANKINGS,
+    RULES,
     UNIT_KINDS,
     check_ranking,
     check_reaches,
@@ -197,8 +198,8 @@ class CorrectOptions(BehaviourOptions):
         "by its own gain 1 - s * (its score / the top score), the strength s chosen on validation data",
         choices=INTERVENTIONS)
     strength: tuple[float, ...] = option(
-        (), "--intervention proportional: strengths s in [0, 1] to try (default 0.5,1; one each of "
-        "--strength, --threshold and --reach skip the validation search)", parse=float_list)
+        (), "--intervention proportional: strengths s in [0, 1] to try (default 0.25 to 1 in steps of 0.125; one "
+        "each of --strength, --threshold and --reach skip the validation search)", parse=float_list)
     threshold: tuple[float, ...] = option(
         (), "--intervention proportional: thresholds in [0, 1) on the normalised score to try (default 0)",
         parse=float_list)
@@ -207,10 +208,15 @@ class CorrectOptions(BehaviourOptions):
         "normalised score reaches it get the full 1 - s, the rest 1 - s * score / reach", parse=float_list)
     pooling: str = option("max", "how aura and aura-topk pool a neuron's activations over a continuation: max (as "
                           "published) or mean", choices=POOLINGS)
+    select_by: str = option(
+        "budget", "how the validation search chooses among the settings that keep every limit: budget (the "
+        "strongest, the largest sum of 1 - gain, so the noisy behaviour scores never choose) or effect (the largest "
+        "validation drop of the behaviour score; with --folds the simplest within one standard error)",
+        choices=tuple(RULES))
     folds: int | None = option(
-        None, "choose k (or the strength) by K-fold cross-fitting over the validation prompts: the simplest setting "
-        "within one standard error of the best, with the cross-fitted estimate of its effect (e.g. 5; default: the "
-        "best on all validation prompts)")
+        None, "K-fold cross-fitting over the validation prompts: the cross-fitted estimate of the chosen setting's "
+        "effect, and with --select-by effect the simplest setting within one standard error of the best (e.g. 5; "
+        "default: the best on all validation prompts)")
 
     def validate(self) -> None:
         super().validate()
@@ -253,7 +259,8 @@ class CorrectOptions(BehaviourOptions):
 
     def _validate_intervention(self) -> None:
         """--intervention, --strength, --threshold and --pooling, and which rule options go with them."""
-        check_choices(("--intervention", self.intervention, INTERVENTIONS), ("--pooling", self.pooling, POOLINGS))
+        check_choices(("--intervention", self.intervention, INTERVENTIONS), ("--pooling", self.pooling, POOLINGS),
+                      ("--select-by", self.select_by, tuple(RULES)))
         check_strengths(self.strength)
         check_thresholds(self.threshold)
         check_reaches(self.reach)

@@ -365,10 +365,11 @@ def test_proportional_strength_is_chosen_on_validation(setup, tmp_path):
     _, model, suite = setup
     opts = CorrectOptions(method="all", intervention="proportional", strength=(0.25, 1.0), threshold=(0.0,),
                           reach=(1.0,), batch_size=4, stability=0, ppl_budget=100.0, max_distinct2_drop=100.0,
-                          max_continuation_ppl_rise=100.0)
+                          max_continuation_ppl_rise=100.0, select_by="effect")
     res = correct(model, suite, tmp_path / "run", options=opts)
     sel = res["selection"]
     assert sel["rule"] == "validation" and [row.get("strength") for row in sel["search"]] == [None, 0.25, 1.0]
+    assert all(row["generated"] for row in sel["search"])
     assert all(row["k"] > 0 and row["scale"] == 1 - row["strength"] for row in sel["search"][1:])
     chosen = max(sel["search"][1:], key=lambda row: row["reduction"])
     assert res["pruned"]["intervention"]["strength"] == chosen["strength"]
@@ -378,7 +379,55 @@ def test_proportional_strength_is_chosen_on_validation(setup, tmp_path):
                      "aura-topk": "proportional"}
 
 
+@pytest.mark.parametrize("folds", [None, 3])
+def test_budget_rule_takes_the_strongest_setting_within_the_limits(setup, tmp_path, folds):
+    """--select-by budget (the default): every candidate's perplexity first, then generation from the strongest
+    within the limit only; the milder ones are recorded, not generated from, and the behaviour never chooses (with
+    --folds every fold picks the same setting, so the estimate is its plain validation effect)."""
+    _, model, suite = setup
+    opts = CorrectOptions(method="lrp", intervention="proportional", strength=(0.25, 0.5, 1.0), threshold=(0.0,),
+                          reach=(1.0,), batch_size=4, stability=0, ppl_budget=100.0, max_distinct2_drop=100.0,
+                          max_continuation_ppl_rise=100.0, folds=folds)
+    assert opts.select_by == "budget"
+    res = correct(model, suite, tmp_path / "run", options=opts)
+    sel = res["selection"]
+    rows = sel["search"][1:]
+    assert [row["strength"] for row in rows] == [0.25, 0.5, 1.0]
+    assert [row["generated"] for row in rows] == [False, False, True]
+    assert all(row["perplexity"] is not None and row["behaviour_mean"] is None for row in rows[:2])
+    assert all("strength 1" in row["note"] and "dampens more" in row["note"] for row in rows[:2])
+    assert rows[0]["dampening"] < rows[1]["dampening"] < rows[2]["dampening"]
+    assert res["pruned"]["intervention"]["strength"] == 1.0
+    assert "the behaviour scores do not choose" in sel["objective"]
+    if folds:
+        assert sel["cross_fit"]["choice_per_fold"] == [{"k": rows[2]["k"], "scale": 0.0, "strength": 1.0,
+                                                        "threshold": 0.0, "reach": 1.0}] * folds
+        assert sel["cross_fit"]["reduction"] == pytest.approx(rows[2]["reduction"])
+    assert "not generated from: strength 1" in (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+
+
+def test_budget_rule_steps_down_past_a_candidate_over_the_limit(setup, tmp_path):
+    """A perplexity budget between the mildest and the strongest candidate's rise (measured first with no limit):
+    the budget rule generates only from the strongest candidate still within it, and chooses it."""
+    _, model, suite = setup
+    grid = {"method": "lrp", "intervention": "proportional", "strength": (0.25, 0.5, 1.0), "threshold": (0.0,),
+            "reach": (0.01,), "unit": "head", "batch_size": 4, "stability": 0, "max_distinct2_drop": 100.0,
+            "max_continuation_ppl_rise": 100.0, "max_capability_drop": 1.0, "force": True}
+    free = correct(model, suite, tmp_path / "free", options=CorrectOptions(**grid, ppl_budget=100.0))
+    base, *rows = free["selection"]["search"]
+    rise = [row["perplexity"] / base["perplexity"] - 1 for row in rows]
+    assert rise[0] < rise[-1]  # the tiny model: stronger heads' gains cost more perplexity
+    budget = (rise[0] + rise[-1]) / 2
+    res = correct(model, suite, tmp_path / "run", options=CorrectOptions(**grid, ppl_budget=budget))
+    rows = res["selection"]["search"][1:]
+    within = [i for i, r in enumerate(rise) if r <= budget]
+    assert res["pruned"]["intervention"]["strength"] == rows[within[-1]]["strength"]
+    assert [row["generated"] for row in rows] == [i == within[-1] for i in range(len(rows))]
+    assert rows[-1]["violations"][0].startswith("perplexity +")
+
+
 @pytest.mark.parametrize(("argv", "match"), [
+    (["--select-by", "luck"], "invalid choice: 'luck'"),
     (["--intervention", "proportional", "--strength", "1.5"], r"--strength 1\.5 lies outside \[0, 1\]"),
     (["--intervention", "proportional", "--threshold", "1"], r"--threshold 1\.0 lies outside \[0, 1\)"),
     (["--intervention", "proportional", "--method", "random"], "--method random has none"),
@@ -481,7 +530,7 @@ def test_each_candidate_validation_perplexity_is_measured_once(setup, tmp_path, 
     monkeypatch.setattr(correct_job, "perplexity", counted)
     monkeypatch.setattr(behaviour, "perplexity", counted)
     opts = CorrectOptions(method="lrp", intervention="proportional", strength=(0.5, 1.0), threshold=(0.0,),
-                          reach=(1.0,), batch_size=4, stability=0, force=True)
+                          reach=(1.0,), batch_size=4, stability=0, force=True, select_by="effect")
     res = correct(model, suite, tmp_path / "run", options=opts)
     search = res["selection"]["search"]
     assert all(row["generated"] for row in search) and len(search) == 3
@@ -508,10 +557,11 @@ def test_report_says_how_stable_the_correction_is(setup, tmp_path):
 
 
 def test_proportional_without_flags_searches_the_measured_grid(setup, tmp_path):
-    """The default grid is the measured default's: s in {0.5, 1}, threshold 0, reach in {1, 0.3, 0.1, 0.03}."""
+    """The default grid: s from 0.25 to 1 in steps of 1/8 (the budget rule stops near the limit), threshold 0,
+    reach in {1, 0.3, 0.1, 0.03}."""
     _, model, suite = setup
     opts = CorrectOptions(method="lrp", intervention="proportional", batch_size=4, stability=0, force=True,
                           ppl_budget=100.0, max_distinct2_drop=100.0, max_continuation_ppl_rise=100.0)
     res = correct(model, suite, tmp_path / "run", options=opts)
     grid = {(row["strength"], row["threshold"], row["reach"]) for row in res["selection"]["search"][1:]}
-    assert grid == {(s, 0.0, r) for s in (0.5, 1.0) for r in (1.0, 0.3, 0.1, 0.03)}
+    assert grid == {(s / 8, 0.0, r) for s in range(2, 9) for r in (1.0, 0.3, 0.1, 0.03)}
