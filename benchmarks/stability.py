@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 RECIPE = ["--model", "default", "--probe", "toxicity", "--method", "lrp", "--intervention", "proportional",
-          "--strength", "0.5,1", "--threshold", "0", "--reach", "1,0.3,0.1,0.03", "--folds", "5"]  # make correct's
+          "--threshold", "0", "--reach", "1,0.3,0.1,0.03", "--folds", "5"]  # make correct's
 TOP = 100
 
 

@@ -42,6 +42,24 @@ def test_one_se_rule_takes_the_best_when_the_others_are_clearly_worse():
     assert one_se_choice(rows, {}, base, split(6, 3, 0)) is None
 
 
+def test_budget_rule_takes_the_strongest_feasible_row_on_every_fold():
+    """Under select_by budget the behaviour does not choose: the row that dampens most, on all folds and on each
+    fold's complement alike, so the cross-fitted estimate is that row's plain effect (here 10%, although row 1
+    halves every prompt)."""
+    base = [1.0] * 4
+    rows = [{"k": 0, "scale": None, "dampening": 0.0}, {"k": 10, "scale": None, "dampening": 10.0},
+            {"k": 20, "scale": 0.5, "dampening": 10.0}, {"k": 30, "scale": 0.5, "dampening": 15.0}]
+    per_prompt = {1: [0.5] * 4, 2: [0.6] * 4, 3: [0.9] * 4}
+    chosen, est = cross_fit(rows, per_prompt, base, folds=2, seed=0, select_by="budget")
+    assert chosen == 3 and est["choice_per_fold"] == [{"k": 30, "scale": 0.5}] * 2
+    assert est["reduction"] == pytest.approx(0.1) and "do not choose" in est["rule"]
+    del per_prompt[3]  # a tie in dampening: the earlier row
+    assert cross_fit(rows, per_prompt, base, folds=2, seed=0, select_by="budget")[0] == 1
+    assert cross_fit(rows, {}, base, folds=2, seed=0, select_by="budget")[0] is None
+    with pytest.raises(ConfigError, match="select_by 'luck' is unknown"):
+        cross_fit(rows, per_prompt, base, folds=2, seed=0, select_by="luck")
+
+
 def test_more_folds_than_prompts_is_refused():
     check_folds(None, 3)
     check_folds(3, 3)

@@ -87,6 +87,15 @@ def test_at_least_as_strong_compares_every_units_gain():
     assert mild.at_least_as_strong_as(Edit(MaskSet(), None))  # nothing changed: every edit is as strong
 
 
+def test_dampening_sums_what_each_unit_loses():
+    """The budget rule's strength: sum over units of 1 - gain; zeroing k units is k, no edit is 0."""
+    a, b, c = Unit("neuron", 0, 0), Unit("neuron", 1, 2), Unit("neuron", 1, 3)
+    assert Edit(MaskSet([a, b, c]), torch.tensor([0.5, 0.75, 0.9])).dampening() == pytest.approx(0.85)
+    assert Edit(MaskSet([a, b]), None).dampening() == 2.0
+    assert Edit(MaskSet([a, b]), 0.25).dampening() == pytest.approx(1.5)
+    assert Edit(MaskSet(), None).dampening() == 0.0
+
+
 def _by_hand(model, samples: list[Sample], pooling: str) -> torch.Tensor:
     """Each sample alone (no padding, no batching): the down projection's input at every position that predicts a
     continuation token, pooled."""
