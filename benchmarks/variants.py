@@ -73,18 +73,23 @@ def _mean_dampening(name: str) -> Iterator[dict]:
     held = json.loads((RESULTS / name).read_text(encoding="utf-8"))["heldout"]
     for key, what in (("zero", "toward 0"), ("mean", "toward the general mean")):
         r, s = held[key], held[key]["setting"]
-        yield _row(f"lrp, draw 0, dampened {what} (s {s['strength']:g}, reach {s['reach']:g})", name, "validated",
+        yield _row(f"lrp, draw 0, dampened {what} (s {s['strength']:g}, reach {s['reach']:g}, effect rule)", name,
+                   "validated",
                    **_relative(r, held["unpruned"]), vs_baseline=r["paired_vs_baseline"],
                    vs_random=r["paired_vs_random"])
 
 
 SOURCES: list[tuple[str, Callable[[], Iterator[dict]]]] = [
     ("correction_front.json", lambda: _fronts("correction_front.json", lambda r: f"make correct: {r['method']} "
-                                              "(LRP's validated setting)")),
+                                              "(LRP's setting, budget rule)")),
+    ("stability.json", lambda: _seeds("stability.json", "lrp, budget rule")),
+    ("correction_front_effect.json", lambda: _fronts("correction_front_effect.json", lambda r: "make correct: "
+                                                     f"{r['method']} (LRP's setting, effect rule)")),
     ("correction_front_own_settings.json", lambda: _fronts("correction_front_own_settings.json",
-                                                           lambda r: f"{r['method']} at its own validated setting")),
-    ("stability.json", lambda: _seeds("stability.json", "lrp, shipped recipe")),
-    ("stability_general.json", lambda: _seeds("stability_general.json", "lrp, general-only contrast")),
+                                                           lambda r: f"{r['method']} at its own setting, effect "
+                                                           "rule")),
+    ("stability_effect.json", lambda: _seeds("stability_effect.json", "lrp, effect rule")),
+    ("stability_general.json", lambda: _seeds("stability_general.json", "lrp, general-only contrast, effect rule")),
     ("mean_dampening.json", lambda: _mean_dampening("mean_dampening.json")),
     ("ranking_stability_heldout.json", lambda: _fixed("ranking_stability_heldout.json", "lrp, toxic tokens,")),
     ("ranking_stability_heldout_8.json", lambda: _fixed("ranking_stability_heldout_8.json", "lrp, toxic tokens,")),
