@@ -12,6 +12,8 @@ the LRP relevance of every MLP neuron per sample of each contrast set, saved to 
 already drawn is skipped). This is the whole seed-dependent part of ``correct``: what follows is arithmetic.
 ``--target continuation`` explains the whole flagged continuation instead of its toxic tokens (the suite's
 ``reference.target``), reusing the seed's cached continuations; its files are ROOT/seed-N-continuation.
+``--target vocabulary`` explains, at the toxic tokens' positions, the behaviour's vocabulary
+(``reference.explain: vocabulary``); files ROOT/seed-N-vocabulary.
 
 ``compare``: for each ranking variant, the proportional gains of make correct's chosen setting (strength 0.5,
 reach 0.3, guard 2%) from every draw, and between draws the Jaccard of the 100 most dampened neurons and the
@@ -74,7 +76,8 @@ def draw(root: Path, seeds: list[int], target: str = "tokens") -> None:
 
     root.mkdir(parents=True, exist_ok=True)
     suite = load_suite("toxicity")
-    suite = replace(suite, reference=replace(suite.reference, target=target))
+    what = {"explain": "vocabulary", "target": "tokens"} if target == "vocabulary" else {"target": target}
+    suite = replace(suite, reference=replace(suite.reference, **what))
     lm = None
     for seed in seeds:
         path = _path(root, seed, target)
@@ -343,8 +346,9 @@ def main() -> None:
                     help="heldout: strength/reach[/guard] of each edit, e.g. 0.5/0.3,1/0.3,1/0.3/0.1 (a front)")
     ap.add_argument("--no-random", action="store_true",
                     help="heldout: leave out the random-neuron control (half the time; no paired CI vs random)")
-    ap.add_argument("--target", default="tokens", choices=("tokens", "continuation"),
-                    help="draw/compare: what the undesired samples explain (the suite's reference.target)")
+    ap.add_argument("--target", default="tokens", choices=("tokens", "continuation", "vocabulary"),
+                    help="draw/compare: what the undesired samples explain (the suite's reference.target; "
+                         "vocabulary: the toxic tokens' positions with reference.explain: vocabulary)")
     ap.add_argument("--json", type=Path, default=None,
                     help="the JSON to write (default benchmarks/results/ranking_stability[_heldout].json)")
     a = ap.parse_args()

@@ -61,11 +61,15 @@ class Sample:
     ``foil``: a token whose logit is subtracted at every explained position, so the explained quantity is a
     logit difference (the actual token against an alternative, e.g. IO minus S in IOI). LRP is linear in what
     it explains, so this relevance equals the actual token's minus the foil's.
+    ``classes``: explain a class of tokens instead of the actual one: at every explained position the sum of
+    their logits weighted by their softmax within the class (held fixed), whose gradient is that of the
+    class's log-sum-exp. The behaviour's vocabulary, not the one word a draw happened to sample.
     """
 
     input_ids: tuple[int, ...]
     target_start: int = 1
     foil: int | None = None
+    classes: tuple[int, ...] = ()
 
 
 @dataclass
@@ -162,15 +166,18 @@ def collate(batch: list[Sample], pad_id: int, sink_positions: int, device) -> di
     attn = torch.zeros((len(batch), T), dtype=torch.long)
     target = torch.zeros((len(batch), T - 1), dtype=torch.bool)
     foil = torch.tensor([-1 if s.foil is None else s.foil for s in batch], dtype=torch.long)
+    width = max(len(s.classes) for s in batch)
+    classes = torch.full((len(batch), width), -1, dtype=torch.long)  # -1: padding, or no class (the actual token)
     for i, s in enumerate(batch):
         n = len(s.input_ids)
         ids[i, :n] = torch.tensor(s.input_ids)
         attn[i, :n] = 1
         target[i, max(s.target_start, 1) - 1:n - 1] = True
+        classes[i, :len(s.classes)] = torch.tensor(s.classes, dtype=torch.long)
     units = attn.clone()
     units[:, :sink_positions] = 0
     return {"ids": ids.to(device), "attn": attn.to(device), "units": units.to(device),
-            "target": target.to(device), "foil": foil.to(device)}
+            "target": target.to(device), "foil": foil.to(device), "classes": classes.to(device)}
 
 
 class _Recorder:
@@ -451,6 +458,11 @@ def attribute(
     if explain != "actual" and any(s.foil is not None for s in samples):
         raise ConfigError(f"Samples with a foil token explain a logit difference, which needs explain='actual', "
                           f"not '{explain}'.")
+    if explain != "actual" and any(s.classes for s in samples):
+        raise ConfigError(f"Samples with a token class explain that class in place of the actual token, which "
+                          f"needs explain='actual', not '{explain}'.")
+    if any(s.classes and s.foil is not None for s in samples):
+        raise ConfigError("A sample explains either a token class or a logit difference against a foil, not both.")
     if method in ("magnitude", "random"):
         return _data_free(model, method, units, seed, len(samples))
     bounds = distributed.shard_bounds(len(samples), desc)
@@ -534,7 +546,8 @@ def attribute(
 def _explained(logits: Tensor, b: dict[str, Tensor], explain: str = "actual") -> Tensor:
     """[B, T-1] what each position explains (``EXPLAIN``).
 
-    ``actual``: the logit of the actual next token, minus the sample's foil token's logit where it has one.
+    ``actual``: the logit of the actual next token, minus the sample's foil token's logit where it has one;
+    for a sample with ``classes``, the class logits weighted by their (fixed) softmax within the class.
     ``predicted``: the logit of the model's own top token there. ``logprob``: ``z_y - sum_k p_k z_k`` with the
     softmax ``p`` held fixed. Its gradient is exactly that of ``log p_y``, so the gradient method explains the
     log-probability; its value is ``log p_y + H(p)``, the part of ``log p_y`` that gradient x input at the logits
@@ -548,6 +561,14 @@ def _explained(logits: Tensor, b: dict[str, Tensor], explain: str = "actual") ->
         return actual - torch.einsum("btv,btv->bt", p, z)
     index = z.detach().argmax(-1, keepdim=True) if explain == "predicted" else b["ids"][:, 1:, None].to(z.device)
     picked = _up(z.gather(-1, index)[..., 0])
+    classes = b["classes"].to(z.device)
+    if classes.numel():
+        member = classes >= 0  # [B, C]
+        zc = _up(z.gather(-1, classes.clamp_min(0)[:, None, :].expand(-1, z.shape[1], -1)))  # [B, T-1, C]
+        zc = zc.masked_fill(~member[:, None, :], float("-inf"))
+        weight = zc.detach().softmax(-1).nan_to_num(0.0)  # rows without a class: all -inf, weight 0
+        in_class = (weight * zc.masked_fill(~member[:, None, :], 0.0)).sum(-1)
+        picked = torch.where(member.any(-1)[:, None], in_class, picked)
     has = b["foil"].to(logits.device) >= 0
     if has.any():
         foil = b["foil"].to(logits.device).clamp_min(0)[:, None, None].expand(-1, picked.shape[1], 1)

@@ -50,9 +50,9 @@ def model_digest(config: str, params: Iterable[tuple[str, Tensor]]) -> str:
 
 
 def data_digest(samples: Sequence[Any]) -> str:
-    """Token ids, target starts and foils (when set), in order."""
-    rows = [[list(s.input_ids), s.target_start, *([s.foil] if getattr(s, "foil", None) is not None else [])]
-            for s in samples]
+    """Token ids, target starts, foils and token classes (when set), in order."""
+    rows = [[list(s.input_ids), s.target_start, *([s.foil] if getattr(s, "foil", None) is not None else []),
+             *([list(s.classes)] if getattr(s, "classes", ()) else [])] for s in samples]
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 

@@ -200,6 +200,23 @@ def build_sets(tokenizer, ref: Generations, scorer: Scorer, threshold: float, sp
                         unflagged=[x for s, x in whole if s < threshold])
 
 
+def behaviour_vocabulary(tokenizer, scorer: Scorer, threshold: float) -> tuple[int, ...]:
+    """Every vocabulary token that starts a word (a leading space) and is a word of letters the scorer flags
+    alone (>= ``threshold``): the class ``reference.explain: vocabulary`` explains."""
+    words = [(i, text.strip()) for i in range(len(tokenizer))
+             if (text := tokenizer.decode([i])).startswith(" ") and text.strip().isalpha()]
+    scores = scorer.score([w for _, w in words]) if words else []
+    return tuple(i for (i, _), s in zip(words, scores, strict=True) if s >= threshold)
+
+
+def with_vocabulary(samples: list[Sample], vocabulary: tuple[int, ...]) -> list[Sample]:
+    """Each single-token sample explaining the behaviour's vocabulary at its position instead of its own token."""
+    if not vocabulary:
+        raise DataSourceError("No vocabulary token starts a word that the scorer flags on its own, so "
+                              "reference.explain: vocabulary has no class to explain. Use explain: token.")
+    return [replace(s, classes=vocabulary) for s in samples]
+
+
 def with_foils(model: nn.Module, samples: list[Sample], pad_token_id: int, batch_size: int) -> list[Sample]:
     """Each single-token sample with the model's most likely *other* token at that position as its foil."""
     out = []

@@ -74,7 +74,9 @@ class ReferenceSpec:
     ones (a loop repeats one pattern many times; its start is what matters), and at most ``undesired_max``
     token samples in all. ``foil`` (tokens target only): ``best_alternative`` explains logit(token) -
     logit(the model's most likely other token there), i.e. why the model chose the behaviour over what it
-    would otherwise have said.
+    would otherwise have said. ``explain`` (tokens target only): ``token`` explains the flagged token's logit;
+    ``vocabulary`` explains, at the same positions, every word-starting vocabulary token that the scorer flags
+    as a word alone (softmax-weighted within that class): the behaviour's words, not the one a draw sampled.
     Benign: the ``benign_n`` least-scoring continuations of the same prompts. General: ``general_n``
     documents of the general reference part. ``max_prompts``: continue only the first this many reference
     prompts (None: all); a frequent behaviour needs few, and generation is most of a run's cost.
@@ -94,11 +96,13 @@ class ReferenceSpec:
     general_n: int
     max_prompts: int | None = None
     batch_size: int | None = None
+    explain: str = "token"
 
 
 TARGETS = ("tokens", "continuation", "loop")
 LOOP_BENIGN = ("before_loop", "first_occurrence")  # contrast.benign values that read the looping continuations
 FOILS = ("none", "best_alternative")
+EXPLAINS = ("token", "vocabulary")
 COMBINES = ("max", "benign", "general")
 
 
@@ -429,7 +433,7 @@ def _parse(path: Path) -> ProbeSuite:
     th = top.sub("thresholds", {"behaviour_rate", "toxicity_rate"})
     ref = top.sub("reference", {"samples_per_prompt", "temperature", "top_p", "undesired_min", "undesired_max",
                                 "target", "tokens_per_continuation", "foil", "benign_n", "general_n",
-                                "max_prompts", "batch_size"})
+                                "max_prompts", "batch_size", "explain"})
     reference = ReferenceSpec(
         samples_per_prompt=ref.pos_int("samples_per_prompt", 1, MAX_SAMPLES, _SAMPLES_WHY),
         temperature=ref.number("temperature", 1.0, 0.0, 100.0, lo_open=True),
@@ -443,9 +447,16 @@ def _parse(path: Path) -> ProbeSuite:
         general_n=ref.pos_int("general_n", 128),
         max_prompts=ref.pos_int("max_prompts", None) if ref.get("max_prompts", None) is not None else None,
         batch_size=ref.pos_int("batch_size", None) if ref.get("batch_size", None) is not None else None,
+        explain=ref.choice("explain", "token", EXPLAINS),
     )
     if reference.foil != "none" and reference.target != "tokens":
         raise ref.error("foil", f"({reference.foil}) needs reference.target: tokens")
+    if reference.explain != "token" and reference.target != "tokens":
+        raise ref.error("explain", f"({reference.explain}) explains the flagged tokens' positions, so it needs "
+                                   f"reference.target: tokens (got {reference.target!r})")
+    if reference.explain != "token" and reference.foil != "none":
+        raise ref.error("explain", f"({reference.explain}) and foil ({reference.foil}) both change what a flagged "
+                                   "token explains; choose one")
     if reference.undesired_min > reference.undesired_max:
         raise ref.error("undesired_min", f"({reference.undesired_min}) exceeds undesired_max "
                                          f"({reference.undesired_max})")

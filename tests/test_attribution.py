@@ -369,3 +369,35 @@ def test_foil_target_is_the_difference_of_the_two_targets(family: str) -> None:
     for key in r_io.scores:
         torch.testing.assert_close(r_diff.scores[key], r_io.scores[key] - r_s.scores[key], rtol=1e-5, atol=1e-8)
     assert r_diff.info["explained_sum"] == pytest.approx(r_io.info["explained_sum"] - r_s.info["explained_sum"])
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_a_token_class_explains_its_softmax_weighted_logits(family: str) -> None:
+    """A class of one token is that token's logit; a larger class explains sum_c softmax_C(z)_c z_c, a hand
+    computation from the logits. Padding a smaller class in a batch changes nothing."""
+    model = tiny_model(family, dtype=torch.float64)
+    prefix, token, cls = (5, 17, 40, 99, 120, 7), 64, (64, 33, 90)
+    kw = dict(method="lrp", units=("neuron", "head"))
+    plain = attribute(model, [Sample((*prefix, token), len(prefix))], **kw)
+    single = attribute(model, [Sample((*prefix, token), len(prefix), classes=(token,))], **kw)
+    for key in plain.scores:
+        torch.testing.assert_close(single.scores[key], plain.scores[key], rtol=1e-5, atol=1e-8)
+    with torch.no_grad():
+        z = model(torch.tensor([prefix])).logits[0, -1, list(cls)]
+    want = float((z.softmax(-1) * z).sum())
+    rel = attribute(model, [Sample((*prefix, token), len(prefix), classes=cls)], **kw)
+    assert rel.info["explained_sum"] == pytest.approx(want, rel=1e-6)
+    both = attribute(model, [Sample((*prefix, token), len(prefix), classes=cls),
+                             Sample((*prefix, token), len(prefix), classes=(token,))], batch_size=2, **kw)
+    for key in plain.scores:
+        torch.testing.assert_close(both.scores[key], (rel.scores[key] + plain.scores[key]) / 2, rtol=1e-5,
+                                   atol=1e-8)
+
+
+def test_a_token_class_needs_the_actual_target_and_no_foil() -> None:
+    model = tiny_model("llama")
+    with pytest.raises(ConfigError, match="token class"):
+        attribute(model, [Sample((5, 17, 40), 2, classes=(3, 4))], method="lrp", units=("neuron",),
+                  explain="logprob")
+    with pytest.raises(ConfigError, match="not both"):
+        attribute(model, [Sample((5, 17, 40), 2, foil=3, classes=(3, 4))], method="lrp", units=("neuron",))

@@ -124,3 +124,38 @@ def test_best_alternative_foil_is_the_top_other_token(ref):
             logits = model(torch.tensor([s.input_ids])).logits[0, -2]
         logits[s.input_ids[-1]] = -float("inf")
         assert f.foil == int(logits.argmax()) and f.input_ids == s.input_ids and f.foil != s.input_ids[-1]
+
+
+def test_behaviour_vocabulary_is_the_word_starting_tokens_the_scorer_flags():
+    """A byte-level BPE that learned whole words: the class holds ' stupid', ' idiot' and ' hell', never the calm
+    words, nor a flagged word's piece that starts no word."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from safety_prune.contrast import behaviour_vocabulary
+
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(["you stupid idiot, what the hell by the river and the lake; stupidity"] * 50,
+                            trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe)
+    vocab = behaviour_vocabulary(tok, get_scorer("profanity"), 0.5)
+    words = sorted(tok.decode([i]) for i in vocab)
+    assert {" stupid", " idiot", " hell"} <= set(words)
+    assert not {" river", " lake", " the", "stupid", "hell"} & set(words)
+    assert all(w.startswith(" ") and w.strip().isalpha() for w in words)
+
+
+def test_vocabulary_samples_keep_their_positions_and_explain_the_class(ref):
+    from safety_prune.contrast import with_vocabulary
+
+    res, scorer = ref
+    tok = tiny_tokenizer()
+    samples = build_sets(tok, res, scorer, 0.5, _spec(), general_texts=GENERAL, benign_texts=[], general_n=2,
+                         max_tokens=64).undesired
+    out = with_vocabulary(samples, (7, 9))
+    assert [(s.input_ids, s.target_start) for s in out] == [(s.input_ids, s.target_start) for s in samples]
+    assert all(s.classes == (7, 9) for s in out)
+    with pytest.raises(DataSourceError, match="explain: token"):
+        with_vocabulary(samples, ())

@@ -114,6 +114,22 @@ def test_validation_errors_name_the_key(suite_dir: Path, section: str, key: str,
         load_suite(str(write_suite(suite_dir, cfg)))
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"explain": "lexicon"}, r"reference.explain must be one of"),
+        ({"explain": "vocabulary", "target": "continuation"}, r"reference.explain \(vocabulary\).*needs "
+                                                              "reference.target: tokens"),
+        ({"explain": "vocabulary", "target": "tokens", "foil": "best_alternative"}, "choose one"),
+    ],
+)
+def test_explained_vocabulary_needs_token_targets_and_no_foil(suite_dir: Path, extra: dict, message: str) -> None:
+    cfg = base_config()
+    cfg.setdefault("reference", {}).update(extra)
+    with pytest.raises(ProbeSuiteError, match=message):
+        load_suite(str(write_suite(suite_dir, cfg)))
+
+
 def test_unknown_top_level_key_and_non_mapping(suite_dir: Path) -> None:
     cfg = base_config() | {"genral": {}}
     with pytest.raises(ProbeSuiteError, match=r"suite.yaml: genral is not a known key .did you mean 'gen"):

@@ -14,7 +14,15 @@ from typing import Any
 from torch import Tensor
 
 from ..attribution import Relevance, Sample
-from ..contrast import Contrast, build_sets, copying_samples, ranking, with_foils
+from ..contrast import (
+    Contrast,
+    behaviour_vocabulary,
+    build_sets,
+    copying_samples,
+    ranking,
+    with_foils,
+    with_vocabulary,
+)
 from ..errors import ConfigError
 from ..evaluation.behaviour import GenerationCache, Generations, evaluate, generate_and_score
 from ..evaluation.capability import CapabilitySet, capability_set
@@ -139,6 +147,13 @@ def build_references(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, opt: Be
     if spec.foil == "best_alternative":
         sets.undesired = with_foils(lm.model, sets.undesired, lm.tokenizer.pad_token_id or 0, opt.batch_size)
         sets.info["foil"] = "logit(flagged token) - logit(the model's most likely other token at that position)"
+    if spec.explain == "vocabulary":
+        vocabulary = behaviour_vocabulary(lm.tokenizer, scorer, suite.scorer.threshold)
+        sets.undesired = with_vocabulary(sets.undesired, vocabulary)
+        sets.info["explain"] = (f"at each flagged token's position, the {len(vocabulary)} word-starting vocabulary "
+                                f"tokens that {scorer.name} flags alone, their logits weighted by their softmax "
+                                "within that class")
+        sets.info["vocabulary"] = [lm.tokenizer.decode([i]) for i in vocabulary[:50]]
     contrast = Contrast(lm.model, sets, suite.contrast.combine, pad_token_id=lm.tokenizer.pad_token_id or 0,
                         batch_size=opt.batch_size, seed=opt.seed,
                         gradient_checkpointing=opt.gradient_checkpointing, checkpoint_dir=out, pooling=pooling)
