@@ -565,3 +565,17 @@ def test_proportional_without_flags_searches_the_measured_grid(setup, tmp_path):
     res = correct(model, suite, tmp_path / "run", options=opts)
     grid = {(row["strength"], row["threshold"], row["reach"]) for row in res["selection"]["search"][1:]}
     assert grid == {(s / 8, 0.0, r) for s in range(2, 9) for r in (1.0, 0.3, 0.1, 0.03)}
+
+
+def test_vocabulary_target_runs_and_says_what_it_explains(setup, tmp_path):
+    """``reference.explain: vocabulary`` through the whole job: the undesired samples explain the class the scorer's
+    words give, and results.json says which tokens."""
+    _, model, suite = setup
+    text = Path(suite).read_text()
+    assert "target: continuation" in text
+    vocab = Path(suite).parent / "vocab.yaml"
+    vocab.write_text(text.replace("target: continuation", "target: tokens, explain: vocabulary"))
+    correct(model, str(vocab), tmp_path / "run", options=CorrectOptions(k=2, batch_size=4, method="lrp"))
+    info = json.loads((tmp_path / "run" / "results.json").read_text())["contrast"]
+    assert info["target"] == "tokens" and "vocabulary tokens" in info["explain"]
+    assert info["vocabulary"] and all(w.startswith(" ") for w in info["vocabulary"])
