@@ -83,6 +83,10 @@ SOURCES: list[tuple[str, Callable[[], Iterator[dict]]]] = [
     ("correction_front.json", lambda: _fronts("correction_front.json", lambda r: f"make correct: {r['method']} "
                                               "(LRP's setting, budget rule)")),
     ("stability.json", lambda: _seeds("stability.json", "lrp, budget rule")),
+    ("correction_front_own_settings_budget.json",
+     lambda: _fronts("correction_front_own_settings_budget.json", lambda r: f"{r['method']} at its own setting, "
+                     "budget rule")),
+    ("stability_vocabulary.json", lambda: _seeds("stability_vocabulary.json", "lrp, vocabulary target, budget rule")),
     ("correction_front_effect.json", lambda: _fronts("correction_front_effect.json", lambda r: "make correct: "
                                                      f"{r['method']} (LRP's setting, effect rule)")),
     ("correction_front_own_settings.json", lambda: _fronts("correction_front_own_settings.json",

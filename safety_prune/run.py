@@ -311,7 +311,10 @@ def _git_dirty() -> bool | None:
 
 
 def _hardware() -> dict[str, Any]:
-    """What the run's speed and float results depend on: CPU, cores, memory, accelerator."""
+    """What the run's speed and float results depend on: CPU, cores, memory, accelerator. ``cpu_capability`` is the
+    vector instruction set torch's CPU kernels dispatch to (AVX2, AVX512, ...): two CPUs with another one round
+    floats differently in the last bits, so bit-identical numbers need the same capability, not just "cpu";
+    ``mkl_cbwr`` is MKL's reproducibility mode (``AUTO,STRICT``: the same numbers whatever the thread count)."""
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -321,7 +324,9 @@ def _hardware() -> dict[str, Any]:
         cpu = names[0] if names else cpu
     except OSError:
         pass
-    hw: dict[str, Any] = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    hw: dict[str, Any] = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                          "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                          "mkl_cbwr": os.environ.get("MKL_CBWR")}
     with suppress(ValueError, OSError, AttributeError):
         hw["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     if torch.cuda.is_available():

@@ -1,5 +1,11 @@
+import os
 import sys
 from pathlib import Path
+
+# The determinism contract (README, "Same command, same answer") is tested in MKL's strict reproducible mode: on
+# AVX-512 CPUs MKL otherwise splits small matrix products by the thread count (benchmarks/mkl_reproducible.py).
+# MKL reads it once, at its first call, so it is set before anything is computed.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 import pytest
 from tiny import write_tiny_suite

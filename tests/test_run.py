@@ -282,6 +282,10 @@ def test_the_manifest_records_operator_git_state_and_hardware(monkeypatch: pytes
     hw = got["hardware"]
     assert hw["cpu_count"] == os.cpu_count() and isinstance(hw["cpu"], str) and hw["cpu"]
     assert hw["memory_gib"] > 0 and hw["torch_threads"] >= 1
+    import torch
+
+    assert hw["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and hw["cpu_capability"]
+    assert hw["mkl_cbwr"] == os.environ.get("MKL_CBWR")  # the tests run in strict mode (conftest.py)
 
 
 @pytest.mark.parametrize("where", ["mount point", "symlink to a mount point"])

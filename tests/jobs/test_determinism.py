@@ -1,5 +1,6 @@
 """The determinism contract: the same seed, device and dtype give bit-identical results.json numbers whatever
-the number of CPU threads (README, "Same command, same answer")."""
+the number of CPU threads, in MKL's strict reproducible mode (tests/conftest.py; README, "Same command, same
+answer")."""
 
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ def _check(name: str, text: str) -> None:
 def _differences(want, got, path: str = "") -> list[str]:
     """Where ``got`` differs from ``want``: keys, types, strings, counts and choices exactly; floats to a relative
     1e-5 (or 1e-8 absolute, for differences of nearly equal relevances), since float32 kernels, and so the last
-    digits of every sum, differ between CPU instruction sets."""
+    digits of every sum, differ between CPU instruction sets; a mean gain to 2e-3 (below)."""
     if isinstance(want, dict) and isinstance(got, dict):
         if want.keys() != got.keys():
             return [f"{path or '/'}: keys {sorted(want.keys() ^ got.keys())} added or removed"]
@@ -62,6 +62,9 @@ def _differences(want, got, path: str = "") -> list[str]:
         return [d for i, (a, b) in enumerate(zip(want, got, strict=True)) for d in _differences(a, b, f"{path}/{i}")]
     if isinstance(want, float) and isinstance(got, float) and math.isclose(want, got, rel_tol=1e-5, abs_tol=1e-8):
         return []
+    if path.endswith("/intervention/mean_gain") and isinstance(got, float) and abs(want - got) < 2e-3:
+        return []  # AurA's: an AUROC over a handful of tiny-model samples jumps by 1 / (n_pos n_neg) when float
+        # noise flips one near-tie, moving the mean gain by ~1e-3 (seen between an AVX2 and an AVX-512 host)
     return [] if type(want) is type(got) and want == got else [f"{path}: {want!r}, now {got!r}"]
 
 
