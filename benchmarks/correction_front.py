@@ -2,6 +2,7 @@
 
     python benchmarks/correction_front.py RUN_DIR [RUN_DIR ...] [--png docs/correction_front.png]
     python benchmarks/correction_front.py RUN_DIR --table    # the README's held-out table of that run
+    python benchmarks/correction_front.py RUN_DIR ... --paired-against REF_RUN   # REF's correction minus each run's
 
 Reads only each run's results.json (schema 1 `toxicity_*` or schema 2 `behaviour_*` names), prints one row
 per validation candidate and per held-out method, and writes benchmarks/results/correction_front.json (with
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 SETTING = ("scale", "strength", "threshold", "reach")  # what a validation candidate set, besides its k
@@ -50,6 +52,39 @@ def front(run: Path) -> dict:
     return {"run": str(run), "probe": res["probe"]["name"], "target": res.get("contrast", {}).get("target"),
             "foil": res.get("contrast", {}).get("foil"), "chosen_k": res["selection"]["k"], "rows": rows,
             "stages_s": manifest.get("stages_s"), "duration_s": manifest.get("duration_s")}
+
+
+def _per_prompt(run: Path, split: str) -> dict[int, tuple[str, float]]:
+    """(prompt, mean score) per held-out prompt of one split of a run's samples.jsonl: ``baseline`` or
+    ``corrected:METHOD`` (the run's primary method)."""
+    path = run / "samples.jsonl"
+    if not path.is_file():
+        sys.exit(f"{run} has no samples.jsonl: pass a finished `correct` run folder.")
+    found: dict[int, tuple[str, list[float]]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if row["split"] == split:
+            found.setdefault(row["prompt_index"], (row["prompt"], []))[1].append(row["score"])
+    if not found:
+        sys.exit(f"{path} holds no '{split}' rows.")
+    return {i: (prompt, sum(scores) / len(scores)) for i, (prompt, scores) in sorted(found.items())}
+
+
+def paired_against(ref: Path, run: Path) -> dict:
+    """``ref``'s corrected model minus ``run``'s, mean score on the same held-out prompts (paired bootstrap, seed
+    0 as in the job; negative: ``ref`` lowers the behaviour more). Refused unless both runs measured the same
+    prompts with the same unedited baseline, i.e. the same model, suite, split and scorer."""
+    from safety_prune.evaluation.stats import paired_bootstrap_diff
+
+    bases = [_per_prompt(r, "baseline") for r in (ref, run)]
+    methods = [json.loads((r / "results.json").read_text(encoding="utf-8"))["method"] for r in (ref, run)]
+    if bases[0] != bases[1]:
+        sys.exit(f"{ref} and {run} did not measure the same held-out prompts with the same baseline scores, so "
+                 "their corrections cannot be paired: compare runs of one model, suite and seed.")
+    a, b = (list(s for _, s in _per_prompt(r, f"corrected:{m}").values()) for r, m in ((run, methods[1]),
+                                                                                      (ref, methods[0])))
+    return {"ref": str(ref), "ref_method": methods[0], "method": methods[1], "n_prompts": len(a),
+            "ref_minus_run": paired_bootstrap_diff(a, b, seed=0)}
 
 
 def _ci(paired: dict | None) -> str:
@@ -149,12 +184,20 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="print each run's held-out table (markdown) only")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "correction_front.json",
                         help="where the fronts go (the README's make correct front is the default)")
+    parser.add_argument("--paired-against", type=Path, default=None, metavar="RUN",
+                        help="pair each run's chosen correction with RUN's on the same held-out prompts")
     args = parser.parse_args()
     if args.table:
         for run in args.runs:
             print(table(run))
         return
     fronts = [front(run) for run in args.runs]
+    if args.paired_against:
+        for f, run in zip(fronts, args.runs, strict=True):
+            f["paired_against"] = paired_against(args.paired_against, run)
+            d = f["paired_against"]
+            print(f"{d['ref_method']} ({args.paired_against}) minus {d['method']} ({run}), mean on "
+                  f"{d['n_prompts']} held-out prompts: {_ci(d['ref_minus_run'])}")
     for f in fronts:
         print(f"{f['run']} (chosen k={f['chosen_k']}, foil={f['foil']})")
         for r in f["rows"]:

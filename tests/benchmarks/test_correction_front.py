@@ -55,3 +55,30 @@ def test_a_candidate_not_measured_reads_not_measured(tmp_path: Path, monkeypatch
     cf.main()  # prints every row, the unmeasured one as n/a
     assert "perplexity n/a  not measured: it changes" in capsys.readouterr().out
     assert json.loads((tmp_path / "front.json").read_text())[0]["stages_s"] == {"baseline": 1.5}
+
+
+def _run(root: Path, method: str, base: list[float], corrected: list[float]) -> Path:
+    root.mkdir()
+    (root / "results.json").write_text(json.dumps({"method": method}), encoding="utf-8")
+    rows = [{"split": split, "prompt_index": i, "sample": 0, "prompt": f"p{i}", "continuation": "c", "score": s}
+            for split, scores in (("baseline", base), (f"corrected:{method}", corrected)) for i, s in enumerate(scores)]
+    (root / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return root
+
+
+def test_two_runs_pair_on_the_same_prompts_or_are_refused(tmp_path: Path) -> None:
+    """The reference run's correction minus another's, per prompt; runs with other baselines cannot be paired."""
+    import pytest
+
+    cf = _module()
+    base = [0.5, 0.4, 0.9, 0.1]
+    ref = _run(tmp_path / "lrp", "lrp", base, [0.1, 0.2, 0.3, 0.0])
+    other = _run(tmp_path / "wanda", "wanda", base, [0.4, 0.4, 0.8, 0.1])
+    got = cf.paired_against(ref, other)
+    assert (got["ref_method"], got["method"], got["n_prompts"]) == ("lrp", "wanda", 4)
+    assert got["ref_minus_run"]["delta"] == pytest.approx((0.6 - 1.7) / 4)  # mean(ref) - mean(other)
+    elsewhere = _run(tmp_path / "elsewhere", "wanda", [0.5, 0.4, 0.9, 0.2], [0.4, 0.4, 0.8, 0.1])
+    with pytest.raises(SystemExit, match="cannot be paired"):
+        cf.paired_against(ref, elsewhere)
+    with pytest.raises(SystemExit, match=r"no samples\.jsonl"):
+        cf.paired_against(ref, tmp_path)
