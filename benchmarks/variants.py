@@ -87,6 +87,8 @@ SOURCES: list[tuple[str, Callable[[], Iterator[dict]]]] = [
      lambda: _fronts("correction_front_own_settings_budget.json", lambda r: f"{r['method']} at its own setting, "
                      "budget rule")),
     ("stability_vocabulary.json", lambda: _seeds("stability_vocabulary.json", "lrp, vocabulary target, budget rule")),
+    ("correction_front_foil.json", lambda: _fronts("correction_front_foil.json", lambda r: "lrp, foil target "
+                                                   "(best alternative), budget rule, seed 0")),
     ("correction_front_effect.json", lambda: _fronts("correction_front_effect.json", lambda r: "make correct: "
                                                      f"{r['method']} (LRP's setting, effect rule)")),
     ("correction_front_own_settings.json", lambda: _fronts("correction_front_own_settings.json",
