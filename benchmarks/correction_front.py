@@ -54,20 +54,19 @@ def front(run: Path) -> dict:
             "stages_s": manifest.get("stages_s"), "duration_s": manifest.get("duration_s")}
 
 
-def _per_prompt(run: Path, split: str) -> dict[int, tuple[str, float]]:
-    """(prompt, mean score) per held-out prompt of one split of a run's samples.jsonl: ``baseline`` or
-    ``corrected:METHOD`` (the run's primary method)."""
+def _per_prompt(run: Path) -> dict[str, dict[int, tuple[str, float]]]:
+    """Per split of a run's samples.jsonl (``baseline``, ``corrected:METHOD`` for the run's primary method): the
+    prompt and mean score of each held-out prompt."""
+    from safety_prune.render.load import load_samples
+
     path = run / "samples.jsonl"
     if not path.is_file():
         sys.exit(f"{run} has no samples.jsonl: pass a finished `correct` run folder.")
-    found: dict[int, tuple[str, list[float]]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        if row["split"] == split:
-            found.setdefault(row["prompt_index"], (row["prompt"], []))[1].append(row["score"])
-    if not found:
-        sys.exit(f"{path} holds no '{split}' rows.")
-    return {i: (prompt, sum(scores) / len(scores)) for i, (prompt, scores) in sorted(found.items())}
+    found: dict[str, dict[int, tuple[str, list[float]]]] = {}
+    for row in load_samples(path):
+        found.setdefault(row["split"], {}).setdefault(row["prompt_index"], (row["prompt"], []))[1].append(row["score"])
+    return {split: {i: (prompt, sum(scores) / len(scores)) for i, (prompt, scores) in sorted(rows.items())}
+            for split, rows in found.items()}
 
 
 def paired_against(ref: Path, run: Path) -> dict:
@@ -76,13 +75,17 @@ def paired_against(ref: Path, run: Path) -> dict:
     prompts with the same unedited baseline, i.e. the same model, suite, split and scorer."""
     from safety_prune.evaluation.stats import paired_bootstrap_diff
 
-    bases = [_per_prompt(r, "baseline") for r in (ref, run)]
+    splits = [_per_prompt(r) for r in (ref, run)]
     methods = [json.loads((r / "results.json").read_text(encoding="utf-8"))["method"] for r in (ref, run)]
-    if bases[0] != bases[1]:
+    if not splits[0].get("baseline") or splits[0].get("baseline") != splits[1].get("baseline"):
         sys.exit(f"{ref} and {run} did not measure the same held-out prompts with the same baseline scores, so "
                  "their corrections cannot be paired: compare runs of one model, suite and seed.")
-    a, b = (list(s for _, s in _per_prompt(r, f"corrected:{m}").values()) for r, m in ((run, methods[1]),
-                                                                                      (ref, methods[0])))
+    corrected = []
+    for r, found, method in zip((run, ref), splits[::-1], methods[::-1], strict=True):
+        if f"corrected:{method}" not in found:
+            sys.exit(f"{r / 'samples.jsonl'} holds no 'corrected:{method}' rows.")
+        corrected.append([score for _, score in found[f"corrected:{method}"].values()])
+    a, b = corrected
     return {"ref": str(ref), "ref_method": methods[0], "method": methods[1], "n_prompts": len(a),
             "ref_minus_run": paired_bootstrap_diff(a, b, seed=0)}
 

@@ -19,11 +19,23 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 MODES = ("AUTO", "AUTO,STRICT")
 REPEATS = 3
 RESULTS = Path(__file__).parent / "results" / "mkl_reproducible.json"
+
+
+def _times(fn: Callable[[], object]) -> list[float]:
+    """Wall times of ``fn`` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def worker() -> dict:
@@ -34,43 +46,21 @@ def worker() -> dict:
     from attribution_cost import _load, _operation
 
     model, name = _load()
-    op = _operation("lrp", model)
+    op = _operation("lrp", model)  # returns the Relevance
     scores = {}
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        scores[threads] = _scores(model)
+        scores[threads] = op().scores
     identical = all(torch.equal(scores[1][k], scores[2][k]) for k in scores[1])
     worst = max(float(((scores[1][k] - scores[2][k]).abs() / scores[2][k].abs().max()).max()) for k in scores[1])
-    op()  # warm-up at 2 threads
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        op()
-        times.append(time.perf_counter() - start)
+    times = _times(op)
     prompts = torch.randint(3, model.config.vocab_size, (48, 16), generator=torch.Generator().manual_seed(1))
-    generate = lambda: model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=25,  # noqa: E731
-                                      min_new_tokens=25, do_sample=False, pad_token_id=0)
-    generate()  # warm-up
-    gen_times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        generate()
-        gen_times.append(time.perf_counter() - start)
+    gen_times = _times(lambda: model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=25,
+                                              min_new_tokens=25, do_sample=False, pad_token_id=0))
     return {"mode": os.environ["MKL_CBWR"], "model": name, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "identical_1_vs_2_threads": identical, "max_relative_difference": worst, "times_s": times,
             "time_s": statistics.median(times), "generate_times_s": gen_times,
             "generate_time_s": statistics.median(gen_times)}
-
-
-def _scores(model) -> dict:
-    import torch
-
-    from safety_prune.attribution import Sample, attribute
-
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, model.config.vocab_size, (8, 128), generator=gen)
-    samples = [Sample(tuple(row.tolist()), 1) for row in ids]
-    return attribute(model, samples, method="lrp", units=("neuron", "head", "weight"), batch_size=8).scores
 
 
 def main() -> None:

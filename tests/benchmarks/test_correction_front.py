@@ -82,3 +82,6 @@ def test_two_runs_pair_on_the_same_prompts_or_are_refused(tmp_path: Path) -> Non
         cf.paired_against(ref, elsewhere)
     with pytest.raises(SystemExit, match=r"no samples\.jsonl"):
         cf.paired_against(ref, tmp_path)
+    audit_like = _run(tmp_path / "audit", "activation", base, [])  # an audit writes the baseline only
+    with pytest.raises(SystemExit, match="holds no 'corrected:activation' rows"):
+        cf.paired_against(ref, audit_like)
