@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import subprocess
+import sys
 import unicodedata
 from pathlib import Path
 
 import pytest
 import yaml
 
+import safety_prune
 from safety_prune import suite as suite_mod
 from safety_prune.errors import DataSourceError, ProbeSuiteError, SafetyPruneError
 from safety_prune.resources import resource_dir
@@ -199,6 +203,20 @@ def test_packaged_toxicity_suite_is_valid_without_data() -> None:
     assert parsed.undesired.hub_alternative["hub"] == "allenai/real-toxicity-prompts"
     assert parsed.general.test_words * suite_mod.TOKENS_PER_WORD >= parsed.perplexity.min_tokens
     assert (parsed.scorer.name, parsed.chat_template, parsed.reference.general_n) == ("profanity", False, 128)
+
+
+@pytest.mark.parametrize("layout", ["checkout", "wheel"])
+def test_resource_dir_follows_the_imported_copy(tmp_path: Path, layout: str) -> None:
+    """A copy of the code run with PYTHONPATH (a snapshot of another commit) reads its own probes, not those of
+    the editable install's checkout; a wheel's package-internal folder is found as well."""
+    package = Path(safety_prune.__file__).resolve().parent
+    shutil.copytree(package, tmp_path / "safety_prune", ignore=shutil.ignore_patterns("__pycache__"))
+    probes = tmp_path / "probes" if layout == "checkout" else tmp_path / "safety_prune" / "probes"
+    probes.mkdir()
+    out = subprocess.run([sys.executable, "-c", "from safety_prune.resources import resource_dir; "
+                          "print(resource_dir('probes'))"], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
+    assert Path(out.stdout.strip()) == probes.resolve()
 
 
 def test_resource_dir_rejects_unknown_kind() -> None:
