@@ -79,6 +79,17 @@ def _mean_dampening(name: str) -> Iterator[dict]:
                    vs_random=r["paired_vs_random"])
 
 
+def _transport(name: str) -> Iterator[dict]:
+    data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+    held, s = data.get("heldout"), data["validation"]["chosen"]
+    if held:  # no held-out part when no setting kept the limits
+        fixed = data.get("chosen_by") == "fixed by hand"
+        yield _row(f"lrp-weighted affine transport, seed {data['seed']} (lambda {s['strength']:g}, reach "
+                   f"{s['reach']:g}{'' if fixed else ', budget rule'})", name, "fixed" if fixed else "validated",
+                   **_relative(held["transport"], held["unpruned"]),
+                   changed=s["k"], vs_baseline=held["paired_vs_baseline"], vs_random=held["paired_vs_random"])
+
+
 SOURCES: list[tuple[str, Callable[[], Iterator[dict]]]] = [
     ("correction_front.json", lambda: _fronts("correction_front.json", lambda r: f"make correct: {r['method']} "
                                               "(LRP's setting, budget rule)")),
@@ -97,6 +108,8 @@ SOURCES: list[tuple[str, Callable[[], Iterator[dict]]]] = [
     ("stability_effect.json", lambda: _seeds("stability_effect.json", "lrp, effect rule")),
     ("stability_general.json", lambda: _seeds("stability_general.json", "lrp, general-only contrast, effect rule")),
     ("mean_dampening.json", lambda: _mean_dampening("mean_dampening.json")),
+    ("transport_screen.json", lambda: _transport("transport_screen.json")),
+    ("transport_screen_fixed.json", lambda: _transport("transport_screen_fixed.json")),
     ("ranking_stability_heldout.json", lambda: _fixed("ranking_stability_heldout.json", "lrp, toxic tokens,")),
     ("ranking_stability_heldout_8.json", lambda: _fixed("ranking_stability_heldout_8.json", "lrp, toxic tokens,")),
     ("ranking_stability_heldout_continuation.json",
