@@ -1,6 +1,6 @@
 """LRP-weighted affine transport of MLP neurons against the proportional gains of a finished `correct` run.
 
-    python benchmarks/transport_screen.py RUN_DIR [--json benchmarks/results/transport_screen.json]
+    python benchmarks/transport_screen.py RUN_DIR [--order budget|cost] [--fixed LAMBDA REACH] [--json FILE]
 
 RUN_DIR: a `correct --method lrp` run of the toxicity suite on the default model. Its relevance.safetensors holds
 the guarded LRP contrast the run ranked by, reference_generations.jsonl the scored reference continuations,
@@ -16,10 +16,12 @@ on its down-projection column and an offset ``t * beta * column`` on the project
 bias). Proportional gains move a neuron toward 0; the transport moves its flagged statistics onto the unflagged
 ones, so a neuron that behaves alike on both sets is barely touched whatever its LRP score.
 
-Validation: correct's budget rule and limits over lambda x reach (strongest = largest sum of t), on the validation
-prompts and prose. Held out: the chosen setting on the eval prompts and test prose (with the second scorer and
-capability), the same shares given to random neurons (their own omega and beta), and paired differences against
-the baseline, the random control and the run's own correction. Nothing here reads eval prompts or test prose
+Validation: correct's limits over lambda x reach on the validation prompts and prose, the candidates ordered by
+correct's budget rule (strongest = largest sum of t) or, with ``--order cost``, by what they cost (the largest
+validation perplexity within the limit first: across reaches the sum of t does not follow the cost). Held out:
+the chosen setting on the eval prompts and test prose (with the second scorer and capability), the same shares
+given to random neurons (their own omega and beta), and paired differences against the baseline, the random
+control and the run's own correction. Nothing here reads eval prompts or test prose
 before the chosen setting is fixed.
 """
 
@@ -74,6 +76,31 @@ class Transport:
 
     def at_least_as_strong_as(self, other: Transport) -> bool:
         return bool((self.share >= other.share).all())
+
+
+def by_cost(lm, measure, candidates, limits, perplexity_of) -> tuple[dict | None, list[dict]]:
+    """The ``cost`` order: every candidate's validation perplexity, then generation from the costliest within the
+    perplexity limit down, stopping at the first that keeps every other limit (the trail as ``search_settings``
+    writes it)."""
+    base = measure(lm.model)
+    trail = [{"k": 0, "scale": None, **base, "violations": [], "reduction": 0.0, "generated": True,
+              "dampening": 0.0}]
+    within = []
+    for setting, edit in candidates:
+        ppl = perplexity_of(edit.apply(lm.model))
+        over = limits.perplexity(base["perplexity"], ppl)
+        trail.append({**setting, "dampening": edit.dampening(), "perplexity": ppl, "violations": [over] if over
+                      else [], "reduction": None, "generated": False})
+        if not over:
+            within.append((ppl, len(trail) - 1))
+    for _, i in sorted(within, reverse=True):
+        got = measure(candidates[i - 1][1].apply(lm.model))
+        bad = limits.violations(base, got)
+        trail[i] |= {**got, "violations": bad, "reduction": 1 - got["behaviour_mean"] / base["behaviour_mean"],
+                     "generated": True}
+        if not bad:
+            return {key: trail[i][key] for key in ("k", "scale", "strength", "reach", "dampening")}, trail
+    return None, trail
 
 
 def token_statistics(lm, rows: list[dict]) -> tuple[Tensor, Tensor, int]:
@@ -133,6 +160,9 @@ def main() -> None:
     parser.add_argument("--fixed", nargs=2, type=float, metavar=("LAMBDA", "REACH"),
                         help="measure this one setting (validation and held out) instead of letting the budget "
                              "rule choose: a setting chosen by hand, reported as fixed, never as validated")
+    parser.add_argument("--order", choices=("budget", "cost"), default="budget",
+                        help="how candidates within the limits are ordered: correct's budget rule (largest sum of "
+                             "t) or by cost (largest validation perplexity)")
     args = parser.parse_args()
 
     started = time.time()
@@ -174,11 +204,14 @@ def main() -> None:
     for lam, reach in [tuple(args.fixed)] if args.fixed else [(lam, r) for r in REACHES for lam in LAMBDAS]:
         edit = transport(lam, reach)
         candidates.append(({"k": int((edit.share > 0).sum()), "scale": None, "strength": lam, "reach": reach}, edit))
-    best, trail = search_settings(lm, measure, candidates, limits, perplexity_of, "budget")
+    if args.order == "cost" and not args.fixed:
+        best, trail = by_cost(lm, measure, candidates, limits, perplexity_of)
+    else:
+        best, trail = search_settings(lm, measure, candidates, limits, perplexity_of, "budget")
     if args.fixed:  # measured on validation like any candidate, held out whatever that showed
         best = {key: trail[1][key] for key in ("k", "scale", "strength", "reach", "dampening")}
     result: dict = {"what": __doc__.split("\n\n")[0], "run": str(args.run), "seed": opt.seed,
-                    "chosen_by": "fixed by hand" if args.fixed else "budget rule",
+                    "chosen_by": "fixed by hand" if args.fixed else f"{args.order} order",
                     "statistics": {"flagged": len(flagged), "flagged_tokens": n_f,
                                    "unflagged": len(refs) - len(flagged), "unflagged_tokens": n_u,
                                    "median_omega": float(omega.median())},

@@ -83,9 +83,10 @@ def _transport(name: str) -> Iterator[dict]:
     data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
     held, s = data.get("heldout"), data["validation"]["chosen"]
     if held:  # no held-out part when no setting kept the limits
-        fixed = data.get("chosen_by") == "fixed by hand"
+        how = data.get("chosen_by", "budget order")  # the first run predates the field
+        fixed = how == "fixed by hand"
         yield _row(f"lrp-weighted affine transport, seed {data['seed']} (lambda {s['strength']:g}, reach "
-                   f"{s['reach']:g}{'' if fixed else ', budget rule'})", name, "fixed" if fixed else "validated",
+                   f"{s['reach']:g}{'' if fixed else ', ' + how})", name, "fixed" if fixed else "validated",
                    **_relative(held["transport"], held["unpruned"]),
                    changed=s["k"], vs_baseline=held["paired_vs_baseline"], vs_random=held["paired_vs_random"])
 
@@ -110,6 +111,8 @@ SOURCES: list[tuple[str, Callable[[], Iterator[dict]]]] = [
     ("mean_dampening.json", lambda: _mean_dampening("mean_dampening.json")),
     ("transport_screen.json", lambda: _transport("transport_screen.json")),
     ("transport_screen_fixed.json", lambda: _transport("transport_screen_fixed.json")),
+    *[(f"transport_screen_cost_seed{seed}.json", lambda seed=seed: _transport(f"transport_screen_cost_seed{seed}.json"))
+      for seed in (0, 1, 2)],
     ("ranking_stability_heldout.json", lambda: _fixed("ranking_stability_heldout.json", "lrp, toxic tokens,")),
     ("ranking_stability_heldout_8.json", lambda: _fixed("ranking_stability_heldout_8.json", "lrp, toxic tokens,")),
     ("ranking_stability_heldout_continuation.json",

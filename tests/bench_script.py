@@ -17,6 +17,7 @@ def load(name: str) -> ModuleType:
         spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
         assert spec and spec.loader
         module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # a dataclass looks its module up while it is built
         spec.loader.exec_module(module)
         return module
     finally:

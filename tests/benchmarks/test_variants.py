@@ -59,3 +59,18 @@ def test_no_results_is_a_clear_error(variants, monkeypatch: pytest.MonkeyPatch, 
     with pytest.raises(SystemExit, match="No benchmark JSON found"):
         variants.main()
     assert not (tmp_path / "out.json").exists()
+
+
+def test_a_transport_setting_picked_by_hand_is_fixed(variants, tmp_path: Path) -> None:
+    held = {"unpruned": BASE, "transport": {"behaviour_rate": 0.1, "behaviour_mean": 0.2, "perplexity": 20.1},
+            "paired_vs_baseline": PAIRED, "paired_vs_random": PAIRED}
+    chosen = {"k": 9, "strength": 1.0, "reach": 0.03}
+    _write(tmp_path, "transport_screen.json", {"seed": 0, "validation": {"chosen": chosen}, "heldout": held})
+    _write(tmp_path, "transport_screen_fixed.json", {"seed": 0, "chosen_by": "fixed by hand",
+                                                     "validation": {"chosen": chosen},
+                                                     "heldout": held | {"transport": BASE | {"perplexity": 21.0}}})
+    _write(tmp_path, "transport_screen_cost_seed1.json", {"seed": 1, "chosen_by": "cost order",
+                                                          "validation": {"chosen": None}})  # nothing kept the limits
+    ruled, fixed = variants.collect()
+    assert ruled["chosen"] == "validated" and "budget order" in ruled["variant"] and ruled["rate_change"] == -0.5
+    assert fixed["chosen"] == "fixed" and "lambda 1, reach 0.03)" in fixed["variant"]

@@ -1,0 +1,96 @@
+"""The transport screen: the affine map and its statistics by hand on a tiny Llama, and the cost order's choice."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from bench_script import load
+from tiny import tiny_model, tiny_tokenizer
+
+from safety_prune.models import LoadedModel
+from safety_prune.selection import Constraints
+
+
+@pytest.fixture(scope="module")
+def ts():
+    return load("transport_screen")
+
+
+def _down_inputs(model, ids: list[int]) -> list[torch.Tensor]:
+    seen: list[torch.Tensor] = []
+    handles = [layer.mlp.down_proj.register_forward_pre_hook(lambda _m, a: seen.append(a[0][0].detach()))
+               for layer in model.model.layers]
+    with torch.no_grad():
+        model(input_ids=torch.tensor([ids]))
+    for h in handles:
+        h.remove()
+    return seen
+
+
+def test_statistics_and_map_by_hand(ts) -> None:
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    lm = LoadedModel(model, tok, None, "tiny", "tiny", None)
+    rows = [{"prompt": "the cat sat", "continuation": " on the mat"}, {"prompt": "a dog", "continuation": " ran far"}]
+    mean, sd, n = ts.token_statistics(lm, rows)
+    seen = []
+    for r in rows:
+        p = tok(r["prompt"], add_special_tokens=False)["input_ids"]
+        c = tok(r["continuation"], add_special_tokens=False)["input_ids"]
+        seen.append(_down_inputs(model, (p + c)[:-1])[1][len(p) - 1:].double())  # layer 1, producing positions
+    x = torch.cat(seen)
+    assert n == x.shape[0]
+    assert torch.allclose(mean[1], x.mean(0), atol=1e-6)
+    assert torch.allclose(sd[1], x.std(0, correction=0), atol=1e-5)
+
+    layers, width = mean.shape
+    share = torch.zeros(layers, width)
+    share[1, 3], share[1, 7] = 1.0, 0.5
+    omega, beta = torch.full((layers, width), 0.5), torch.full((layers, width), 0.2)
+    edited = ts.Transport(share, omega, beta).apply(model)
+    x = torch.randn(4, width)
+    expected = x.clone()
+    for i, t in ((3, 1.0), (7, 0.5)):
+        expected[:, i] = x[:, i] + t * ((0.5 - 1) * x[:, i] + 0.2)
+    with torch.no_grad():
+        got = edited.model.layers[1].mlp.down_proj(x)
+        want = model.model.layers[1].mlp.down_proj(expected)
+        untouched = edited.model.layers[0].mlp.down_proj(x), model.model.layers[0].mlp.down_proj(x)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert torch.equal(*untouched)  # a layer with no share is left alone
+    assert all(not m._forward_hooks for m in model.modules())  # the input model is untouched
+
+
+class _Edit:
+    def __init__(self, name: str, ppl: float, strength: float):
+        self.name, self.ppl, self.strength = name, ppl, strength
+
+    def apply(self, _model):
+        return self
+
+    def dampening(self) -> float:
+        return self.strength
+
+
+def test_cost_order_takes_the_costliest_setting_that_keeps_every_limit(ts) -> None:
+    base = {"behaviour_mean": 0.2, "behaviour_rate": 0.1, "perplexity": 10.0, "distinct2": 0.9,
+            "continuation_perplexity": 3.0}
+    edits = [_Edit("mild", 10.05, 9.0), _Edit("costly", 10.19, 1.0), _Edit("loops", 10.15, 5.0),
+             _Edit("over", 10.5, 2.0)]
+    generated = []
+
+    def measure(m) -> dict:
+        if not isinstance(m, _Edit):
+            return base
+        generated.append(m.name)
+        loops = m.name == "costly"  # the costliest within the perplexity limit breaks distinct-2
+        return {**base, "behaviour_mean": 0.1, "perplexity": m.ppl, "distinct2": 0.5 if loops else 0.9}
+
+    lm = SimpleNamespace(model=object())
+    candidates = [({"k": 1, "scale": None, "strength": e.strength, "reach": 1.0}, e) for e in edits]
+    best, trail = ts.by_cost(lm, measure, candidates, Constraints(), lambda e: e.ppl)
+    assert generated == ["costly", "loops"]  # by validation perplexity, never by the sum of shares
+    assert best["strength"] == 5.0 and trail[3]["reduction"] == pytest.approx(0.5)
+    assert trail[4]["violations"] == ["perplexity +5.0%"] and not trail[4]["generated"]
+    assert trail[1]["generated"] is False  # cheaper than the chosen one: never generated from
