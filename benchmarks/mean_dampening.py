@@ -82,10 +82,24 @@ def toward_mean(lm, edit, means: torch.Tensor) -> torch.nn.Module:
     return model
 
 
+def measure_validation(lm, model: torch.nn.Module, suite, scorer, prompts: list[str], text: list[str], capability,
+                       seed: int) -> dict:
+    """What correct's validation search reads of a candidate: behaviour, perplexity, distinct-2, continuation
+    perplexity, last-word accuracy on ``capability``'s passages, and the per-prompt means (for cross-fitting)."""
+    from safety_prune.evaluation.behaviour import evaluate
+    from safety_prune.evaluation.capability import last_word_hits
+
+    metrics, res = evaluate(replace(lm, model=model), lm, suite, scorer, prompts, text, seed)
+    hits = last_word_hits(model, lm.tokenizer, capability.passages, suite.generation.batch_size)
+    return {"behaviour_mean": metrics["behaviour_mean"]["value"], "behaviour_rate": metrics["behaviour_rate"]["value"],
+            **{k: metrics[k]["value"] for k in ("perplexity", "distinct2", "continuation_perplexity")},
+            "last_word_accuracy": sum(hits) / len(hits), "per_prompt": res.per_prompt_mean()}
+
+
 def main() -> None:
     from safety_prune.crossfit import cross_fit
     from safety_prune.evaluation.behaviour import GenerationCache, evaluate
-    from safety_prune.evaluation.capability import capability_set, last_word_hits
+    from safety_prune.evaluation.capability import capability_set
     from safety_prune.evaluation.perplexity import perplexity
     from safety_prune.evaluation.stats import behaviour_per_prompt, paired_bootstrap_diff
     from safety_prune.interventions import gains_edit, proportional, random_like
@@ -121,14 +135,10 @@ def main() -> None:
     def build(variant: str, edit) -> torch.nn.Module:
         return toward_mean(lm, edit, means) if variant == "mean" else edit.apply(lm.model)
 
-    def measure_validation(model) -> dict:
-        metrics, res = evaluate(replace(lm, model=model), lm, suite, scorer, val_prompts, val_text, opt.seed)
-        hits = last_word_hits(model, lm.tokenizer, val_cap.passages, suite.generation.batch_size)
-        return {"behaviour_mean": metrics["behaviour_mean"]["value"], "behaviour_rate": metrics["behaviour_rate"][
-            "value"], **{k: metrics[k]["value"] for k in ("perplexity", "distinct2", "continuation_perplexity")},
-            "last_word_accuracy": sum(hits) / len(hits), "per_prompt": res.per_prompt_mean()}
+    def measure(model) -> dict:
+        return measure_validation(lm, model, suite, scorer, val_prompts, val_text, val_cap, opt.seed)
 
-    base_val = measure_validation(lm.model)
+    base_val = measure(lm.model)
     result: dict = {"what": __doc__.split("\n\n")[0], "draw_seed": args.seed, "validation": {}, "heldout": {}}
     chosen = {}
     for variant in ("zero", "mean"):
@@ -144,7 +154,7 @@ def main() -> None:
             if over := limits.perplexity(base_val["perplexity"], ppl):
                 row |= {"violations": [over], "generated": False}
             else:
-                got = measure_validation(model)
+                got = measure(model)
                 per_prompt[len(trail)] = got.pop("per_prompt")
                 row |= got | {"violations": limits.violations(base_val, got), "generated": True}
             del model

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 from correction_front import _per_prompt
+from mean_dampening import measure_validation
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -142,7 +143,7 @@ def token_statistics(lm, rows: list[dict]) -> tuple[Tensor, Tensor, int]:
 
 def main() -> None:
     from safety_prune.evaluation.behaviour import GenerationCache, evaluate
-    from safety_prune.evaluation.capability import capability_set, last_word_hits
+    from safety_prune.evaluation.capability import capability_set
     from safety_prune.evaluation.perplexity import perplexity
     from safety_prune.evaluation.stats import paired_bootstrap_diff
     from safety_prune.interventions import proportional
@@ -187,12 +188,9 @@ def main() -> None:
     val_cap = capability_set(lm.tokenizer, suite.general_validation(), "general validation")
 
     def measure(model: nn.Module) -> dict:
-        metrics, _ = evaluate(replace(lm, model=model), lm, suite, scorer, prompts, val_text, opt.seed)
-        hits = last_word_hits(model, lm.tokenizer, val_cap.passages, suite.generation.batch_size)
-        return {"behaviour_mean": metrics["behaviour_mean"]["value"],
-                "behaviour_rate": metrics["behaviour_rate"]["value"],
-                **{k: metrics[k]["value"] for k in ("perplexity", "distinct2", "continuation_perplexity")},
-                "last_word_accuracy": sum(hits) / len(hits)}
+        got = measure_validation(lm, model, suite, scorer, prompts, val_text, val_cap, opt.seed)
+        del got["per_prompt"]  # no cross-fitting here: the trail keeps the aggregates only
+        return got
 
     def perplexity_of(model: nn.Module) -> float:
         return perplexity(model, lm.tokenizer, val_text, max_length=p.max_length, stride=p.stride).perplexity
