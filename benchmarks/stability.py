@@ -10,8 +10,9 @@ folds, so the spread across seeds is what a user who changes nothing but the see
 
 Writes benchmarks/results/stability.json: per seed the chosen setting, the held-out rate and mean with their
 CIs and changes, the paired change against random at the same budget, perplexity, distinct-2 and time; between
-seeds the Jaccard of the 100 most dampened units and the gain-weighted Jaccard over every unit
-(sum of min(1 - g) / sum of max(1 - g)); and the spread (largest minus smallest change, in percentage points).
+seeds the Jaccard of the 100 most dampened units (ties in gain ordered by the run's ranking score) and the
+gain-weighted Jaccard over every unit (sum of min(1 - g) / sum of max(1 - g)); and the spread (largest minus
+smallest change, in percentage points).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+from safetensors.torch import load_file
 
 RECIPE = ["--model", "default", "--probe", "toxicity", "--method", "lrp", "--intervention", "proportional",
           "--threshold", "0", "--reach", "1,0.3,0.1,0.03", "--folds", "5"]  # make correct's
@@ -55,22 +58,26 @@ def run_seed(root: Path, seed: int, extra: list[str]) -> Path:
     return out
 
 
-def gains(run: Path) -> dict[str, float]:
-    """Each changed unit's gain (zeroed: 0), from the run's masks.json."""
+def gains(run: Path) -> dict[str, tuple[float, float]]:
+    """Each changed unit's gain (zeroed: 0) from the run's masks.json, with its ranking score (the run's
+    relevance.safetensors ``diff.<kind>``; lower is more undesired). Many units share a gain (every one past
+    ``reach`` gets the full ``1 - strength``; top-k zeroing gives all k gain 0), so the score orders them."""
     masks = json.loads((run / "masks.json").read_text(encoding="utf-8"))
     scale = masks.get("intervention", {}).get("scale")
-    return {u["id"]: u.get("gain", 0.0 if scale is None else scale) for u in masks["units"]}
+    scores = load_file(str(run / "relevance.safetensors"))
+    return {u["id"]: (u.get("gain", 0.0 if scale is None else scale),
+                      float(scores[f"diff.{u['kind']}"][u["layer"], u["index"]])) for u in masks["units"]}
 
 
-def jaccard(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+def jaccard(a: dict[str, tuple[float, float]], b: dict[str, tuple[float, float]]) -> dict[str, float]:
     """Overlap of two runs' changes: the ``TOP`` most dampened units, and gain-weighted over all of them."""
-    def top(g: dict[str, float]) -> set[str]:
-        return set(sorted(g, key=lambda u: (g[u], u))[:TOP])
+    def top(g: dict[str, tuple[float, float]]) -> set[str]:
+        return set(sorted(g, key=lambda u: (*g[u], u))[:TOP])
 
     ta, tb = top(a), top(b)
     units = a.keys() | b.keys()
-    low = sum(min(1 - a.get(u, 1.0), 1 - b.get(u, 1.0)) for u in units)
-    high = sum(max(1 - a.get(u, 1.0), 1 - b.get(u, 1.0)) for u in units)
+    low = sum(min(1 - a.get(u, (1.0,))[0], 1 - b.get(u, (1.0,))[0]) for u in units)
+    high = sum(max(1 - a.get(u, (1.0,))[0], 1 - b.get(u, (1.0,))[0]) for u in units)
     return {f"top{TOP}": len(ta & tb) / len(ta | tb) if ta | tb else 1.0,
             "weighted": low / high if high else 1.0}
 

@@ -30,15 +30,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from correction_front import _per_prompt
-from mean_dampening import measure_validation
 from safetensors.torch import load_file
+from screening import by_cost, heldout, open_run
 from torch import Tensor, nn
 
 LAMBDAS = (0.5, 1.0)
@@ -79,31 +77,6 @@ class Transport:
         return bool((self.share >= other.share).all())
 
 
-def by_cost(lm, measure, candidates, limits, perplexity_of) -> tuple[dict | None, list[dict]]:
-    """The ``cost`` order: every candidate's validation perplexity, then generation from the costliest within the
-    perplexity limit down, stopping at the first that keeps every other limit (the trail as ``search_settings``
-    writes it)."""
-    base = measure(lm.model)
-    trail = [{"k": 0, "scale": None, **base, "violations": [], "reduction": 0.0, "generated": True,
-              "dampening": 0.0}]
-    within = []
-    for setting, edit in candidates:
-        ppl = perplexity_of(edit.apply(lm.model))
-        over = limits.perplexity(base["perplexity"], ppl)
-        trail.append({**setting, "dampening": edit.dampening(), "perplexity": ppl, "violations": [over] if over
-                      else [], "reduction": None, "generated": False})
-        if not over:
-            within.append((ppl, len(trail) - 1))
-    for _, i in sorted(within, reverse=True):
-        got = measure(candidates[i - 1][1].apply(lm.model))
-        bad = limits.violations(base, got)
-        trail[i] |= {**got, "violations": bad, "reduction": 1 - got["behaviour_mean"] / base["behaviour_mean"],
-                     "generated": True}
-        if not bad:
-            return {key: trail[i][key] for key in ("k", "scale", "strength", "reach", "dampening")}, trail
-    return None, trail
-
-
 def token_statistics(lm, rows: list[dict]) -> tuple[Tensor, Tensor, int]:
     """Per neuron ``[layers, neurons]`` mean and standard deviation of the down projection's input over the
     positions that produce each row's continuation tokens (last prompt token to the second-to-last continuation
@@ -142,18 +115,8 @@ def token_statistics(lm, rows: list[dict]) -> tuple[Tensor, Tensor, int]:
 
 
 def main() -> None:
-    from safety_prune.evaluation.behaviour import GenerationCache, evaluate
-    from safety_prune.evaluation.capability import capability_set
-    from safety_prune.evaluation.perplexity import perplexity
-    from safety_prune.evaluation.stats import paired_bootstrap_diff
     from safety_prune.interventions import proportional
-    from safety_prune.jobs.common import open_model
-    from safety_prune.jobs.correct import limits_of
-    from safety_prune.jobs.options import CorrectOptions
-    from safety_prune.jobs.stages import measure_baseline, suite_scorer, suite_secondary
-    from safety_prune.results import flat_metrics
-    from safety_prune.selection import SearchText, search_settings, validation_text
-    from safety_prune.suite import load_suite
+    from safety_prune.selection import search_settings
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path)
@@ -167,11 +130,8 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.time()
-    res = json.loads((args.run / "results.json").read_text(encoding="utf-8"))
-    opt = CorrectOptions(seed=res["manifest"]["seed"])
-    suite, lm = load_suite(res["probe"]["name"]), open_model("default", opt)
-    scorer, secondary = suite_scorer(suite), suite_secondary(suite)
-    scores = {"neuron": load_file(str(args.run / "relevance.safetensors"))["diff.neuron"]}
+    sc = open_run(args.run)
+    lm, suite, scores = sc.lm, sc.suite, {"neuron": load_file(str(args.run / "relevance.safetensors"))["diff.neuron"]}
     lines = (args.run / "reference_generations.jsonl").read_text(encoding="utf-8").splitlines()
     refs = [json.loads(line) for line in lines if line.strip()]
     flagged = [r for r in refs if r["score"] >= suite.scorer.threshold]
@@ -182,19 +142,6 @@ def main() -> None:
     print(f"statistics: {len(flagged)} flagged continuations ({n_f} tokens), {len(refs) - len(flagged)} unflagged "
           f"({n_u} tokens); median omega {float(omega.median()):.3f}", flush=True)
 
-    limits, p = limits_of(opt), suite.perplexity
-    prompts = suite.validation_prompts()
-    val_text = [validation_text(lm, SearchText(suite.general_validation(), p.max_length), opt.search_tokens)]
-    val_cap = capability_set(lm.tokenizer, suite.general_validation(), "general validation")
-
-    def measure(model: nn.Module) -> dict:
-        got = measure_validation(lm, model, suite, scorer, prompts, val_text, val_cap, opt.seed)
-        del got["per_prompt"]  # no cross-fitting here: the trail keeps the aggregates only
-        return got
-
-    def perplexity_of(model: nn.Module) -> float:
-        return perplexity(model, lm.tokenizer, val_text, max_length=p.max_length, stride=p.stride).perplexity
-
     def transport(lam: float, reach: float) -> Transport:
         return Transport(lam * (1 - proportional(scores, "neuron", 1.0, 0.0, reach)).float(), omega, beta)
 
@@ -203,12 +150,12 @@ def main() -> None:
         edit = transport(lam, reach)
         candidates.append(({"k": int((edit.share > 0).sum()), "scale": None, "strength": lam, "reach": reach}, edit))
     if args.order == "cost" and not args.fixed:
-        best, trail = by_cost(lm, measure, candidates, limits, perplexity_of)
+        best, trail = by_cost(lm, sc.measure, candidates, sc.limits, sc.perplexity_of)
     else:
-        best, trail = search_settings(lm, measure, candidates, limits, perplexity_of, "budget")
+        best, trail = search_settings(lm, sc.measure, candidates, sc.limits, sc.perplexity_of, "budget")
     if args.fixed:  # measured on validation like any candidate, held out whatever that showed
         best = {key: trail[1][key] for key in ("k", "scale", "strength", "reach", "dampening")}
-    result: dict = {"what": __doc__.split("\n\n")[0], "run": str(args.run), "seed": opt.seed,
+    result: dict = {"what": __doc__.split("\n\n")[0], "run": str(args.run), "seed": sc.opt.seed,
                     "chosen_by": "fixed by hand" if args.fixed else f"{args.order} order",
                     "statistics": {"flagged": len(flagged), "flagged_tokens": n_f,
                                    "unflagged": len(refs) - len(flagged), "unflagged_tokens": n_u,
@@ -221,33 +168,10 @@ def main() -> None:
         args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
         return
 
-    with tempfile.TemporaryDirectory() as scratch:
-        base = measure_baseline(lm, suite, scorer, None, opt.seed, GenerationCache(args.run, Path(scratch)),
-                                secondary)
-    keys = ("behaviour_rate", "behaviour_rate_ci", "behaviour_mean", "behaviour_mean_ci", "perplexity",
-            "distinct2", "continuation_perplexity", "last_word_accuracy_drop", "secondary")
     chosen = transport(best["strength"], best["reach"])
-    order = torch.randperm(chosen.share.numel(), generator=torch.Generator().manual_seed(opt.seed))
+    order = torch.randperm(chosen.share.numel(), generator=torch.Generator().manual_seed(sc.opt.seed))
     control = Transport(chosen.share.flatten()[order].view_as(chosen.share), omega, beta)
-    held: dict = {"unpruned": {k: flat_metrics(base.metrics).get(k) for k in keys}}
-    per_prompt = {"baseline": base.generations.per_prompt_mean()}
-    for label, edit in (("transport", chosen), ("random", control)):
-        metrics, out = evaluate(replace(lm, model=edit.apply(lm.model)), lm, suite, scorer, base.prompts,
-                                base.test_text, opt.seed, secondary=secondary, capability=base.capability)
-        held[label] = {k: flat_metrics(metrics).get(k) for k in keys}
-        per_prompt[label] = out.per_prompt_mean()
-        print(label, json.dumps({k: held[label][k] for k in ("behaviour_rate", "behaviour_mean", "perplexity")}),
-              flush=True)
-    run_rows = _per_prompt(args.run)
-    run_base = [m for _, m in run_rows["baseline"].values()]
-    run_corrected = [m for _, m in next(v for k, v in run_rows.items() if k.startswith("corrected:")).values()]
-    if run_base != per_prompt["baseline"]:
-        raise SystemExit("The run's baseline scores differ from this baseline: the run is not this model, suite "
-                         "and seed, so its correction cannot be paired with the transport.")
-    held["paired_vs_baseline"] = paired_bootstrap_diff(per_prompt["baseline"], per_prompt["transport"], seed=0)
-    held["paired_vs_random"] = paired_bootstrap_diff(per_prompt["random"], per_prompt["transport"], seed=0)
-    held["transport_minus_run_correction"] = paired_bootstrap_diff(run_corrected, per_prompt["transport"], seed=0)
-    held["run_correction"] = res["selection"]["intervention"]
+    held = heldout(sc, "transport", chosen, control)
     result["heldout"] = held
     result["seconds"] = round(time.time() - started, 1)
     args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")

@@ -1,8 +1,6 @@
-"""The transport screen: the affine map and its statistics by hand on a tiny Llama, and the cost order's choice."""
+"""The transport screen: the affine map and its statistics by hand on a tiny Llama."""
 
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,7 +8,6 @@ from bench_script import load
 from tiny import tiny_model, tiny_tokenizer
 
 from safety_prune.models import LoadedModel
-from safety_prune.selection import Constraints
 
 
 @pytest.fixture(scope="module")
@@ -60,37 +57,3 @@ def test_statistics_and_map_by_hand(ts) -> None:
     assert torch.allclose(got, want, atol=1e-5)
     assert torch.equal(*untouched)  # a layer with no share is left alone
     assert all(not m._forward_hooks for m in model.modules())  # the input model is untouched
-
-
-class _Edit:
-    def __init__(self, name: str, ppl: float, strength: float):
-        self.name, self.ppl, self.strength = name, ppl, strength
-
-    def apply(self, _model):
-        return self
-
-    def dampening(self) -> float:
-        return self.strength
-
-
-def test_cost_order_takes_the_costliest_setting_that_keeps_every_limit(ts) -> None:
-    base = {"behaviour_mean": 0.2, "behaviour_rate": 0.1, "perplexity": 10.0, "distinct2": 0.9,
-            "continuation_perplexity": 3.0}
-    edits = [_Edit("mild", 10.05, 9.0), _Edit("costly", 10.19, 1.0), _Edit("loops", 10.15, 5.0),
-             _Edit("over", 10.5, 2.0)]
-    generated = []
-
-    def measure(m) -> dict:
-        if not isinstance(m, _Edit):
-            return base
-        generated.append(m.name)
-        loops = m.name == "costly"  # the costliest within the perplexity limit breaks distinct-2
-        return {**base, "behaviour_mean": 0.1, "perplexity": m.ppl, "distinct2": 0.5 if loops else 0.9}
-
-    lm = SimpleNamespace(model=object())
-    candidates = [({"k": 1, "scale": None, "strength": e.strength, "reach": 1.0}, e) for e in edits]
-    best, trail = ts.by_cost(lm, measure, candidates, Constraints(), lambda e: e.ppl)
-    assert generated == ["costly", "loops"]  # by validation perplexity, never by the sum of shares
-    assert best["strength"] == 5.0 and trail[3]["reduction"] == pytest.approx(0.5)
-    assert trail[4]["violations"] == ["perplexity +5.0%"] and not trail[4]["generated"]
-    assert trail[1]["generated"] is False  # cheaper than the chosen one: never generated from
