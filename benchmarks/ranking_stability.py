@@ -168,16 +168,19 @@ VARIANTS = {"as shipped (mean contrast)": _guarded, "z-score contrast": _zscores
             "general contrast only": _general_only}
 
 
-def _gains(scores: dict[str, torch.Tensor], strength: float = STRENGTH, reach: float = REACH) -> dict[int, float]:
+def _gains(scores: dict[str, torch.Tensor], strength: float = STRENGTH, reach: float = REACH
+           ) -> dict[int, tuple[float, float]]:
+    """Each changed neuron's gain and score (the score orders the neurons ``reach`` gives the same gain)."""
     g = proportional(scores, "neuron", strength, 0.0, reach).flatten()
     idx = (g < 1).nonzero()[:, 0]
-    return dict(zip(idx.tolist(), g[idx].tolist(), strict=True))
+    return dict(zip(idx.tolist(), zip(g[idx].tolist(), scores["neuron"].flatten()[idx].tolist(), strict=True),
+                    strict=True))
 
 
 def which_set_varies(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
     """The shipped recipe's agreement when only one set comes from the second draw, and between the two halves
     of the first draw's undesired samples: which set's sampling moves the correction."""
-    def gains(general: torch.Tensor, benign: torch.Tensor, undesired: torch.Tensor) -> dict[int, float]:
+    def gains(general: torch.Tensor, benign: torch.Tensor, undesired: torch.Tensor) -> dict[int, tuple[float, float]]:
         return _gains(_guarded(_relevance({"general": general, "benign": benign, "undesired": undesired})))
 
     first = gains(a["general"], a["benign"], a["undesired"])

@@ -1,5 +1,5 @@
-"""What every screen of a finished `correct` run shares: its setting on validation data, the cost order, and the
-held-out measurement of a chosen edit beside its random control and the run's own correction.
+"""What every screen of a finished `correct` run shares: its validation measures and the held-out measurement of a
+chosen edit beside its random control and the run's own correction.
 
 A screen re-decides one part of a finished run (the edit, or the rule that picks its setting) without running the
 attribution again: the run's relevance.safetensors, reference_generations.jsonl, samples.jsonl and generation
@@ -72,39 +72,6 @@ def open_run(run: Path, n_tokens: int | None = None) -> Screen:
     suite = load_suite(res["probe"]["name"])
     return Screen(run, res, opt, suite, open_model("default", opt), suite_scorer(suite), suite_secondary(suite),
                   limits_of(opt), n_tokens or opt.search_tokens)
-
-
-def by_cost(lm, measure, candidates, limits, perplexity_of) -> tuple[dict | None, list[dict]]:
-    """The ``cost`` order: every candidate's validation perplexity, then generation from the costliest within the
-    perplexity limit down, stopping at the first that keeps every other limit (the trail as ``search_settings``
-    writes it). As in ``search_settings``, a candidate at least as strong as one already over the perplexity limit
-    is not measured (list the milder settings first)."""
-    base = measure(lm.model)
-    trail = [{"k": 0, "scale": None, **base, "violations": [], "reduction": 0.0, "generated": True,
-              "dampening": 0.0}]
-    within, over_limit = [], []
-    for setting, edit in candidates:
-        if any(edit.at_least_as_strong_as(e) for e in over_limit):
-            trail.append({**setting, "dampening": edit.dampening(), "perplexity": None,
-                          "violations": ["not measured: at least as strong as a candidate over the perplexity "
-                                         "limit"], "reduction": None, "generated": False})
-            continue
-        ppl = perplexity_of(edit.apply(lm.model))
-        over = limits.perplexity(base["perplexity"], ppl)
-        trail.append({**setting, "dampening": edit.dampening(), "perplexity": ppl, "violations": [over] if over
-                      else [], "reduction": None, "generated": False})
-        if over:
-            over_limit.append(edit)
-        else:
-            within.append((ppl, len(trail) - 1))
-    for _, i in sorted(within, reverse=True):
-        got = measure(candidates[i - 1][1].apply(lm.model))
-        bad = limits.violations(base, got)
-        trail[i] |= {**got, "violations": bad, "reduction": 1 - got["behaviour_mean"] / base["behaviour_mean"],
-                     "generated": True}
-        if not bad:
-            return {key: trail[i][key] for key in ("k", "scale", "strength", "reach", "dampening")}, trail
-    return None, trail
 
 
 def heldout(sc: Screen, label: str, edit, control) -> dict:

@@ -9,8 +9,9 @@ grid of settings (the search trail's strengths and reaches) and changes only how
 - ``--search-tokens``: how many validation-prose tokens each candidate's perplexity is measured on (correct's
   default is 4,096, about 8 windows of 512; the validation prose holds ~22,000); the fewer, the noisier the
   reading near the +2% limit;
-- ``--order``: ``budget`` (correct's rule: the largest sum of 1 - gain within the limits) or ``cost`` (the largest
-  validation perplexity within the limit first, then down until one keeps every other limit).
+- ``--order``: correct's ``--select-by`` rule: ``budget`` (the largest sum of 1 - gain within the limits) or
+  ``cost`` (the largest validation perplexity within the limit first, then down until one keeps every other
+  limit).
 
 Held out: the chosen gains on the eval prompts and test prose, the same gains on permuted neurons (random
 control), and paired differences against the baseline, the control and the run's own correction.
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from screening import by_cost, heldout, open_run
+from screening import heldout, open_run
 
 
 def main() -> None:
@@ -61,10 +62,7 @@ def main() -> None:
         candidates.append(({"k": len(edit.units), "scale": 1 - s, "strength": s, "threshold": t, "reach": r}, edit))
     n_tokens = len(sc.lm.tokenizer(sc.val_text[0], add_special_tokens=False)["input_ids"])
     print(f"{len(candidates)} candidates; validation perplexity on {n_tokens} tokens; {args.order} order", flush=True)
-    if args.order == "cost":
-        best, trail = by_cost(sc.lm, sc.measure, candidates, sc.limits, sc.perplexity_of)
-    else:
-        best, trail = search_settings(sc.lm, sc.measure, candidates, sc.limits, sc.perplexity_of, "budget")
+    best, trail = search_settings(sc.lm, sc.measure, candidates, sc.limits, sc.perplexity_of, args.order)
     result: dict = {"what": __doc__.split("\n\n")[0], "run": str(args.run), "seed": sc.opt.seed,
                     "chosen_by": f"{args.order} order", "validation_tokens": n_tokens,
                     "validation": {"trail": trail, "chosen": best,

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from screening import by_cost, heldout, open_run
+from screening import heldout, open_run
 from torch import Tensor, nn
 
 LAMBDAS = (0.5, 1.0)
@@ -149,10 +149,8 @@ def main() -> None:
     for lam, reach in [tuple(args.fixed)] if args.fixed else [(lam, r) for r in REACHES for lam in LAMBDAS]:
         edit = transport(lam, reach)
         candidates.append(({"k": int((edit.share > 0).sum()), "scale": None, "strength": lam, "reach": reach}, edit))
-    if args.order == "cost" and not args.fixed:
-        best, trail = by_cost(lm, sc.measure, candidates, sc.limits, sc.perplexity_of)
-    else:
-        best, trail = search_settings(lm, sc.measure, candidates, sc.limits, sc.perplexity_of, "budget")
+    rule = "budget" if args.fixed else args.order
+    best, trail = search_settings(lm, sc.measure, candidates, sc.limits, sc.perplexity_of, rule)
     if args.fixed:  # measured on validation like any candidate, held out whatever that showed
         best = {key: trail[1][key] for key in ("k", "scale", "strength", "reach", "dampening")}
     result: dict = {"what": __doc__.split("\n\n")[0], "run": str(args.run), "seed": sc.opt.seed,

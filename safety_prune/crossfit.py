@@ -25,6 +25,8 @@ from .errors import ConfigError
 from .evaluation import paired_bootstrap_diff
 from .methods import RULES
 
+ORDERED = {"budget": "dampening", "cost": "perplexity"}  # the rules that order rows by a field, not by the behaviour
+
 
 def check_folds(folds: int | None, n_prompts: int) -> None:
     """No more folds than validation prompts (each fold needs one); ``CorrectOptions`` refuses fewer than 2."""
@@ -73,9 +75,10 @@ def one_se_choice(rows: Sequence[dict[str, Any]], per_prompt: dict[int, list[flo
     return min((i for i in stats if stats[i][0] >= bar), key=lambda i: (_simplicity(rows[i]), i))
 
 
-def budget_choice(rows: Sequence[dict[str, Any]], per_prompt: dict[int, list[float]]) -> int | None:
-    """The index of the feasible row that dampens most in all (``dampening``); None when none is feasible."""
-    return max(per_prompt, key=lambda i: (rows[i]["dampening"], -i)) if per_prompt else None
+def ordered_choice(rows: Sequence[dict[str, Any]], per_prompt: dict[int, list[float]], key: str) -> int | None:
+    """The index of the feasible row with the largest ``key`` (budget: ``dampening``, the sum of 1 - gain; cost:
+    the validation ``perplexity``), the earlier row on a tie; None when none is feasible."""
+    return max(per_prompt, key=lambda i: (rows[i][key], -i)) if per_prompt else None
 
 
 def cross_fit(rows: Sequence[dict[str, Any]], per_prompt: dict[int, list[float]], base: Sequence[float],
@@ -90,7 +93,9 @@ def cross_fit(rows: Sequence[dict[str, Any]], per_prompt: dict[int, list[float]]
         raise ConfigError(f"select_by {select_by!r} is unknown; choose one of: {', '.join(RULES)}.")
 
     def choose(on: Sequence[Sequence[int]]) -> int | None:
-        return budget_choice(rows, per_prompt) if select_by == "budget" else one_se_choice(rows, per_prompt, base, on)
+        if select_by in ORDERED:
+            return ordered_choice(rows, per_prompt, ORDERED[select_by])
+        return one_se_choice(rows, per_prompt, base, on)
 
     parts = split(len(base), folds, seed)
     chosen = choose(parts)

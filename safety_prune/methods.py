@@ -57,6 +57,8 @@ INTERVENTIONS = ("zero", "proportional")
 # How the validation search chooses among the settings that keep every limit (--select-by), with the words
 # results.json's cross_fit.rule uses for each.
 RULES = {"budget": "the strongest feasible setting (largest sum of 1 - gain); the behaviour scores do not choose",
+         "cost": "the costliest feasible setting (largest validation perplexity within the limit); the behaviour "
+                 "scores do not choose",
          "effect": "one standard error over the folds' reductions; the simplest within it"}
 POOLINGS = ("max", "mean")  # how AurA pools a neuron's activations over a continuation
 COMPRESS_METHODS = ("lrp", "wanda", "magnitude", "gradient", "random")

@@ -16,6 +16,7 @@ import torch
 
 from .attribution import Relevance
 from .contrast import contrast_scores
+from .crossfit import ORDERED
 from .errors import ConfigError
 from .evaluation import perplexity
 from .families import geometry
@@ -187,10 +188,12 @@ def search_settings(lm: LoadedModel, measure: Measure, candidates: Sequence[Cand
     each trail row adds ``dampening`` (``Edit.dampening``: the sum over units of 1 - gain).
 
     ``select_by``: ``effect`` chooses the largest drop of the mean behaviour score among candidates that keep
-    every ``limits``; ``budget`` the strongest (largest ``dampening``) that keeps them, so the behaviour scores,
-    noisy on a few hundred prompts, never choose, and only candidates that could be chosen are generated from:
-    every candidate's perplexity first, then generation from the strongest within the perplexity limit down,
-    stopping at the first that keeps the other limits (the rest: ``generated: False`` with a ``note``).
+    every ``limits``; ``budget`` the strongest (largest ``dampening``) that keeps them, ``cost`` the costliest
+    (largest validation perplexity), so the behaviour scores, noisy on a few hundred prompts, never choose, and
+    only candidates that could be chosen are generated from: every candidate's perplexity first, then generation
+    from the strongest (costliest) within the perplexity limit down, stopping at the first that keeps the other
+    limits (the rest: ``generated: False`` with a ``note``). Across reaches the sum of 1 - gain does not follow
+    what a setting costs, while the held-out effect does; ``cost`` spends the perplexity limit.
 
     ``perplexity_of`` (the same validation perplexity that ``measure`` reports, alone): checked first, so a
     candidate already over the perplexity limit is not generated from. Generation is most of a candidate's
@@ -202,14 +205,14 @@ def search_settings(lm: LoadedModel, measure: Measure, candidates: Sequence[Cand
     """
     if select_by not in RULES:
         raise ConfigError(f"select_by {select_by!r} is unknown; choose one of: {', '.join(RULES)}.")
-    budget = select_by == "budget" and perplexity_of is not None
+    ordered = select_by in ORDERED and perplexity_of is not None  # perplexity first, generation later
     base = measure(lm.model)
     trail: list[dict[str, Any]] = [{"k": 0, "scale": None, **base, "violations": [], "reduction": 0.0,
                                     "generated": True, "dampening": 0.0}]
     best: dict[str, Any] | None = None
     best_gain = -math.inf
     over_limit: list[tuple[dict[str, Any], Edit]] = []
-    within: list[tuple[int, dict[str, Any], Edit]] = []  # budget: trail index, setting, edit; generated later
+    within: list[tuple[int, dict[str, Any], Edit]] = []  # ordered: trail index, setting, edit; generated later
     unmeasured = dict.fromkeys(k for k in base if k in _UNMEASURED)
     for setting, edit in candidates:
         setting = {**setting, "dampening": edit.dampening()}
@@ -224,7 +227,7 @@ def search_settings(lm: LoadedModel, measure: Measure, candidates: Sequence[Cand
         model = edit.apply(lm.model)
         ppl = perplexity_of(model) if perplexity_of else None
         over = None if ppl is None else limits.perplexity(base["perplexity"], ppl)
-        if over or budget:
+        if over or ordered:
             if over:
                 over_limit.append((setting, edit))
             else:
@@ -244,15 +247,17 @@ def search_settings(lm: LoadedModel, measure: Measure, candidates: Sequence[Cand
                  -100 * gain, "; ".join(bad) or "within limits")
         if not bad and gain > best_gain:
             best, best_gain = setting, gain
-    for i, setting, edit in sorted(within, key=lambda t: (-t[1]["dampening"], t[0])):  # budget: strongest first
+    key = ORDERED.get(select_by, "dampening")
+    more = "dampens more" if key == "dampening" else "costs more perplexity"
+    for i, setting, edit in sorted(within, key=lambda t: (-trail[t[0]][key], t[0])):  # strongest/costliest first
         if best is not None:
-            trail[i]["note"] = f"not generated from: {_label(best)} dampens more and keeps every limit"
+            trail[i]["note"] = f"not generated from: {_label(best)} {more} and keeps every limit"
             continue
         got = measure(edit.apply(lm.model))
         bad = limits.violations(base, got)
         gain = 1 - got["behaviour_mean"] / base["behaviour_mean"] if base["behaviour_mean"] > 0 else 0.0
         trail[i] = {**setting, **got, "violations": bad, "reduction": gain, "generated": True}
-        log.info("validation search (budget): %s mean %.4f (%+.1f%%) %s", setting, got["behaviour_mean"],
+        log.info("validation search (%s): %s mean %.4f (%+.1f%%) %s", select_by, setting, got["behaviour_mean"],
                  -100 * gain, "; ".join(bad) or "within limits: chosen")
         if not bad:
             best = setting

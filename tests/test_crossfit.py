@@ -73,3 +73,15 @@ def test_spread_by_hand():
 
     assert spread([0.1, 0.4, 0.25]) == pytest.approx({"min_pp": 10.0, "max_pp": 40.0, "range_pp": 30.0,
                                                       "sd_pp": 15.0})
+
+
+def test_cost_rule_takes_the_feasible_row_with_the_largest_validation_perplexity():
+    """Under select_by cost the row that costs most (validation perplexity), not the one that dampens most."""
+    base = [1.0] * 4
+    rows = [{"k": 0, "scale": None, "dampening": 0.0, "perplexity": 10.0},
+            {"k": 10, "scale": None, "dampening": 30.0, "perplexity": 10.1},
+            {"k": 20, "scale": 0.5, "dampening": 10.0, "perplexity": 10.18}]
+    per_prompt = {1: [0.5] * 4, 2: [0.8] * 4}
+    chosen, est = cross_fit(rows, per_prompt, base, folds=2, seed=0, select_by="cost")
+    assert chosen == 2 and est["reduction"] == pytest.approx(0.2) and "costliest" in est["rule"]
+    assert cross_fit(rows, per_prompt, base, folds=2, seed=0, select_by="budget")[0] == 1

@@ -272,6 +272,7 @@ def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, ranked: Ranked, 
                                                     max_rise=opt.screen_max, n_tokens=opt.screen_tokens)
     prompts = limited(suite.validation_prompts(), opt.limit)
     val_text = [validation_text(lm, text, opt.search_tokens)]
+    n_tokens = len(lm.tokenizer(val_text[0], add_special_tokens=False)["input_ids"])  # what perplexity scores
 
     measured: dict[str, Any] = {}  # the candidate whose validation perplexity was just checked, and its result
 
@@ -312,9 +313,11 @@ def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, ranked: Ranked, 
         best = None if found is None else {"k": found[0], "scale": found[1]}
         keys, fallback = ("k", "scale"), {"k": min(ks), "scale": None}
     per_prompt = {i: row.pop("per_prompt") for i, row in enumerate(trail) if "per_prompt" in row}
-    objective = ("the strongest setting (largest sum of 1 - gain) within every limit; the behaviour scores do not "
-                 "choose" if opt.select_by == "budget" else
-                 "largest relative drop of the mean behaviour score on the validation prompts")
+    objective = {"budget": "the strongest setting (largest sum of 1 - gain) within every limit; the behaviour scores "
+                           "do not choose",
+                 "cost": "the costliest setting (largest validation perplexity) within every limit; the behaviour "
+                         "scores do not choose",
+                 }.get(opt.select_by, "largest relative drop of the mean behaviour score on the validation prompts")
     if opt.folds:
         candidates_ok = {i: v for i, v in per_prompt.items() if i and not trail[i]["violations"]}
         pick, selection["cross_fit"] = cross_fit(trail, candidates_ok, per_prompt[0], opt.folds, opt.seed,
@@ -332,7 +335,7 @@ def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, ranked: Ranked, 
     feasible = best is not None
     selection |= {"rule": "validation", "k": k, "intervention": how, "feasible": feasible,
                   "search": trail, "split": {"prompts": "validation prompts", "n_prompts": len(prompts),
-                                             "text": "general validation", "n_tokens": opt.search_tokens},
+                                             "text": "general validation", "n_tokens": n_tokens},
                   "limits": limits.info(capability is not None),
                   "objective": objective}
     return Choice(setting, Selection(**selection), scores, limits)

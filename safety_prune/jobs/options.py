@@ -185,7 +185,8 @@ class CorrectOptions(BehaviourOptions):
     save_model: str | None = option(None, "write the corrected model here (new or empty folder); refused when "
                                     "the correction fails the limits or raises the behaviour, unless --force")
     force: bool = option(False, "save the corrected model even when the gate refuses it")
-    search_tokens: int = option(4096, "validation text tokens per search candidate's perplexity")
+    search_tokens: int = option(4096, "validation text tokens per search candidate's perplexity (at most what the "
+                                "validation prose holds; results.json records the count used)")
     screen: int = option(
         0, "damage screen before the search: ablate the top N candidates one by one on validation text and "
         "skip those costing more than --screen-max perplexity (0: off)")
@@ -210,8 +211,9 @@ class CorrectOptions(BehaviourOptions):
                           "published) or mean", choices=POOLINGS)
     select_by: str = option(
         "budget", "how the validation search chooses among the settings that keep every limit: budget (the "
-        "strongest, the largest sum of 1 - gain, so the noisy behaviour scores never choose) or effect (the largest "
-        "validation drop of the behaviour score; with --folds the simplest within one standard error)",
+        "strongest, the largest sum of 1 - gain, so the noisy behaviour scores never choose), cost (the costliest, "
+        "the largest validation perplexity: spends the perplexity limit) or effect (the largest validation drop of "
+        "the behaviour score; with --folds the simplest within one standard error)",
         choices=tuple(RULES))
     folds: int | None = option(
         None, "K-fold cross-fitting over the validation prompts: the cross-fitted estimate of the chosen setting's "

@@ -579,3 +579,22 @@ def test_vocabulary_target_runs_and_says_what_it_explains(setup, tmp_path):
     info = json.loads((tmp_path / "run" / "results.json").read_text())["contrast"]
     assert info["target"] == "tokens" and "vocabulary tokens" in info["explain"]
     assert info["vocabulary"] and all(w.startswith(" ") for w in info["vocabulary"])
+
+
+def test_cost_rule_takes_the_costliest_setting_within_the_limits(setup, tmp_path):
+    """--select-by cost: every candidate's perplexity first, then generation from the one with the largest
+    validation perplexity within the limit; the objective and the cheaper rows' notes say so."""
+    _, model, suite = setup
+    opts = CorrectOptions(method="lrp", intervention="proportional", strength=(0.25, 0.5, 1.0), threshold=(0.0,),
+                          reach=(1.0, 0.3), batch_size=4, stability=0, ppl_budget=100.0, max_distinct2_drop=100.0,
+                          max_continuation_ppl_rise=100.0, select_by="cost", search_tokens=10**6)
+    res = correct(model, suite, tmp_path / "run", options=opts)
+    sel = res["selection"]
+    rows = sel["search"][1:]
+    costliest = max(range(len(rows)), key=lambda i: (rows[i]["perplexity"], -i))
+    assert [row["generated"] for row in rows] == [i == costliest for i in range(len(rows))]
+    assert res["pruned"]["intervention"]["strength"] == rows[costliest]["strength"]
+    assert res["pruned"]["intervention"]["reach"] == rows[costliest]["reach"]
+    assert all("costs more perplexity" in row["note"] for i, row in enumerate(rows) if i != costliest)
+    assert sel["objective"].startswith("the costliest setting")
+    assert 0 < sel["split"]["n_tokens"] < 10**6  # all the validation text there is, counted as scored
