@@ -70,8 +70,9 @@ def main() -> None:
                                                       if r.get("generated") and not r["violations"]), None)}}
     print("chosen", best, "validation reduction", result["validation"]["reduction"], flush=True)
     if best is not None:
-        chosen = gains(best["strength"], best.get("threshold", 0.0), best["reach"])
-        dense = proportional(scores, "neuron", best["strength"], best.get("threshold", 0.0), best["reach"])
+        setting = (best["strength"], best.get("threshold", 0.0), best["reach"])
+        chosen = candidates[grid.index(setting)][1]  # the edit the search measured
+        dense = proportional(scores, "neuron", *setting)
         order = torch.randperm(dense.numel(), generator=torch.Generator().manual_seed(sc.opt.seed))
         control = gains_edit("neuron", dense.flatten()[order].view_as(dense), {"kind": "random"})
         result["heldout"] = heldout(sc, "gains", chosen, control)

@@ -23,9 +23,7 @@ import torch
 
 from .errors import ConfigError
 from .evaluation import paired_bootstrap_diff
-from .methods import RULES
-
-ORDERED = {"budget": "dampening", "cost": "perplexity"}  # the rules that order rows by a field, not by the behaviour
+from .methods import ORDERED, RULES
 
 
 def check_folds(folds: int | None, n_prompts: int) -> None:

@@ -60,6 +60,7 @@ RULES = {"budget": "the strongest feasible setting (largest sum of 1 - gain); th
          "cost": "the costliest feasible setting (largest validation perplexity within the limit); the behaviour "
                  "scores do not choose",
          "effect": "one standard error over the folds' reductions; the simplest within it"}
+ORDERED = {"budget": "dampening", "cost": "perplexity"}  # the rules that order rows by a field, not by the behaviour
 POOLINGS = ("max", "mean")  # how AurA pools a neuron's activations over a continuation
 COMPRESS_METHODS = ("lrp", "wanda", "magnitude", "gradient", "random")
 CIRCUIT_METHODS = ("lrp", "gradient", "activation", "magnitude", "random")

@@ -16,12 +16,11 @@ import torch
 
 from .attribution import Relevance
 from .contrast import contrast_scores
-from .crossfit import ORDERED
 from .errors import ConfigError
 from .evaluation import perplexity
 from .families import geometry
 from .interventions import Edit
-from .methods import RULES
+from .methods import ORDERED, RULES
 from .models import LoadedModel
 from .pruning import Unit, count_units, masked, select
 
