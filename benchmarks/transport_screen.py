@@ -1,6 +1,7 @@
 """LRP-weighted affine transport of MLP neurons against the proportional gains of a finished `correct` run.
 
-    python benchmarks/transport_screen.py RUN_DIR [--order budget|cost] [--fixed LAMBDA REACH] [--json FILE]
+    python benchmarks/transport_screen.py RUN_DIR [--order budget|cost] [--strengths L1,L2,...] [--fixed LAMBDA REACH]
+        [--json FILE]
 
 RUN_DIR: a `correct --method lrp` run of the toxicity suite on the default model. Its relevance.safetensors holds
 the guarded LRP contrast the run ranked by, reference_generations.jsonl the scored reference continuations,
@@ -16,7 +17,8 @@ on its down-projection column and an offset ``t * beta * column`` on the project
 bias). Proportional gains move a neuron toward 0; the transport moves its flagged statistics onto the unflagged
 ones, so a neuron that behaves alike on both sets is barely touched whatever its LRP score.
 
-Validation: correct's limits over lambda x reach on the validation prompts and prose, the candidates ordered by
+Validation: correct's limits over lambda (``--strengths``, default 0.5 and 1) x reach on the validation prompts and
+prose, the candidates ordered by
 correct's budget rule (strongest = largest sum of t) or, with ``--order cost``, by what they cost (the largest
 validation perplexity within the limit first: across reaches the sum of t does not follow the cost). Held out:
 the chosen setting on the eval prompts and test prose (with the second scorer and capability), the same shares
@@ -116,6 +118,8 @@ def token_statistics(lm, rows: list[dict]) -> tuple[Tensor, Tensor, int]:
 
 def main() -> None:
     from safety_prune.interventions import proportional
+    from safety_prune.jobs.options import float_list
+    from safety_prune.methods import check_strengths
     from safety_prune.selection import search_settings
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -124,10 +128,13 @@ def main() -> None:
     parser.add_argument("--fixed", nargs=2, type=float, metavar=("LAMBDA", "REACH"),
                         help="measure this one setting (validation and held out) instead of letting the budget "
                              "rule choose: a setting chosen by hand, reported as fixed, never as validated")
+    parser.add_argument("--strengths", type=float_list, default=LAMBDAS, metavar="L1,L2,...",
+                        help="the lambdas searched, each in (0, 1] (default 0.5,1)")
     parser.add_argument("--order", choices=("budget", "cost"), default="budget",
                         help="how candidates within the limits are ordered: correct's budget rule (largest sum of "
                              "t) or by cost (largest validation perplexity)")
     args = parser.parse_args()
+    check_strengths(args.strengths, "--strengths")
 
     started = time.time()
     sc = open_run(args.run)
@@ -146,7 +153,7 @@ def main() -> None:
         return Transport(lam * (1 - proportional(scores, "neuron", 1.0, 0.0, reach)).float(), omega, beta)
 
     candidates = []
-    for lam, reach in [tuple(args.fixed)] if args.fixed else [(lam, r) for r in REACHES for lam in LAMBDAS]:
+    for lam, reach in [tuple(args.fixed)] if args.fixed else [(lam, r) for r in REACHES for lam in args.strengths]:
         edit = transport(lam, reach)
         candidates.append(({"k": int((edit.share > 0).sum()), "scale": None, "strength": lam, "reach": reach}, edit))
     rule = "budget" if args.fixed else args.order

@@ -57,3 +57,14 @@ def test_statistics_and_map_by_hand(ts) -> None:
     assert torch.allclose(got, want, atol=1e-5)
     assert torch.equal(*untouched)  # a layer with no share is left alone
     assert all(not m._forward_hooks for m in model.modules())  # the input model is untouched
+
+
+def test_a_strength_outside_0_1_is_refused_before_the_run_is_opened(ts, tmp_path, monkeypatch) -> None:
+    from safety_prune.errors import ConfigError
+
+    out = tmp_path / "screen.json"
+    monkeypatch.setattr("sys.argv", ["transport_screen", str(tmp_path / "no-run"), "--strengths", "0.5,1.5",
+                                     "--json", str(out)])
+    with pytest.raises(ConfigError, match=r"--strengths 1\.5 lies outside"):
+        ts.main()
+    assert not out.exists()
