@@ -1,10 +1,12 @@
 """A finished `correct` run's proportional gains, chosen by another selection rule, held out beside the run's own.
 
-    python benchmarks/selection_screen.py RUN_DIR [--order budget|cost] [--search-tokens N] [--json FILE]
+    python benchmarks/selection_screen.py RUN_DIR [--order budget|cost] [--search-tokens N] [--strengths S1,S2,...]
+        [--json FILE]
 
 RUN_DIR: a `correct --method lrp --intervention proportional` run of the toxicity suite on the default model (its
 relevance.safetensors holds the guarded LRP contrast it ranked by). The screen keeps the run's ranking and its
-grid of settings (the search trail's strengths and reaches) and changes only how one is chosen:
+grid of settings (the search trail's strengths and reaches; ``--strengths`` replaces the strengths) and changes only
+how one is chosen:
 
 - ``--search-tokens``: how many validation-prose tokens each candidate's perplexity is measured on (correct's
   default is 4,096, about 8 windows of 512; the validation prose holds ~22,000); the fewer, the noisier the
@@ -31,6 +33,8 @@ from screening import heldout, open_run
 
 def main() -> None:
     from safety_prune.interventions import gains_edit, proportional
+    from safety_prune.jobs.options import float_list
+    from safety_prune.methods import check_strengths
     from safety_prune.selection import search_settings
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -38,8 +42,12 @@ def main() -> None:
     parser.add_argument("--order", choices=("budget", "cost"), default="cost")
     parser.add_argument("--search-tokens", type=int, default=None,
                         help="validation tokens per candidate's perplexity (default: correct's --search-tokens)")
+    parser.add_argument("--strengths", type=float_list, default=None, metavar="S1,S2,...",
+                        help="strengths to search at each of the run's reaches, each in [0, 1] (default: the run's)")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "selection_screen.json")
     args = parser.parse_args()
+    if args.strengths is not None:
+        check_strengths(args.strengths, "--strengths")
     if args.search_tokens is not None and args.search_tokens < 1:
         raise SystemExit(f"--search-tokens {args.search_tokens}: give a positive number of tokens.")
 
@@ -48,6 +56,8 @@ def main() -> None:
     scores = {"neuron": load_file(str(args.run / "relevance.safetensors"))["diff.neuron"]}
     grid = [(row["strength"], row.get("threshold", 0.0), row["reach"])
             for row in sc.res["selection"]["search"][1:] if "strength" in row]
+    if args.strengths is not None:  # the run's thresholds and reaches, in its order, at the given strengths
+        grid = [(s, t, r) for t, r in dict.fromkeys((t, r) for _, t, r in grid) for s in args.strengths]
     if not grid:
         raise SystemExit(f"{args.run}: its search trail has no proportional settings; screen a run of correct "
                          "--intervention proportional.")
