@@ -1,4 +1,5 @@
-"""The transport screen: the affine map and its statistics by hand on a tiny Llama."""
+"""The transport screen: the affine map and its statistics by hand on a tiny Llama; both screens refuse a bad
+--strengths."""
 
 from __future__ import annotations
 
@@ -59,12 +60,14 @@ def test_statistics_and_map_by_hand(ts) -> None:
     assert all(not m._forward_hooks for m in model.modules())  # the input model is untouched
 
 
-def test_a_strength_outside_0_1_is_refused_before_the_run_is_opened(ts, tmp_path, monkeypatch) -> None:
+
+@pytest.mark.parametrize("script", ["transport_screen", "selection_screen"])
+def test_a_strength_outside_0_1_is_refused_before_the_run_is_opened(script, tmp_path, monkeypatch) -> None:
+    """Both screens' --strengths (transport: the lambdas; selection: the gains' strengths)."""
     from safety_prune.errors import ConfigError
 
     out = tmp_path / "screen.json"
-    monkeypatch.setattr("sys.argv", ["transport_screen", str(tmp_path / "no-run"), "--strengths", "0.5,1.5",
-                                     "--json", str(out)])
+    monkeypatch.setattr("sys.argv", [script, str(tmp_path / "no-run"), "--strengths", "0.5,1.5", "--json", str(out)])
     with pytest.raises(ConfigError, match=r"--strengths 1\.5 lies outside"):
-        ts.main()
+        load(script).main()
     assert not out.exists()

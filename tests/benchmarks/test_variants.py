@@ -76,28 +76,21 @@ def test_a_transport_setting_picked_by_hand_is_fixed(variants, tmp_path: Path) -
     assert fixed["chosen"] == "fixed" and "lambda 1, reach 0.03)" in fixed["variant"]
 
 
-def test_the_finer_transport_grid_is_named_in_its_rows(variants, tmp_path: Path) -> None:
-    held = {"unpruned": BASE, "transport": {"behaviour_rate": 0.1, "behaviour_mean": 0.2, "perplexity": 20.3},
+@pytest.mark.parametrize(("name", "edit", "chosen", "label"), [
+    ("transport_screen_fine_seed2.json", "transport", {"strength": 0.75, "reach": 0.01},
+     "lrp-weighted affine transport, seed 2 (lambda 0.75, reach 0.01, cost order, lambda in steps of 1/8)"),
+    ("selection_screen_cost_all_seed1.json", "gains", {"strength": 0.5, "reach": 0.1},
+     "lrp gains, seed 1 (s 0.5, reach 0.1, cost order on all validation tokens)"),
+    ("selection_screen_cost_all_seed0.json", "gains", {"strength": 1.0, "reach": 0.3},
+     "lrp gains, seed 0 (s 1, reach 0.3, cost order on all validation tokens; not evidence: written after this "
+     "seed's held-out rows)"),
+])
+def test_a_screen_row_names_its_edit_and_its_search(variants, tmp_path: Path, name: str, edit: str, chosen: dict,
+                                                   label: str) -> None:
+    held = {"unpruned": BASE, edit: {"behaviour_rate": 0.12, "behaviour_mean": 0.2, "perplexity": 20.4},
             "paired_vs_baseline": PAIRED, "paired_vs_random": PAIRED}
-    _write(tmp_path, "transport_screen_fine_seed2.json", {"seed": 2, "chosen_by": "cost order", "heldout": held,
-                                                          "validation": {"chosen": {"k": 9, "strength": 0.75,
-                                                                                    "reach": 0.01}}})
+    _write(tmp_path, name, {"seed": int(name[-6]), "chosen_by": "cost order", "heldout": held,
+                            "validation": {"chosen": {"k": 9, **chosen}}})
     (row,) = variants.collect()
-    assert row["chosen"] == "validated"
-    assert row["variant"].endswith("seed 2 (lambda 0.75, reach 0.01, cost order, lambda in steps of 1/8)")
-
-
-def test_a_selection_screen_row_is_the_gains_it_chose(variants, tmp_path: Path) -> None:
-    held = {"unpruned": BASE, "gains": {"behaviour_rate": 0.12, "behaviour_mean": 0.2, "perplexity": 20.4},
-            "paired_vs_baseline": PAIRED, "paired_vs_random": PAIRED}
-    _write(tmp_path, "selection_screen_cost_all_seed1.json", {"seed": 1, "chosen_by": "cost order", "heldout": held,
-                                                               "validation": {"chosen": {"k": 9, "strength": 0.5,
-                                                                                         "reach": 0.1}}})
-    _write(tmp_path, "selection_screen_cost_all_seed0.json", {
-        "seed": 0, "chosen_by": "cost order", "validation": {"chosen": {"k": 9, "strength": 1.0, "reach": 0.3}},
-        "heldout": held | {"gains": {"behaviour_rate": 0.1, "behaviour_mean": 0.2, "perplexity": 20.4}}})
-    shaped, row = variants.collect()  # seed 0 first: the order of SOURCES
-    assert row["variant"] == "lrp gains, seed 1 (s 0.5, reach 0.1, cost order on all validation tokens)"
+    assert row["chosen"] == "validated" and row["variant"] == label
     assert row["rate_change"] == pytest.approx(0.12 / 0.2 - 1) and row["ppl_change"] == pytest.approx(0.02)
-    assert shaped["variant"].endswith("on all validation tokens; not evidence: written after this seed's held-out "
-                                      "rows)")
