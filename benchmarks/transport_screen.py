@@ -18,13 +18,12 @@ bias). Proportional gains move a neuron toward 0; the transport moves its flagge
 ones, so a neuron that behaves alike on both sets is barely touched whatever its LRP score.
 
 Validation: correct's limits over lambda (``--strengths``, default 0.5 and 1) x reach on the validation prompts and
-prose, the candidates ordered by
-correct's budget rule (strongest = largest sum of t) or, with ``--order cost``, by what they cost (the largest
-validation perplexity within the limit first: across reaches the sum of t does not follow the cost). Held out:
-the chosen setting on the eval prompts and test prose (with the second scorer and capability), the same shares
-given to random neurons (their own omega and beta), and paired differences against the baseline, the random
-control and the run's own correction. Nothing here reads eval prompts or test prose
-before the chosen setting is fixed.
+prose, the candidates ordered by correct's budget rule (strongest = largest sum of t) or, with ``--order cost``, by
+what they cost (the largest validation perplexity within the limit first: across reaches the sum of t does not
+follow the cost). Held out: the chosen setting on the eval prompts and test prose (with the second scorer and
+capability), the same shares given to random neurons (their own omega and beta), and paired differences against the
+baseline, the random control and the run's own correction. Nothing here reads eval prompts or test prose before the
+chosen setting is fixed.
 """
 
 from __future__ import annotations
@@ -129,7 +128,7 @@ def main() -> None:
                         help="measure this one setting (validation and held out) instead of letting the budget "
                              "rule choose: a setting chosen by hand, reported as fixed, never as validated")
     parser.add_argument("--strengths", type=float_list, default=LAMBDAS, metavar="L1,L2,...",
-                        help="the lambdas searched, each in (0, 1] (default 0.5,1)")
+                        help="the lambdas searched, each in [0, 1] (default 0.5,1)")
     parser.add_argument("--order", choices=("budget", "cost"), default="budget",
                         help="how candidates within the limits are ordered: correct's budget rule (largest sum of "
                              "t) or by cost (largest validation perplexity)")
