@@ -94,8 +94,19 @@ def _screen(name: str, edit: str, grid: str = "") -> Iterator[dict]:
                    changed=s["k"], vs_baseline=held["paired_vs_baseline"], vs_random=held["paired_vs_random"])
 
 
+Source = tuple[str, Callable[[], Iterator[dict]]]  # a results file and the reader of its held-out rows
 SHAPED = "; not evidence: written after this seed's held-out rows"  # rules tested on seeds 1-2, reported on seed 0
-SOURCES: list[tuple[str, Callable[[], Iterator[dict]]]] = [
+
+
+def _per_seed(stem: str, edit: str, grid: str = "", shaped: bool = False) -> list[Source]:
+    """One screen's JSONs of seeds 0-2 (``STEM_seedN.json``); ``shaped``: its rule was written after seed 0's
+    held-out numbers, so seed 0's row says it is not evidence."""
+    return [(f"{stem}_seed{seed}.json", lambda seed=seed: _screen(f"{stem}_seed{seed}.json", edit,
+                                                                  grid + SHAPED * (shaped and seed == 0)))
+            for seed in (0, 1, 2)]
+
+
+SOURCES: list[Source] = [
     ("correction_front.json", lambda: _fronts("correction_front.json", lambda r: f"make correct: {r['method']} "
                                               "(LRP's setting, budget rule)")),
     ("stability.json", lambda: _seeds("stability.json", "lrp, budget rule")),
@@ -115,17 +126,10 @@ SOURCES: list[tuple[str, Callable[[], Iterator[dict]]]] = [
     ("mean_dampening.json", lambda: _mean_dampening("mean_dampening.json")),
     ("transport_screen.json", lambda: _screen("transport_screen.json", "transport")),
     ("transport_screen_fixed.json", lambda: _screen("transport_screen_fixed.json", "transport")),
-    *[(f"transport_screen_cost_seed{seed}.json",
-       lambda seed=seed: _screen(f"transport_screen_cost_seed{seed}.json", "transport")) for seed in (0, 1, 2)],
-    *[(f"transport_screen_fine_seed{seed}.json",
-       lambda seed=seed: _screen(f"transport_screen_fine_seed{seed}.json", "transport",
-                                 ", lambda in steps of 1/8" + SHAPED * (seed == 0))) for seed in (0, 1, 2)],
-    *[(f"selection_screen_cost_all_seed{seed}.json",
-       lambda seed=seed: _screen(f"selection_screen_cost_all_seed{seed}.json", "gains",
-                                 " on all validation tokens" + SHAPED * (seed == 0))) for seed in (0, 1, 2)],
-    *[(f"selection_screen_sixteenth_seed{seed}.json",
-       lambda seed=seed: _screen(f"selection_screen_sixteenth_seed{seed}.json", "gains",
-                                 ", strength in steps of 1/16" + SHAPED * (seed == 0))) for seed in (0, 1, 2)],
+    *_per_seed("transport_screen_cost", "transport"),
+    *_per_seed("transport_screen_fine", "transport", ", lambda in steps of 1/8", shaped=True),
+    *_per_seed("selection_screen_cost_all", "gains", " on all validation tokens", shaped=True),
+    *_per_seed("selection_screen_sixteenth", "gains", ", strength in steps of 1/16", shaped=True),
     ("ranking_stability_heldout.json", lambda: _fixed("ranking_stability_heldout.json", "lrp, toxic tokens,")),
     ("ranking_stability_heldout_8.json", lambda: _fixed("ranking_stability_heldout_8.json", "lrp, toxic tokens,")),
     ("ranking_stability_heldout_continuation.json",

@@ -60,7 +60,6 @@ def test_statistics_and_map_by_hand(ts) -> None:
     assert all(not m._forward_hooks for m in model.modules())  # the input model is untouched
 
 
-
 @pytest.mark.parametrize("script", ["transport_screen", "selection_screen"])
 def test_a_strength_outside_0_1_is_refused_before_the_run_is_opened(script, tmp_path, monkeypatch) -> None:
     """Both screens' --strengths (transport: the lambdas; selection: the gains' strengths)."""
