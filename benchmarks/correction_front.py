@@ -108,6 +108,11 @@ def _how(row: dict) -> str:
     return f"k={row['k']} zeroed"
 
 
+def _unread(row: dict) -> str:
+    """Why a row within the limits has no perplexity: the budget rule's choice dampens more (its ``note``)."""
+    return row.get("note", "") if row["perplexity"] is None else ""
+
+
 def search_table(res: dict) -> list[str]:
     """The validation search of a run (every candidate against the unpruned model on the validation prompts and
     prose) and, with --folds, the cross-fitted estimate of the rule that chose."""
@@ -131,7 +136,7 @@ def search_table(res: dict) -> list[str]:
                 else _pct(_change(s["behaviour_mean"], base["behaviour_mean"]), 0))
         rate = "" if s.get("behaviour_rate") is None else _pct(_change(s["behaviour_rate"], base["behaviour_rate"]), 0)
         lines.append(f"| {'**' + setting + ' (chosen)**' if picked else setting} | {s['k']} | {mean} | {rate} | "
-                     f"{ppl(s)} | {'; '.join(s['violations'])} |")
+                     f"{ppl(s)} | {'; '.join(s['violations']) or _unread(s)} |")
     cf = sel.get("cross_fit")
     if cf:
         folds = ", ".join(f"{100 * r:+.1f}%" for r in cf["fold_reductions"])

@@ -74,6 +74,30 @@ def open_run(run: Path, n_tokens: int | None = None) -> Screen:
                   limits_of(opt), n_tokens or opt.search_tokens)
 
 
+def gains_candidates(sc: Screen, strengths: list[float] | None = None) -> tuple[list[tuple], list[tuple], dict]:
+    """The run's grid of proportional settings (its search trail's strengths, thresholds and reaches, in its order;
+    ``strengths`` replaces the strengths at each threshold and reach), as search candidates on the run's ranking:
+    (grid, candidates, scores). Exits when the run searched no proportional settings."""
+    from safetensors.torch import load_file
+
+    from safety_prune.interventions import gains_edit, proportional
+
+    scores = {"neuron": load_file(str(sc.run / "relevance.safetensors"))["diff.neuron"]}
+    grid = [(row["strength"], row.get("threshold", 0.0), row["reach"])
+            for row in sc.res["selection"]["search"][1:] if "strength" in row]
+    if strengths is not None:
+        grid = [(s, t, r) for t, r in dict.fromkeys((t, r) for _, t, r in grid) for s in strengths]
+    if not grid:
+        raise SystemExit(f"{sc.run}: its search trail has no proportional settings; screen a run of correct "
+                         "--intervention proportional.")
+    candidates = []
+    for s, t, r in grid:
+        edit = gains_edit("neuron", proportional(scores, "neuron", s, t, r),
+                          {"kind": "proportional", "strength": s, "threshold": t, "reach": r})
+        candidates.append(({"k": len(edit.units), "scale": 1 - s, "strength": s, "threshold": t, "reach": r}, edit))
+    return grid, candidates, scores
+
+
 def heldout(sc: Screen, label: str, edit, control) -> dict:
     """``edit`` (named ``label``) and its random ``control`` on the eval prompts and test prose of ``run`` (its
     cached baseline continuations reused), with paired differences against the baseline, the control and the

@@ -27,8 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
-from screening import heldout, open_run
+from screening import gains_candidates, heldout, open_run
 
 
 def main() -> None:
@@ -53,23 +52,7 @@ def main() -> None:
 
     started = time.time()
     sc = open_run(args.run, args.search_tokens)
-    scores = {"neuron": load_file(str(args.run / "relevance.safetensors"))["diff.neuron"]}
-    grid = [(row["strength"], row.get("threshold", 0.0), row["reach"])
-            for row in sc.res["selection"]["search"][1:] if "strength" in row]
-    if args.strengths is not None:  # the run's thresholds and reaches, in its order, at the given strengths
-        grid = [(s, t, r) for t, r in dict.fromkeys((t, r) for _, t, r in grid) for s in args.strengths]
-    if not grid:
-        raise SystemExit(f"{args.run}: its search trail has no proportional settings; screen a run of correct "
-                         "--intervention proportional.")
-
-    def gains(s: float, t: float, r: float):
-        return gains_edit("neuron", proportional(scores, "neuron", s, t, r),
-                          {"kind": "proportional", "strength": s, "threshold": t, "reach": r})
-
-    candidates = []
-    for s, t, r in grid:
-        edit = gains(s, t, r)
-        candidates.append(({"k": len(edit.units), "scale": 1 - s, "strength": s, "threshold": t, "reach": r}, edit))
+    grid, candidates, scores = gains_candidates(sc, args.strengths)
     n_tokens = len(sc.lm.tokenizer(sc.val_text[0], add_special_tokens=False)["input_ids"])
     print(f"{len(candidates)} candidates; validation perplexity on {n_tokens} tokens; {args.order} order", flush=True)
     best, trail = search_settings(sc.lm, sc.measure, candidates, sc.limits, sc.perplexity_of, args.order)

@@ -422,7 +422,7 @@ class SearchRow(TypedDict):
     violations: list[Any]
     generated: NotRequired[bool]
     dampening: NotRequired[float]  # sum over units of 1 - gain: what --select-by budget maximises
-    note: NotRequired[str]  # why a candidate within the limits was not generated from (--select-by budget)
+    note: NotRequired[str]  # why a candidate was not generated from, or (--select-by budget) not measured
 
 
 class SelectionLimits(TypedDict):

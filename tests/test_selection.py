@@ -321,3 +321,80 @@ def test_cost_rule_takes_the_costliest_setting_that_keeps_every_limit() -> None:
     assert trail[1]["generated"] is False and "costs more perplexity" in trail[1]["note"]  # cheaper: not generated
     # at least as strong as a candidate over the limit: not measured (its perplexity would be read as within)
     assert trail[5]["perplexity"] is None and not trail[5]["generated"]
+
+
+class _Grid:
+    """A proportional setting as the budget rule sees it: stronger means a higher strength at a reach no wider."""
+
+    def __init__(self, strength: float, reach: float, ppl: float):
+        self.strength, self.reach, self.ppl = strength, reach, ppl
+
+    def apply(self, _model):
+        return self
+
+    def dampening(self) -> float:
+        return self.strength / self.reach
+
+    def at_least_as_strong_as(self, other: "_Grid") -> bool:
+        return self.strength >= other.strength and self.reach <= other.reach
+
+
+_BASE = {"behaviour_mean": 0.2, "behaviour_rate": 0.1, "perplexity": 10.0, "distinct2": 0.9,
+         "continuation_perplexity": 3.0}
+
+
+def _budget_search(edits: list[_Grid], loops: set[int]) -> tuple[dict | None, list[dict], list[int], list[int]]:
+    """search_settings under the budget rule, with the indices whose perplexity was read and whose were generated;
+    the candidates in ``loops`` break distinct-2."""
+    read, generated = [], []
+
+    def measure(m) -> dict:
+        if not isinstance(m, _Grid):
+            return _BASE
+        generated.append(edits.index(m))
+        return {**_BASE, "behaviour_mean": 0.1, "perplexity": m.ppl,
+                "distinct2": 0.5 if edits.index(m) in loops else 0.9}
+
+    def perplexity_of(m) -> float:
+        read.append(edits.index(m))
+        return m.ppl
+
+    candidates = [({"k": 1, "scale": None, "strength": e.strength, "reach": e.reach}, e) for e in edits]
+    best, trail = search_settings(SimpleNamespace(model=object()), measure, candidates, Constraints(), perplexity_of,
+                                  "budget")
+    return best, trail, read, generated
+
+
+def test_budget_rule_reads_only_the_perplexities_that_can_change_its_choice() -> None:
+    """Eight strengths at one reach, within +2% up to strength 5, and strength 5 loops: strength 4 is chosen,
+    after reading fewer perplexities than candidates; the milder ones say why they were not read."""
+    edits = [_Grid(s, 1.0, 10.0 + 0.04 * s) for s in range(1, 9)]
+    best, trail, read, generated = _budget_search(edits, loops={4})
+    assert best["strength"] == 4
+    assert generated == [4, 3]  # the strongest within the limit first; it loops, so the next one down
+    assert len(read) < len(edits) and 3 in read and 4 in read
+    rows = trail[1:]
+    assert rows[4]["violations"] == ["distinct-2 -44.4%"] and rows[4]["generated"]
+    assert rows[3]["generated"] and not rows[3]["violations"]
+    for i in (0, 1, 2):
+        assert rows[i]["generated"] is False
+        assert rows[i]["note"] in ("not measured: strength 4, reach 1 dampens more and keeps every limit",
+                                   "not generated from: strength 4, reach 1 dampens more and keeps every limit")
+    assert all(rows[i]["violations"] for i in (5, 6, 7))  # over the limit, read or implied
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_budget_rule_chooses_what_reading_every_perplexity_chooses(seed: int) -> None:
+    """On random grids whose perplexity rises with strength (and with a narrower reach), with random candidates
+    breaking distinct-2, the choice is the strongest candidate within every limit, as a full search finds."""
+    gen = torch.Generator().manual_seed(seed)
+    slope = float(torch.rand((), generator=gen)) * 0.01
+    edits = [_Grid(s / 8, r, 10.0 * (1 + slope * s / r)) for r in (1.0, 0.3, 0.1, 0.03) for s in range(2, 9)]
+    loops = {i for i in range(len(edits)) if float(torch.rand((), generator=gen)) < 0.2}
+    best, trail, read, _ = _budget_search(edits, loops)
+    feasible = [i for i, e in enumerate(edits) if e.ppl <= 10.2 and i not in loops]
+    want = max(feasible, key=lambda i: (edits[i].dampening(), -i)) if feasible else None
+    assert (None if best is None else (best["strength"], best["reach"])) == (
+        None if want is None else (edits[want].strength, edits[want].reach))
+    assert len(set(read)) == len(read)  # no perplexity read twice
+    assert len(trail) == len(edits) + 1

@@ -26,8 +26,9 @@ def test_a_zero_baseline_rate_reads_n_a(tmp_path: Path) -> None:
 
 
 def test_a_candidate_not_measured_reads_not_measured(tmp_path: Path, monkeypatch, capsys) -> None:
-    """A search row that was never built (at least as strong as one over the perplexity limit) has no perplexity:
-    the README's validation table says so, and the front carries the run's stage times."""
+    """A search row that was never built (at least as strong as one over the perplexity limit, or milder than the
+    budget rule's choice) has no perplexity: the README's validation table says so and why, and the front carries
+    the run's stage times."""
     res = load_fixture("correct_results.json")
     row = {"k": 5, "scale": 0.5, "strength": 0.5, "threshold": 0.0, "reach": 1.0, "distinct2": 0.8,
            "continuation_perplexity": 3.0, "generated": True, "violations": []}
@@ -37,7 +38,11 @@ def test_a_candidate_not_measured_reads_not_measured(tmp_path: Path, monkeypatch
     skipped = {**over, "reach": 0.3, "perplexity": None, "violations": [
         "not measured: it changes every unit at least as much as strength 1, threshold 0, reach 1, which is over "
         "the perplexity limit"]}
-    res["selection"]["search"] = [base, {**row, "behaviour_mean": 0.1, "behaviour_rate": 0.1, "perplexity": 10.1},
+    milder = {**row, "strength": 0.25, "behaviour_mean": None, "behaviour_rate": None, "perplexity": None,
+              "generated": False, "violations": [],
+              "note": "not measured: strength 0.5, threshold 0, reach 1 dampens more and keeps every limit"}
+    res["selection"]["search"] = [base, milder,
+                                  {**row, "behaviour_mean": 0.1, "behaviour_rate": 0.1, "perplexity": 10.1},
                                   over, skipped]
     res["pruned"]["intervention"] = {"kind": "proportional", "strength": 0.5, "threshold": 0.0, "reach": 1.0}
     res["pruned"]["count"] = 5
@@ -48,8 +53,11 @@ def test_a_candidate_not_measured_reads_not_measured(tmp_path: Path, monkeypatch
     assert lines[-1].startswith("| strength 1, threshold 0, reach 0.3 | 5 | not generated |  | not measured | not "
                                 "measured: it changes")
     assert "| +10.0% | perplexity +10.0% |" in lines[-2]
+    assert lines[2].endswith("| not generated |  | not measured | not measured: strength 0.5, threshold 0, reach 1 "
+                             "dampens more and keeps every limit |")  # the budget rule did not need its perplexity
     front = cf.front(tmp_path)
-    assert [r["ppl_change"] is None for r in front["rows"] if r["split"] == "validation"] == [False, False, True]
+    assert [r["ppl_change"] is None for r in front["rows"] if r["split"] == "validation"] == [True, False, False,
+                                                                                              True]
     assert front["stages_s"] == {"baseline": 1.5}
     monkeypatch.setattr("sys.argv", ["correction_front.py", str(tmp_path), "--json", str(tmp_path / "front.json")])
     cf.main()  # prints every row, the unmeasured one as n/a

@@ -381,9 +381,10 @@ def test_proportional_strength_is_chosen_on_validation(setup, tmp_path):
 
 @pytest.mark.parametrize("folds", [None, 3])
 def test_budget_rule_takes_the_strongest_setting_within_the_limits(setup, tmp_path, folds):
-    """--select-by budget (the default): every candidate's perplexity first, then generation from the strongest
-    within the limit only; the milder ones are recorded, not generated from, and the behaviour never chooses (with
-    --folds every fold picks the same setting, so the estimate is its plain validation effect)."""
+    """--select-by budget (the default): generation from the strongest candidate within the limit only, whose
+    perplexity is read after the median one's; the milder ones are recorded, not generated from (the mildest not
+    even read), and the behaviour never chooses (with --folds every fold picks the same setting, so the estimate
+    is its plain validation effect)."""
     _, model, suite = setup
     opts = CorrectOptions(method="lrp", intervention="proportional", strength=(0.25, 0.5, 1.0), threshold=(0.0,),
                           reach=(1.0,), batch_size=4, stability=0, ppl_budget=100.0, max_distinct2_drop=100.0,
@@ -394,8 +395,11 @@ def test_budget_rule_takes_the_strongest_setting_within_the_limits(setup, tmp_pa
     rows = sel["search"][1:]
     assert [row["strength"] for row in rows] == [0.25, 0.5, 1.0]
     assert [row["generated"] for row in rows] == [False, False, True]
-    assert all(row["perplexity"] is not None and row["behaviour_mean"] is None for row in rows[:2])
-    assert all("strength 1" in row["note"] and "dampens more" in row["note"] for row in rows[:2])
+    assert rows[0]["perplexity"] is None and rows[1]["perplexity"] is not None
+    assert all(row["behaviour_mean"] is None for row in rows[:2])
+    assert rows[0]["note"].startswith("not measured: strength 1,")
+    assert rows[1]["note"].startswith("not generated from: strength 1,")
+    assert all("dampens more" in row["note"] for row in rows[:2])
     assert rows[0]["dampening"] < rows[1]["dampening"] < rows[2]["dampening"]
     assert res["pruned"]["intervention"]["strength"] == 1.0
     assert "the behaviour scores do not choose" in sel["objective"]
@@ -407,13 +411,14 @@ def test_budget_rule_takes_the_strongest_setting_within_the_limits(setup, tmp_pa
 
 
 def test_budget_rule_steps_down_past_a_candidate_over_the_limit(setup, tmp_path):
-    """A perplexity budget between the mildest and the strongest candidate's rise (measured first with no limit):
+    """A perplexity budget between the mildest and the strongest candidate's rise (all read first, by the cost rule):
     the budget rule generates only from the strongest candidate still within it, and chooses it."""
     _, model, suite = setup
     grid = {"method": "lrp", "intervention": "proportional", "strength": (0.25, 0.5, 1.0), "threshold": (0.0,),
             "reach": (0.01,), "unit": "head", "batch_size": 4, "stability": 0, "max_distinct2_drop": 100.0,
             "max_continuation_ppl_rise": 100.0, "max_capability_drop": 1.0, "force": True}
-    free = correct(model, suite, tmp_path / "free", options=CorrectOptions(**grid, ppl_budget=100.0))
+    free = correct(model, suite, tmp_path / "free", options=CorrectOptions(**grid, ppl_budget=100.0,
+                                                                            select_by="cost"))  # reads them all
     base, *rows = free["selection"]["search"]
     rise = [row["perplexity"] / base["perplexity"] - 1 for row in rows]
     assert rise[0] < rise[-1]  # the tiny model: stronger heads' gains cost more perplexity
@@ -423,7 +428,7 @@ def test_budget_rule_steps_down_past_a_candidate_over_the_limit(setup, tmp_path)
     within = [i for i, r in enumerate(rise) if r <= budget]
     assert res["pruned"]["intervention"]["strength"] == rows[within[-1]]["strength"]
     assert [row["generated"] for row in rows] == [i == within[-1] for i in range(len(rows))]
-    assert rows[-1]["violations"][0].startswith("perplexity +")
+    assert rows[-1]["violations"][0].startswith(("perplexity +", "not measured: it changes every unit"))
 
 
 @pytest.mark.parametrize(("argv", "match"), [
