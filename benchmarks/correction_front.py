@@ -40,7 +40,7 @@ def front(run: Path) -> dict:
     rows = [{"split": "validation", "k": s["k"], "setting": {key: s[key] for key in SETTING if key in s},
              "ppl_change": _change(s["perplexity"], base_val["perplexity"]),
              "mean_change": _change(s.get("behaviour_mean"), base_val["behaviour_mean"]),  # None: over the limit
-             "violations": s["violations"]}
+             "violations": s["violations"], **({"note": s["note"]} if "note" in s else {})}
             for s in search[1:]]
     base = res["baseline"]
     rows += [{"split": "eval", "method": r["method"], "k": r["k"],
@@ -211,7 +211,7 @@ def main() -> None:
         for r in f["rows"]:
             what = r.get("method", "search")
             print(f"  {r['split']:>10} {what:>8} k={r['k']:>4}  mean {_pct(r['mean_change'])}  "
-                  f"perplexity {_pct(r['ppl_change'], 5)}  {'; '.join(r.get('violations', []))}")
+                  f"perplexity {_pct(r['ppl_change'], 5)}  {'; '.join(r.get('violations', [])) or r.get('note', '')}")
     out = args.json
     out.write_text(json.dumps(fronts, indent=1) + "\n", encoding="utf-8")
     if args.png:

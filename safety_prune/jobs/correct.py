@@ -240,9 +240,9 @@ class Choice:
 def _choose(lm: LoadedModel, suite: ProbeSuite, scorer: Scorer, ranked: Ranked, opt: CorrectOptions,
             capability: CapabilitySet | None = None) -> Choice:
     """The primary method's setting: given, from a sparsity, or the search on validation prompts and validation
-    text (after the optional damage screen). ``capability`` (the general validation passages): each candidate's
-    last-word accuracy, kept within ``--max-capability-drop`` of the unpruned model's (continuation F1 would cost a
-    generation per candidate, so it is checked held out, by the release check)."""
+    text (after the optional damage screen). ``capability`` (the general validation passages): each generated
+    candidate's last-word accuracy, kept within ``--max-capability-drop`` of the unpruned model's (continuation F1
+    would cost a generation per candidate, so it is checked held out, by the release check)."""
     scores, limits = ranked.scores, limits_of(opt)
     selection: dict[str, Any] = {"unit": opt.unit, "exclude_layers": list(opt.exclude_layers),
                                  "guard": {"share": suite.contrast.guard, "by": "|relevance on general text|"}}

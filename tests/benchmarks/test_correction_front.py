@@ -58,6 +58,7 @@ def test_a_candidate_not_measured_reads_not_measured(tmp_path: Path, monkeypatch
     front = cf.front(tmp_path)
     assert [r["ppl_change"] is None for r in front["rows"] if r["split"] == "validation"] == [True, False, False,
                                                                                               True]
+    assert front["rows"][0]["note"] == milder["note"]  # why the budget rule did not read it
     assert front["stages_s"] == {"baseline": 1.5}
     monkeypatch.setattr("sys.argv", ["correction_front.py", str(tmp_path), "--json", str(tmp_path / "front.json")])
     cf.main()  # prints every row, the unmeasured one as n/a
