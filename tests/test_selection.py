@@ -284,29 +284,31 @@ def test_stability_reading_bounds():
         "stable", "stable", "moderate", "moderate", "unstable", "unstable"]
 
 
-class _Edit:
-    def __init__(self, name: str, ppl: float, strength: float):
-        self.name, self.ppl, self.strength = name, ppl, strength
+class _Grid:
+    """A candidate edit as the search sees it: stronger means a higher strength at a reach no wider."""
+
+    def __init__(self, strength: float, reach: float, ppl: float, name: str = ""):
+        self.strength, self.reach, self.ppl, self.name = strength, reach, ppl, name
 
     def apply(self, _model):
         return self
 
     def dampening(self) -> float:
-        return self.strength
+        return self.strength / self.reach
 
-    def at_least_as_strong_as(self, other: "_Edit") -> bool:
-        return self.strength >= other.strength
+    def at_least_as_strong_as(self, other: "_Grid") -> bool:
+        return self.strength >= other.strength and self.reach <= other.reach
 
 
 def test_cost_rule_takes_the_costliest_setting_that_keeps_every_limit() -> None:
     base = {"behaviour_mean": 0.2, "behaviour_rate": 0.1, "perplexity": 10.0, "distinct2": 0.9,
             "continuation_perplexity": 3.0}
-    edits = [_Edit("mild", 10.05, 9.0), _Edit("costly", 10.19, 1.0), _Edit("loops", 10.15, 5.0),
-             _Edit("over", 10.5, 2.0), _Edit("stronger", 10.1, 3.0)]
+    edits = [_Grid(9.0, 1.0, 10.05, "mild"), _Grid(1.0, 1.0, 10.19, "costly"), _Grid(5.0, 1.0, 10.15, "loops"),
+             _Grid(2.0, 1.0, 10.5, "over"), _Grid(3.0, 1.0, 10.1, "stronger")]
     generated = []
 
     def measure(m) -> dict:
-        if not isinstance(m, _Edit):
+        if not isinstance(m, _Grid):
             return base
         generated.append(m.name)
         loops = m.name == "costly"  # the costliest within the perplexity limit breaks distinct-2
@@ -321,22 +323,6 @@ def test_cost_rule_takes_the_costliest_setting_that_keeps_every_limit() -> None:
     assert trail[1]["generated"] is False and "costs more perplexity" in trail[1]["note"]  # cheaper: not generated
     # at least as strong as a candidate over the limit: not measured (its perplexity would be read as within)
     assert trail[5]["perplexity"] is None and not trail[5]["generated"]
-
-
-class _Grid:
-    """A proportional setting as the budget rule sees it: stronger means a higher strength at a reach no wider."""
-
-    def __init__(self, strength: float, reach: float, ppl: float):
-        self.strength, self.reach, self.ppl = strength, reach, ppl
-
-    def apply(self, _model):
-        return self
-
-    def dampening(self) -> float:
-        return self.strength / self.reach
-
-    def at_least_as_strong_as(self, other: "_Grid") -> bool:
-        return self.strength >= other.strength and self.reach <= other.reach
 
 
 _BASE = {"behaviour_mean": 0.2, "behaviour_rate": 0.1, "perplexity": 10.0, "distinct2": 0.9,
