@@ -221,11 +221,8 @@ def search_settings(lm: LoadedModel, measure: Measure, candidates: Sequence[Cand
         setting = {**setting, "dampening": edit.dampening()}
         milder = next((s for s, e in over_limit if edit.at_least_as_strong_as(e)), None)
         if milder is not None:
-            bad = [f"not measured: it changes every unit at least as much as {_label(milder)}, which is over the "
-                   "perplexity limit"]
-            trail.append({**setting, "perplexity": None, **unmeasured, "violations": bad, "reduction": None,
-                          "generated": False})
-            log.info("validation search: %s %s", setting, bad[0])
+            trail.append(_ungenerated_row(setting, None, unmeasured, [_over_as(milder)]))
+            log.info("validation search: %s %s", setting, _over_as(milder))
             continue
         model = edit.apply(lm.model)
         ppl = perplexity_of(model) if perplexity_of else None
@@ -235,8 +232,7 @@ def search_settings(lm: LoadedModel, measure: Measure, candidates: Sequence[Cand
                 over_limit.append((setting, edit))
             else:
                 within.append((len(trail), setting, edit))
-            trail.append({**setting, "perplexity": ppl, **unmeasured, "violations": [over] if over else [],
-                          "reduction": None, "generated": False})
+            trail.append(_ungenerated_row(setting, ppl, unmeasured, [over] if over else []))
             log.info("validation search: %s perplexity %.3f%s", setting, ppl, f" {over}: not generated" if over else "")
             continue
         got = measure(model)
@@ -250,11 +246,10 @@ def search_settings(lm: LoadedModel, measure: Measure, candidates: Sequence[Cand
                  -100 * gain, "; ".join(bad) or "within limits")
         if not bad and gain > best_gain:
             best, best_gain = setting, gain
-    key = ORDERED.get(select_by, "dampening")
-    more = "dampens more" if key == "dampening" else "costs more perplexity"
-    for i, setting, edit in sorted(within, key=lambda t: (-trail[t[0]][key], t[0])):  # strongest/costliest first
+    # only --select-by cost defers generation here (budget: _strongest_within): the costliest first
+    for i, setting, edit in sorted(within, key=lambda t: (-trail[t[0]]["perplexity"], t[0])):
         if best is not None:
-            trail[i]["note"] = f"not generated from: {_label(best)} {more} and keeps every limit"
+            trail[i]["note"] = f"not generated from: {_label(best)} costs more perplexity and keeps every limit"
             continue
         got = measure(edit.apply(lm.model))
         bad = limits.violations(base, got)
@@ -264,6 +259,19 @@ def search_settings(lm: LoadedModel, measure: Measure, candidates: Sequence[Cand
         if not bad:
             best = setting
     return best, trail
+
+
+def _ungenerated_row(setting: dict[str, Any], ppl: float | None, unmeasured: dict[str, None], violations: list[str]
+                     ) -> dict[str, Any]:
+    """A candidate not generated from: its validation perplexity (None: not read) and why it was not."""
+    return {**setting, "perplexity": ppl, **unmeasured, "violations": violations, "reduction": None,
+            "generated": False}
+
+
+def _over_as(milder: dict[str, Any]) -> str:
+    """Why a candidate was not read: ``milder`` is over the perplexity limit, and it changes no unit less."""
+    return (f"not measured: it changes every unit at least as much as {_label(milder)}, which is over the perplexity "
+            "limit")
 
 
 def _generated_row(setting: dict[str, Any], got: dict[str, Any], base: dict[str, Any], bad: list[str]
@@ -288,7 +296,6 @@ def _strongest_within(lm: LoadedModel, measure: Measure, candidates: Sequence[Ca
     settings = [{**setting, "dampening": edit.dampening()} for setting, edit in candidates]
     edits = [edit for _, edit in candidates]
     rows: dict[int, dict[str, Any]] = {}
-    over: list[int] = []  # read, or implied, over the perplexity limit
     within: list[int] = []  # read within it and not generated from
 
     def strength(i: int) -> tuple[float, int]:
@@ -297,11 +304,7 @@ def _strongest_within(lm: LoadedModel, measure: Measure, candidates: Sequence[Ca
     def close_stronger(j: int) -> None:
         for i in range(len(settings)):
             if i not in rows and edits[i].at_least_as_strong_as(edits[j]):
-                bad = [f"not measured: it changes every unit at least as much as {_label(settings[j])}, which is "
-                       "over the perplexity limit"]
-                rows[i] = {**settings[i], "perplexity": None, **unmeasured, "violations": bad, "reduction": None,
-                           "generated": False}
-                over.append(i)
+                rows[i] = _ungenerated_row(settings[i], None, unmeasured, [_over_as(settings[j])])
 
     best: dict[str, Any] | None = None
     while best is None:
@@ -311,8 +314,7 @@ def _strongest_within(lm: LoadedModel, measure: Measure, candidates: Sequence[Ca
             i = open_[(len(open_) - 1) // 2]
             ppl = perplexity_of(edits[i].apply(lm.model))
             bad = limits.perplexity(base["perplexity"], ppl)
-            rows[i] = {**settings[i], "perplexity": ppl, **unmeasured, "violations": [bad] if bad else [],
-                       "reduction": None, "generated": False}
+            rows[i] = _ungenerated_row(settings[i], ppl, unmeasured, [bad] if bad else [])
             log.info("validation search: %s perplexity %.3f%s", settings[i], ppl, f" {bad}" if bad else "")
             if bad:
                 close_stronger(i)
@@ -334,8 +336,8 @@ def _strongest_within(lm: LoadedModel, measure: Measure, candidates: Sequence[Ca
         if i in within:
             rows[i]["note"] = f"not generated from: {_label(best)} dampens more and keeps every limit"
         elif i not in rows:  # milder than the chosen one: it could not have been chosen
-            rows[i] = {**settings[i], "perplexity": None, **unmeasured, "violations": [], "reduction": None,
-                       "generated": False, "note": f"not measured: {_label(best)} dampens more and keeps every limit"}
+            rows[i] = {**_ungenerated_row(settings[i], None, unmeasured, []),
+                       "note": f"not measured: {_label(best)} dampens more and keeps every limit"}
     return best, [rows[i] for i in range(len(settings))]
 
 

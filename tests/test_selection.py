@@ -284,6 +284,10 @@ def test_stability_reading_bounds():
         "stable", "stable", "moderate", "moderate", "unstable", "unstable"]
 
 
+_BASE = {"behaviour_mean": 0.2, "behaviour_rate": 0.1, "perplexity": 10.0, "distinct2": 0.9,
+         "continuation_perplexity": 3.0}
+
+
 class _Grid:
     """A candidate edit as the search sees it: stronger means a higher strength at a reach no wider."""
 
@@ -301,8 +305,7 @@ class _Grid:
 
 
 def test_cost_rule_takes_the_costliest_setting_that_keeps_every_limit() -> None:
-    base = {"behaviour_mean": 0.2, "behaviour_rate": 0.1, "perplexity": 10.0, "distinct2": 0.9,
-            "continuation_perplexity": 3.0}
+    base = _BASE
     edits = [_Grid(9.0, 1.0, 10.05, "mild"), _Grid(1.0, 1.0, 10.19, "costly"), _Grid(5.0, 1.0, 10.15, "loops"),
              _Grid(2.0, 1.0, 10.5, "over"), _Grid(3.0, 1.0, 10.1, "stronger")]
     generated = []
@@ -323,10 +326,6 @@ def test_cost_rule_takes_the_costliest_setting_that_keeps_every_limit() -> None:
     assert trail[1]["generated"] is False and "costs more perplexity" in trail[1]["note"]  # cheaper: not generated
     # at least as strong as a candidate over the limit: not measured (its perplexity would be read as within)
     assert trail[5]["perplexity"] is None and not trail[5]["generated"]
-
-
-_BASE = {"behaviour_mean": 0.2, "behaviour_rate": 0.1, "perplexity": 10.0, "distinct2": 0.9,
-         "continuation_perplexity": 3.0}
 
 
 def _budget_search(edits: list[_Grid], loops: set[int]) -> tuple[dict | None, list[dict], list[int], list[int]]:
